@@ -1,0 +1,43 @@
+# The two commands a newcomer needs: `make serve` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: serve test test-fast lint proto data train clean
+
+# Serving runtime only (no torch): what a deployment installs.
+$(BIN)/.runtime: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# Runtime + trainer + test and lint tools.
+$(BIN)/.dev: pyproject.toml $(BIN)/.runtime
+	$(BIN)/python -m pip install -q -e ".[train,dev]"
+	touch $@
+
+serve: $(BIN)/.runtime
+	$(BIN)/vae-serve
+
+data:
+	@[ -d $(DATA_DIR) ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+lint: $(BIN)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(BIN)/.dev data lint
+	$(BIN)/pytest
+
+test-fast: $(BIN)/.dev data
+	$(BIN)/pytest -m "not slow"
+
+# Retrain the bundled default model (the exact command the model card records).
+train: $(BIN)/.dev data
+	$(BIN)/vae-train --version 1
+
+clean:
+	rm -rf $(VENV) checkpoints .pytest_cache .ruff_cache *.egg-info

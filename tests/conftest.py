@@ -1,0 +1,18 @@
+"""Shared fixtures: where the real data and the committed default model live."""
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "fashion-vae" / "1"
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    """Debian's dataset-fashion-mnist, which `make test` installs; its absence is a failure."""
+    from vae_serve.training.data import DEFAULT_DATA_DIR
+
+    if not DEFAULT_DATA_DIR.is_dir():
+        pytest.fail(f"{DEFAULT_DATA_DIR} missing: apt-get install dataset-fashion-mnist (make test does)")
+    return DEFAULT_DATA_DIR

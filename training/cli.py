@@ -1,0 +1,206 @@
+"""`vae-train`: train, evaluate on the test set and publish a model version, in one command."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+import onnx
+import onnxruntime
+import torch
+import torch.distributed as dist
+
+from .data import DEFAULT_DATA_DIR, DatasetError, load_images
+from .evaluate import Evaluation, evaluate
+from .export import ExportError, next_version, write_version
+from .model import VAE, VAEConfig
+from .train import Checkpoint, DistContext, TrainingDiverged, parameter_digest, setup_distributed, train
+
+__all__ = ["main"]
+
+log = logging.getLogger("vae_serve.training")
+
+
+def _hidden(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated layer widths, got {value!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"layer widths must be positive, got {value!r}")
+    return sizes
+
+
+def _check_ranks_agree(model: VAE, ctx: DistContext) -> None:
+    digest = parameter_digest(model)
+    log.info("rank %d/%d: parameter digest %s", ctx.rank, ctx.world_size, digest)
+    if ctx.world_size == 1:
+        return
+    digests: list[str | None] = [None] * ctx.world_size
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise click.ClickException(f"ranks disagree after training: {digests}")
+
+
+def _card(evaluation: Evaluation, **fields: object) -> dict[str, object]:
+    return {
+        **fields,
+        "test_neg_elbo_nats": round(evaluation.neg_elbo, 3),
+        "test_iwae_nll_nats": round(evaluation.iwae_nll, 3),
+        "iwae_k": evaluation.iwae_k,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "exporter": f"torch.onnx.export(dynamo=True) torch {torch.__version__}",
+        "versions": {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DATA_DIR,
+    help="Directory of IDX files (train-/t10k-images-idx3-ubyte[.gz]).",
+)
+@click.option(
+    "--model-repository",
+    type=click.Path(path_type=Path),
+    default=Path("models"),
+    help="Repository root; the version is written to <root>/<name>/<version>/.",
+)
+@click.option("--name", default="fashion-vae", help="Model name in the repository.")
+@click.option("--version", "version", default=None, help="Version directory [default: next integer].")
+@click.option(
+    "--epochs", type=click.IntRange(min=0), default=60, help="Total epochs (a resumed run continues to this)."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, help="Images per step on each rank.")
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    help="Peak Adam learning rate (cosine decay).",
+)
+@click.option("--hidden", default="1024,512", callback=_hidden, help="Hidden widths, encoder order.")
+@click.option("--latent-dim", type=click.IntRange(min=1), default=32, help="Latent dimensions L.")
+@click.option("--seed", type=int, default=0, help="Seed for weights, shuffling and noise.")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto = CUDA when present."
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Use only the first N train and test images."
+)
+@click.option(
+    "--iwae-k",
+    type=click.IntRange(min=0),
+    default=100,
+    help="Importance samples for the IWAE bound (0 skips it).",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    default=Path("checkpoints/last.pt"),
+    help="Written after every epoch.",
+)
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Continue from this checkpoint (with --epochs equal to its epoch: evaluate and export only).",
+)
+@click.option("--export/--no-export", default=True, help="Publish the model version after evaluation.")
+def main(
+    data_dir: Path,
+    model_repository: Path,
+    name: str,
+    version: str | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    hidden: tuple[int, ...],
+    latent_dim: int,
+    seed: int,
+    device: str,
+    limit: int | None,
+    iwae_k: int,
+    checkpoint: Path,
+    resume: Path | None,
+    export: bool,
+) -> None:
+    """Train a VAE on Fashion-MNIST, evaluate it and export encoder and decoder to ONNX."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx = setup_distributed(device)
+    try:
+        train_images, test_images = (load_images(data_dir, split)[:limit] for split in ("train", "t10k"))
+        image_shape = list(train_images.shape[1:])
+        train_x, test_x = (
+            torch.from_numpy(i.reshape(len(i), -1)).to(ctx.device) for i in (train_images, test_images)
+        )
+        state = Checkpoint.load(resume) if resume else None
+        config = VAEConfig(train_x.shape[1], hidden, latent_dim)
+        log.info(
+            "rank %d/%d on %s: %d train / %d test images, %s",
+            ctx.rank,
+            ctx.world_size,
+            ctx.device,
+            len(train_x),
+            len(test_x),
+            state.config if state else config,
+        )
+        model, seconds = train(
+            config,
+            train_x,
+            ctx=ctx,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            checkpoint_path=checkpoint if ctx.is_main else None,
+            resume=state,
+        )
+        _check_ranks_agree(model, ctx)
+        if ctx.is_main:
+            result = evaluate(model, test_x, iwae_k=iwae_k, seed=seed)
+            log.info(
+                "test -ELBO %.2f nats/image, IWAE(k=%d) bound on -log p(x) %.2f nats/image",
+                result.neg_elbo,
+                result.iwae_k,
+                result.iwae_nll,
+            )
+        if ctx.is_main and export:
+            card = _card(
+                result,
+                input_dim=model.config.input_dim,
+                image_shape=image_shape,
+                latent_dim=model.config.latent_dim,
+                architecture=model.config.to_dict(),
+                dataset=f"Fashion-MNIST IDX files in {data_dir}",
+                train_images=len(train_x),
+                test_images=len(test_x),
+                epochs=epochs,
+                batch_size=batch_size * ctx.world_size,
+                lr=lr,
+                seed=seed,
+                world_size=ctx.world_size,
+                training_seconds=round(seconds, 1),
+            )
+            version = version or next_version(model_repository, name)
+            log.info("wrote %s", write_version(model, model_repository, name, version, card, seed))
+        if dist.is_initialized():
+            dist.barrier()  # gloo aborts a rank whose peer tears the group down under it
+    except (DatasetError, ExportError, TrainingDiverged) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
