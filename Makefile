@@ -28,6 +28,10 @@ data:
 lint: $(BIN)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python protos/generate.py --check
+
+proto: $(BIN)/.dev
+	$(BIN)/python protos/generate.py
 
 test: $(BIN)/.dev data lint
 	$(BIN)/pytest

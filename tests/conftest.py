@@ -4,9 +4,6 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "fashion-vae" / "1"
-
 
 @pytest.fixture(scope="session")
 def fashion_mnist_dir() -> Path:

@@ -136,6 +136,7 @@ def main(
 ) -> None:
     """Train a VAE on Fashion-MNIST, evaluate it and export encoder and decoder to ONNX."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # the exporter's pass-by-pass chatter
     ctx = setup_distributed(device)
     try:
         train_images, test_images = (load_images(data_dir, split)[:limit] for split in ("train", "t10k"))

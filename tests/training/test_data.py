@@ -3,6 +3,7 @@ import struct
 
 import numpy as np
 import pytest
+
 from vae_serve.training.data import DatasetError, load_images, read_idx
 
 

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from vae_serve.training.loss import gaussian_kl, neg_elbo, reconstruction_nll
 
 

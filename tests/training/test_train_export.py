@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+
 from vae_serve.training import export
 from vae_serve.training.data import load_images
 from vae_serve.training.evaluate import evaluate

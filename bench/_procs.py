@@ -1,0 +1,27 @@
+"""Start a server process on a free loopback port and learn the port from its log line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+__all__ = ["start_server"]
+
+
+def start_server(
+    args: list[str], pattern: str = r"serving on [\d.]+:(\d+)", timeout: float = 60
+) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if found := re.search(pattern, line):
+            return proc, int(found.group(1))
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError("server did not start:\n" + "".join(seen))

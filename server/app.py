@@ -1,0 +1,150 @@
+"""The server's lifecycle: load the model, open the port, serve, drain on a signal, stop.
+
+Everything the process needs is built here from one `Settings`, in this order: model first
+(a model that cannot be served fails start-up before any port opens), then the gRPC server with
+health and reflection, then metrics. Stopping reverses it: health NOT_SERVING, no new work,
+in-flight RPCs get `drain_grace_s`, then the sockets close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
+from vae_serve.errors import ModelLoadError
+
+from .dataplane import DataPlane, Limits
+from .drain import drain
+from .metrics import Metrics, serve_metrics
+from .model import load_model
+from .repository import resolve
+from .servicer import VAEServicer
+from .settings import Settings
+
+__all__ = ["VaeServer", "run"]
+
+log = logging.getLogger(__name__)
+
+VAE_SERVICE = vae_pb2.DESCRIPTOR.services_by_name["VAEService"].full_name
+
+
+class VaeServer:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.dataplane = DataPlane(
+            Limits(
+                max_batch_size=settings.max_batch_size,
+                max_request_rows=settings.max_request_rows,
+                max_samples=settings.max_samples,
+                max_message_bytes=settings.max_message_bytes,
+            ),
+            self.metrics,
+        )
+        self.health = health.aio.HealthServicer()
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._metrics_http: WSGIServer | None = None
+
+    def load(self) -> None:
+        s = self.settings
+        version = resolve(s.model_repository, s.model, s.model_version)
+        model = load_model(version, s.device, s.intra_op_threads)
+        self.dataplane.serve(model)
+        log.info(
+            "loaded %s version %s from %s on %s",
+            model.name,
+            version.version,
+            version.path,
+            model.execution_provider,
+        )
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        s = self.settings
+        if s.tls_cert is None or s.tls_key is None:
+            return None
+        return grpc.ssl_server_credentials(
+            [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
+            root_certificates=s.tls_client_ca.read_bytes() if s.tls_client_ca else None,
+            require_client_auth=s.tls_client_ca is not None,
+        )
+
+    async def start(self) -> None:
+        """Load the model (unless already loaded), then listen; raises ModelLoadError on bad input."""
+        if not self.dataplane.ready:
+            self.load()
+        s = self.settings
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
+            ]
+        )
+        vae_pb2_grpc.add_VAEServiceServicer_to_server(VAEServicer(self.dataplane), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if s.reflection:
+            names = (
+                VAE_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            )
+            reflection.enable_server_reflection(names, server)
+        address = f"{s.host}:{s.port}"
+        credentials = self._credentials()
+        try:
+            port = (
+                server.add_secure_port(address, credentials)
+                if credentials
+                else server.add_insecure_port(address)
+            )
+        except RuntimeError as exc:
+            raise ModelLoadError(f"cannot listen on {address} ({exc}); is the port in use?") from None
+        await server.start()
+        self._server, self.port = server, port
+        for service in ("", VAE_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        try:
+            self._metrics_http = serve_metrics(self.metrics, s.metrics_host, s.metrics_port)
+        except OSError as exc:
+            await server.stop(0)
+            raise ModelLoadError(
+                f"cannot serve metrics on {s.metrics_host}:{s.metrics_port} ({exc})"
+            ) from None
+        self.metrics_port = self._metrics_http.server_address[1]
+        log.info(
+            "serving on %s:%d (%s), metrics on http://%s:%d/metrics",
+            s.host, port, "TLS" if credentials else "plaintext", s.metrics_host, self.metrics_port,
+        )  # fmt: skip
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING at once, finish what was received, then stop within the grace."""
+        grace = self.settings.drain_grace_s if grace is None else grace
+        self.dataplane.draining = True
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            log.info("draining: NOT_SERVING; up to %.1f s for received RPCs", grace)
+            await drain(self._server, self.dataplane.activity, grace)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        log.info("stopped")
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain."""
+    server = VaeServer(settings)
+    await server.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    await server.stop()

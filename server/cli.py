@@ -1,0 +1,37 @@
+"""`vae-serve`: parse settings, configure logging, serve. Start-up problems end in one line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from pydantic_settings import CliApp
+
+from vae_serve.errors import ModelLoadError, ServingError
+
+from .app import run
+from .settings import Settings, SettingsError, ValidationError, describe_error
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv)
+    except (ValidationError, SettingsError) as exc:
+        print(f"vae-serve: error: {describe_error(exc)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(run(settings))
+    except (ModelLoadError, ServingError) as exc:
+        print(f"vae-serve: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The protocol-agnostic core: encode, sample and decode on numpy arrays.
+
+Every front end (the native gRPC API, the Open Inference Protocol) converts its messages to
+arrays and calls these methods, so validation, limits and metrics are written once. Each call
+takes the model it starts with and uses only that one, so a model swapped in meanwhile never
+mixes versions within a request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vae_serve.errors import InvalidInput, NotReady, TooLarge
+
+from .drain import Activity
+from .metrics import Metrics
+from .model import LoadedModel
+from .runner import InlineRunner
+from .validation import check_finite, check_matrix, check_unit_interval
+
+__all__ = ["DataPlane", "Limits", "ServedModel"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch_size: int = 256
+    max_request_rows: int = 8192
+    max_samples: int = 4096
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded model with the runners that feed its two graphs."""
+
+    model: LoadedModel
+    encoder: InlineRunner
+    decoder: InlineRunner
+
+
+class DataPlane:
+    def __init__(self, limits: Limits, metrics: Metrics) -> None:
+        self.limits = limits
+        self.metrics = metrics
+        self._served: ServedModel | None = None
+        self.activity = Activity()
+        self.draining = False
+
+    def serve(self, model: LoadedModel) -> None:
+        """Make `model` the one new requests use (requests in flight keep theirs)."""
+        runners = (
+            InlineRunner(graph, label, self.limits.max_batch_size, self.metrics)
+            for graph, label in ((model.encoder, "encoder"), (model.decoder, "decoder"))
+        )
+        self._served = ServedModel(model, *runners)
+        self.metrics.set_model(model.name, model.version.version, model.execution_provider)
+
+    @property
+    def ready(self) -> bool:
+        return self._served is not None and not self.draining
+
+    def current(self) -> ServedModel:
+        """The model for a new request; also while draining (see drain.py for why)."""
+        if self._served is None:
+            raise NotReady("no model loaded yet; retry shortly")
+        return self._served
+
+    def _check_response_size(self, rows: int, width: int, tensors: int = 1) -> None:
+        size = 4 * rows * width * tensors
+        if size > self.limits.max_message_bytes:
+            raise TooLarge(
+                f"response would be {size} bytes, over the {self.limits.max_message_bytes}-byte "
+                f"message limit; send fewer rows per request"
+            )
+
+    async def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        served = self.current()
+        model = served.model
+        check_matrix(x, "x", model.input_dim, self.limits.max_request_rows)
+        check_unit_interval(x, "x")
+        self._check_response_size(len(x), model.latent_dim, tensors=2)
+        mean, logvar = await served.encoder.run(x)
+        return mean, logvar
+
+    async def decode(self, z: np.ndarray) -> np.ndarray:
+        served = self.current()
+        model = served.model
+        check_matrix(z, "z", model.latent_dim, self.limits.max_request_rows)
+        check_finite(z, "z")
+        self._check_response_size(len(z), model.input_dim)
+        (x,) = await served.decoder.run(z)
+        return x
+
+    async def sample(
+        self,
+        num_samples: int,
+        seed: int | None = None,
+        mean: np.ndarray | None = None,
+        logvar: np.ndarray | None = None,
+        decode: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Prior draws z [K, L] (x [K, D]) or posterior draws z [N, K, L] (x [N, K, D])."""
+        served = self.current()
+        model = served.model
+        k, latent = num_samples, model.latent_dim
+        if not 1 <= k <= self.limits.max_samples:
+            raise InvalidInput(f"num_samples: must be between 1 and {self.limits.max_samples}, got {k}")
+        rng = np.random.default_rng(seed)  # seed None: fresh OS entropy
+        if mean is None:
+            if logvar is not None:
+                raise InvalidInput("logvar given without mean: posterior sampling needs both")
+            z = rng.standard_normal((k, latent), dtype=np.float32)
+        else:
+            z = self._posterior(mean, logvar, k, latent, rng)
+        rows = z.size // latent
+        self._check_response_size(rows, latent + (model.input_dim if decode else 0))
+        if not decode:
+            return z, None
+        (x,) = await served.decoder.run(z.reshape(rows, latent))
+        return z, x.reshape(*z.shape[:-1], model.input_dim)
+
+    def _posterior(
+        self, mean: np.ndarray, logvar: np.ndarray | None, k: int, latent: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        if logvar is None:
+            raise InvalidInput("mean given without logvar: posterior sampling needs both")
+        check_matrix(mean, "mean", latent, self.limits.max_request_rows)
+        if logvar.shape != mean.shape:
+            raise InvalidInput(f"logvar: shape {list(logvar.shape)} must equal mean's {list(mean.shape)}")
+        check_finite(mean, "mean")
+        check_finite(logvar, "logvar")
+        if len(mean) * k > self.limits.max_request_rows:
+            raise InvalidInput(
+                f"mean: {len(mean)} rows x {k} samples = {len(mean) * k} draws exceed the limit of "
+                f"{self.limits.max_request_rows} per request"
+            )
+        eps = rng.standard_normal((len(mean), k, latent), dtype=np.float32)
+        with np.errstate(over="ignore"):
+            z = mean[:, None, :] + np.exp(logvar[:, None, :] / 2) * eps  # z = mean + exp(logvar/2) * eps
+        if not np.isfinite(z).all():
+            raise InvalidInput("logvar: too large, exp(logvar / 2) overflows float32")
+        return z

@@ -1,0 +1,87 @@
+"""A model version loaded into ONNX Runtime, checked against its card and warmed up.
+
+Every check runs before the version can serve, so a graph with other names, widths, a fixed
+batch axis or one that fails at run time is rejected at load with a reason, never mid-request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vae_serve.errors import ModelLoadError
+
+from .repository import ModelVersion
+from .runtime import Graph, choose_providers
+
+__all__ = ["LoadedModel", "load_model"]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: ModelVersion
+    encoder: Graph
+    decoder: Graph
+    input_dim: int
+    latent_dim: int
+    image_shape: tuple[int, ...]
+    execution_provider: str
+    card_strings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.version.name
+
+
+def _check_signature(graph: Graph, input_name: str, width: int, outputs: dict[str, int]) -> None:
+    def describe(shape: list) -> str:
+        return "[" + ", ".join(str(d) for d in shape) + "]"
+
+    if graph.input_name != input_name:
+        raise ModelLoadError(f"{graph.path}: input is {graph.input_name!r}, expected {input_name!r}")
+    expected_io = {graph.input_name: (graph.input_shape, width)}
+    if set(graph.outputs) != set(outputs):
+        raise ModelLoadError(f"{graph.path}: outputs are {sorted(graph.outputs)}, expected {sorted(outputs)}")
+    expected_io |= {name: (graph.outputs[name], w) for name, w in outputs.items()}
+    for name, (shape, w) in expected_io.items():
+        if len(shape) != 2 or shape[1] != w:
+            raise ModelLoadError(f"{graph.path}: {name!r} has shape {describe(shape)}, expected [batch, {w}]")
+        if isinstance(shape[0], int):
+            raise ModelLoadError(
+                f"{graph.path}: {name!r} has a fixed batch axis {shape[0]}; export it dynamic"
+            )
+
+
+def _warm_up(graph: Graph, width: int) -> None:
+    """One real run at batch 1 and 3, so kernels are chosen and run-time failures surface now."""
+    for rows in (1, 3):
+        try:
+            results = graph.run(np.full((rows, width), 0.5, dtype=np.float32))
+        except Exception as exc:  # ORT raises its own exception types
+            raise ModelLoadError(f"{graph.path}: warm-up run failed ({type(exc).__name__}: {exc})") from None
+        for value in results:
+            if value.shape[0] != rows or not np.isfinite(value).all():
+                raise ModelLoadError(f"{graph.path}: warm-up produced a wrong or non-finite output")
+
+
+def load_model(version: ModelVersion, device: str, intra_op_threads: int) -> LoadedModel:
+    card = version.card
+    input_dim, latent_dim = int(card["input_dim"]), int(card["latent_dim"])
+    image_shape = tuple(int(d) for d in card["image_shape"])
+    if int(np.prod(image_shape)) != input_dim:
+        raise ModelLoadError(
+            f"{version.path}/model.json: image_shape {list(image_shape)} != input_dim {input_dim}"
+        )
+    providers = choose_providers(device)
+    encoder = Graph(version.graph("encoder.onnx"), providers, intra_op_threads, device)
+    decoder = Graph(version.graph("decoder.onnx"), providers, intra_op_threads, device)
+    _check_signature(encoder, "x", input_dim, {"mean": latent_dim, "logvar": latent_dim})
+    _check_signature(decoder, "z", latent_dim, {"x": input_dim})
+    _warm_up(encoder, input_dim)
+    _warm_up(decoder, latent_dim)
+    used = {encoder.provider, decoder.provider}
+    provider = used.pop() if len(used) == 1 else f"encoder:{encoder.provider},decoder:{decoder.provider}"
+    card_strings = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in card.items()}
+    return LoadedModel(version, encoder, decoder, input_dim, latent_dim, image_shape, provider, card_strings)

@@ -1,0 +1,75 @@
+"""The native `vae.v1.VAEService`: proto in, one data-plane call, proto out."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+from google.protobuf.message import Message
+
+from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
+from vae_serve.errors import InvalidInput
+from vae_serve.tensor import from_tensor, to_tensor
+
+from .dataplane import DataPlane
+from .status import rpc
+
+__all__ = ["VAEServicer"]
+
+_EMPTY = vae_pb2.Tensor()
+
+
+def _required(message: Message, field: str) -> np.ndarray:
+    if not message.HasField(field):
+        raise InvalidInput(f"{field}: required")
+    return from_tensor(getattr(message, field), field)
+
+
+def _optional(message: Message, field: str) -> np.ndarray | None:
+    return from_tensor(getattr(message, field), field) if message.HasField(field) else None
+
+
+class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    @rpc("Encode")
+    async def Encode(
+        self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext
+    ) -> vae_pb2.EncodeResponse:
+        mean, logvar = await self.dataplane.encode(_required(request, "x"))
+        return vae_pb2.EncodeResponse(mean=to_tensor(mean), logvar=to_tensor(logvar))
+
+    @rpc("Decode")
+    async def Decode(
+        self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext
+    ) -> vae_pb2.DecodeResponse:
+        x = await self.dataplane.decode(_required(request, "z"))
+        return vae_pb2.DecodeResponse(x=to_tensor(x))
+
+    @rpc("Sample")
+    async def Sample(
+        self, request: vae_pb2.SampleRequest, context: grpc.aio.ServicerContext
+    ) -> vae_pb2.SampleResponse:
+        z, x = await self.dataplane.sample(
+            request.num_samples,
+            request.seed if request.HasField("seed") else None,
+            _optional(request, "mean"),
+            _optional(request, "logvar"),
+            request.decode,
+        )
+        return vae_pb2.SampleResponse(z=to_tensor(z), x=_EMPTY if x is None else to_tensor(x))
+
+    @rpc("GetModelInfo")
+    async def GetModelInfo(
+        self, request: vae_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> vae_pb2.ModelInfo:
+        model = self.dataplane.current().model
+        return vae_pb2.ModelInfo(
+            name=model.name,
+            version=model.version.version,
+            input_dim=model.input_dim,
+            image_shape=model.image_shape,
+            latent_dim=model.latent_dim,
+            execution_provider=model.execution_provider,
+            card=model.card_strings,
+        )

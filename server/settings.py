@@ -1,0 +1,86 @@
+"""Every setting of `vae-serve`, from flags or `VAE_*` environment variables, validated at start.
+
+Built once by the entry point and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+__all__ = ["DEFAULT_REPOSITORY", "Settings", "SettingsError", "ValidationError", "describe_error"]
+
+# The repository bundled with the package: models/ at the repository root, installed as data.
+DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VAE_",
+        cli_prog_name="vae-serve",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_exit_on_error=False,
+        extra="forbid",
+    )
+
+    host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port).")
+    metrics_port: int = Field(
+        8002, ge=0, le=65535, description="Prometheus /metrics port (0: any free port)."
+    )
+    metrics_host: str = Field("0.0.0.0", description="Address the metrics endpoint binds.")
+    model_repository: Path = Field(DEFAULT_REPOSITORY, description="Root of <name>/<version>/ directories.")
+    model: str = Field("fashion-vae", min_length=1, description="Model name in the repository.")
+    model_version: str | None = Field(None, description="Version to serve (default: the highest).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when it really loads, else CPU; cuda: refuse to start without it."
+    )
+    intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads per graph run (0: ORT decides).")
+    max_batch_size: int = Field(
+        256, ge=1, description="Most rows in one ONNX Runtime run; larger requests run in chunks."
+    )
+    max_request_rows: int = Field(
+        8192, ge=1, description="Most rows a request may carry (N, or N*K for posterior samples)."
+    )
+    max_samples: int = Field(4096, ge=1, description="Most samples K one Sample request may ask for.")
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest gRPC message received or sent, in bytes."
+    )
+    reflection: bool = Field(True, description="Serve gRPC server reflection (switch off in production).")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS (with --tls-key).")
+    tls_key: Path | None = Field(None, description="PEM private key for --tls-cert.")
+    tls_client_ca: Path | None = Field(None, description="PEM CA bundle: require client certificates (mTLS).")
+    drain_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} not found")
+        return self
+
+
+def describe_error(exc: ValidationError | SettingsError) -> str:
+    """One line per bad setting, naming both its flag and its environment variable."""
+    if isinstance(exc, SettingsError):
+        return str(exc)
+    parts = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else ""
+        where = f"--{name.replace('_', '-')} / VAE_{name.upper()}: " if name else ""
+        got = f" (got {err['input']!r})" if name and "input" in err else ""
+        parts.append(f"{where}{err['msg'].removeprefix('Value error, ')}{got}")
+    return "; ".join(parts)

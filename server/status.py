@@ -1,0 +1,88 @@
+"""The one table from domain error to gRPC status, and the wrapper every RPC goes through.
+
+The wrapper also records the request metrics (latency and count by method and final status
+code, in-flight gauge), so every front end gets identical error handling and observability.
+Unexpected exceptions are logged with their traceback and reach the client only as INTERNAL
+with a generic message: internals never leak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from vae_serve.errors import (
+    InvalidInput,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+    ServingError,
+    TooLarge,
+)
+
+from .drain import Activity
+from .metrics import Metrics
+
+__all__ = ["STATUS_CODES", "rpc", "status_for"]
+
+log = logging.getLogger(__name__)
+
+STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    NotReady: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls], str(exc)
+    return grpc.StatusCode.INTERNAL, "internal error; the server logged the details"
+
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Handler = Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]
+
+
+def rpc(method: str) -> Callable[[Handler], Handler]:
+    """Decorate a servicer method (whose servicer has `.dataplane`) with status mapping and metrics."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
+            metrics: Metrics = self.dataplane.metrics
+            activity: Activity = self.dataplane.activity
+            in_flight = metrics.in_flight.labels(method)
+            in_flight.inc()
+            activity.started()
+            began = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await handler(self, request, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code, message = status_for(exc)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.exception("%s failed", method)
+                await context.abort(code, message)
+            finally:
+                in_flight.dec()
+                activity.finished()
+                metrics.request_duration.labels(method, code.name).observe(time.perf_counter() - began)
+                metrics.requests.labels(method, code.name).inc()
+
+        return wrapper
+
+    return decorate

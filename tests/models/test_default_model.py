@@ -1,0 +1,45 @@
+"""The committed default model: intact, documented, and as good as the README says."""
+
+import hashlib
+import json
+
+import onnxruntime as ort
+import pytest
+from support import DEFAULT_MODEL_DIR
+
+CARD = json.loads((DEFAULT_MODEL_DIR / "model.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["encoder.onnx", "decoder.onnx"])
+def test_card_checksums_match_the_files(name):
+    data = (DEFAULT_MODEL_DIR / name).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == CARD["files"][name]["sha256"]
+    assert len(data) == CARD["files"][name]["bytes"]
+
+
+def io(path):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return (
+        [(i.name, i.type, i.shape[1], isinstance(i.shape[0], str)) for i in session.get_inputs()],
+        [(o.name, o.type, o.shape[1], isinstance(o.shape[0], str)) for o in session.get_outputs()],
+    )
+
+
+def test_graphs_have_the_documented_names_and_shapes():
+    latent = CARD["latent_dim"]
+    assert io(DEFAULT_MODEL_DIR / "encoder.onnx") == (
+        [("x", "tensor(float)", 784, True)],
+        [("mean", "tensor(float)", latent, True), ("logvar", "tensor(float)", latent, True)],
+    )
+    assert io(DEFAULT_MODEL_DIR / "decoder.onnx") == (
+        [("z", "tensor(float)", latent, True)],
+        [("x", "tensor(float)", 784, True)],
+    )
+
+
+def test_card_meets_the_quality_bar():
+    assert CARD["test_neg_elbo_nats"] <= 238
+    assert CARD["test_iwae_nll_nats"] <= CARD["test_neg_elbo_nats"]
+    assert CARD["training_seconds"] <= 15 * 60
+    assert (CARD["input_dim"], CARD["image_shape"], CARD["test_images"]) == (784, [28, 28], 10000)
+    assert max(CARD["parity_max_abs_diff"].values()) <= 1e-5

@@ -1,0 +1,90 @@
+"""`vae-serve` as a real process: start-up failures in one line, and a drain that loses nothing."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import numpy as np
+import pytest
+from support import REPOSITORY
+
+from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
+from vae_serve.tensor import to_tensor
+
+SERVE = [sys.executable, "-m", "vae_serve.server.cli", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1"]
+
+
+def start(*args: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [*SERVE, "--port", "0", "--metrics-port", "0", *args], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        found = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
+        if found:
+            return proc, f"127.0.0.1:{found.group(1)}"
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError("server did not start:\n" + "".join(lines))
+
+
+def fails_in_one_line(args: list[str], expected: str, code: int = 1) -> None:
+    done = subprocess.run(
+        [*SERVE, "--port", "0", "--metrics-port", "0", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == code, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith("vae-serve: error: ")
+    assert expected in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_device_cuda_without_cuda_refuses_to_start():
+    from vae_serve.server.runtime import choose_providers
+
+    if "CUDAExecutionProvider" in choose_providers("auto"):
+        pytest.skip("this host really has CUDA")
+    fails_in_one_line(["--device", "cuda"], "--device cuda: ")
+
+
+def test_bad_flag_value():
+    fails_in_one_line(["--max-samples", "-1"], "--max-samples / VAE_MAX_SAMPLES", code=2)
+
+
+def test_missing_model():
+    fails_in_one_line(["--model", "absent"], "no versions of model 'absent'")
+
+
+def test_corrupt_model_names_the_file(tmp_path):
+    shutil.copytree(REPOSITORY / "fashion-vae" / "1", tmp_path / "fashion-vae" / "1")
+    (tmp_path / "fashion-vae" / "1" / "encoder.onnx").write_bytes(b"\0" * 100)
+    fails_in_one_line(["--model-repository", str(tmp_path)], "encoder.onnx: sha256")
+
+
+def test_sigterm_during_a_burst_fails_no_call():
+    proc, target = start("--drain-grace-s", "20")
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = vae_pb2_grpc.VAEServiceStub(channel)
+            stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=10)
+            z = to_tensor(np.random.default_rng(0).standard_normal((512, 32), dtype=np.float32))
+            calls = [stub.Decode.future(vae_pb2.DecodeRequest(z=z), timeout=30) for _ in range(40)]
+            time.sleep(0.05)  # the burst is on the wire and being worked through
+            proc.send_signal(signal.SIGTERM)
+            results = [call.result() for call in calls]
+            assert all(r.x.shape == [512, 784] for r in results)
+        assert proc.wait(timeout=20) == 0  # within the grace period
+    finally:
+        proc.kill()
+        proc.wait()

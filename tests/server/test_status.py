@@ -1,0 +1,36 @@
+"""Every row of the error table, and the fallback that must never leak internals."""
+
+import grpc
+import pytest
+
+from vae_serve import errors
+from vae_serve.server.status import STATUS_CODES, status_for
+
+EXPECTED = {
+    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.NotReady: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def test_table_covers_every_serving_error():
+    subclasses = {
+        c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.ServingError)
+    }
+    assert set(STATUS_CODES) == subclasses - {errors.ServingError}
+
+
+@pytest.mark.parametrize(("cls", "code"), EXPECTED.items(), ids=lambda v: getattr(v, "__name__", str(v)))
+def test_each_error_maps_to_its_code_with_its_message(cls, code):
+    assert status_for(cls("what went wrong")) == (code, "what went wrong")
+
+
+@pytest.mark.parametrize(
+    "exc", [ValueError("secret path /etc/x"), KeyError("k"), errors.ServingError("base")]
+)
+def test_anything_else_is_internal_without_details(exc):
+    code, message = status_for(exc)
+    assert code is grpc.StatusCode.INTERNAL
+    assert "secret" not in message and "internal error" in message

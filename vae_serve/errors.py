@@ -1,0 +1,45 @@
+"""Domain errors shared by every front end; no gRPC here.
+
+The server maps each class to exactly one gRPC status in `vae_serve.server.status`, so the same
+failure reads the same on the native API and on the Open Inference Protocol.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidInput",
+    "ModelLoadError",
+    "ModelNotFound",
+    "NotReady",
+    "Overloaded",
+    "ServingError",
+    "TooLarge",
+]
+
+
+class ServingError(Exception):
+    """Base of every error a request can end in; the message is safe to send to the client."""
+
+
+class InvalidInput(ServingError):
+    """The request is malformed: a shape, a size, a value or a missing field (INVALID_ARGUMENT)."""
+
+
+class TooLarge(ServingError):
+    """The request or its response would exceed a configured size limit (RESOURCE_EXHAUSTED)."""
+
+
+class Overloaded(ServingError):
+    """The server sheds this request to protect the ones it admitted (RESOURCE_EXHAUSTED)."""
+
+
+class ModelNotFound(ServingError):
+    """No such model or version (NOT_FOUND)."""
+
+
+class NotReady(ServingError):
+    """No model is loaded yet (UNAVAILABLE: retry)."""
+
+
+class ModelLoadError(Exception):
+    """A model version on disk cannot be served; the message names the file and the reason."""

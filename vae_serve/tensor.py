@@ -1,0 +1,37 @@
+"""numpy <-> `vae.v1.Tensor`: dense little-endian float32, row-major.
+
+Decoding checks everything a client can get wrong about the bytes themselves and raises
+`InvalidInput` naming the field; what the values mean is the data plane's business.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._proto.vae.v1 import vae_pb2
+from .errors import InvalidInput
+
+__all__ = ["FLOAT32_LE", "from_tensor", "to_tensor"]
+
+FLOAT32_LE = np.dtype("<f4")
+
+
+def to_tensor(array: np.ndarray) -> vae_pb2.Tensor:
+    array = np.ascontiguousarray(array, dtype=FLOAT32_LE)
+    return vae_pb2.Tensor(shape=array.shape, data=array.tobytes())
+
+
+def from_tensor(tensor: vae_pb2.Tensor, field: str) -> np.ndarray:
+    """The array `tensor` holds (a read-only view of its bytes, no copy)."""
+    shape = tuple(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"{field}: negative dimension in shape {list(shape)}")
+    count = 1
+    for d in shape:
+        count *= d
+    if len(tensor.data) != 4 * count:
+        raise InvalidInput(
+            f"{field}: data has {len(tensor.data)} bytes but shape {list(shape)} needs {4 * count} "
+            f"(float32 little-endian, row-major)"
+        )
+    return np.frombuffer(tensor.data, dtype=FLOAT32_LE).reshape(shape)
