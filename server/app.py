@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -77,57 +78,63 @@ class VaeServer:
             require_client_auth=s.tls_client_ca is not None,
         )
 
-    async def start(self) -> None:
-        """Load the model (unless already loaded), then listen; raises ModelLoadError on bad input."""
-        if not self.dataplane.ready:
-            self.load()
+    def _build_server(self) -> grpc.aio.Server:
+        """A gRPC server with every service registered, not yet listening."""
         s = self.settings
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
+                # gRPC shares ports by default: a second server would silently split the traffic.
+                ("grpc.so_reuseport", 0),
             ]
         )
         vae_pb2_grpc.add_VAEServiceServicer_to_server(VAEServicer(self.dataplane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if s.reflection:
-            names = (
-                VAE_SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
+            health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+            reflection.enable_server_reflection(
+                (VAE_SERVICE, health_service, reflection.SERVICE_NAME), server
             )
-            reflection.enable_server_reflection(names, server)
-        address = f"{s.host}:{s.port}"
+        return server
+
+    def _listen(self, server: grpc.aio.Server) -> int:
+        address = f"{self.settings.host}:{self.settings.port}"
+        _check_port_free(self.settings.host, self.settings.port)
         credentials = self._credentials()
         try:
-            port = (
-                server.add_secure_port(address, credentials)
-                if credentials
-                else server.add_insecure_port(address)
-            )
+            if credentials is None:
+                return server.add_insecure_port(address)
+            return server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise ModelLoadError(f"cannot listen on {address} ({exc}); is the port in use?") from None
-        await server.start()
-        self._server, self.port = server, port
-        for service in ("", VAE_SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def start(self) -> None:
+        """Load the model (unless already loaded), then listen; raises ModelLoadError on bad input."""
+        if not self.dataplane.loaded:
+            self.load()
+        s = self.settings
         try:
             self._metrics_http = serve_metrics(self.metrics, s.metrics_host, s.metrics_port)
         except OSError as exc:
-            await server.stop(0)
             raise ModelLoadError(
                 f"cannot serve metrics on {s.metrics_host}:{s.metrics_port} ({exc})"
             ) from None
         self.metrics_port = self._metrics_http.server_address[1]
+        server = self._build_server()
+        self.port = self._listen(server)
+        await server.start()
+        self._server = server
+        for service in ("", VAE_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving on %s:%d (%s), metrics on http://%s:%d/metrics",
-            s.host, port, "TLS" if credentials else "plaintext", s.metrics_host, self.metrics_port,
+            s.host, self.port, "TLS" if s.tls_cert else "plaintext", s.metrics_host, self.metrics_port,
         )  # fmt: skip
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING at once, finish what was received, then stop within the grace."""
         grace = self.settings.drain_grace_s if grace is None else grace
-        self.dataplane.draining = True
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             log.info("draining: NOT_SERVING; up to %.1f s for received RPCs", grace)
@@ -136,6 +143,23 @@ class VaeServer:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
         log.info("stopped")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with a plain message before gRPC logs its own bind error over several lines."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ModelLoadError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            raise ModelLoadError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 async def run(settings: Settings) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vae_serve.errors import InvalidInput, NotReady, TooLarge
+from vae_serve.errors import Draining, InvalidInput, NotReady, TooLarge
 
 from .drain import Activity
 from .metrics import Metrics
@@ -21,6 +21,10 @@ from .runner import InlineRunner
 from .validation import check_finite, check_matrix, check_unit_interval
 
 __all__ = ["DataPlane", "Limits", "ServedModel"]
+
+
+# Protobuf framing of one Tensor beyond its float bytes: tags, length prefixes, shape varints.
+_TENSOR_OVERHEAD = 64
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,6 @@ class DataPlane:
         self.metrics = metrics
         self._served: ServedModel | None = None
         self.activity = Activity()
-        self.draining = False
 
     def serve(self, model: LoadedModel) -> None:
         """Make `model` the one new requests use (requests in flight keep theirs)."""
@@ -58,17 +61,24 @@ class DataPlane:
         self.metrics.set_model(model.name, model.version.version, model.execution_provider)
 
     @property
+    def loaded(self) -> bool:
+        return self._served is not None
+
+    @property
     def ready(self) -> bool:
-        return self._served is not None and not self.draining
+        """Loaded and taking new work: what health and readiness report."""
+        return self.loaded and not self.activity.refusing
 
     def current(self) -> ServedModel:
-        """The model for a new request; also while draining (see drain.py for why)."""
+        """The model for a call that is starting now."""
+        if self.activity.refusing:
+            raise Draining("server is shutting down; retry on another replica")
         if self._served is None:
             raise NotReady("no model loaded yet; retry shortly")
         return self._served
 
     def _check_response_size(self, rows: int, width: int, tensors: int = 1) -> None:
-        size = 4 * rows * width * tensors
+        size = 4 * rows * width + _TENSOR_OVERHEAD * tensors
         if size > self.limits.max_message_bytes:
             raise TooLarge(
                 f"response would be {size} bytes, over the {self.limits.max_message_bytes}-byte "
@@ -80,7 +90,7 @@ class DataPlane:
         model = served.model
         check_matrix(x, "x", model.input_dim, self.limits.max_request_rows)
         check_unit_interval(x, "x")
-        self._check_response_size(len(x), model.latent_dim, tensors=2)
+        self._check_response_size(len(x), 2 * model.latent_dim, tensors=2)
         mean, logvar = await served.encoder.run(x)
         return mean, logvar
 
@@ -91,6 +101,7 @@ class DataPlane:
         check_finite(z, "z")
         self._check_response_size(len(z), model.input_dim)
         (x,) = await served.decoder.run(z)
+        _check_decoded(x, "z")
         return x
 
     async def sample(
@@ -115,10 +126,11 @@ class DataPlane:
         else:
             z = self._posterior(mean, logvar, k, latent, rng)
         rows = z.size // latent
-        self._check_response_size(rows, latent + (model.input_dim if decode else 0))
+        self._check_response_size(rows, latent + (model.input_dim if decode else 0), tensors=2)
         if not decode:
             return z, None
         (x,) = await served.decoder.run(z.reshape(rows, latent))
+        _check_decoded(x, "mean" if mean is not None else "z")
         return z, x.reshape(*z.shape[:-1], model.input_dim)
 
     def _posterior(
@@ -142,3 +154,9 @@ class DataPlane:
         if not np.isfinite(z).all():
             raise InvalidInput("logvar: too large, exp(logvar / 2) overflows float32")
         return z
+
+
+def _check_decoded(x: np.ndarray, field: str) -> None:
+    """Finite latents far outside the prior can still overflow inside the decoder: refuse them."""
+    if not np.isfinite(x).all():
+        raise InvalidInput(f"{field}: values too large; the decoder's output overflowed (keep |z| moderate)")

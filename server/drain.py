@@ -1,10 +1,14 @@
-"""Graceful shutdown that loses no request the server has already received.
+"""Graceful shutdown that answers every call received before the signal and refuses the rest.
 
-gRPC's own `server.stop(grace)` cancels calls that reached the transport but were not yet
-handed to a handler, which on a busy event loop can be most of a burst. So the drain first keeps
-serving, with health NOT_SERVING so load balancers move away, until the server has been quiet
-(nothing in flight, nothing started) for a moment or half the grace period is gone; only then
-does it stop, giving what is still in flight the rest of the grace period.
+gRPC's own `server.stop(grace)` cancels calls that reached the transport but were not yet handed
+to a handler: on a busy event loop that can be most of a burst. So the drain runs in three steps:
+1. keep starting calls until the server is quiet (nothing in flight, and nothing started while
+   the event loop sat idle for a moment: the transport's backlog is then all answered), or for
+   at most BACKLOG_MAX_S under sustained load;
+2. refuse every call that starts after that with UNAVAILABLE (`Draining`), so clients retry
+   elsewhere, and wait for the admitted ones to finish;
+3. stop the server with whatever is left of the grace period.
+Health reports NOT_SERVING from the first moment, so load balancers move away meanwhile.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 
@@ -20,32 +24,38 @@ __all__ = ["Activity", "drain"]
 
 log = logging.getLogger(__name__)
 
-QUIET_S = 0.1  # a free event loop hands queued calls to handlers well within this
+IDLE_PROBE_S = 0.005  # an idle event loop hands a waiting call to its handler well within this
+BACKLOG_MAX_S = 0.5  # longest step 1 lasts while calls keep coming
 
 
 @dataclass
 class Activity:
-    """RPCs in handlers now, and when the last one started (monotonic seconds)."""
+    """Calls in handlers now, and how many have ever started."""
 
     in_flight: int = 0
-    last_start: float = field(default_factory=time.monotonic)
+    started_total: int = 0
+    refusing: bool = False
 
     def started(self) -> None:
         self.in_flight += 1
-        self.last_start = time.monotonic()
+        self.started_total += 1
 
     def finished(self) -> None:
         self.in_flight -= 1
-
-    def quiet_for(self, seconds: float) -> bool:
-        return self.in_flight == 0 and time.monotonic() - self.last_start >= seconds
 
 
 async def drain(server: grpc.aio.Server, activity: Activity, grace: float) -> None:
     began = time.monotonic()
     deadline = began + grace
-    while time.monotonic() < began + grace / 2 and not activity.quiet_for(QUIET_S):
-        await asyncio.sleep(0.01)
-    log.info("drain: served %.2f s after NOT_SERVING; stopping with %d RPCs in flight",
-             time.monotonic() - began, activity.in_flight)  # fmt: skip
-    await server.stop(max(0.0, deadline - time.monotonic()))
+    while time.monotonic() < min(deadline, began + BACKLOG_MAX_S):  # 1. the backlog
+        seen = activity.started_total
+        await asyncio.sleep(IDLE_PROBE_S)
+        if activity.started_total == seen and activity.in_flight == 0:
+            break
+    activity.refusing = True  # 2. new calls get UNAVAILABLE from here on
+    backlog_s = time.monotonic() - began
+    while activity.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(IDLE_PROBE_S)
+    log.info("drain: backlog answered in %.3f s, admitted calls finished in %.3f s, %d still in flight",
+             backlog_s, time.monotonic() - began - backlog_s, activity.in_flight)  # fmt: skip
+    await server.stop(max(0.0, deadline - time.monotonic()))  # 3.

@@ -63,7 +63,7 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
     async def GetModelInfo(
         self, request: vae_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.ModelInfo:
-        model = self.dataplane.current().model
+        model, limits = self.dataplane.current().model, self.dataplane.limits
         return vae_pb2.ModelInfo(
             name=model.name,
             version=model.version.version,
@@ -72,4 +72,9 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
             latent_dim=model.latent_dim,
             execution_provider=model.execution_provider,
             card=model.card_strings,
+            limits=vae_pb2.ServerLimits(
+                max_request_rows=limits.max_request_rows,
+                max_samples=limits.max_samples,
+                max_message_bytes=limits.max_message_bytes,
+            ),
         )

@@ -5,16 +5,16 @@ Built once by the entry point and passed down; nothing else reads the environmen
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-__all__ = ["DEFAULT_REPOSITORY", "Settings", "SettingsError", "ValidationError", "describe_error"]
+from vae_serve import DEFAULT_REPOSITORY
 
-# The repository bundled with the package: models/ at the repository root, installed as data.
-DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
+__all__ = ["Settings", "SettingsError", "ValidationError", "describe_error"]
 
 
 class Settings(BaseSettings):
@@ -48,7 +48,10 @@ class Settings(BaseSettings):
     )
     max_samples: int = Field(4096, ge=1, description="Most samples K one Sample request may ask for.")
     max_message_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="Largest gRPC message received or sent, in bytes."
+        64 * 1024 * 1024,
+        ge=1024,
+        le=2**31 - 1,
+        description="Largest gRPC message received or sent, in bytes.",
     )
     reflection: bool = Field(True, description="Serve gRPC server reflection (switch off in production).")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS (with --tls-key).")
@@ -62,7 +65,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
     @model_validator(mode="after")
-    def _tls_pair(self) -> Settings:
+    def _tls_files_usable(self) -> Settings:
+        """TLS flags come in working pairs, and the PEM files parse (so a bad one fails here, not at bind)."""
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -70,6 +74,21 @@ class Settings(BaseSettings):
         for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file {path} not found")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        if self.tls_cert is not None:
+            try:
+                context.load_cert_chain(self.tls_cert, self.tls_key)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    f"--tls-cert {self.tls_cert} / --tls-key {self.tls_key}: not a matching PEM pair ({exc})"
+                ) from None
+        if self.tls_client_ca is not None:
+            try:
+                context.load_verify_locations(self.tls_client_ca)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    f"--tls-client-ca {self.tls_client_ca}: not a PEM CA bundle ({exc})"
+                ) from None
         return self
 
 

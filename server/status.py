@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 import grpc
 
 from vae_serve.errors import (
+    Draining,
     InvalidInput,
     ModelNotFound,
     NotReady,
-    Overloaded,
     ServingError,
     TooLarge,
 )
@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     NotReady: grpc.StatusCode.UNAVAILABLE,
+    Draining: grpc.StatusCode.UNAVAILABLE,
 }
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import threading
 from pathlib import Path
+
+import numpy as np
 
 from vae_serve.server.app import VaeServer
 from vae_serve.server.metrics import Metrics
@@ -15,19 +19,23 @@ REPOSITORY = REPO_ROOT / "models"
 DEFAULT_MODEL_DIR = REPOSITORY / "fashion-vae" / "1"
 
 
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An uncompressed IDX file of uint8 `array`, as the original MNIST files are laid out."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
 class RunningServer:
     """Starts a VaeServer on its own event loop thread; `stop()` drains it like SIGTERM would."""
 
-    def __init__(self, **overrides: object) -> None:
-        settings = Settings(
-            host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, model_repository=REPOSITORY,
-            **overrides,
-        )  # fmt: skip
+    def __init__(self, start_timeout: float = 60, **overrides: object) -> None:
+        defaults = {"host": "127.0.0.1", "port": 0, "metrics_host": "127.0.0.1", "metrics_port": 0}
+        settings = Settings(**{**defaults, "model_repository": REPOSITORY, **overrides})
         self.server = VaeServer(settings, Metrics())
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.call(self.server.start())
+        self.call(self.server.start(), timeout=start_timeout)
         self.target = f"127.0.0.1:{self.server.port}"
         self.metrics_url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
 
@@ -39,3 +47,10 @@ class RunningServer:
             self.call(self.server.stop(grace))
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import sys
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,9 +47,40 @@ def _check_ranks_agree(model: VAE, ctx: DistContext) -> None:
         raise click.ClickException(f"ranks disagree after training: {digests}")
 
 
-def _card(evaluation: Evaluation, **fields: object) -> dict[str, object]:
+@dataclass(frozen=True)
+class Recipe:
+    """How the model was trained, as the card records it."""
+
+    epochs: int
+    batch_size: int  # images per optimizer step, all ranks together
+    lr: float
+    seed: int
+    world_size: int
+
+
+def _load(
+    data_dir: Path, limit: int | None, ctx: DistContext
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Train and test images as flat rows on the training device, and the image shape."""
+    train_images, test_images = (load_images(data_dir, split)[:limit] for split in ("train", "t10k"))
+    rows = (torch.from_numpy(i.reshape(len(i), -1)).to(ctx.device) for i in (train_images, test_images))
+    return *rows, list(train_images.shape[1:])
+
+
+def _card(
+    evaluation: Evaluation, recipe: Recipe, model: VAE, image_shape: list[int], data_dir: Path,
+    train_images: int, test_images: int, seconds: float,
+) -> dict[str, object]:  # fmt: skip
     return {
-        **fields,
+        "input_dim": model.config.input_dim,
+        "image_shape": image_shape,
+        "latent_dim": model.config.latent_dim,
+        "architecture": model.config.to_dict(),
+        "dataset": f"Fashion-MNIST IDX files in {data_dir}",
+        "train_images": train_images,
+        "test_images": test_images,
+        **asdict(recipe),
+        "training_seconds": round(seconds, 1),
         "test_neg_elbo_nats": round(evaluation.neg_elbo, 3),
         "test_iwae_nll_nats": round(evaluation.iwae_nll, 3),
         "iwae_k": evaluation.iwae_k,
@@ -88,8 +120,15 @@ def _card(evaluation: Evaluation, **fields: object) -> dict[str, object]:
     default=1e-3,
     help="Peak Adam learning rate (cosine decay).",
 )
-@click.option("--hidden", default="1024,512", callback=_hidden, help="Hidden widths, encoder order.")
-@click.option("--latent-dim", type=click.IntRange(min=1), default=32, help="Latent dimensions L.")
+@click.option(
+    "--hidden",
+    default=",".join(map(str, VAEConfig.hidden)),
+    callback=_hidden,
+    help="Hidden widths, encoder order.",
+)
+@click.option(
+    "--latent-dim", type=click.IntRange(min=1), default=VAEConfig.latent_dim, help="Latent dimensions L."
+)
 @click.option("--seed", type=int, default=0, help="Seed for weights, shuffling and noise.")
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto = CUDA when present."
@@ -138,62 +177,26 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # the exporter's pass-by-pass chatter
     ctx = setup_distributed(device)
+    recipe = Recipe(epochs, batch_size * ctx.world_size, lr, seed, ctx.world_size)
     try:
-        train_images, test_images = (load_images(data_dir, split)[:limit] for split in ("train", "t10k"))
-        image_shape = list(train_images.shape[1:])
-        train_x, test_x = (
-            torch.from_numpy(i.reshape(len(i), -1)).to(ctx.device) for i in (train_images, test_images)
-        )
+        train_x, test_x, image_shape = _load(data_dir, limit, ctx)
         state = Checkpoint.load(resume) if resume else None
-        config = VAEConfig(train_x.shape[1], hidden, latent_dim)
-        log.info(
-            "rank %d/%d on %s: %d train / %d test images, %s",
-            ctx.rank,
-            ctx.world_size,
-            ctx.device,
-            len(train_x),
-            len(test_x),
-            state.config if state else config,
-        )
+        config = state.config if state else VAEConfig(train_x.shape[1], hidden, latent_dim)
+        log.info("rank %d/%d on %s: %d train / %d test images, %s",
+                 ctx.rank, ctx.world_size, ctx.device, len(train_x), len(test_x), config)  # fmt: skip
         model, seconds = train(
-            config,
-            train_x,
-            ctx=ctx,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            checkpoint_path=checkpoint if ctx.is_main else None,
-            resume=state,
-        )
+            config, train_x, ctx=ctx, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            checkpoint_path=checkpoint if ctx.is_main else None, resume=state,
+        )  # fmt: skip
         _check_ranks_agree(model, ctx)
         if ctx.is_main:
             result = evaluate(model, test_x, iwae_k=iwae_k, seed=seed)
-            log.info(
-                "test -ELBO %.2f nats/image, IWAE(k=%d) bound on -log p(x) %.2f nats/image",
-                result.neg_elbo,
-                result.iwae_k,
-                result.iwae_nll,
-            )
-        if ctx.is_main and export:
-            card = _card(
-                result,
-                input_dim=model.config.input_dim,
-                image_shape=image_shape,
-                latent_dim=model.config.latent_dim,
-                architecture=model.config.to_dict(),
-                dataset=f"Fashion-MNIST IDX files in {data_dir}",
-                train_images=len(train_x),
-                test_images=len(test_x),
-                epochs=epochs,
-                batch_size=batch_size * ctx.world_size,
-                lr=lr,
-                seed=seed,
-                world_size=ctx.world_size,
-                training_seconds=round(seconds, 1),
-            )
-            version = version or next_version(model_repository, name)
-            log.info("wrote %s", write_version(model, model_repository, name, version, card, seed))
+            log.info("test -ELBO %.2f nats/image, IWAE(k=%d) bound on -log p(x) %.2f nats/image",
+                     result.neg_elbo, result.iwae_k, result.iwae_nll)  # fmt: skip
+            if export:
+                card = _card(result, recipe, model, image_shape, data_dir, len(train_x), len(test_x), seconds)
+                version = version or next_version(model_repository, name)
+                log.info("wrote %s", write_version(model, model_repository, name, version, card, seed))
         if dist.is_initialized():
             dist.barrier()  # gloo aborts a rank whose peer tears the group down under it
     except (DatasetError, ExportError, TrainingDiverged) as exc:

@@ -19,7 +19,7 @@ __all__ = ["VAE", "Decoder", "Encoder", "VAEConfig"]
 @dataclass(frozen=True)
 class VAEConfig:
     input_dim: int = 784
-    hidden: tuple[int, ...] = (512, 256)
+    hidden: tuple[int, ...] = (1024, 512)
     latent_dim: int = 32
 
     def to_dict(self) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
@@ -99,7 +100,7 @@ class Checkpoint:
 def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: LambdaLR,
     images: torch.Tensor,
     sampler: DistributedSampler,
     batch_size: int,
@@ -134,6 +135,15 @@ def parameter_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _optimizer(model: VAE, lr: float, total_steps: int) -> tuple[torch.optim.Adam, LambdaLR]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # Cosine decay in closed form of the step, so a resumed run with more --epochs stretches it.
+    scheduler = LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    )
+    return optimizer, scheduler
+
+
 def train(
     config: VAEConfig,
     images: torch.Tensor,
@@ -150,49 +160,30 @@ def train(
     torch.manual_seed(seed)  # identical initial weights on every rank
     model = VAE(resume.config if resume else config).to(ctx.device)
     steps_per_epoch = math.ceil(math.ceil(len(images) / ctx.world_size) / batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    total_steps = max(1, epochs * steps_per_epoch)
-    # Cosine decay in closed form of the step, so a resumed run with more --epochs stretches it.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    )
+    optimizer, scheduler = _optimizer(model, lr, max(1, epochs * steps_per_epoch))
     start_epoch, seconds = 0, 0.0
     if resume is not None:
         model.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
         scheduler.load_state_dict(resume.scheduler)
         start_epoch, seconds = resume.epoch, resume.train_seconds
-    wrapped: torch.nn.Module = DistributedDataParallel(model) if dist.is_initialized() else model
-    sampler = DistributedSampler(
-        range(len(images)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed
-    )
+    wrapped = DistributedDataParallel(model) if dist.is_initialized() else model
+    sampler = DistributedSampler(range(len(images)), num_replicas=ctx.world_size, rank=ctx.rank, seed=seed)
     torch.manual_seed(seed + 1 + ctx.rank)  # distinct reparameterisation noise per rank
     if resume is not None and ctx.world_size == 1:
         torch.set_rng_state(resume.rng)
     for epoch in range(start_epoch, epochs):
         began = time.perf_counter()
         sampler.set_epoch(epoch)
-        with tqdm(
-            total=len(images),
-            desc=f"epoch {epoch + 1}/{epochs}",
-            unit="img",
-            disable=not ctx.is_main,
-            leave=False,
-        ) as bar:
+        label = f"epoch {epoch + 1}/{epochs}"
+        with tqdm(total=len(images), desc=label, unit="img", disable=not ctx.is_main, leave=False) as bar:
             loss = train_one_epoch(wrapped, optimizer, scheduler, images, sampler, batch_size, bar)
         seconds += time.perf_counter() - began
         if not math.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss} in epoch {epoch + 1}; lower --lr and --resume")
         if ctx.is_main:
-            log.info("epoch %d/%d: train -ELBO %.2f nats (%.1f s)", epoch + 1, epochs, loss, seconds)
-            if checkpoint_path is not None:
-                Checkpoint(
-                    model.config,
-                    epoch + 1,
-                    model.state_dict(),
-                    optimizer.state_dict(),
-                    scheduler.state_dict(),
-                    seconds,
-                    torch.get_rng_state(),
-                ).save(checkpoint_path)
+            log.info("%s: train -ELBO %.2f nats (%.1f s)", label, loss, seconds)
+        if ctx.is_main and checkpoint_path is not None:
+            states = (model.state_dict(), optimizer.state_dict(), scheduler.state_dict())
+            Checkpoint(model.config, epoch + 1, *states, seconds, torch.get_rng_state()).save(checkpoint_path)
     return model, seconds

@@ -7,11 +7,11 @@ failure reads the same on the native API and on the Open Inference Protocol.
 from __future__ import annotations
 
 __all__ = [
+    "Draining",
     "InvalidInput",
     "ModelLoadError",
     "ModelNotFound",
     "NotReady",
-    "Overloaded",
     "ServingError",
     "TooLarge",
 ]
@@ -29,16 +29,16 @@ class TooLarge(ServingError):
     """The request or its response would exceed a configured size limit (RESOURCE_EXHAUSTED)."""
 
 
-class Overloaded(ServingError):
-    """The server sheds this request to protect the ones it admitted (RESOURCE_EXHAUSTED)."""
-
-
 class ModelNotFound(ServingError):
     """No such model or version (NOT_FOUND)."""
 
 
 class NotReady(ServingError):
     """No model is loaded yet (UNAVAILABLE: retry)."""
+
+
+class Draining(ServingError):
+    """The server is shutting down and takes no new work (UNAVAILABLE: retry elsewhere)."""
 
 
 class ModelLoadError(Exception):

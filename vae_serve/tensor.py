@@ -6,14 +6,18 @@ Decoding checks everything a client can get wrong about the bytes themselves and
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._proto.vae.v1 import vae_pb2
 from .errors import InvalidInput
 
-__all__ = ["FLOAT32_LE", "from_tensor", "to_tensor"]
+__all__ = ["FLOAT32_LE", "MAX_DIM", "MAX_RANK", "from_tensor", "to_tensor"]
 
 FLOAT32_LE = np.dtype("<f4")
+MAX_RANK = 8
+MAX_DIM = 2**31 - 1  # more rows than any message can carry; keeps numpy's shape arithmetic exact
 
 
 def to_tensor(array: np.ndarray) -> vae_pb2.Tensor:
@@ -24,14 +28,17 @@ def to_tensor(array: np.ndarray) -> vae_pb2.Tensor:
 def from_tensor(tensor: vae_pb2.Tensor, field: str) -> np.ndarray:
     """The array `tensor` holds (a read-only view of its bytes, no copy)."""
     shape = tuple(tensor.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"{field}: negative dimension in shape {list(shape)}")
-    count = 1
-    for d in shape:
-        count *= d
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"{field}: rank {len(shape)} is above the supported {MAX_RANK}")
+    if any(d < 0 or d > MAX_DIM for d in shape):
+        raise InvalidInput(f"{field}: dimensions must be in [0, {MAX_DIM}], got shape {list(shape)}")
+    count = math.prod(shape)
     if len(tensor.data) != 4 * count:
         raise InvalidInput(
             f"{field}: data has {len(tensor.data)} bytes but shape {list(shape)} needs {4 * count} "
             f"(float32 little-endian, row-major)"
         )
-    return np.frombuffer(tensor.data, dtype=FLOAT32_LE).reshape(shape)
+    try:
+        return np.frombuffer(tensor.data, dtype=FLOAT32_LE).reshape(shape)
+    except ValueError as exc:  # e.g. an empty array whose other dimensions overflow numpy's size
+        raise InvalidInput(f"{field}: shape {list(shape)} cannot be represented ({exc})") from None

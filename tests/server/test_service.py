@@ -88,6 +88,8 @@ def test_model_info(stub, running):
     assert (info.input_dim, list(info.image_shape), info.latent_dim) == (D, [28, 28], L)
     assert info.execution_provider == "CPUExecutionProvider"
     assert float(info.card["test_neg_elbo_nats"]) < 238
+    limits = info.limits
+    assert (limits.max_request_rows, limits.max_samples, limits.max_message_bytes) == (8192, 4096, 64 << 20)
 
 
 def bad_tensor(shape, nbytes):
@@ -109,7 +111,10 @@ INVALID = [
         vae_pb2.EncodeRequest(x=bad_tensor([2, D], 100)),
         "data has 100 bytes but shape [2, 784] needs 6272",
     ),
-    ("Encode", vae_pb2.EncodeRequest(x=bad_tensor([-1, D], 0)), "negative dimension"),
+    ("Encode", vae_pb2.EncodeRequest(x=bad_tensor([-1, D], 0)), "dimensions must be in [0, 2147483647]"),
+    ("Encode", vae_pb2.EncodeRequest(x=bad_tensor([1] * 65, 4)), "rank 65 is above the supported 8"),
+    ("Encode", vae_pb2.EncodeRequest(x=bad_tensor([2**62, 0], 0)), "dimensions must be in"),
+    ("Encode", vae_pb2.EncodeRequest(x=bad_tensor([2**31 - 1, 2**31 - 1, 0], 0)), "cannot be represented"),
     ("Encode", vae_pb2.EncodeRequest(x=to_tensor(np.zeros((0, D)))), "empty batch (N = 0)"),
     ("Encode", vae_pb2.EncodeRequest(x=with_value(np.nan, (1, 3))), "row 1 holds NaN or infinity"),
     ("Encode", vae_pb2.EncodeRequest(x=with_value(np.inf)), "row 0 holds NaN or infinity"),
@@ -119,6 +124,26 @@ INVALID = [
     ("Decode", vae_pb2.DecodeRequest(), "z: required"),
     ("Decode", vae_pb2.DecodeRequest(z=to_tensor(np.zeros((1, 31)))), "expected shape [N, 32], got [1, 31]"),
     ("Decode", vae_pb2.DecodeRequest(z=with_value(-np.inf, shape=(3, L))), "z: row 0 holds NaN or infinity"),
+    ("Decode", vae_pb2.DecodeRequest(z=to_tensor(np.zeros((0, L)))), "z: empty batch (N = 0)"),
+    ("Decode", vae_pb2.DecodeRequest(z=to_tensor(np.zeros((8193, L)))), "8193 rows exceed the limit of 8192"),
+    ("Decode", vae_pb2.DecodeRequest(z=to_tensor(np.full((2, L), 3e38))), "z: values too large"),
+    (
+        "Sample",
+        vae_pb2.SampleRequest(
+            num_samples=2, mean=to_tensor(np.zeros((1, 5))), logvar=to_tensor(np.zeros((1, 5)))
+        ),
+        "mean: expected shape [N, 32], got [1, 5]",
+    ),
+    (
+        "Sample",
+        vae_pb2.SampleRequest(
+            num_samples=2,
+            decode=True,
+            mean=to_tensor(np.full((1, L), 3e38)),
+            logvar=to_tensor(np.zeros((1, L))),
+        ),
+        "mean: values too large",
+    ),
     ("Sample", vae_pb2.SampleRequest(num_samples=0), "num_samples: must be between 1 and 4096, got 0"),
     ("Sample", vae_pb2.SampleRequest(num_samples=4097), "got 4097"),
     (

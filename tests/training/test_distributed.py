@@ -37,6 +37,8 @@ def test_two_process_torchrun_ranks_agree(fashion_mnist_dir, tmp_path):
     digests = dict(re.findall(r"rank (\d)/2: parameter digest ([0-9a-f]{64})", done.stderr))
     assert set(digests) == {"0", "1"}, done.stderr[-3000:]
     assert digests["0"] == digests["1"]
-    # Each rank trained on its own half: rank 0 logs the 256 images, the checkpoint exists.
+    # Both ranks saw the whole slice (DistributedSampler gives each its own half of every epoch),
+    # and rank 0 wrote the checkpoint.
     assert "rank 0/2 on cpu: 256 train / 256 test images" in done.stderr
+    assert "rank 1/2 on cpu: 256 train / 256 test images" in done.stderr
     assert (tmp_path / "last.pt").is_file()
