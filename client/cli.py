@@ -1,0 +1,201 @@
+"""`vae-client`: the service for people at a terminal. A thin layer over `VaeClient`.
+
+Exit codes: 0 success; 1 any failure (server down, deadline, bad input file), printed as one
+line; 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ._common import DEFAULT_TARGET, VaeServeError
+from .grid import image_grid, save_png
+from .images import InputFileError, load_array, load_images
+from .sync import VaeClient
+
+__all__ = ["main"]
+
+_PROGRESS_ROWS = 512  # rows per step of the progress bar on long runs
+_PATH = click.Path(path_type=Path, dir_okay=False)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn every expected failure into one line and exit code 1."""
+    try:
+        yield
+    except (VaeServeError, InputFileError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _client(ctx: click.Context) -> VaeClient:
+    return ctx.find_object(VaeClient)
+
+
+def _with_progress(label: str, rows: np.ndarray, step: object) -> list:
+    """Apply step() to slices of rows, with a progress bar when there is more than one slice."""
+    slices = [rows[i : i + _PROGRESS_ROWS] for i in range(0, len(rows), _PROGRESS_ROWS)]
+    if len(slices) == 1:
+        return [step(slices[0])]
+    with click.progressbar(slices, label=label, file=sys.stderr) as bar:
+        return [step(part) for part in bar]
+
+
+def _save_grid(images: np.ndarray, image_shape: tuple[int, ...], output: Path, columns: int | None) -> None:
+    save_png(image_grid(images.reshape(-1, *image_shape), columns), output)
+    click.echo(f"wrote {output} ({len(images)} images)", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option(
+    "--target", envvar="VAE_TARGET", default=DEFAULT_TARGET, help="host:port of vae-serve [env VAE_TARGET]."
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, help="Seconds per call."
+)
+@click.option(
+    "--ca-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="PEM CA: use TLS."
+)
+@click.option("--tls/--no-tls", default=False, help="TLS with the system trust store.")
+@click.option(
+    "--retries", type=click.IntRange(min=0), default=5, help="Retries while the server is unavailable."
+)
+@click.pass_context
+def main(
+    ctx: click.Context, target: str, timeout: float, ca_file: Path | None, tls: bool, retries: int
+) -> None:
+    """Encode, sample and decode with a vae-serve server; pictures are written as PNG grids."""
+    ctx.obj = ctx.with_resource(
+        VaeClient(target, timeout=timeout, root_certificates=ca_file, tls=tls, retries=retries)
+    )
+
+
+@main.command()
+@click.pass_context
+def info(ctx: click.Context) -> None:
+    """Model name, version, dimensions, execution provider, card and health."""
+    with _errors():
+        client = _client(ctx)
+        m, status = client.model_info(), client.health()
+    click.echo(f"model:     {m.name} version {m.version}")
+    click.echo(
+        f"shapes:    x [N, {m.input_dim}] (images {'x'.join(map(str, m.image_shape))}), z [N, {m.latent_dim}]"
+    )
+    click.echo(f"provider:  {m.execution_provider}")
+    click.echo(f"health:    {status}")
+    click.echo(f"limits:    {m.max_request_rows} rows, {m.max_samples} samples, {m.max_message_bytes} B/msg")
+    click.echo("card:")
+    for key, value in sorted(m.card.items()):
+        click.echo(f"  {key}: {value}")
+
+
+@main.command()
+@click.option("--service", default="", help="Service name to check ('' = the whole server).")
+@click.pass_context
+def health(ctx: click.Context, service: str) -> None:
+    """Print the health status; exit 0 only when SERVING (for container health checks)."""
+    with _errors():
+        status = _client(ctx).health(service)
+    click.echo(status)
+    ctx.exit(0 if status == "SERVING" else 1)
+
+
+@main.command()
+@click.option("-n", "--num-samples", type=click.IntRange(min=1), default=64, help="Images to draw.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for reproducible draws.")
+@click.option("-o", "--output", type=_PATH, default=Path("samples.png"), help="PNG grid to write.")
+@click.option("--columns", type=click.IntRange(min=1), default=None, help="Grid columns [default: square].")
+@click.pass_context
+def sample(ctx: click.Context, num_samples: int, seed: int | None, output: Path, columns: int | None) -> None:
+    """Decode draws from the prior N(0, I) into a PNG grid."""
+    with _errors():
+        client = _client(ctx)
+        _, images = client.sample(num_samples, seed=seed, decode=True)
+        _save_grid(images, client.model_info().image_shape, output, columns)
+
+
+@main.command()
+@click.option("-i", "--input", "inputs", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="An IDX file, a .npy [N, D] array, or PNG/JPEG images (repeat -i).")  # fmt: skip
+@click.option("-o", "--output", type=_PATH, default=Path("reconstructions.png"), help="PNG to write.")
+@click.option("--limit", type=click.IntRange(min=1), default=32, help="Use the first N images.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of the posterior draw.")
+@click.pass_context
+def reconstruct(
+    ctx: click.Context, inputs: tuple[Path, ...], output: Path, limit: int, seed: int | None
+) -> None:
+    """Originals beside their reconstructions (encode, one posterior draw, decode)."""
+    with _errors():
+        client = _client(ctx)
+        shape = client.model_info().image_shape
+        x = load_images(list(inputs), shape)[:limit]
+        recon = np.concatenate(
+            _with_progress("reconstructing", x, lambda part: client.reconstruct(part, seed=seed))
+        )
+        pairs = np.stack([x, recon], axis=1).reshape(-1, x.shape[1])  # original, reconstruction, ...
+        _save_grid(pairs, shape, output, columns=2 * min(len(x), 8))
+
+
+@main.command()
+@click.option("--a", "first", type=click.Path(path_type=Path), required=True, help="Start image.")
+@click.option("--b", "second", type=click.Path(path_type=Path), required=True, help="End image.")
+@click.option("--steps", type=click.IntRange(min=2), default=10, help="Images along the path, ends included.")
+@click.option("-o", "--output", type=_PATH, default=Path("interpolation.png"), help="PNG to write.")
+@click.pass_context
+def interpolate(ctx: click.Context, first: Path, second: Path, steps: int, output: Path) -> None:
+    """Decode the straight line between two images' posterior means."""
+    with _errors():
+        client = _client(ctx)
+        shape = client.model_info().image_shape
+        x = np.concatenate([load_images([first], shape)[:1], load_images([second], shape)[:1]])
+        mean, _ = client.encode(x)
+        t = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
+        z = ((1 - t) * mean[0] + t * mean[1]).astype(np.float32)
+        _save_grid(client.decode(z), shape, output, columns=steps)
+
+
+@main.command()
+@click.option("-i", "--input", "inputs", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="An IDX file, a .npy [N, D] array, or PNG/JPEG images (repeat -i).")  # fmt: skip
+@click.option("-o", "--output", type=_PATH, default=Path("mean.npy"), help="Posterior means [N, L] (.npy).")
+@click.option("--logvar-output", type=_PATH, default=None, help="Also write logvar [N, L] (.npy).")
+@click.pass_context
+def encode(ctx: click.Context, inputs: tuple[Path, ...], output: Path, logvar_output: Path | None) -> None:
+    """Images to posterior means (and log-variances), as .npy files."""
+    with _errors():
+        client = _client(ctx)
+        x = load_images(list(inputs), client.model_info().image_shape)
+        parts = _with_progress("encoding", x, client.encode)
+        np.save(output, np.concatenate([m for m, _ in parts]))
+        if logvar_output is not None:
+            np.save(logvar_output, np.concatenate([lv for _, lv in parts]))
+    click.echo(f"wrote {output} ({len(x)} rows)", err=True)
+
+
+@main.command()
+@click.option(
+    "-i", "--input", "input_", type=click.Path(path_type=Path), required=True, help="z [N, L] (.npy)."
+)
+@click.option("-o", "--output", type=_PATH, default=Path("decoded.npy"), help="x [N, D] (.npy).")
+@click.option("--png", type=_PATH, default=None, help="Also write the images as a PNG grid.")
+@click.pass_context
+def decode(ctx: click.Context, input_: Path, output: Path, png: Path | None) -> None:
+    """Latents to images (Bernoulli means), as .npy and optionally PNG."""
+    with _errors():
+        client = _client(ctx)
+        z = load_array(input_)
+        x = np.concatenate(_with_progress("decoding", z, client.decode))
+        np.save(output, x)
+        click.echo(f"wrote {output} ({len(x)} rows)", err=True)
+        if png is not None:
+            _save_grid(x, client.model_info().image_shape, png, columns=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Pictures for people: a batch of images as one PNG grid. Pure functions, no server needed."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["grid_shape", "image_grid", "save_png"]
+
+
+def grid_shape(count: int, columns: int | None = None) -> tuple[int, int]:
+    """(rows, columns) for `count` tiles: as square as possible unless columns is given."""
+    if count < 1:
+        raise ValueError("a grid needs at least one image")
+    columns = columns or math.ceil(math.sqrt(count))
+    return math.ceil(count / columns), columns
+
+
+def image_grid(
+    images: np.ndarray, columns: int | None = None, padding: int = 2, scale: int = 2, fill: float = 0.5
+) -> np.ndarray:
+    """images [N, H, W] in [0, 1] -> one uint8 [rows*(H*scale+p)+p, cols*(W*scale+p)+p] picture.
+
+    Tiles are separated by `padding` pixels of grey `fill`, so dark images stay distinguishable.
+    """
+    if images.ndim != 3:
+        raise ValueError(f"expected images [N, H, W], got shape {list(images.shape)}")
+    tiles = np.kron(np.clip(images, 0, 1), np.ones((1, scale, scale), dtype=images.dtype))
+    n, h, w = tiles.shape
+    rows, cols = grid_shape(n, columns)
+    canvas = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding), fill, dtype=np.float32)
+    for i, tile in enumerate(tiles):
+        top, left = padding + (i // cols) * (h + padding), padding + (i % cols) * (w + padding)
+        canvas[top : top + h, left : left + w] = tile
+    return np.round(canvas * 255).astype(np.uint8)
+
+
+def save_png(picture: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(picture, mode="L").save(path, format="PNG")

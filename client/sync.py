@@ -1,0 +1,101 @@
+"""The blocking client: numpy in, numpy out, one reused channel."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
+
+from . import _common as c
+from ._common import ClientOptions, ModelInfo
+
+__all__ = ["VaeClient"]
+
+Reply = TypeVar("Reply")
+
+
+class VaeClient:
+    """`VaeClient("host:50051")`; see `ClientOptions` for TLS, deadlines, retries and limits."""
+
+    def __init__(self, target: str = c.DEFAULT_TARGET, **options: Any) -> None:
+        self.options = ClientOptions(target=target, **options)
+        credentials = self.options.credentials()
+        args = self.options.channel_args()
+        self._channel = (
+            grpc.secure_channel(target, credentials, args)
+            if credentials
+            else grpc.insecure_channel(target, args)
+        )
+        self._stub = vae_pb2_grpc.VAEServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._info: ModelInfo | None = None
+
+    def _call(self, method: Callable[..., Reply], request: object) -> Reply:
+        """One RPC with a deadline, retried with backoff while the server is UNAVAILABLE."""
+        delays = c.backoff_delays(self.options)
+        while True:
+            try:
+                return method(request, timeout=self.options.timeout)
+            except grpc.RpcError as err:
+                delay = next(delays, None) if err.code() is grpc.StatusCode.UNAVAILABLE else None
+                if delay is None:
+                    raise c.from_rpc_error(err) from None
+                time.sleep(delay)
+
+    def model_info(self, refresh: bool = False) -> ModelInfo:
+        if self._info is None or refresh:
+            self._info = ModelInfo.from_proto(
+                self._call(self._stub.GetModelInfo, vae_pb2.GetModelInfoRequest())
+            )
+        return self._info
+
+    def health(self, service: str = "") -> str:
+        """'SERVING', 'NOT_SERVING', ... as grpc.health.v1 reports it."""
+        reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """x [N, D] float32 in [0, 1] -> (mean, logvar), each [N, L]."""
+        x = c.check_float32(x, "x")  # before anything, even model_info, is sent
+        requests = c.encode_requests(x, self.model_info(), self.options.max_message_bytes)
+        return c.merge_encode([self._call(self._stub.Encode, r) for r in requests])
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """z [N, L] float32 -> x [N, D], Bernoulli means in [0, 1]."""
+        z = c.check_float32(z, "z")
+        requests = c.decode_requests(z, self.model_info(), self.options.max_message_bytes)
+        return c.merge_decode([self._call(self._stub.Decode, r) for r in requests])
+
+    def sample(
+        self,
+        num_samples: int,
+        seed: int | None = None,
+        mean: np.ndarray | None = None,
+        logvar: np.ndarray | None = None,
+        decode: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Prior: z [K, L] (x [K, D]); posterior (mean, logvar [N, L]): z [N, K, L] (x [N, K, D])."""
+        info, limit = self.model_info(), self.options.max_message_bytes
+        requests = c.sample_requests(info, limit, num_samples, seed, mean, logvar, decode)
+        return c.merge_sample([self._call(self._stub.Sample, r) for r in requests], decode)
+
+    def reconstruct(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """Encode, draw one posterior sample per image, decode: [N, D] -> [N, D]."""
+        mean, logvar = self.encode(x)
+        _, decoded = self.sample(1, seed=seed, mean=mean, logvar=logvar, decode=True)
+        return decoded[:, 0]
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> VaeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

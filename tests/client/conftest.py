@@ -1,0 +1,21 @@
+"""One real server for the client tests, on 127.0.0.1 with ephemeral ports."""
+
+from collections.abc import Iterator
+
+import pytest
+from support import RunningServer
+
+from vae_serve.client import VaeClient
+
+
+@pytest.fixture(scope="module")
+def running() -> Iterator[RunningServer]:
+    server = RunningServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(running: RunningServer) -> Iterator[VaeClient]:
+    with VaeClient(running.target) as c:
+        yield c

@@ -1,0 +1,140 @@
+"""Both clients against a real server on loopback, checked against ONNX Runtime run directly."""
+
+import asyncio
+import threading
+import time
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from support import DEFAULT_MODEL_DIR, RunningServer, free_port
+
+from vae_serve.client import AsyncVaeClient, VaeClient, VaeServeError
+
+D, L = 784, 32
+
+
+@pytest.fixture(scope="module")
+def direct():
+    def session(name):
+        return ort.InferenceSession(str(DEFAULT_MODEL_DIR / name), providers=["CPUExecutionProvider"])
+
+    return session("encoder.onnx"), session("decoder.onnx")
+
+
+def pixels(n: int) -> np.ndarray:
+    return np.random.default_rng(n).random((n, D), dtype=np.float32)
+
+
+def test_sync_client_methods(client, direct):
+    info = client.model_info()
+    assert (info.name, info.version, info.input_dim, info.latent_dim) == ("fashion-vae", "1", D, L)
+    assert info.image_shape == (28, 28) and info.max_request_rows == 8192
+    assert client.health() == "SERVING"
+    assert client.health("vae.v1.VAEService") == "SERVING"
+    x = pixels(5)
+    mean, logvar = client.encode(x)
+    want_mean, want_logvar = direct[0].run(None, {"x": x})
+    np.testing.assert_allclose(mean, want_mean, atol=1e-6)
+    np.testing.assert_allclose(logvar, want_logvar, atol=1e-6)
+    np.testing.assert_allclose(client.decode(mean), direct[1].run(None, {"z": want_mean})[0], atol=1e-6)
+    z, images = client.sample(6, seed=3, decode=True)
+    assert z.shape == (6, L) and images.shape == (6, D)
+    z_again, none = client.sample(6, seed=3)
+    assert none is None and z_again.tobytes() == z.tobytes()
+    post_z, post_x = client.sample(4, seed=1, mean=mean, logvar=logvar, decode=True)
+    assert post_z.shape == (5, 4, L) and post_x.shape == (5, 4, D)
+    recon = client.reconstruct(x, seed=2)
+    assert recon.shape == (5, D)
+    np.testing.assert_array_equal(recon, client.reconstruct(x, seed=2))
+
+
+def test_async_client_matches_the_sync_one(running, client):
+    x = pixels(3)
+
+    async def run():
+        async with AsyncVaeClient(running.target) as aclient:
+            info = await aclient.model_info()
+            health = await aclient.health()
+            mean, logvar = await aclient.encode(x)
+            decoded = await aclient.decode(mean)
+            z, images = await aclient.sample(5, seed=9, decode=True)
+            recon = await aclient.reconstruct(x, seed=4)
+            return info, health, mean, logvar, decoded, z, images, recon
+
+    info, health, mean, logvar, decoded, z, _, recon = asyncio.run(run())
+    assert info == client.model_info() and health == "SERVING"
+    want_mean, want_logvar = client.encode(x)
+    np.testing.assert_array_equal(mean, want_mean)
+    np.testing.assert_array_equal(logvar, want_logvar)
+    np.testing.assert_array_equal(decoded, client.decode(want_mean))
+    np.testing.assert_array_equal(z, client.sample(5, seed=9)[0])
+    np.testing.assert_array_equal(recon, client.reconstruct(x, seed=4))
+
+
+def test_large_batches_are_split_under_the_message_limit_in_order(running, direct):
+    x = pixels(1000)  # 3.1 MB of pixels; 128 KiB messages carry 40 rows each
+    with VaeClient(running.target, max_message_bytes=128 * 1024) as small:
+        mean, _ = small.encode(x)
+        decoded = small.decode(mean)
+        z, images = small.sample(300, seed=5, decode=True)
+    np.testing.assert_allclose(mean, direct[0].run(None, {"x": x})[0], atol=1e-6)
+    np.testing.assert_allclose(decoded, direct[1].run(None, {"z": mean})[0], atol=1e-6)
+    assert z.shape == (300, L) and images.shape == (300, D)
+    assert len({row.tobytes() for row in z}) == 300  # the chunks drew different samples
+    with VaeClient(running.target) as whole:  # the server's 8192-row limit splits this one
+        mean, logvar = whole.encode(pixels(9000))
+        assert mean.shape == logvar.shape == (9000, L)
+
+
+def test_wrong_dtype_is_refused_before_anything_is_sent():
+    # No server listens here: a request would end in UNAVAILABLE, not INVALID_ARGUMENT.
+    with VaeClient(f"127.0.0.1:{free_port()}", retries=0, timeout=2) as nowhere:
+        for call in (nowhere.encode, nowhere.decode):
+            with pytest.raises(VaeServeError) as caught:
+                call(np.zeros((2, 784)))
+            assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+            assert "expected dtype float32, got float64" in caught.value.details
+
+
+def test_server_errors_carry_status_and_message(client):
+    with pytest.raises(VaeServeError) as caught:
+        client.encode(np.full((1, D), 2.0, dtype=np.float32))
+    assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "outside [0, 1]" in caught.value.details
+    assert str(caught.value).startswith("INVALID_ARGUMENT: x: row 0")
+
+
+def test_retries_until_a_late_server_comes_up():
+    port = free_port()
+    late: list[RunningServer] = []
+    starter = threading.Timer(1.0, lambda: late.append(RunningServer(port=port)))
+    starter.start()
+    began = time.monotonic()
+    try:
+        with VaeClient(f"127.0.0.1:{port}", retries=12, backoff_initial=0.05, backoff_max=0.5) as patient:
+            assert patient.model_info().name == "fashion-vae"
+        assert time.monotonic() - began >= 1.0
+    finally:
+        starter.join()
+        for server in late:
+            server.stop()
+
+
+def test_no_retry_gives_unavailable_at_once():
+    with VaeClient(f"127.0.0.1:{free_port()}", retries=0, timeout=5) as nowhere:
+        began = time.monotonic()
+        with pytest.raises(VaeServeError) as caught:
+            nowhere.model_info()
+        assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - began < 3
+
+
+def test_deadline_expires(running):
+    z = np.random.default_rng(0).standard_normal((8192, L), dtype=np.float32)
+    with VaeClient(running.target, timeout=0.002) as hasty:
+        hasty._info = VaeClient(running.target).model_info()  # skip the info call's own deadline
+        with pytest.raises(VaeServeError) as caught:
+            hasty.decode(z)
+    assert caught.value.code is grpc.StatusCode.DEADLINE_EXCEEDED

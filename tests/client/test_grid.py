@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from vae_serve.client.grid import grid_shape, image_grid, save_png
+
+
+@pytest.mark.parametrize(
+    ("count", "columns", "shape"),
+    [(1, None, (1, 1)), (64, None, (8, 8)), (10, None, (3, 4)), (10, 5, (2, 5)), (3, 10, (1, 10))],
+)
+def test_grid_shape(count, columns, shape):
+    assert grid_shape(count, columns) == shape
+
+
+def test_grid_places_each_tile_scaled_with_grey_padding():
+    images = np.zeros((3, 2, 3), dtype=np.float32)
+    images[1] = 1.0
+    picture = image_grid(images, columns=2, padding=1, scale=2)
+    # 2 rows x 2 columns of 4x6 tiles with 1-pixel padding.
+    assert picture.shape == (2 * (4 + 1) + 1, 2 * (6 + 1) + 1)
+    assert picture.dtype == np.uint8
+    assert (picture[1:5, 1:7] == 0).all()  # first tile black
+    assert (picture[1:5, 8:14] == 255).all()  # second tile white
+    assert picture[0, 0] == 128  # padding grey
+    assert (picture[6:10, 8:14] == 128).all()  # the missing fourth tile stays grey
+
+
+def test_grid_rejects_flat_rows():
+    with pytest.raises(ValueError, match=r"expected images \[N, H, W\]"):
+        image_grid(np.zeros((4, 784), dtype=np.float32))
+
+
+def test_save_png_round_trips(tmp_path):
+    picture = (np.arange(12, dtype=np.uint8) * 20).reshape(3, 4)
+    save_png(picture, tmp_path / "sub" / "g.png")
+    with Image.open(tmp_path / "sub" / "g.png") as img:
+        assert img.mode == "L"
+        np.testing.assert_array_equal(np.asarray(img), picture)
