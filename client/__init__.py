@@ -7,7 +7,8 @@
 Arrays are numpy float32; every failure is a `VaeServeError` carrying the gRPC status code.
 """
 
-from ._common import ClientOptions, ModelInfo, VaeServeError
+from ._requests import ModelInfo
+from ._transport import ClientOptions, VaeServeError
 from .aio import AsyncVaeClient
 from .sync import VaeClient
 

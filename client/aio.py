@@ -12,8 +12,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 
-from . import _common as c
-from ._common import ClientOptions, ModelInfo
+from ._requests import (
+    ModelInfo,
+    check_float32,
+    check_sample_args,
+    decode_requests,
+    encode_requests,
+    merge_decode,
+    merge_encode,
+    merge_sample,
+    sample_requests,
+)
+from ._transport import DEFAULT_TARGET, Attempts, ClientOptions, closed_client_error, open_channel
 
 __all__ = ["AsyncVaeClient"]
 
@@ -23,29 +33,23 @@ Reply = TypeVar("Reply")
 class AsyncVaeClient:
     """`async with AsyncVaeClient("host:50051") as client: ...`; options as for `VaeClient`."""
 
-    def __init__(self, target: str = c.DEFAULT_TARGET, **options: Any) -> None:
+    def __init__(self, target: str = DEFAULT_TARGET, **options: Any) -> None:
         self.options = ClientOptions(target=target, **options)
-        credentials = self.options.credentials()
-        args = self.options.channel_args()
-        self._channel = (
-            grpc.aio.secure_channel(target, credentials, args)
-            if credentials
-            else grpc.aio.insecure_channel(target, args)
-        )
+        self._channel = open_channel(self.options, aio=True)
         self._stub = vae_pb2_grpc.VAEServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._info: ModelInfo | None = None
 
     async def _call(self, method: Callable[..., Awaitable[Reply]], request: object) -> Reply:
-        delays = c.backoff_delays(self.options)
+        """One request within the deadline, retried with backoff while the server is UNAVAILABLE."""
+        attempts = Attempts(self.options)
         while True:
             try:
-                return await method(request, timeout=self.options.timeout)
+                return await method(request, timeout=attempts.timeout(), wait_for_ready=attempts.retrying)
             except grpc.RpcError as err:
-                delay = next(delays, None) if err.code() is grpc.StatusCode.UNAVAILABLE else None
-                if delay is None:
-                    raise c.from_rpc_error(err) from None
-                await asyncio.sleep(delay)
+                await asyncio.sleep(attempts.retry_after(err))
+            except grpc.aio.UsageError:  # the channel was closed
+                raise closed_client_error() from None
 
     async def model_info(self, refresh: bool = False) -> ModelInfo:
         if self._info is None or refresh:
@@ -54,18 +58,21 @@ class AsyncVaeClient:
         return self._info
 
     async def health(self, service: str = "") -> str:
+        """'SERVING', 'NOT_SERVING', ... as grpc.health.v1 reports it."""
         reply = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     async def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = c.check_float32(x, "x")  # before anything, even model_info, is sent
-        requests = c.encode_requests(x, await self.model_info(), self.options.max_message_bytes)
-        return c.merge_encode([await self._call(self._stub.Encode, r) for r in requests])
+        """x [N, D] float32 in [0, 1] -> (mean, logvar), each [N, L]."""
+        x = check_float32(x, "x")  # before anything, even model_info, is sent
+        requests = encode_requests(x, await self.model_info(), self.options.max_message_bytes)
+        return merge_encode([await self._call(self._stub.Encode, r) for r in requests])
 
     async def decode(self, z: np.ndarray) -> np.ndarray:
-        z = c.check_float32(z, "z")
-        requests = c.decode_requests(z, await self.model_info(), self.options.max_message_bytes)
-        return c.merge_decode([await self._call(self._stub.Decode, r) for r in requests])
+        """z [N, L] float32 -> x [N, D], Bernoulli means in [0, 1]."""
+        z = check_float32(z, "z")
+        requests = decode_requests(z, await self.model_info(), self.options.max_message_bytes)
+        return merge_decode([await self._call(self._stub.Decode, r) for r in requests])
 
     async def sample(
         self,
@@ -75,11 +82,14 @@ class AsyncVaeClient:
         logvar: np.ndarray | None = None,
         decode: bool = False,
     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Prior: z [K, L] (x [K, D]); posterior (mean, logvar [N, L]): z [N, K, L] (x [N, K, D])."""
+        mean, logvar = check_sample_args(num_samples, seed, mean, logvar)
         info, limit = await self.model_info(), self.options.max_message_bytes
-        requests = c.sample_requests(info, limit, num_samples, seed, mean, logvar, decode)
-        return c.merge_sample([await self._call(self._stub.Sample, r) for r in requests], decode)
+        requests = sample_requests(info, limit, num_samples, seed, mean, logvar, decode)
+        return merge_sample([await self._call(self._stub.Sample, r) for r in requests], decode)
 
     async def reconstruct(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """Encode, draw one posterior sample per image, decode: [N, D] -> [N, D]."""
         mean, logvar = await self.encode(x)
         _, decoded = await self.sample(1, seed=seed, mean=mean, logvar=logvar, decode=True)
         return decoded[:, 0]

@@ -6,23 +6,29 @@ line; 2 a usage error.
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import numpy as np
 
-from ._common import DEFAULT_TARGET, VaeServeError
+from ._requests import chunk_seeds
+from ._transport import DEFAULT_TARGET, VaeServeError
 from .grid import image_grid, save_png
 from .images import InputFileError, load_array, load_images
 from .sync import VaeClient
 
 __all__ = ["main"]
 
+T = TypeVar("T")
+
 _PROGRESS_ROWS = 512  # rows per step of the progress bar on long runs
-_PATH = click.Path(path_type=Path, dir_okay=False)
+_OUTPUT_FILE = click.Path(path_type=Path, dir_okay=False)
+_SEED = click.IntRange(0, 2**64 - 1)
 
 
 @contextmanager
@@ -38,13 +44,27 @@ def _client(ctx: click.Context) -> VaeClient:
     return ctx.find_object(VaeClient)
 
 
-def _with_progress(label: str, rows: np.ndarray, step: object) -> list:
-    """Apply step() to slices of rows, with a progress bar when there is more than one slice."""
-    slices = [rows[i : i + _PROGRESS_ROWS] for i in range(0, len(rows), _PROGRESS_ROWS)]
-    if len(slices) == 1:
-        return [step(slices[0])]
+def _with_progress(
+    label: str, total: int, step: Callable[[int, int, int | None], T], seed: int | None
+) -> list[T]:
+    """step(start, stop, seed) over slices of `total` rows, each with its own derived seed,
+    with a progress bar on a terminal when there is more than one slice."""
+    starts = range(0, total, _PROGRESS_ROWS)
+    slices = [
+        (i, min(i + _PROGRESS_ROWS, total), s)
+        for i, s in zip(starts, chunk_seeds(seed, len(starts)), strict=True)
+    ]
+    if len(slices) == 1 or not sys.stderr.isatty():  # a bar only where a person watches
+        return [step(*part) for part in slices]
     with click.progressbar(slices, label=label, file=sys.stderr) as bar:
-        return [step(part) for part in bar]
+        return [step(*part) for part in bar]
+
+
+def _save_npy(array: np.ndarray, output: Path) -> None:
+    """Exactly at `output` (np.save would append .npy to other names)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("wb") as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def _save_grid(images: np.ndarray, image_shape: tuple[int, ...], output: Path, columns: int | None) -> None:
@@ -64,16 +84,29 @@ def _save_grid(images: np.ndarray, image_shape: tuple[int, ...], output: Path, c
 )
 @click.option("--tls/--no-tls", default=False, help="TLS with the system trust store.")
 @click.option(
+    "--cert-file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="PEM client cert (mTLS).",
+)
+@click.option(
+    "--key-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="PEM client key (mTLS)."
+)
+@click.option(
     "--retries", type=click.IntRange(min=0), default=5, help="Retries while the server is unavailable."
 )
 @click.pass_context
 def main(
-    ctx: click.Context, target: str, timeout: float, ca_file: Path | None, tls: bool, retries: int
-) -> None:
+    ctx: click.Context, target: str, timeout: float, ca_file: Path | None, tls: bool,
+    cert_file: Path | None, key_file: Path | None, retries: int,
+) -> None:  # fmt: skip
     """Encode, sample and decode with a vae-serve server; pictures are written as PNG grids."""
-    ctx.obj = ctx.with_resource(
-        VaeClient(target, timeout=timeout, root_certificates=ca_file, tls=tls, retries=retries)
-    )
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # failures are reported as one line instead
+    with _errors():
+        client = VaeClient(
+            target, timeout=timeout, root_certificates=ca_file, tls=tls, retries=retries,
+            certificate_chain=cert_file, private_key=key_file,
+        )  # fmt: skip
+    ctx.obj = ctx.with_resource(client)
 
 
 @main.command()
@@ -108,24 +141,29 @@ def health(ctx: click.Context, service: str) -> None:
 
 @main.command()
 @click.option("-n", "--num-samples", type=click.IntRange(min=1), default=64, help="Images to draw.")
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for reproducible draws.")
-@click.option("-o", "--output", type=_PATH, default=Path("samples.png"), help="PNG grid to write.")
+@click.option("--seed", type=_SEED, default=None, help="Seed for reproducible draws.")
+@click.option("-o", "--output", type=_OUTPUT_FILE, default=Path("samples.png"), help="PNG grid to write.")
 @click.option("--columns", type=click.IntRange(min=1), default=None, help="Grid columns [default: square].")
 @click.pass_context
 def sample(ctx: click.Context, num_samples: int, seed: int | None, output: Path, columns: int | None) -> None:
     """Decode draws from the prior N(0, I) into a PNG grid."""
     with _errors():
         client = _client(ctx)
-        _, images = client.sample(num_samples, seed=seed, decode=True)
-        _save_grid(images, client.model_info().image_shape, output, columns)
+        parts = _with_progress(
+            "sampling",
+            num_samples,
+            lambda start, stop, s: client.sample(stop - start, seed=s, decode=True)[1],
+            seed,
+        )
+        _save_grid(np.concatenate(parts), client.model_info().image_shape, output, columns)
 
 
 @main.command()
 @click.option("-i", "--input", "inputs", type=click.Path(path_type=Path), multiple=True, required=True,
               help="An IDX file, a .npy [N, D] array, or PNG/JPEG images (repeat -i).")  # fmt: skip
-@click.option("-o", "--output", type=_PATH, default=Path("reconstructions.png"), help="PNG to write.")
+@click.option("-o", "--output", type=_OUTPUT_FILE, default=Path("reconstructions.png"), help="PNG to write.")
 @click.option("--limit", type=click.IntRange(min=1), default=32, help="Use the first N images.")
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of the posterior draw.")
+@click.option("--seed", type=_SEED, default=None, help="Seed of the posterior draws.")
 @click.pass_context
 def reconstruct(
     ctx: click.Context, inputs: tuple[Path, ...], output: Path, limit: int, seed: int | None
@@ -136,7 +174,7 @@ def reconstruct(
         shape = client.model_info().image_shape
         x = load_images(list(inputs), shape)[:limit]
         recon = np.concatenate(
-            _with_progress("reconstructing", x, lambda part: client.reconstruct(part, seed=seed))
+            _with_progress("reconstructing", len(x), lambda i, j, s: client.reconstruct(x[i:j], seed=s), seed)
         )
         pairs = np.stack([x, recon], axis=1).reshape(-1, x.shape[1])  # original, reconstruction, ...
         _save_grid(pairs, shape, output, columns=2 * min(len(x), 8))
@@ -146,7 +184,7 @@ def reconstruct(
 @click.option("--a", "first", type=click.Path(path_type=Path), required=True, help="Start image.")
 @click.option("--b", "second", type=click.Path(path_type=Path), required=True, help="End image.")
 @click.option("--steps", type=click.IntRange(min=2), default=10, help="Images along the path, ends included.")
-@click.option("-o", "--output", type=_PATH, default=Path("interpolation.png"), help="PNG to write.")
+@click.option("-o", "--output", type=_OUTPUT_FILE, default=Path("interpolation.png"), help="PNG to write.")
 @click.pass_context
 def interpolate(ctx: click.Context, first: Path, second: Path, steps: int, output: Path) -> None:
     """Decode the straight line between two images' posterior means."""
@@ -163,18 +201,20 @@ def interpolate(ctx: click.Context, first: Path, second: Path, steps: int, outpu
 @main.command()
 @click.option("-i", "--input", "inputs", type=click.Path(path_type=Path), multiple=True, required=True,
               help="An IDX file, a .npy [N, D] array, or PNG/JPEG images (repeat -i).")  # fmt: skip
-@click.option("-o", "--output", type=_PATH, default=Path("mean.npy"), help="Posterior means [N, L] (.npy).")
-@click.option("--logvar-output", type=_PATH, default=None, help="Also write logvar [N, L] (.npy).")
+@click.option(
+    "-o", "--output", type=_OUTPUT_FILE, default=Path("mean.npy"), help="Posterior means [N, L] (.npy)."
+)
+@click.option("--logvar-output", type=_OUTPUT_FILE, default=None, help="Also write logvar [N, L] (.npy).")
 @click.pass_context
 def encode(ctx: click.Context, inputs: tuple[Path, ...], output: Path, logvar_output: Path | None) -> None:
     """Images to posterior means (and log-variances), as .npy files."""
     with _errors():
         client = _client(ctx)
         x = load_images(list(inputs), client.model_info().image_shape)
-        parts = _with_progress("encoding", x, client.encode)
-        np.save(output, np.concatenate([m for m, _ in parts]))
+        parts = _with_progress("encoding", len(x), lambda i, j, _: client.encode(x[i:j]), None)
+        _save_npy(np.concatenate([m for m, _ in parts]), output)
         if logvar_output is not None:
-            np.save(logvar_output, np.concatenate([lv for _, lv in parts]))
+            _save_npy(np.concatenate([lv for _, lv in parts]), logvar_output)
     click.echo(f"wrote {output} ({len(x)} rows)", err=True)
 
 
@@ -182,16 +222,16 @@ def encode(ctx: click.Context, inputs: tuple[Path, ...], output: Path, logvar_ou
 @click.option(
     "-i", "--input", "input_", type=click.Path(path_type=Path), required=True, help="z [N, L] (.npy)."
 )
-@click.option("-o", "--output", type=_PATH, default=Path("decoded.npy"), help="x [N, D] (.npy).")
-@click.option("--png", type=_PATH, default=None, help="Also write the images as a PNG grid.")
+@click.option("-o", "--output", type=_OUTPUT_FILE, default=Path("decoded.npy"), help="x [N, D] (.npy).")
+@click.option("--png", type=_OUTPUT_FILE, default=None, help="Also write the images as a PNG grid.")
 @click.pass_context
 def decode(ctx: click.Context, input_: Path, output: Path, png: Path | None) -> None:
     """Latents to images (Bernoulli means), as .npy and optionally PNG."""
     with _errors():
         client = _client(ctx)
         z = load_array(input_)
-        x = np.concatenate(_with_progress("decoding", z, client.decode))
-        np.save(output, x)
+        x = np.concatenate(_with_progress("decoding", len(z), lambda i, j, _: client.decode(z[i:j]), None))
+        _save_npy(x, output)
         click.echo(f"wrote {output} ({len(x)} rows)", err=True)
         if png is not None:
             _save_grid(x, client.model_info().image_shape, png, columns=None)

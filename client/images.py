@@ -11,22 +11,31 @@ from vae_serve.idx import IdxError, read_idx
 
 __all__ = ["InputFileError", "load_array", "load_images"]
 
-PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 class InputFileError(Exception):
     """An input file that cannot be used; the message names it."""
 
 
+def _grey(img: Image.Image) -> Image.Image:
+    """8-bit greyscale; 16-bit and float pictures are scaled, not clipped, to 0..255."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or values.max() > 255 else 255.0
+        return Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+    return img.convert("L")
+
+
 def _picture(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
     try:
         with Image.open(path) as img:
-            grey = img.convert("L")
+            grey = _grey(img)
             height, width = image_shape
             if grey.size != (width, height):
                 grey = grey.resize((width, height), Image.Resampling.BILINEAR)
             return np.asarray(grey, dtype=np.float32).reshape(-1) / 255.0
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise InputFileError(f"{path}: not a readable image ({exc})") from None
 
 
@@ -34,10 +43,14 @@ def load_array(path: Path) -> np.ndarray:
     """A .npy file as float32, without ever unpickling."""
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputFileError(f"{path}: not a readable .npy array ({exc})") from None
-    if not np.issubdtype(array.dtype, np.number):
-        raise InputFileError(f"{path}: expected numbers, found dtype {array.dtype}")
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputFileError(f"{path}: not a readable .npy array ({exc or 'empty file'})") from None
+    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
+        raise InputFileError(f"{path}: expected an array of numbers")
+    if array.ndim < 2 or len(array) == 0:
+        raise InputFileError(
+            f"{path}: expected a non-empty array of rows [N, ...], found shape {list(array.shape)}"
+        )
     return array.astype(np.float32)
 
 
@@ -59,11 +72,18 @@ def load_images(paths: list[Path], image_shape: tuple[int, ...]) -> np.ndarray:
     for path in paths:
         if not path.is_file():
             raise InputFileError(f"{path}: no such file")
+    rows = _rows(paths, image_shape, input_dim)
+    if len(rows) == 0:
+        raise InputFileError(f"{paths[0]}: holds no images")
+    return rows
+
+
+def _rows(paths: list[Path], image_shape: tuple[int, ...], input_dim: int) -> np.ndarray:
     if len(paths) == 1 and paths[0].suffix.lower() not in PICTURE_SUFFIXES:
         path = paths[0]
         if path.suffix == ".npy":
             rows = load_array(path)
-            if rows.ndim < 2 or int(np.prod(rows.shape[1:])) != input_dim:
+            if int(np.prod(rows.shape[1:])) != input_dim:
                 raise InputFileError(
                     f"{path}: expected [N, {input_dim}] values, found shape {list(rows.shape)}"
                 )

@@ -12,8 +12,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 
-from . import _common as c
-from ._common import ClientOptions, ModelInfo
+from ._requests import (
+    ModelInfo,
+    check_float32,
+    check_sample_args,
+    decode_requests,
+    encode_requests,
+    merge_decode,
+    merge_encode,
+    merge_sample,
+    sample_requests,
+)
+from ._transport import DEFAULT_TARGET, Attempts, ClientOptions, closed_client_error, open_channel
 
 __all__ = ["VaeClient"]
 
@@ -23,36 +33,28 @@ Reply = TypeVar("Reply")
 class VaeClient:
     """`VaeClient("host:50051")`; see `ClientOptions` for TLS, deadlines, retries and limits."""
 
-    def __init__(self, target: str = c.DEFAULT_TARGET, **options: Any) -> None:
+    def __init__(self, target: str = DEFAULT_TARGET, **options: Any) -> None:
         self.options = ClientOptions(target=target, **options)
-        credentials = self.options.credentials()
-        args = self.options.channel_args()
-        self._channel = (
-            grpc.secure_channel(target, credentials, args)
-            if credentials
-            else grpc.insecure_channel(target, args)
-        )
+        self._channel = open_channel(self.options, aio=False)
         self._stub = vae_pb2_grpc.VAEServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._info: ModelInfo | None = None
 
     def _call(self, method: Callable[..., Reply], request: object) -> Reply:
-        """One RPC with a deadline, retried with backoff while the server is UNAVAILABLE."""
-        delays = c.backoff_delays(self.options)
+        """One request within the deadline, retried with backoff while the server is UNAVAILABLE."""
+        attempts = Attempts(self.options)
         while True:
             try:
-                return method(request, timeout=self.options.timeout)
+                return method(request, timeout=attempts.timeout(), wait_for_ready=attempts.retrying)
             except grpc.RpcError as err:
-                delay = next(delays, None) if err.code() is grpc.StatusCode.UNAVAILABLE else None
-                if delay is None:
-                    raise c.from_rpc_error(err) from None
-                time.sleep(delay)
+                time.sleep(attempts.retry_after(err))
+            except ValueError:  # grpc's "Cannot invoke RPC on closed channel!"
+                raise closed_client_error() from None
 
     def model_info(self, refresh: bool = False) -> ModelInfo:
         if self._info is None or refresh:
-            self._info = ModelInfo.from_proto(
-                self._call(self._stub.GetModelInfo, vae_pb2.GetModelInfoRequest())
-            )
+            reply = self._call(self._stub.GetModelInfo, vae_pb2.GetModelInfoRequest())
+            self._info = ModelInfo.from_proto(reply)
         return self._info
 
     def health(self, service: str = "") -> str:
@@ -62,15 +64,15 @@ class VaeClient:
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """x [N, D] float32 in [0, 1] -> (mean, logvar), each [N, L]."""
-        x = c.check_float32(x, "x")  # before anything, even model_info, is sent
-        requests = c.encode_requests(x, self.model_info(), self.options.max_message_bytes)
-        return c.merge_encode([self._call(self._stub.Encode, r) for r in requests])
+        x = check_float32(x, "x")  # before anything, even model_info, is sent
+        requests = encode_requests(x, self.model_info(), self.options.max_message_bytes)
+        return merge_encode([self._call(self._stub.Encode, r) for r in requests])
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """z [N, L] float32 -> x [N, D], Bernoulli means in [0, 1]."""
-        z = c.check_float32(z, "z")
-        requests = c.decode_requests(z, self.model_info(), self.options.max_message_bytes)
-        return c.merge_decode([self._call(self._stub.Decode, r) for r in requests])
+        z = check_float32(z, "z")
+        requests = decode_requests(z, self.model_info(), self.options.max_message_bytes)
+        return merge_decode([self._call(self._stub.Decode, r) for r in requests])
 
     def sample(
         self,
@@ -81,9 +83,10 @@ class VaeClient:
         decode: bool = False,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Prior: z [K, L] (x [K, D]); posterior (mean, logvar [N, L]): z [N, K, L] (x [N, K, D])."""
+        mean, logvar = check_sample_args(num_samples, seed, mean, logvar)
         info, limit = self.model_info(), self.options.max_message_bytes
-        requests = c.sample_requests(info, limit, num_samples, seed, mean, logvar, decode)
-        return c.merge_sample([self._call(self._stub.Sample, r) for r in requests], decode)
+        requests = sample_requests(info, limit, num_samples, seed, mean, logvar, decode)
+        return merge_sample([self._call(self._stub.Sample, r) for r in requests], decode)
 
     def reconstruct(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:
         """Encode, draw one posterior sample per image, decode: [N, D] -> [N, D]."""

@@ -1,6 +1,7 @@
 """Both clients against a real server on loopback, checked against ONNX Runtime run directly."""
 
 import asyncio
+import os
 import threading
 import time
 
@@ -8,7 +9,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from support import DEFAULT_MODEL_DIR, RunningServer, free_port
+from support import DEFAULT_MODEL_DIR, RunningServer, free_port, make_certificates
 
 from vae_serve.client import AsyncVaeClient, VaeClient, VaeServeError
 
@@ -31,6 +32,7 @@ def test_sync_client_methods(client, direct):
     info = client.model_info()
     assert (info.name, info.version, info.input_dim, info.latent_dim) == ("fashion-vae", "1", D, L)
     assert info.image_shape == (28, 28) and info.max_request_rows == 8192
+    assert info.server_id.endswith(f":{os.getpid()}")  # the in-process test server
     assert client.health() == "SERVING"
     assert client.health("vae.v1.VAEService") == "SERVING"
     x = pixels(5)
@@ -132,9 +134,105 @@ def test_no_retry_gives_unavailable_at_once():
 
 
 def test_deadline_expires(running):
-    z = np.random.default_rng(0).standard_normal((8192, L), dtype=np.float32)
-    with VaeClient(running.target, timeout=0.002) as hasty:
-        hasty._info = VaeClient(running.target).model_info()  # skip the info call's own deadline
+    with VaeClient(running.target, timeout=0.05) as hasty:
+        assert hasty.model_info().latent_dim == L  # a quick call fits the deadline ...
         with pytest.raises(VaeServeError) as caught:
-            hasty.decode(z)
+            hasty.sample(8192, decode=True)  # ... 8192 decoded draws (100+ ms of compute) do not
     assert caught.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_survives_a_server_restart_with_default_options():
+    port = free_port()
+    first = RunningServer(port=port)
+    x = pixels(64)
+    with VaeClient(f"127.0.0.1:{port}") as client:
+        want, _ = client.encode(x)
+        first.stop()
+        second: list[RunningServer] = []
+        restart = threading.Timer(0.5, lambda: second.append(RunningServer(port=port)))
+        restart.start()
+        try:
+            got, _ = client.encode(x)  # down for 0.5 s and more: retried until it is back
+        finally:
+            restart.join()
+            for server in second:
+                server.stop()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_async_client_errors_retries_and_deadlines(running):
+    async def run():
+        async with AsyncVaeClient(running.target, timeout=0.05) as hasty:
+            await hasty.model_info()
+            with pytest.raises(VaeServeError) as late:
+                await hasty.sample(8192, decode=True)
+            with pytest.raises(VaeServeError) as bad:
+                await hasty.encode(np.full((1, D), 2.0, dtype=np.float32))
+            with pytest.raises(VaeServeError) as dtype:
+                await hasty.decode(np.zeros((1, L)))
+        async with AsyncVaeClient(f"127.0.0.1:{free_port()}", retries=2, timeout=1) as nowhere:
+            began = time.monotonic()
+            with pytest.raises(VaeServeError) as down:
+                await nowhere.health()
+            waited = time.monotonic() - began
+        closed = AsyncVaeClient(running.target)
+        await closed.close()
+        with pytest.raises(VaeServeError) as after_close:
+            await closed.health()
+        return late.value, bad.value, dtype.value, down.value, waited, after_close.value
+
+    late, bad, dtype, down, waited, after_close = asyncio.run(run())
+    assert late.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert bad.code is grpc.StatusCode.INVALID_ARGUMENT and "outside [0, 1]" in bad.details
+    assert dtype.code is grpc.StatusCode.INVALID_ARGUMENT and "float32" in dtype.details
+    assert down.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert waited <= 1.5  # retries stay inside the one-second deadline
+    assert after_close.code is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_async_client_splits_large_batches(running, direct):
+    x = pixels(300)
+
+    async def run():
+        async with AsyncVaeClient(running.target, max_message_bytes=128 * 1024) as small:
+            return await small.encode(x)
+
+    mean, _ = asyncio.run(run())
+    np.testing.assert_allclose(mean, direct[0].run(None, {"x": x})[0], atol=1e-6)
+
+
+def test_closed_sync_client_says_so(running):
+    client = VaeClient(running.target)
+    client.close()
+    with pytest.raises(VaeServeError) as caught:
+        client.health()
+    assert caught.value.code is grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+def test_tls_and_mutual_tls(certificates):
+    c = certificates
+    tls = RunningServer(tls_cert=c["server.pem"], tls_key=c["server.key"])
+    try:
+        with VaeClient(tls.target, root_certificates=c["ca.pem"]) as trusted:
+            assert trusted.health() == "SERVING"
+        with VaeClient(tls.target, retries=0, timeout=2) as plain, pytest.raises(VaeServeError) as caught:
+            plain.health()
+        assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+    finally:
+        tls.stop()
+    mutual = RunningServer(tls_cert=c["server.pem"], tls_key=c["server.key"], tls_client_ca=c["ca.pem"])
+    try:
+        identity = {"certificate_chain": c["client.pem"], "private_key": c["client.key"]}
+        with VaeClient(mutual.target, root_certificates=c["ca.pem"], **identity) as known:
+            assert known.model_info().name == "fashion-vae"
+        anonymous = VaeClient(mutual.target, root_certificates=c["ca.pem"], retries=0, timeout=2)
+        with anonymous, pytest.raises(VaeServeError) as caught:
+            anonymous.health()
+        assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+    finally:
+        mutual.stop()

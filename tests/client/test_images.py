@@ -65,3 +65,35 @@ def test_npy_is_never_unpickled(tmp_path):
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InputFileError, match=r"not a readable \.npy array"):
         load_array(tmp_path / "objects.npy")
+
+
+def test_sixteen_bit_and_rgba_pictures_keep_their_scale(tmp_path):
+    deep = np.zeros((28, 28), dtype=np.uint16)
+    deep[:, :14] = 65535
+    deep[:, 14:] = 32768
+    Image.fromarray(deep).save(tmp_path / "deep.png")  # uint16: mode I;16
+    Image.new("RGBA", (28, 28), (255, 255, 255, 128)).save(tmp_path / "alpha.png")
+    rows = load_images([tmp_path / "deep.png", tmp_path / "alpha.png"], SHAPE).reshape(2, 28, 28)
+    assert rows[0, :, :14].min() == 1.0
+    assert abs(rows[0, :, 14:].mean() - 0.5) < 0.01  # half intensity stays half, not clipped to white
+    assert rows[1].min() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "message"),
+    [
+        ("empty.npy", lambda p: p.write_bytes(b""), "not a readable .npy array"),
+        ("scalar.npy", lambda p: np.save(p, np.float32(1)), "expected a non-empty array of rows"),
+        ("none.npy", lambda p: np.save(p, np.zeros((0, 784))), "expected a non-empty array of rows"),
+        ("none.idx", lambda p: p.write_bytes(idx_bytes(np.zeros((0, 28, 28), np.uint8))), "holds no images"),
+    ],
+)
+def test_empty_inputs_are_refused(tmp_path, name, write, message):
+    write(tmp_path / name)
+    with pytest.raises(InputFileError, match=message):
+        load_images([tmp_path / name], SHAPE)
+
+
+def test_a_directory_is_not_a_file(tmp_path):
+    with pytest.raises(InputFileError, match="no such file"):
+        load_images([tmp_path], SHAPE)

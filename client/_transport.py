@@ -1,0 +1,138 @@
+"""Connection options, the one error type, and the retry schedule: what both clients share.
+
+Retries: every vae-serve RPC is idempotent, so a call that ends UNAVAILABLE (server down,
+restarting or draining) is retried with exponential backoff and full jitter, within one deadline
+for all of its attempts; retried attempts wait for the channel to be ready rather than failing at
+once while gRPC reconnects.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+__all__ = ["DEFAULT_TARGET", "Attempts", "ClientOptions", "VaeServeError", "from_rpc_error", "open_channel"]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+class VaeServeError(Exception):
+    """Any failed call: the gRPC status code and the server's (or the client's) message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+def from_rpc_error(err: grpc.RpcError) -> VaeServeError:
+    code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = err.details() if callable(getattr(err, "details", None)) else str(err)
+    return VaeServeError(code, details or code.name)
+
+
+def invalid(details: str) -> VaeServeError:
+    return VaeServeError(grpc.StatusCode.INVALID_ARGUMENT, details)
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    target: str = DEFAULT_TARGET
+    timeout: float = 10.0  # seconds for one request, its retries included; never infinite
+    root_certificates: Path | str | None = None  # PEM CA bundle: use TLS and trust these
+    tls: bool = False  # TLS with the system's trust store (implied by root_certificates)
+    certificate_chain: Path | str | None = None  # PEM client certificate, for servers that demand mTLS
+    private_key: Path | str | None = None  # its PEM key
+    max_message_bytes: int = 64 * 1024 * 1024
+    retries: int = 5  # further attempts after UNAVAILABLE
+    backoff_initial: float = 0.05
+    backoff_max: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "backoff_initial", "backoff_max"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.timeout == 0:
+            raise ValueError("timeout must be positive")
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {self.retries!r}")
+        if self.max_message_bytes < 64 * 1024:
+            raise ValueError(f"max_message_bytes must be at least 65536, got {self.max_message_bytes}")
+        if (self.certificate_chain is None) != (self.private_key is None):
+            raise ValueError("certificate_chain and private_key go together")
+        for name in ("root_certificates", "certificate_chain", "private_key"):
+            if getattr(self, name) is not None:
+                path = Path(getattr(self, name))
+                if not path.is_file():
+                    raise ValueError(f"{name.replace('_', ' ')} {path} not found")
+                object.__setattr__(self, name, path)
+
+    def channel_args(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            # Reconnect soon after a server (re)starts, so retries find it.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if self.root_certificates is None and self.certificate_chain is None and not self.tls:
+            return None
+
+        def read(path: Path | str | None) -> bytes | None:
+            return Path(path).read_bytes() if path is not None else None
+
+        return grpc.ssl_channel_credentials(
+            read(self.root_certificates), read(self.private_key), read(self.certificate_chain)
+        )
+
+
+def open_channel(options: ClientOptions, aio: bool) -> grpc.Channel | grpc.aio.Channel:
+    module = grpc.aio if aio else grpc
+    credentials, args = options.credentials(), options.channel_args()
+    if credentials is None:
+        return module.insecure_channel(options.target, args)
+    return module.secure_channel(options.target, credentials, args)
+
+
+def backoff_delays(options: ClientOptions, rng: random.Random | None = None) -> Iterator[float]:
+    """Exponential backoff with full jitter: retry i sleeps uniform(0, min(max, initial * 2^i))."""
+    rng = rng or random.Random()
+    for attempt in range(options.retries):
+        yield rng.uniform(0, min(options.backoff_max, options.backoff_initial * 2**attempt))
+
+
+class Attempts:
+    """The attempts of one request: one deadline for all, and the pause before each retry."""
+
+    def __init__(self, options: ClientOptions) -> None:
+        self.deadline = time.monotonic() + options.timeout
+        self._delays = backoff_delays(options)
+        self.retrying = False
+
+    def timeout(self) -> float:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise VaeServeError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while retrying")
+        return remaining
+
+    def retry_after(self, err: grpc.RpcError) -> float:
+        """Seconds to wait before the next attempt; raises the error when it is final."""
+        delay = next(self._delays, None) if err.code() is grpc.StatusCode.UNAVAILABLE else None
+        if delay is None or time.monotonic() + delay >= self.deadline:
+            raise from_rpc_error(err) from None
+        self.retrying = True
+        return delay
+
+
+def closed_client_error() -> VaeServeError:
+    return VaeServeError(grpc.StatusCode.FAILED_PRECONDITION, "the client is closed")

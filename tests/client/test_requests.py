@@ -1,0 +1,159 @@
+"""The clients' shared, I/O-free logic: splitting, seeds, backoff, client-side checks."""
+
+import random
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from vae_serve.client._requests import (
+    ModelInfo,
+    check_float32,
+    check_sample_args,
+    chunk_seeds,
+    decode_requests,
+    encode_requests,
+    rows_per_request,
+    sample_requests,
+)
+from vae_serve.client._transport import Attempts, ClientOptions, VaeServeError, backoff_delays
+
+INFO = ModelInfo("m", "1", 784, (28, 28), 32, "CPUExecutionProvider", {}, 1000, 100, 64 << 20, "host:1")
+
+
+def test_backoff_is_bounded_exponential_with_jitter():
+    options = ClientOptions(retries=6, backoff_initial=0.1, backoff_max=1.0)
+    delays = list(backoff_delays(options, random.Random(0)))
+    assert len(delays) == 6
+    for attempt, delay in enumerate(delays):
+        assert 0 <= delay <= min(1.0, 0.1 * 2**attempt)
+    assert len(set(delays)) == 6
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([[0.5]], "expected a numpy array, got list"),
+        (np.zeros((2, 784)), "expected dtype float32, got float64; convert with .astype(np.float32)"),
+        (np.zeros(784, np.float32), "expected a 2-D array [N, width], got shape [784]"),
+        (np.zeros((0, 784), np.float32), "empty batch"),
+    ],
+)
+def test_client_side_checks(value, message):
+    with pytest.raises(VaeServeError) as caught:
+        check_float32(value, "x")
+    assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert message in caught.value.details
+
+
+def test_rows_per_request_respects_rows_and_bytes():
+    assert rows_per_request(INFO, 1 << 30, 4) == 1000  # the server's row limit
+    assert rows_per_request(INFO, 64 << 10, 3136) == (64 * 1024 - 4096) // 3136  # the client's byte limit
+    assert rows_per_request(INFO, 1 << 30, 100 << 20) == 1  # never zero
+
+
+def test_encode_and_decode_split_in_order():
+    x = np.arange(2500 * 784, dtype=np.float32).reshape(2500, 784)
+    requests = list(encode_requests(x, INFO, 1 << 30))
+    assert [r.x.shape[0] for r in requests] == [1000, 1000, 500]
+    assert requests[1].x.data == x[1000:2000].tobytes()
+    assert len(list(decode_requests(np.zeros((10, 32), np.float32), INFO, 1 << 30))) == 1
+    with pytest.raises(VaeServeError, match=r"expected shape \[N, 32\], got \[10, 31\]"):
+        decode_requests(np.zeros((10, 31), np.float32), INFO, 1 << 30)
+
+
+def test_prior_sample_split_over_k_with_derived_seeds():
+    requests = list(sample_requests(INFO, 1 << 30, 250, 7, None, None, decode=True))
+    assert [r.num_samples for r in requests] == [100, 100, 50]
+    assert requests[0].seed == 7
+    assert len({r.seed for r in requests}) == 3
+    again = list(sample_requests(INFO, 1 << 30, 250, 7, None, None, decode=True))
+    assert [r.seed for r in again] == [r.seed for r in requests]
+    assert not any(r.HasField("seed") for r in sample_requests(INFO, 1 << 30, 250, None, None, None, False))
+    assert requests[-1].seed == again[-1].seed
+
+
+def test_posterior_sample_split_over_rows():
+    mean = np.zeros((25, 32), np.float32)
+    requests = list(sample_requests(INFO, 1 << 30, 100, 1, mean, mean, decode=False))
+    assert [r.mean.shape[0] for r in requests] == [10, 10, 5]  # 10 rows x 100 draws = the 1000-row limit
+    with pytest.raises(VaeServeError, match="above the server's limit of 100"):
+        list(sample_requests(INFO, 1 << 30, 101, 1, mean, mean, decode=False))
+
+
+@pytest.mark.parametrize(
+    ("num_samples", "seed", "mean", "logvar", "message"),
+    [
+        (0, None, None, None, "must be between 1 and 1048576"),
+        (2**32, None, None, None, "must be between 1 and 1048576"),
+        (True, None, None, None, "expected an integer, got bool"),
+        (2.0, None, None, None, "expected an integer, got float"),
+        (1, -1, None, None, "seed: expected an integer in [0, 2**64)"),
+        (1, 2**64, None, None, "seed: expected an integer in [0, 2**64)"),
+        (1, None, np.zeros((1, 32), np.float32), None, "mean and logvar go together"),
+        (1, None, np.zeros((1, 32)), np.zeros((1, 32)), "mean: expected dtype float32"),
+    ],
+)
+def test_sample_arguments_are_checked_before_sending(num_samples, seed, mean, logvar, message):
+    with pytest.raises(VaeServeError) as caught:
+        check_sample_args(num_samples, seed, mean, logvar)
+    assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert message in caught.value.details
+
+
+def test_chunk_seeds():
+    assert chunk_seeds(None, 3) == [None, None, None]
+    seeds = chunk_seeds(5, 3)
+    assert seeds[0] == 5
+    assert len(set(seeds)) == 3
+    assert chunk_seeds(6, 3)[1] != seeds[1]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"timeout": 0}, "timeout must be positive"),
+        ({"timeout": float("inf")}, "timeout must be a finite number"),
+        ({"timeout": float("nan")}, "timeout must be a finite number"),
+        ({"retries": -1}, "retries must be an integer >= 0"),
+        ({"backoff_initial": -0.1}, "backoff_initial must be a finite number >= 0"),
+        ({"max_message_bytes": 100}, "max_message_bytes must be at least 65536"),
+        ({"root_certificates": "/nonexistent/ca.pem"}, "root certificates /nonexistent/ca.pem not found"),
+    ],
+)
+def test_options_refuse_what_cannot_work(options, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        ClientOptions(**options)
+
+
+class Unavailable(grpc.RpcError):
+    def __init__(self, code=grpc.StatusCode.UNAVAILABLE):
+        self._code = code
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return "down"
+
+
+def test_attempts_retry_unavailable_within_one_deadline():
+    attempts = Attempts(ClientOptions(timeout=5, retries=3, backoff_initial=0.01))
+    assert not attempts.retrying
+    delays = [attempts.retry_after(Unavailable()) for _ in range(3)]
+    assert attempts.retrying and all(0 <= d <= 0.04 for d in delays)
+    with pytest.raises(VaeServeError, match="UNAVAILABLE: down"):
+        attempts.retry_after(Unavailable())  # retries used up
+    assert 0 < attempts.timeout() <= 5
+
+
+def test_attempts_do_not_retry_other_codes_or_past_the_deadline():
+    with pytest.raises(VaeServeError, match="INVALID_ARGUMENT"):
+        Attempts(ClientOptions()).retry_after(Unavailable(grpc.StatusCode.INVALID_ARGUMENT))
+    late = Attempts(ClientOptions(timeout=0.001))
+    time.sleep(0.002)
+    with pytest.raises(VaeServeError, match="UNAVAILABLE"):
+        late.retry_after(Unavailable())  # no pause ends past the deadline
+    with pytest.raises(VaeServeError, match="DEADLINE_EXCEEDED"):
+        late.timeout()
