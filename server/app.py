@@ -29,7 +29,7 @@ from .repository import resolve
 from .servicer import VAEServicer
 from .settings import Settings
 
-__all__ = ["VaeServer", "run"]
+__all__ = ["VaeServer", "check_port_free", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,18 @@ VAE_SERVICE = vae_pb2.DESCRIPTOR.services_by_name["VAEService"].full_name
 
 
 class VaeServer:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    """One serving process. As a worker (`worker=True`) it shares its port with its siblings
+    (SO_REUSEPORT) and leaves /metrics to the supervisor, which merges every worker's metrics."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, worker: bool = False) -> None:
         self.settings = settings
+        self.worker = worker
         self.metrics = metrics or Metrics()
         self.dataplane = DataPlane(
             Limits(
                 max_batch_size=settings.max_batch_size,
+                max_queue_delay_us=settings.max_queue_delay_us,
+                max_queue_rows=settings.max_queue_rows,
                 max_request_rows=settings.max_request_rows,
                 max_samples=settings.max_samples,
                 max_message_bytes=settings.max_message_bytes,
@@ -86,7 +92,8 @@ class VaeServer:
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 # gRPC shares ports by default: a second server would silently split the traffic.
-                ("grpc.so_reuseport", 0),
+                # Workers share it on purpose; their supervisor checked it was free.
+                ("grpc.so_reuseport", 1 if self.worker else 0),
             ]
         )
         vae_pb2_grpc.add_VAEServiceServicer_to_server(VAEServicer(self.dataplane), server)
@@ -100,7 +107,8 @@ class VaeServer:
 
     def _listen(self, server: grpc.aio.Server) -> int:
         address = f"{self.settings.host}:{self.settings.port}"
-        _check_port_free(self.settings.host, self.settings.port)
+        if not self.worker:
+            check_port_free(self.settings.host, self.settings.port)
         credentials = self._credentials()
         try:
             if credentials is None:
@@ -114,23 +122,19 @@ class VaeServer:
         if not self.dataplane.loaded:
             self.load()
         s = self.settings
-        try:
-            self._metrics_http = serve_metrics(self.metrics, s.metrics_host, s.metrics_port)
-        except OSError as exc:
-            raise ModelLoadError(
-                f"cannot serve metrics on {s.metrics_host}:{s.metrics_port} ({exc})"
-            ) from None
-        self.metrics_port = self._metrics_http.server_address[1]
+        if not self.worker:
+            self._metrics_http = serve_metrics(self.metrics.registry, s.metrics_host, s.metrics_port)
+            self.metrics_port = self._metrics_http.server_address[1]
         server = self._build_server()
         self.port = self._listen(server)
         await server.start()
         self._server = server
         for service in ("", VAE_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info(
-            "serving on %s:%d (%s), metrics on http://%s:%d/metrics",
-            s.host, self.port, "TLS" if s.tls_cert else "plaintext", s.metrics_host, self.metrics_port,
-        )  # fmt: skip
+        metrics_port = self.metrics_port or s.metrics_port  # a worker's supervisor serves them
+        security = "TLS" if s.tls_cert else "plaintext"
+        log.info("serving on %s:%d (%s), metrics on http://%s:%s/metrics",
+                 s.host, self.port, security, s.metrics_host, metrics_port)  # fmt: skip
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING at once, finish what was received, then stop within the grace."""
@@ -139,13 +143,14 @@ class VaeServer:
         if self._server is not None:
             log.info("draining: NOT_SERVING; up to %.1f s for received RPCs", grace)
             await drain(self._server, self.dataplane.activity, grace)
+        self.dataplane.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
         log.info("stopped")
 
 
-def _check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int) -> None:
     """Fail with a plain message before gRPC logs its own bind error over several lines."""
     if port == 0:
         return
@@ -162,9 +167,9 @@ def _check_port_free(host: str, port: int) -> None:
             raise ModelLoadError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, worker: bool = False) -> None:
     """Serve until SIGTERM or SIGINT, then drain."""
-    server = VaeServer(settings)
+    server = VaeServer(settings, worker=worker)
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

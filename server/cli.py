@@ -10,7 +10,6 @@ from pydantic_settings import CliApp
 
 from vae_serve.errors import ModelLoadError, ServingError
 
-from .app import run
 from .settings import Settings, SettingsError, ValidationError, describe_error
 
 __all__ = ["main"]
@@ -23,9 +22,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vae-serve: error: {describe_error(exc)}", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
     )
     try:
+        if settings.workers > 1:
+            from .workers import run_workers  # before prometheus_client is imported anywhere
+
+            return run_workers(settings)
+        from .app import run
+
         asyncio.run(run(settings))
     except (ModelLoadError, ServingError) as exc:
         print(f"vae-serve: error: {exc}", file=sys.stderr)

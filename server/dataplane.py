@@ -14,10 +14,12 @@ import numpy as np
 
 from vae_serve.errors import Draining, InvalidInput, NotReady, TooLarge
 
+from .batching import BatchingRunner
 from .drain import Activity
 from .metrics import Metrics
 from .model import LoadedModel
-from .runner import InlineRunner
+from .runner import InlineRunner, Runner, TimedGraph
+from .runtime import Graph
 from .validation import check_finite, check_matrix, check_unit_interval
 
 __all__ = ["DataPlane", "Limits", "ServedModel"]
@@ -29,7 +31,9 @@ _TENSOR_OVERHEAD = 64
 
 @dataclass(frozen=True)
 class Limits:
-    max_batch_size: int = 256
+    max_batch_size: int = 64  # 1: no batching
+    max_queue_delay_us: int = 2000
+    max_queue_rows: int = 4096
     max_request_rows: int = 8192
     max_samples: int = 4096
     max_message_bytes: int = 64 * 1024 * 1024
@@ -40,8 +44,12 @@ class ServedModel:
     """A loaded model with the runners that feed its two graphs."""
 
     model: LoadedModel
-    encoder: InlineRunner
-    decoder: InlineRunner
+    encoder: Runner
+    decoder: Runner
+
+    def close(self) -> None:
+        self.encoder.close()
+        self.decoder.close()
 
 
 class DataPlane:
@@ -51,13 +59,19 @@ class DataPlane:
         self._served: ServedModel | None = None
         self.activity = Activity()
 
+    def _runner(self, graph: Graph, label: str) -> Runner:
+        timed, lim = TimedGraph(graph, label, self.metrics), self.limits
+        if lim.max_batch_size == 1:
+            return InlineRunner(timed)
+        return BatchingRunner(
+            timed, self.metrics, lim.max_batch_size, lim.max_queue_delay_us, lim.max_queue_rows
+        )
+
     def serve(self, model: LoadedModel) -> None:
         """Make `model` the one new requests use (requests in flight keep theirs)."""
-        runners = (
-            InlineRunner(graph, label, self.limits.max_batch_size, self.metrics)
-            for graph, label in ((model.encoder, "encoder"), (model.decoder, "decoder"))
+        self._served = ServedModel(
+            model, self._runner(model.encoder, "encoder"), self._runner(model.decoder, "decoder")
         )
-        self._served = ServedModel(model, *runners)
         self.metrics.set_model(model.name, model.version.version, model.execution_provider)
 
     @property
@@ -85,22 +99,27 @@ class DataPlane:
                 f"message limit; send fewer rows per request"
             )
 
-    async def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def close(self) -> None:
+        if self._served is not None:
+            self._served.close()
+
+    async def encode(self, x: np.ndarray, deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`deadline` (time.monotonic() seconds): past it, queued work is dropped, not computed."""
         served = self.current()
         model = served.model
         check_matrix(x, "x", model.input_dim, self.limits.max_request_rows)
         check_unit_interval(x, "x")
         self._check_response_size(len(x), 2 * model.latent_dim, tensors=2)
-        mean, logvar = await served.encoder.run(x)
+        mean, logvar = await served.encoder.run(x, deadline)
         return mean, logvar
 
-    async def decode(self, z: np.ndarray) -> np.ndarray:
+    async def decode(self, z: np.ndarray, deadline: float | None = None) -> np.ndarray:
         served = self.current()
         model = served.model
         check_matrix(z, "z", model.latent_dim, self.limits.max_request_rows)
         check_finite(z, "z")
         self._check_response_size(len(z), model.input_dim)
-        (x,) = await served.decoder.run(z)
+        (x,) = await served.decoder.run(z, deadline)
         _check_decoded(x, "z")
         return x
 
@@ -111,6 +130,7 @@ class DataPlane:
         mean: np.ndarray | None = None,
         logvar: np.ndarray | None = None,
         decode: bool = False,
+        deadline: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Prior draws z [K, L] (x [K, D]) or posterior draws z [N, K, L] (x [N, K, D])."""
         served = self.current()
@@ -129,7 +149,7 @@ class DataPlane:
         self._check_response_size(rows, latent + (model.input_dim if decode else 0), tensors=2)
         if not decode:
             return z, None
-        (x,) = await served.decoder.run(z.reshape(rows, latent))
+        (x,) = await served.decoder.run(z.reshape(rows, latent), deadline)
         _check_decoded(x, "mean" if mean is not None else "z")
         return z, x.reshape(*z.shape[:-1], model.input_dim)
 

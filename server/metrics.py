@@ -1,16 +1,20 @@
 """Every Prometheus metric the server exports, on a registry of its own (tests make their own).
 
 Names follow Prometheus conventions (`vae_serve_` prefix, base units, `_total` counters);
-latencies are histograms, so p50/p99 aggregate across replicas.
+latencies are histograms, so p50/p99 aggregate across replicas. With worker processes,
+prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set before it is imported)
+writes each worker's values to files that the supervisor sums on the one metrics port.
 """
 
 from __future__ import annotations
 
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
 
-__all__ = ["LATENCY_BUCKETS", "Metrics", "serve_metrics"]
+from vae_serve.errors import ModelLoadError
+
+__all__ = ["LATENCY_BUCKETS", "Metrics", "multiprocess_registry", "serve_metrics"]
 
 # 50 us .. 10 s: batch-1 ORT runs sit at the bottom, big batches and queueing at the top.
 LATENCY_BUCKETS = (
@@ -24,6 +28,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self._served_labels: tuple[str, str, str] | None = None
+        self._request_children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self.request_duration = Histogram(
             "vae_serve_request_duration_seconds", "RPC latency in the server, by method and status code.",
             ["method", "code"], buckets=LATENCY_BUCKETS, registry=r,
@@ -45,17 +51,50 @@ class Metrics:
             "vae_serve_batch_size_rows", "Rows per ONNX Runtime run, by graph.",
             ["graph"], buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
+        self.queue_duration = Histogram(
+            "vae_serve_queue_duration_seconds", "Time a request waited in the batcher's queue, by graph.",
+            ["graph"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_rows = Gauge(
+            "vae_serve_queue_rows", "Rows waiting in the batcher's queue.", ["graph"], registry=r
+        )
+        self.rejected = Counter(
+            "vae_serve_rejected_total", "Requests shed by the batcher, by graph and reason.",
+            ["graph", "reason"], registry=r,
+        )  # fmt: skip
         self.model_info = Gauge(
             "vae_serve_model_info", "1 for the model version being served.",
-            ["name", "version", "execution_provider"], registry=r,
+            ["name", "version", "execution_provider"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
 
+    def record_request(self, method: str, code: str, seconds: float) -> None:
+        """Latency and count of one finished RPC (label children cached: this is the hot path)."""
+        children = self._request_children.get((method, code))
+        if children is None:
+            children = (self.request_duration.labels(method, code), self.requests.labels(method, code))
+            self._request_children[(method, code)] = children
+        children[0].observe(seconds)
+        children[1].inc()
+
     def set_model(self, name: str, version: str, provider: str) -> None:
-        self.model_info.clear()
-        self.model_info.labels(name, version, provider).set(1)
+        """1 for the model now served, 0 for the one before (clear() is unsupported across processes)."""
+        if self._served_labels is not None:
+            self.model_info.labels(*self._served_labels).set(0)
+        self._served_labels = (name, version, provider)
+        self.model_info.labels(*self._served_labels).set(1)
 
 
-def serve_metrics(metrics: Metrics, host: str, port: int) -> WSGIServer:
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> WSGIServer:
     """Serve /metrics from a daemon thread; `.server_address` has the port really bound."""
-    server, _thread = start_http_server(port, host, registry=metrics.registry)
+    try:
+        server, _thread = start_http_server(port, host, registry=registry)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from None
     return server
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    """A registry that sums what every worker process wrote (PROMETHEUS_MULTIPROC_DIR)."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry

@@ -1,46 +1,67 @@
-"""How a request's rows reach ONNX Runtime: here, straight from the handler.
+"""How a request's rows reach ONNX Runtime. A runner is what the data plane awaits for one graph.
 
-A runner is what the data plane awaits for one graph. This one runs requests of up to
-`max_batch_size` rows on the event loop, with no queue and no thread hop (the cheapest path for
-small requests, measured in bench/). Larger requests run in chunks of `max_batch_size` on a
-worker thread, so one big request neither hands ORT an unbounded batch nor stalls every other
-call on the loop (ORT releases the GIL while it computes). A batching runner with the same `run`
-signature can stand in for it.
+`InlineRunner` (batching off, `--max-batch-size 1`) calls ORT straight from the handler: no
+queue, no thread hop, the cheapest path for a small request. A request above INLINE_MAX_ROWS runs
+on the graph's worker thread instead, so one big request does not stall every other call on the
+event loop (ORT releases the GIL while it computes). `BatchingRunner` (batching.py) merges
+concurrent requests behind the same `run` signature.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import numpy as np
 
 from .metrics import Metrics
 from .runtime import Graph
 
-__all__ = ["InlineRunner"]
+__all__ = ["INLINE_MAX_ROWS", "InlineRunner", "Runner", "TimedGraph"]
+
+INLINE_MAX_ROWS = 64  # above this a run (~1 ms on one core for the default model) leaves the loop
 
 
-class InlineRunner:
-    def __init__(self, graph: Graph, label: str, max_batch_size: int, metrics: Metrics) -> None:
+class Runner(Protocol):
+    async def run(self, x: np.ndarray, deadline: float | None = None) -> list[np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+class TimedGraph:
+    """A graph with its compute-time and batch-size metrics, and one worker thread of its own."""
+
+    def __init__(self, graph: Graph, label: str, metrics: Metrics) -> None:
         self.graph = graph
-        self.max_batch_size = max_batch_size
+        self.label = label
         self._compute = metrics.compute_duration.labels(label)
         self._rows = metrics.batch_size.labels(label)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{label}")
 
-    def _run_once(self, x: np.ndarray) -> list[np.ndarray]:
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
         began = time.perf_counter()
         outputs = self.graph.run(x)
         self._compute.observe(time.perf_counter() - began)
         self._rows.observe(len(x))
         return outputs
 
-    def _run_chunked(self, x: np.ndarray) -> list[np.ndarray]:
-        step = self.max_batch_size
-        parts = [self._run_once(x[i : i + step]) for i in range(0, len(x), step)]
-        return [np.concatenate(chunks) for chunks in zip(*parts, strict=True)]
+    async def run_off_loop(self, x: np.ndarray) -> list[np.ndarray]:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.run, x)
 
-    async def run(self, x: np.ndarray) -> list[np.ndarray]:
-        if len(x) <= self.max_batch_size:
-            return self._run_once(x)
-        return await asyncio.to_thread(self._run_chunked, x)
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class InlineRunner:
+    def __init__(self, graph: TimedGraph) -> None:
+        self.graph = graph
+
+    async def run(self, x: np.ndarray, deadline: float | None = None) -> list[np.ndarray]:
+        if len(x) <= INLINE_MAX_ROWS:
+            return self.graph.run(x)
+        return await self.graph.run_off_loop(x)
+
+    def close(self) -> None:
+        self.graph.close()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+
 import grpc
 import numpy as np
 from google.protobuf.message import Message
@@ -24,6 +28,11 @@ def _required(message: Message, field: str) -> np.ndarray:
     return from_tensor(getattr(message, field), field)
 
 
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
 def _optional(message: Message, field: str) -> np.ndarray | None:
     return from_tensor(getattr(message, field), field) if message.HasField(field) else None
 
@@ -36,14 +45,14 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
     async def Encode(
         self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.EncodeResponse:
-        mean, logvar = await self.dataplane.encode(_required(request, "x"))
+        mean, logvar = await self.dataplane.encode(_required(request, "x"), _deadline(context))
         return vae_pb2.EncodeResponse(mean=to_tensor(mean), logvar=to_tensor(logvar))
 
     @rpc("Decode")
     async def Decode(
         self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.DecodeResponse:
-        x = await self.dataplane.decode(_required(request, "z"))
+        x = await self.dataplane.decode(_required(request, "z"), _deadline(context))
         return vae_pb2.DecodeResponse(x=to_tensor(x))
 
     @rpc("Sample")
@@ -56,6 +65,7 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
             _optional(request, "mean"),
             _optional(request, "logvar"),
             request.decode,
+            _deadline(context),
         )
         return vae_pb2.SampleResponse(z=to_tensor(z), x=_EMPTY if x is None else to_tensor(x))
 
@@ -72,6 +82,7 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
             latent_dim=model.latent_dim,
             execution_provider=model.execution_provider,
             card=model.card_strings,
+            server_id=f"{socket.gethostname()}:{os.getpid()}",  # per call: workers are forked
             limits=vae_pb2.ServerLimits(
                 max_request_rows=limits.max_request_rows,
                 max_samples=limits.max_samples,

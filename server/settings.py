@@ -41,7 +41,18 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads per graph run (0: ORT decides).")
     max_batch_size: int = Field(
-        256, ge=1, description="Most rows in one ONNX Runtime run; larger requests run in chunks."
+        64, ge=1, description="Most rows merged into one ORT run (1: no batching; larger requests run alone)."
+    )
+    max_queue_delay_us: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="How long a partial batch waits for more rows (0: run what is queued).",
+    )
+    max_queue_rows: int = Field(
+        4096,
+        ge=1,
+        description="Rows that may wait per graph; beyond, requests get RESOURCE_EXHAUSTED at once.",
     )
     max_request_rows: int = Field(
         8192, ge=1, description="Most rows a request may carry (N, or N*K for posterior samples)."
@@ -62,7 +73,21 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled.",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Serving processes sharing the port (SO_REUSEPORT), each with its own batcher.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    @model_validator(mode="after")
+    def _workers_need_a_port(self) -> Settings:
+        if self.workers > 1 and (self.port == 0 or self.metrics_port == 0):
+            raise ValueError(
+                "--workers above 1 needs a fixed --port and --metrics-port (0 would differ per worker)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_files_usable(self) -> Settings:

@@ -18,10 +18,12 @@ from typing import Any, TypeVar
 import grpc
 
 from vae_serve.errors import (
+    DeadlineExceeded,
     Draining,
     InvalidInput,
     ModelNotFound,
     NotReady,
+    Overloaded,
     ServingError,
     TooLarge,
 )
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     NotReady: grpc.StatusCode.UNAVAILABLE,
     Draining: grpc.StatusCode.UNAVAILABLE,
@@ -80,8 +84,7 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
             finally:
                 in_flight.dec()
                 activity.finished()
-                metrics.request_duration.labels(method, code.name).observe(time.perf_counter() - began)
-                metrics.requests.labels(method, code.name).inc()
+                metrics.record_request(method, code.name, time.perf_counter() - began)
 
         return wrapper
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import subprocess
 import threading
 from pathlib import Path
 
@@ -54,3 +55,23 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A throwaway CA and, signed by it, a server certificate for 127.0.0.1/localhost and a client
+    certificate (for mutual TLS), made with the openssl CLI."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=vae-serve test CA",
+            "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                "-out", f"{name}.csr")  # fmt: skip
+        (folder / f"{name}.ext").write_text(extension + "\n" if extension else "basicConstraints=CA:FALSE\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")  # fmt: skip
+    return {
+        name: folder / name for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+    }

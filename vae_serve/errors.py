@@ -7,11 +7,13 @@ failure reads the same on the native API and on the Open Inference Protocol.
 from __future__ import annotations
 
 __all__ = [
+    "DeadlineExceeded",
     "Draining",
     "InvalidInput",
     "ModelLoadError",
     "ModelNotFound",
     "NotReady",
+    "Overloaded",
     "ServingError",
     "TooLarge",
 ]
@@ -27,6 +29,14 @@ class InvalidInput(ServingError):
 
 class TooLarge(ServingError):
     """The request or its response would exceed a configured size limit (RESOURCE_EXHAUSTED)."""
+
+
+class Overloaded(ServingError):
+    """The server sheds this request to protect the ones it admitted (RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineExceeded(ServingError):
+    """The caller's deadline passed before the work started; it was not computed."""
 
 
 class ModelNotFound(ServingError):

@@ -9,10 +9,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from support import REPOSITORY
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
@@ -108,6 +110,34 @@ def test_sigterm_during_a_burst_fails_no_call():
             results = [call.result() for call in calls]
             assert all(r.x.shape == [256, 784] for r in results)
         assert proc.wait(timeout=20) == 0  # within the grace period
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_workers_share_the_port_and_all_answer(tmp_path):
+    from support import free_port
+
+    port, metrics_port = free_port(), free_port()
+    proc, target = start("--workers", "2", "--port", str(port), "--metrics-port", str(metrics_port))
+    try:
+        answered: dict[str, int] = {}
+        for _ in range(40):  # a new connection each time: the kernel spreads them over the workers
+            with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+                info = vae_pb2_grpc.VAEServiceStub(channel).GetModelInfo(
+                    vae_pb2.GetModelInfoRequest(), timeout=10
+                )
+                answered[info.server_id] = answered.get(info.server_id, 0) + 1
+            if len(answered) == 2:
+                break
+        assert len(answered) == 2, answered
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        samples = [s for s in families["vae_serve_requests"].samples if s.name.endswith("_total")]
+        total = sum(s.value for s in samples if s.labels["method"] == "GetModelInfo")
+        assert total == sum(answered.values())  # both workers' counters, merged on one port
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
     finally:
         proc.kill()
         proc.wait()

@@ -9,6 +9,8 @@ from vae_serve.server.status import STATUS_CODES, status_for
 EXPECTED = {
     errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     errors.TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
     errors.NotReady: grpc.StatusCode.UNAVAILABLE,
     errors.Draining: grpc.StatusCode.UNAVAILABLE,

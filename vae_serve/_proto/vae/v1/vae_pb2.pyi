@@ -67,7 +67,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "input_dim", "image_shape", "latent_dim", "execution_provider", "card", "limits")
+    __slots__ = ("name", "version", "input_dim", "image_shape", "latent_dim", "execution_provider", "card", "limits", "server_id")
     class CardEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class ModelInfo(_message.Message):
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     CARD_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     input_dim: int
@@ -91,7 +92,8 @@ class ModelInfo(_message.Message):
     execution_provider: str
     card: _containers.ScalarMap[str, str]
     limits: ServerLimits
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., latent_dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., card: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ...) -> None: ...
+    server_id: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., latent_dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., card: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., server_id: _Optional[str] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
     __slots__ = ("max_request_rows", "max_samples", "max_message_bytes")

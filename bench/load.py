@@ -1,0 +1,203 @@
+"""The whole load comparison in one run (under 5 minutes on 2 cores), printed as one table.
+
+    python bench/load.py [--duration 4] [--workers 2]
+
+Floors, measured in the same run: ONNX Runtime called in-process, and a bare gRPC echo that
+answers the same messages with canned responses (bench/_echo.py). Then vae-serve with batching
+off (--max-batch-size 1: ORT called from the handler) and on (the default), closed loop at
+concurrency 1, 8, 32 and 128 for batch-1 Decode and Encode; Decode at batch 256 in rows/s against
+in-process ORT; and open-loop Poisson load at 50% and 90% of the highest throughput measured.
+The client runs on the same cores as the servers, as in serving-notes.md: compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import operator
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from _procs import start_server
+from _table import markdown_table
+from loadgen import LoadResult, LoadSpec, run_load
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_DIR = ROOT / "models" / "fashion-vae" / "1"
+CONCURRENCY = (1, 8, 32, 128)
+
+
+def ort_throughput(graph: str, rows: int, seconds: float = 2.0) -> float:
+    """Runs per second of one graph at `rows`, in-process, one thread (as the server runs it)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(MODEL_DIR / graph), options, providers=["CPUExecutionProvider"])
+    width = session.get_inputs()[0].shape[1]
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).random((rows, width), dtype=np.float32)}
+    for _ in range(50):
+        session.run(None, feed)
+    runs, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        session.run(None, feed)
+        runs += 1
+    return runs / (time.perf_counter() - began)
+
+
+def serve(*flags: str) -> tuple[subprocess.Popen, str]:
+    """A vae-serve process on free loopback ports (fixed ones, as workers need them)."""
+    ports = ["--port", str(_free_port()), "--metrics-port", str(_free_port())]
+    args = ["-m", "vae_serve.server.cli", "--host", "127.0.0.1", "--device", "cpu", *ports, *flags]
+    proc, port = start_server(args)
+    return proc, f"127.0.0.1:{port}"
+
+
+def row(scenario: str, server: str, load: str, result: LoadResult, floor: LoadResult | None = None) -> dict:
+    s = result.summary()
+    return {"scenario": scenario, "server": server, "load": load, **s,
+            "vs_echo": round(result.throughput / floor.throughput, 2) if floor else None}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per run")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="also run batching on with this many workers (0: skip)"
+    )
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "load.json")
+    args = parser.parse_args()
+    rows, procs = [], []
+
+    def load(target: str, **kw: object) -> LoadResult:
+        return run_load(LoadSpec(target=target, duration=args.duration, **kw))
+
+    try:
+        echo, echo_port = start_server([str(ROOT / "bench" / "_echo.py")])
+        procs.append(echo)
+        servers = {"echo": f"127.0.0.1:{echo_port}"}
+        for name, flags in (("batching off", ("--max-batch-size", "1")), ("batching on", ())):
+            proc, target = serve(*flags)
+            procs.append(proc)
+            servers[name] = target
+        ort_rate = {
+            m: ort_throughput(g, 1) for m, g in (("Decode", "decoder.onnx"), ("Encode", "encoder.onnx"))
+        }
+        for method in ("Decode", "Encode"):
+            rows.append({"scenario": f"{method} b1", "server": "ORT in-process", "load": "1 thread",
+                         "throughput": round(ort_rate[method], 1)})  # fmt: skip
+            for c in CONCURRENCY:
+                floor = load(servers["echo"], method=method, concurrency=c)
+                rows.append(row(f"{method} b1", "echo", f"c={c}", floor, floor))
+                for name in ("batching off", "batching on"):
+                    result = load(servers[name], method=method, concurrency=c)
+                    rows.append(row(f"{method} b1", f"vae-serve {name}", f"c={c}", result, floor))
+        if args.workers > 1:
+            proc, target = serve("--workers", str(args.workers))
+            procs.append(proc)
+            floor = load(servers["echo"], method="Decode", concurrency=32)
+            rows.append(row("Decode b1", f"vae-serve on, {args.workers} workers", "c=32",
+                            load(target, method="Decode", concurrency=32, channels=8), floor))  # fmt: skip
+        ort_rows = ort_throughput("decoder.onnx", 256) * 256
+        rows.append({"scenario": "Decode b256", "server": "ORT in-process", "load": "1 thread",
+                     "throughput": round(ort_rows, 1), "unit": "rows/s"})  # fmt: skip
+        big = load(servers["batching on"], method="Decode", rows=256, concurrency=2)
+        rows.append(
+            {
+                **row("Decode b256", "vae-serve batching on", "c=2", big),
+                "unit": "rows/s",
+                "throughput": round(big.throughput * 256, 1),
+                "vs_ort": round(big.throughput * 256 / ort_rows, 2),
+            }
+        )
+        peak = max(
+            r["throughput"]
+            for r in rows
+            if r["server"] == "vae-serve batching on" and r["scenario"] == "Decode b1"
+        )
+        for share in (0.5, 0.9):
+            result = load(servers["batching on"], method="Decode", rate=share * peak)
+            rows.append(
+                row("Decode b1", "vae-serve batching on", f"Poisson {share:.0%} of {peak:.0f}/s", result)
+            )
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+    print(report(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def report(rows: list[dict]) -> str:
+    headers = ["scenario", "server", "load", "throughput (/s)", "p50 ms", "p95 ms", "p99 ms", "max ms",
+               "errors", "vs echo"]  # fmt: skip
+    table = [
+        [r["scenario"], r["server"], r["load"], f"{r['throughput']:,.0f}{' rows' if r.get('unit') else ''}",
+         *(_ms(r.get(k)) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")),
+         sum(r["errors"].values()) if "errors" in r else "", r.get("vs_echo") or r.get("vs_ort") or ""]
+        for r in rows
+    ]  # fmt: skip
+    return markdown_table(headers, table) + "\n\n" + targets(rows)
+
+
+def targets(rows: list[dict]) -> str:
+    def find(scenario: str, server: str, load: str) -> dict:
+        return next(r for r in rows if (r["scenario"], r["server"], r["load"]) == (scenario, server, load))
+
+    on32, off32 = (
+        find("Decode b1", "vae-serve batching on", "c=32"),
+        find("Decode b1", "vae-serve batching off", "c=32"),
+    )
+    echo32, echo1 = find("Decode b1", "echo", "c=32"), find("Decode b1", "echo", "c=1")
+    on1 = find("Decode b1", "vae-serve batching on", "c=1")
+    big = find("Decode b256", "vae-serve batching on", "c=2")
+    poisson = next(r for r in rows if r["load"].startswith("Poisson 50%"))
+    at_least, at_most = operator.ge, operator.le
+    checks = [
+        (
+            "batching on / off throughput, Decode c=32",
+            on32["throughput"] / off32["throughput"],
+            at_least,
+            1.3,
+        ),
+        (
+            "batching on / echo throughput, Decode c=32",
+            on32["throughput"] / echo32["throughput"],
+            at_least,
+            0.8,
+        ),
+        ("p50 at c=1, vae-serve / echo (Decode)", on1["p50_ms"] / echo1["p50_ms"], at_most, 1.25),
+        ("Decode b256 rows/s, vae-serve / ORT in-process", big["vs_ort"], at_least, 0.85),
+        ("p99 / p50 at 50% Poisson load", poisson["p99_ms"] / poisson["p50_ms"], at_most, 3.0),
+    ]
+    table = [
+        [
+            name,
+            f"{value:.2f}",
+            f"{'>=' if op is at_least else '<='} {goal}",
+            "met" if op(value, goal) else "NOT met",
+        ]
+        for name, value, op, goal in checks
+    ]
+    return markdown_table(["target", "measured", "goal", ""], table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The dynamic batcher on the real default model: merging, exactness, isolation, shedding, deadlines."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support import DEFAULT_MODEL_DIR
+
+from vae_serve.errors import DeadlineExceeded, Overloaded
+from vae_serve.server.batching import BatchingRunner
+from vae_serve.server.dataplane import DataPlane, Limits
+from vae_serve.server.metrics import Metrics
+from vae_serve.server.model import load_model
+from vae_serve.server.repository import resolve
+from vae_serve.server.runner import InlineRunner, TimedGraph
+
+L = 32
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(resolve(DEFAULT_MODEL_DIR.parent.parent, "fashion-vae"), "cpu", 1)
+
+
+def batcher(model, metrics=None, **kw):
+    metrics = metrics or Metrics()
+    options = {"max_batch_size": 64, "max_queue_delay_us": 0, "max_queue_rows": 4096, **kw}
+    return BatchingRunner(TimedGraph(model.decoder, "decoder", metrics), metrics, **options), metrics
+
+
+def count(metrics, name, **labels):
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def latents(rows: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, L), dtype=np.float32)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=60))
+def test_every_caller_gets_exactly_its_own_rows(model, sizes):
+    runner, _ = batcher(model, max_batch_size=32)
+    inputs = [latents(n, seed) for seed, n in enumerate(sizes)]
+
+    async def all_at_once():
+        try:
+            return await asyncio.gather(*(runner.run(z) for z in inputs))
+        finally:
+            runner.close()
+
+    results = asyncio.run(all_at_once())
+    for z, (x,) in zip(inputs, results, strict=True):
+        (alone,) = model.decoder.run(z)
+        assert x.shape == (len(z), 784)
+        np.testing.assert_allclose(x, alone, atol=1e-6, rtol=0)  # other kernels may run at other batch sizes
+
+
+def test_concurrent_requests_are_merged(model):
+    runner, metrics = batcher(model)
+
+    async def burst():
+        try:
+            await asyncio.gather(*(runner.run(latents(1, i)) for i in range(200)))
+        finally:
+            runner.close()
+
+    asyncio.run(burst())
+    runs = count(metrics, "vae_serve_batch_size_rows_count", graph="decoder")
+    assert count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder") == 200
+    assert runs <= 200 / 8  # 200 concurrent single rows took at most 25 runs, not 200
+    assert count(metrics, "vae_serve_queue_duration_seconds_count", graph="decoder") == 200
+
+
+def test_a_full_queue_sheds_at_once(model):
+    runner, metrics = batcher(model, max_batch_size=4, max_queue_rows=8)
+
+    async def flood():
+        try:
+            return await asyncio.gather(
+                *(runner.run(latents(2, i)) for i in range(40)), return_exceptions=True
+            )
+        finally:
+            runner.close()
+
+    results = asyncio.run(flood())
+    shed = [r for r in results if isinstance(r, Overloaded)]
+    served = [r for r in results if isinstance(r, list)]
+    assert shed and served and len(shed) + len(served) == 40
+    assert "queue full (8 rows waiting, limit 8)" in str(shed[0])
+    assert count(metrics, "vae_serve_rejected_total", graph="decoder", reason="queue_full") == len(shed)
+
+
+def test_expired_requests_are_dropped_not_computed(model):
+    runner, metrics = batcher(model)
+
+    async def late():
+        try:
+            with pytest.raises(DeadlineExceeded, match="not computed"):
+                await runner.run(latents(3, 0), deadline=time.monotonic() - 0.001)
+            (x,) = await runner.run(latents(3, 1), deadline=time.monotonic() + 10)
+            return x
+        finally:
+            runner.close()
+
+    assert asyncio.run(late()).shape == (3, 784)
+    assert count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder") == 3  # only the live one ran
+    assert count(metrics, "vae_serve_rejected_total", graph="decoder", reason="deadline") == 1
+
+
+def test_queue_delay_waits_only_for_company_that_is_likely_to_come(model):
+    runner, _ = batcher(model, max_batch_size=8, max_queue_delay_us=300_000)
+
+    async def timed(n_requests):
+        began = time.monotonic()
+        await asyncio.gather(*(runner.run(latents(1, i)) for i in range(n_requests)))
+        return time.monotonic() - began
+
+    async def scenario():
+        try:
+            lone = await timed(1)  # nothing suggests company: runs at once
+            await timed(4)  # four merged: four are expected next time
+            deserted = await timed(1)  # waits for the three that never come
+            full = await timed(8)  # a full batch leaves at once
+            return lone, deserted, full
+        finally:
+            runner.close()
+
+    lone, deserted, full = asyncio.run(scenario())
+    assert lone < 0.1
+    assert deserted >= 0.25
+    assert full < 0.2
+
+
+def test_requests_above_the_batch_size_run_alone(model):
+    runner, metrics = batcher(model, max_batch_size=16)
+
+    async def big():
+        try:
+            return await runner.run(latents(100, 0))
+        finally:
+            runner.close()
+
+    (x,) = asyncio.run(big())
+    np.testing.assert_allclose(x, model.decoder.run(latents(100, 0))[0], atol=1e-6)
+    assert count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder") == 100
+    assert count(metrics, "vae_serve_queue_duration_seconds_count", graph="decoder") == 0
+
+
+@pytest.mark.parametrize(("max_batch_size", "kind"), [(1, InlineRunner), (2, BatchingRunner)])
+def test_batch_size_one_takes_the_inline_path(model, max_batch_size, kind):
+    plane = DataPlane(Limits(max_batch_size=max_batch_size), Metrics())
+    plane.serve(model)
+    try:
+        assert isinstance(plane.current().encoder, kind)
+        assert isinstance(plane.current().decoder, kind)
+    finally:
+        plane.close()
