@@ -36,6 +36,7 @@ __all__ = ["BatchingRunner"]
 log = logging.getLogger(__name__)
 
 
+
 @dataclass
 class _Pending:
     x: np.ndarray
@@ -112,7 +113,7 @@ class BatchingRunner:
         also hold this one open, up to max_queue_delay, until as many are queued again (or a full
         batch): under steady load the batch then leaves as soon as its usual company is in, and a
         lone request never waits."""
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # no timer: let gRPC hand over what already arrived
         if (
             self.max_queue_delay <= 0
             or len(self._queue) >= self._expected

@@ -44,10 +44,10 @@ class Settings(BaseSettings):
         64, ge=1, description="Most rows merged into one ORT run (1: no batching; larger requests run alone)."
     )
     max_queue_delay_us: int = Field(
-        0,
+        2000,
         ge=0,
         le=1_000_000,
-        description="How long a partial batch waits for more rows (0: run what is queued).",
+        description="Most a partial batch waits for as many requests as the last one merged (0: never wait).",
     )
     max_queue_rows: int = Field(
         4096,
