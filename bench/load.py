@@ -6,7 +6,8 @@ Floors, measured in the same run: ONNX Runtime called in-process, and a bare gRP
 answers the same messages with canned responses (bench/_echo.py). Then vae-serve with batching
 off (--max-batch-size 1: ORT called from the handler) and on (the default), closed loop at
 concurrency 1, 8, 32 and 128 for batch-1 Decode and Encode; Decode at batch 256 in rows/s against
-in-process ORT; and open-loop Poisson load at 50% and 90% of the highest throughput measured.
+in-process ORT; the Open Inference Protocol endpoint (raw requests, and tritonclient's asyncio
+client); and open-loop Poisson load at 50% and 90% of the highest throughput measured.
 The client runs on the same cores as the servers, as in serving-notes.md: compare ratios.
 """
 
@@ -24,6 +25,7 @@ import onnxruntime as ort
 from _procs import start_server
 from _table import markdown_table
 from loadgen import LoadResult, LoadSpec, run_load
+from oip import INFER_PATH, request_bytes, tritonclient_load
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / "models" / "fashion-vae" / "1"
@@ -95,10 +97,16 @@ def main() -> None:
                 for name in ("batching off", "batching on"):
                     result = load(servers[name], method=method, concurrency=c)
                     rows.append(row(f"{method} b1", f"vae-serve {name}", f"c={c}", result, floor))
+        floor = load(servers["echo"], method="Decode", concurrency=32)
+        oip_raw = load(servers["batching on"], method=INFER_PATH, request=request_bytes(1), concurrency=32)
+        rows.append(row("Decode b1 via OIP", "vae-serve batching on", "c=32, raw bytes", oip_raw, floor))
+        oip_client = tritonclient_load(servers["batching on"], 32, args.duration)
+        rows.append(
+            row("Decode b1 via OIP", "vae-serve batching on", "c=32, tritonclient.aio", oip_client, floor)
+        )
         if args.workers > 1:
             proc, target = serve("--workers", str(args.workers))
             procs.append(proc)
-            floor = load(servers["echo"], method="Decode", concurrency=32)
             rows.append(row("Decode b1", f"vae-serve on, {args.workers} workers", "c=32",
                             load(target, method="Decode", concurrency=32, channels=8), floor))  # fmt: skip
         ort_rows = ort_throughput("decoder.onnx", 256) * 256

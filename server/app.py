@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.errors import ModelLoadError
 
@@ -25,6 +26,7 @@ from .dataplane import DataPlane, Limits
 from .drain import drain
 from .metrics import Metrics, serve_metrics
 from .model import load_model
+from .oip import OIP_SERVICE, OipServicer
 from .repository import resolve
 from .servicer import VAEServicer
 from .settings import Settings
@@ -97,6 +99,7 @@ class VaeServer:
             ]
         )
         vae_pb2_grpc.add_VAEServiceServicer_to_server(VAEServicer(self.dataplane), server)
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(self.dataplane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if s.reflection:
             health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -129,7 +132,7 @@ class VaeServer:
         self.port = self._listen(server)
         await server.start()
         self._server = server
-        for service in ("", VAE_SERVICE):
+        for service in ("", VAE_SERVICE, OIP_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         metrics_port = self.metrics_port or s.metrics_port  # a worker's supervisor serves them
         security = "TLS" if s.tls_cert else "plaintext"
@@ -139,6 +142,7 @@ class VaeServer:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING at once, finish what was received, then stop within the grace."""
         grace = self.settings.drain_grace_s if grace is None else grace
+        self.dataplane.draining = True  # readiness (OIP ServerReady) false at once, like health
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             log.info("draining: NOT_SERVING; up to %.1f s for received RPCs", grace)

@@ -36,7 +36,6 @@ __all__ = ["BatchingRunner"]
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class _Pending:
     x: np.ndarray

@@ -58,6 +58,7 @@ class DataPlane:
         self.metrics = metrics
         self._served: ServedModel | None = None
         self.activity = Activity()
+        self.draining = False  # set when shutdown starts; calls are refused later (see drain.py)
 
     def _runner(self, graph: Graph, label: str) -> Runner:
         timed, lim = TimedGraph(graph, label, self.metrics), self.limits
@@ -81,7 +82,7 @@ class DataPlane:
     @property
     def ready(self) -> bool:
         """Loaded and taking new work: what health and readiness report."""
-        return self.loaded and not self.activity.refusing
+        return self.loaded and not self.draining and not self.activity.refusing
 
     def current(self) -> ServedModel:
         """The model for a call that is starting now."""

@@ -28,7 +28,7 @@ def _required(message: Message, field: str) -> np.ndarray:
     return from_tensor(getattr(message, field), field)
 
 
-def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
 
@@ -45,14 +45,14 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
     async def Encode(
         self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.EncodeResponse:
-        mean, logvar = await self.dataplane.encode(_required(request, "x"), _deadline(context))
+        mean, logvar = await self.dataplane.encode(_required(request, "x"), deadline_of(context))
         return vae_pb2.EncodeResponse(mean=to_tensor(mean), logvar=to_tensor(logvar))
 
     @rpc("Decode")
     async def Decode(
         self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.DecodeResponse:
-        x = await self.dataplane.decode(_required(request, "z"), _deadline(context))
+        x = await self.dataplane.decode(_required(request, "z"), deadline_of(context))
         return vae_pb2.DecodeResponse(x=to_tensor(x))
 
     @rpc("Sample")
@@ -65,7 +65,7 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
             _optional(request, "mean"),
             _optional(request, "logvar"),
             request.decode,
-            _deadline(context),
+            deadline_of(context),
         )
         return vae_pb2.SampleResponse(z=to_tensor(z), x=_EMPTY if x is None else to_tensor(x))
 

@@ -5,7 +5,7 @@ import warnings
 
 from vae_serve._proto.vae.v1 import vae_pb2 as vae_dot_v1_dot_vae__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

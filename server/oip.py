@@ -1,0 +1,115 @@
+"""The KServe v2 / Open Inference Protocol front end: `inference.GRPCInferenceService`.
+
+Served on the same port as the native API and over the same data plane, so both share sessions,
+batcher, validation, readiness and metrics. Two models are exposed: `vae_encoder` (x -> mean,
+logvar) and `vae_decoder` (z -> x), at the version the server serves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from vae_serve import __version__
+from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
+from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from vae_serve.errors import ModelNotFound
+
+from .dataplane import DataPlane, ServedModel
+from .oip_codec import infer_response, input_array
+from .servicer import deadline_of
+from .status import rpc
+
+__all__ = ["OIP_SERVICE", "OipServicer"]
+
+OIP_SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+@dataclass(frozen=True)
+class _Graph:
+    input: str
+    outputs: tuple[str, ...]
+
+
+GRAPHS = {"vae_encoder": _Graph("x", ("mean", "logvar")), "vae_decoder": _Graph("z", ("x",))}
+
+
+def _widths(served: ServedModel, model: str) -> dict[str, int]:
+    """Each tensor's row width: images are input_dim wide, latents latent_dim."""
+    d, latent = served.model.input_dim, served.model.latent_dim
+    return {"x": d, "mean": latent, "logvar": latent} if model == "vae_encoder" else {"z": latent, "x": d}
+
+
+class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    def _resolve(self, model: str, version: str) -> ServedModel:
+        if model not in GRAPHS:
+            raise ModelNotFound(f"no model {model!r}; models: {', '.join(GRAPHS)}")
+        served = self.dataplane.current()
+        served_version = served.model.version.version
+        if version and version != served_version:
+            raise ModelNotFound(
+                f"model {model!r} has no version {version!r} loaded (serving {served_version})"
+            )
+        return served
+
+    @rpc("ServerLive")
+    async def ServerLive(
+        self, request: oip.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ServerLiveResponse:
+        return oip.ServerLiveResponse(live=True)
+
+    @rpc("ServerReady")
+    async def ServerReady(
+        self, request: oip.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ServerReadyResponse:
+        return oip.ServerReadyResponse(ready=self.dataplane.ready)
+
+    @rpc("ModelReady")
+    async def ModelReady(
+        self, request: oip.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ModelReadyResponse:
+        if not self.dataplane.ready:
+            return oip.ModelReadyResponse(ready=False)
+        self._resolve(request.name, request.version)
+        return oip.ModelReadyResponse(ready=True)
+
+    @rpc("ServerMetadata")
+    async def ServerMetadata(
+        self, request: oip.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ServerMetadataResponse:
+        return oip.ServerMetadataResponse(name="vae-serve", version=__version__, extensions=[])
+
+    @rpc("ModelMetadata")
+    async def ModelMetadata(
+        self, request: oip.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ModelMetadataResponse:
+        served = self._resolve(request.name, request.version)
+        graph, widths = GRAPHS[request.name], _widths(served, request.name)
+
+        def meta(name: str) -> oip.ModelMetadataResponse.TensorMetadata:
+            return oip.ModelMetadataResponse.TensorMetadata(
+                name=name, datatype="FP32", shape=[-1, widths[name]]
+            )
+
+        return oip.ModelMetadataResponse(
+            name=request.name, versions=[served.model.version.version], platform="onnxruntime_onnx",
+            inputs=[meta(graph.input)], outputs=[meta(name) for name in graph.outputs],
+        )  # fmt: skip
+
+    @rpc("ModelInfer")
+    async def ModelInfer(
+        self, request: oip.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ModelInferResponse:
+        served = self._resolve(request.model_name, request.model_version)
+        graph = GRAPHS[request.model_name]
+        array = input_array(request, request.model_name, graph.input)
+        if request.model_name == "vae_encoder":
+            values = await self.dataplane.encode(array, deadline_of(context))
+        else:
+            values = (await self.dataplane.decode(array, deadline_of(context)),)
+        outputs = dict(zip(graph.outputs, values, strict=True))
+        return infer_response(request, request.model_name, served.model.version.version, outputs)

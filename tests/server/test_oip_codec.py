@@ -1,0 +1,78 @@
+"""The OIP codec's rules, and readiness that follows the server's state."""
+
+import grpc
+import numpy as np
+import pytest
+
+from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
+from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from vae_serve.errors import InvalidInput
+from vae_serve.server.oip_codec import infer_response, input_array
+
+
+def request(shape, raw=None, fp32=None, datatype="FP32", name="z", extra_raw=0):
+    tensor = oip.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)
+    if fp32 is not None:
+        tensor.contents.fp32_contents.extend(fp32)
+    req = oip.ModelInferRequest(model_name="vae_decoder", inputs=[tensor])
+    if raw is not None:
+        req.raw_input_contents.extend([raw] + [b""] * extra_raw)
+    return req
+
+
+def test_raw_and_typed_inputs_give_the_same_array():
+    z = np.arange(6, dtype=np.float32).reshape(2, 3)
+    from_raw = input_array(request([2, 3], raw=z.tobytes()), "vae_decoder", "z")
+    from_typed = input_array(request([2, 3], fp32=z.ravel().tolist()), "vae_decoder", "z")
+    np.testing.assert_array_equal(from_raw, z)
+    np.testing.assert_array_equal(from_typed, z)
+
+
+@pytest.mark.parametrize(
+    ("req", "message"),
+    [
+        (request([2, 3], raw=b"\0" * 20), "20 raw bytes, but FP32 shape [2, 3] needs 24"),
+        (request([2, 3], fp32=[1.0] * 5), "5 fp32_contents values, shape [2, 3] needs 6"),
+        (request([2, 3], raw=b"\0" * 24, extra_raw=1), "raw_input_contents has 2 entries for 1 input"),
+        (request([2, 3], datatype="INT8", raw=b"\0" * 6), "datatype INT8 is not supported"),
+        (request([-2, 3], raw=b""), "is not a valid tensor shape"),
+        (request([1] * 9, raw=b"\0" * 4), "is not a valid tensor shape"),
+        (request([2, 3], name="x", raw=b"\0" * 24), "takes one input 'z', got ['x']"),
+    ],
+)
+def test_bad_inputs_name_the_rule(req, message):
+    with pytest.raises(InvalidInput) as caught:
+        input_array(req, "vae_decoder", "z")
+    assert message in str(caught.value)
+
+
+def test_typed_contents_of_another_type_are_refused():
+    req = request([1, 2])
+    req.inputs[0].contents.int_contents.extend([1, 2])
+    with pytest.raises(InvalidInput, match="FP32 data belongs in fp32_contents, not int_contents"):
+        input_array(req, "vae_decoder", "z")
+
+
+def test_response_has_requested_outputs_in_order_as_raw_bytes():
+    req = oip.ModelInferRequest(model_name="m", id="abc")
+    req.outputs.add(name="logvar")
+    req.outputs.add(name="mean")
+    outputs = {"mean": np.zeros((1, 2), np.float32), "logvar": np.ones((1, 2), np.float32)}
+    reply = infer_response(req, "m", "3", outputs)
+    assert (reply.id, reply.model_version) == ("abc", "3")
+    assert [o.name for o in reply.outputs] == ["logvar", "mean"]
+    assert reply.raw_output_contents[0] == np.ones((1, 2), "<f4").tobytes()
+
+
+def test_readiness_follows_draining(running):
+    with grpc.insecure_channel(running.target) as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerReady(oip.ServerReadyRequest(), timeout=5).ready
+        running.server.dataplane.draining = True
+        try:
+            assert not stub.ServerReady(oip.ServerReadyRequest(), timeout=5).ready
+            assert not stub.ModelReady(oip.ModelReadyRequest(name="vae_encoder"), timeout=5).ready
+            assert stub.ServerLive(oip.ServerLiveRequest(), timeout=5).live
+        finally:
+            running.server.dataplane.draining = False
+        assert stub.ModelReady(oip.ModelReadyRequest(name="vae_encoder"), timeout=5).ready

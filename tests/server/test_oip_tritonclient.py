@@ -1,0 +1,121 @@
+"""The Open Inference Protocol with the real tritonclient as the client, checked against ORT."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from support import DEFAULT_MODEL_DIR
+
+from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
+from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+
+CALLS = Path(__file__).with_name("tritonclient_calls.py")
+L = 32
+
+
+def triton(running, scenario: str, **kwargs) -> dict:
+    cmd = [sys.executable, str(CALLS), running.target, scenario, json.dumps(kwargs)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def direct():
+    def session(name):
+        return ort.InferenceSession(str(DEFAULT_MODEL_DIR / name), providers=["CPUExecutionProvider"])
+
+    return session("encoder.onnx"), session("decoder.onnx")
+
+
+def test_health_readiness_and_metadata(running):
+    h = triton(running, "health")
+    assert h["live"] and h["ready"] and h["encoder_ready"] and h["decoder_ready"]
+    assert h["server"]["name"] == "vae-serve"
+    assert h["vae_encoder"] == {
+        "versions": ["1"], "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": ["-1", "784"]}],
+        "outputs": [{"name": "mean", "datatype": "FP32", "shape": ["-1", str(L)]},
+                    {"name": "logvar", "datatype": "FP32", "shape": ["-1", str(L)]}],
+    }  # fmt: skip
+    assert h["vae_decoder"]["inputs"] == [{"name": "z", "datatype": "FP32", "shape": ["-1", str(L)]}]
+
+
+def test_infer_both_models_with_tritonclient(running, direct):
+    x = np.random.default_rng(1).random((3, 784), dtype=np.float32)
+    got = triton(running, "infer", model="vae_encoder", name="x", rows=x.tolist())
+    assert got["id"] == "req-7" and got["model_version"] == "1"
+    mean, logvar = direct[0].run(["mean", "logvar"], {"x": x})
+    np.testing.assert_allclose(np.array(got["outputs"]["mean"], np.float32), mean, atol=1e-6)
+    np.testing.assert_allclose(np.array(got["outputs"]["logvar"], np.float32), logvar, atol=1e-6)
+    decoded = triton(running, "infer", model="vae_decoder", name="z", rows=mean.tolist())
+    want = direct[1].run(None, {"z": mean})[0]
+    np.testing.assert_allclose(np.array(decoded["outputs"]["x"], np.float32), want, atol=1e-6)
+
+
+def test_typed_fp32_contents_are_accepted(running, direct):
+    """tritonclient only sends raw bytes, so the typed encoding is checked with our own stub."""
+    z = np.random.default_rng(2).standard_normal((2, L), dtype=np.float32)
+    tensor = oip.ModelInferRequest.InferInputTensor(name="z", datatype="FP32", shape=[2, L])
+    tensor.contents.fp32_contents.extend(z.ravel().tolist())
+    with grpc.insecure_channel(running.target) as channel:
+        reply = oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            oip.ModelInferRequest(model_name="vae_decoder", inputs=[tensor]), timeout=10
+        )
+    assert [(o.name, o.datatype, list(o.shape)) for o in reply.outputs] == [("x", "FP32", [2, 784])]
+    x = np.frombuffer(reply.raw_output_contents[0], dtype="<f4").reshape(2, 784)
+    np.testing.assert_allclose(x, direct[1].run(None, {"z": z})[0], atol=1e-6)
+
+
+def test_requested_outputs_only(running):
+    x = np.full((1, 784), 0.5).tolist()
+    got = triton(running, "infer", model="vae_encoder", name="x", rows=x, outputs=["logvar"])
+    assert list(got["outputs"]) == ["logvar"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"),
+    [
+        ({"model": "vae_other", "name": "x"}, "StatusCode.NOT_FOUND", "no model 'vae_other'"),
+        ({"model": "vae_encoder", "name": "x", "version": "9"}, "StatusCode.NOT_FOUND", "no version '9'"),
+        ({"model": "vae_encoder", "name": "pixels"}, "StatusCode.INVALID_ARGUMENT", "takes one input 'x'"),
+        ({"model": "vae_encoder", "name": "x", "datatype": "FP64"}, "StatusCode.INVALID_ARGUMENT",
+         "datatype FP64 is not supported"),
+        ({"model": "vae_decoder", "name": "z"}, "StatusCode.INVALID_ARGUMENT", "expected shape [N, 32]"),
+        ({"model": "vae_encoder", "name": "x", "outputs": ["z"]}, "StatusCode.INVALID_ARGUMENT",
+         "has no output 'z'"),
+    ],
+)  # fmt: skip
+def test_errors_carry_the_right_status(running, kwargs, status, message):
+    rows = np.full((2, 784), 0.5).tolist()
+    got = triton(running, "infer", rows=rows, **kwargs)
+    assert got["error"] == status
+    assert message in got["message"]
+
+
+def test_lookup_errors(running):
+    got = triton(running, "errors")
+    assert got["unknown_model"].startswith("StatusCode.NOT_FOUND")
+    assert got["unknown_version"].startswith("StatusCode.NOT_FOUND")
+
+
+def test_wire_compatible_with_tritonclient_messages(running):
+    theirs = triton(running, "descriptor")
+
+    def describe(d) -> dict:
+        return {
+            "fields": sorted(
+                [f.number, f.name, f.type, f.message_type.name if f.message_type else ""] for f in d.fields
+            ),
+            "nested": {n.name: describe(n) for n in d.nested_types},
+        }
+
+    for name, their in theirs.items():
+        assert describe(oip.DESCRIPTOR.message_types_by_name[name]) == their, name
