@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: serve test test-fast lint proto data train clean
+.PHONY: serve test test-fast lint proto system-deps train clean
 
 # Serving runtime only (no torch): what a deployment installs.
 $(BIN)/.runtime: pyproject.toml
@@ -22,8 +22,18 @@ $(BIN)/.dev: pyproject.toml $(BIN)/.runtime
 serve: $(BIN)/.runtime
 	$(BIN)/vae-serve
 
-data:
-	@[ -d $(DATA_DIR) ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+# What the tests need from Debian: the data, and the real tools the deployment is checked with.
+system-deps:
+	@missing=""; \
+	[ -d $(DATA_DIR) ] || missing="$$missing dataset-fashion-mnist"; \
+	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 lint: $(BIN)/.dev
 	$(BIN)/ruff check .
@@ -33,14 +43,14 @@ lint: $(BIN)/.dev
 proto: $(BIN)/.dev
 	$(BIN)/python protos/generate.py
 
-test: $(BIN)/.dev data lint
+test: $(BIN)/.dev system-deps lint
 	$(BIN)/pytest
 
-test-fast: $(BIN)/.dev data
+test-fast: $(BIN)/.dev system-deps
 	$(BIN)/pytest -m "not slow"
 
 # Retrain the bundled default model (the exact command the model card records).
-train: $(BIN)/.dev data
+train: $(BIN)/.dev system-deps
 	$(BIN)/vae-train --version 1
 
 clean:

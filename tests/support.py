@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import struct
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +78,28 @@ def make_certificates(folder: Path) -> dict[str, Path]:
     return {
         name: folder / name for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
     }
+
+
+def start_vae_serve(*args: str, timeout: float = 60) -> tuple[subprocess.Popen, int]:
+    """A real `vae-serve` process on 127.0.0.1; returns it and the gRPC port from its log."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "vae_serve.server.cli",
+        "--host",
+        "127.0.0.1",
+        "--metrics-host",
+        "127.0.0.1",
+        *args,
+    ]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline, seen = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if found := re.search(r"serving on 127\.0\.0\.1:(\d+)", line):
+            return proc, int(found.group(1))
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError("vae-serve did not start:\n" + "".join(seen))

@@ -1,0 +1,47 @@
+# vae-serve server image: the serving runtime only (no torch), the bundled default model, non-root.
+#   docker build -t vae-serve .                                   # CPU
+#   docker build -t vae-serve:gpu --build-arg ORT_EXTRAS=cuda,cudnn .   # + NVIDIA CUDA/cuDNN wheels
+FROM python:3.11-slim-bookworm
+
+# "cuda,cudnn" pulls NVIDIA's CUDA and cuDNN libraries from PyPI for onnxruntime-gpu; the host
+# then needs the NVIDIA driver and container toolkit (see docker-compose.gpu.yml).
+ARG ORT_EXTRAS=""
+ARG ORT_VERSION=1.31.1
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY vae_serve ./vae_serve
+COPY server ./server
+COPY client ./client
+COPY training ./training
+COPY models ./models
+# The project itself: its dependencies are bounded in pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install . \
+    && if [ -n "$ORT_EXTRAS" ]; then pip install "onnxruntime-gpu[$ORT_EXTRAS]==$ORT_VERSION"; fi \
+    && cp -r models /models \
+    && rm -rf /src \
+    && useradd --system --uid 10001 --no-create-home vae
+
+WORKDIR /
+USER 10001
+
+# /models starts with the bundled model; mount a volume there to serve (and hot-load) others.
+ENV VAE_HOST=0.0.0.0 \
+    VAE_PORT=50051 \
+    VAE_METRICS_PORT=8002 \
+    VAE_MODEL_REPOSITORY=/models \
+    VAE_DRAIN_GRACE_S=10
+EXPOSE 50051 8002
+
+HEALTHCHECK --interval=10s --timeout=4s --start-period=30s --retries=3 \
+    CMD ["vae-client", "--target", "127.0.0.1:50051", "--timeout", "3", "--retries", "0", "health"]
+# vae-serve drains on SIGTERM within VAE_DRAIN_GRACE_S; give it longer than that to exit
+# (docker stop -t 15 / compose stop_grace_period / Kubernetes terminationGracePeriodSeconds).
+STOPSIGNAL SIGTERM
+CMD ["vae-serve"]

@@ -1,0 +1,113 @@
+"""The deployment files, checked with the tools that run them (no Docker engine runs here)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from support import REPO_ROOT
+
+from vae_serve.server.metrics import Metrics
+
+DEPLOY = REPO_ROOT / "deploy"
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail(f"{name} not found: `make test` installs it (see the Makefile's tools target)")
+    return found
+
+
+def run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+
+
+@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"]])
+def test_compose_files_are_valid(files):
+    args = [a for f in files for a in ("-f", f)]
+    done = run(tool("docker-compose"), *args, "--profile", "train", "config")
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    services = config["services"]
+    assert {"vae-server-1", "vae-server-2", "nginx", "prometheus", "grafana", "trainer"} <= set(services)
+    for name in ("vae-server-1", "vae-server-2"):
+        server = services[name]
+        assert server["environment"]["VAE_REFLECTION"] == "false"
+        assert "vae-client" in server["healthcheck"]["test"]
+    assert services["nginx"]["depends_on"]["vae-server-1"]["condition"] == "service_healthy"
+    if "docker-compose.gpu.yml" in files:
+        device = services["vae-server-1"]["deploy"]["resources"]["reservations"]["devices"][0]
+        assert (
+            device["driver"] == "nvidia" and services["vae-server-1"]["environment"]["VAE_DEVICE"] == "cuda"
+        )
+
+
+def test_broken_compose_is_caught(tmp_path):
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text((REPO_ROOT / "docker-compose.yml").read_text().replace("services:", "servces:", 1))
+    assert run(tool("docker-compose"), "-f", str(broken), "config", "-q").returncode != 0
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "deploy/train.Dockerfile"])
+def test_dockerfiles_lint_clean(dockerfile):
+    done = run(tool("hadolint"), "--no-color", dockerfile)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_server_image_runs_as_non_root_with_health_and_stop_signal():
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    assert re.search(r"^USER 10001$", text, re.MULTILINE)
+    assert "HEALTHCHECK" in text and '"health"]' in text
+    assert re.search(r"^STOPSIGNAL SIGTERM$", text, re.MULTILINE)
+    installs = [line for line in text.splitlines() if "pip install" in line]
+    assert installs and not any("[train]" in line or "torch" in line for line in installs)  # runtime only
+
+
+def test_prometheus_config_is_valid_and_scrapes_every_replica():
+    done = run(tool("promtool"), "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = config["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert targets == ["vae-server-1:8002", "vae-server-2:8002"]
+
+
+def exported_names() -> set[str]:
+    """Every sample name the server can export (histograms' _bucket/_sum/_count, counters' _total)."""
+    names = set()
+    for family in Metrics().registry.collect():
+        suffixes = {"histogram": ["_bucket", "_sum", "_count"], "counter": ["_total"]}.get(family.type, [""])
+        names |= {family.name + s for s in suffixes}
+    return names
+
+
+def test_dashboard_uses_only_metrics_the_server_exports():
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "vae-serve.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"vae_serve_[a-z_]+", e)}
+    assert used, "the dashboard queries no vae-serve metric"
+    assert used <= exported_names(), used - exported_names()
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for topic in ("request rate", "p99", "errors", "batch size", "queue time", "execution provider"):
+        assert topic in titles
+
+
+def test_kubernetes_manifests_validate_against_the_schema():
+    manifests = sorted(str(p) for p in (DEPLOY / "k8s").glob("*.yaml"))
+    done = run(tool("kubernetes-validate"), "--strict", *manifests)
+    assert done.returncode == 0, done.stdout + done.stderr
+    deployment = yaml.safe_load((DEPLOY / "k8s" / "deployment.yaml").read_text())
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["grpc"]["port"] == 50051
+
+
+def test_a_wrong_manifest_field_is_caught(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((DEPLOY / "k8s" / "service.yaml").read_text().replace("clusterIP:", "clusterIp:"))
+    assert run(tool("kubernetes-validate"), "--strict", str(bad)).returncode != 0

@@ -1,0 +1,117 @@
+"""The compose topology for real, without containers: two vae-serve replicas, real nginx with
+the deployment's own upstream template, and clients going through nginx."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import string
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import REPO_ROOT, free_port, start_vae_serve
+
+from vae_serve.client import VaeClient
+
+TEMPLATE = REPO_ROOT / "deploy" / "nginx" / "templates" / "vae-serve.conf.template"
+
+
+def requests_served(metrics_port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    family = next(f for f in text_string_to_metric_families(text) if f.name == "vae_serve_requests")
+    return sum(
+        s.value for s in family.samples if s.name == "vae_serve_requests_total" and s.labels["code"] == "OK"
+    )
+
+
+def start_nginx(folder: Path, upstreams: list[int]) -> tuple[subprocess.Popen, int]:
+    """nginx in the foreground with the template rendered as compose's nginx image would."""
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if nginx is None:
+        pytest.fail("nginx not found: `make test` installs Debian's nginx")
+    port = free_port()
+    site = string.Template(TEMPLATE.read_text()).substitute(
+        VAE_SERVER_1=f"127.0.0.1:{upstreams[0]}",
+        VAE_SERVER_2=f"127.0.0.1:{upstreams[1]}",
+        NGINX_GRPC_PORT=port,
+    )
+    (folder / "vae-serve.conf").write_text(site)
+    temp = " ".join(
+        f"{kind}_temp_path {folder}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (folder / "nginx.conf").write_text(
+        f"daemon off; worker_processes 1; pid {folder}/nginx.pid; error_log {folder}/error.log warn;\n"
+        f"events {{ worker_connections 256; }}\n"
+        f"http {{ access_log off; {temp} include {folder}/vae-serve.conf; }}\n"
+    )
+    proc = subprocess.Popen(
+        [nginx, "-p", str(folder), "-c", str(folder / "nginx.conf")], stderr=subprocess.PIPE
+    )
+    for _ in range(100):
+        try:
+            with VaeClient(f"127.0.0.1:{port}", timeout=1, retries=0) as probe:
+                probe.health()
+            return proc, port
+        except Exception:  # not listening yet
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"nginx did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+
+
+@pytest.fixture
+def topology(tmp_path):
+    replicas = []
+    for _ in range(2):
+        metrics = free_port()
+        proc, port = start_vae_serve("--port", str(free_port()), "--metrics-port", str(metrics))
+        replicas.append((proc, port, metrics))
+    nginx, port = start_nginx(tmp_path, [p for _, p, _ in replicas])
+    yield replicas, f"127.0.0.1:{port}"
+    nginx.send_signal(signal.SIGQUIT)
+    nginx.wait(10)
+    for proc, _, _ in replicas:
+        proc.kill()
+        proc.wait()
+
+
+def test_both_replicas_serve_and_a_killed_one_loses_no_request(topology):
+    replicas, target = topology
+    before = [requests_served(m) for _, _, m in replicas]
+    x = np.random.default_rng(0).random((4, 784), dtype=np.float32)
+    with VaeClient(target) as client:
+        want, _ = client.encode(x)
+        for _ in range(40):
+            client.encode(x)
+    after = [requests_served(m) for _, _, m in replicas]
+    assert all(a - b >= 10 for a, b in zip(after, before, strict=True)), (before, after)  # round robin
+
+    results, failures = [], []
+
+    def steady_load() -> None:
+        with VaeClient(target, retries=8, timeout=10) as client:
+            for _ in range(300):
+                try:
+                    results.append(client.encode(x)[0])
+                except Exception as exc:  # counted: the assertion below must see zero
+                    failures.append(exc)
+
+    load = threading.Thread(target=steady_load)
+    load.start()
+    while len(results) < 100 and load.is_alive():
+        time.sleep(0.005)
+    victim, _, _ = replicas[0]
+    victim.send_signal(signal.SIGKILL)  # mid-load, no drain
+    killed_at = len(results)
+    load.join(120)
+    assert 100 <= killed_at < 300
+    assert not failures, failures[:3]
+    assert len(results) == 300
+    assert all(np.array_equal(r, want) for r in results)
+    survivor_metrics = replicas[1][2]
+    assert requests_served(survivor_metrics) > after[1] + 150  # it took over the dead replica's share
