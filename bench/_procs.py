@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import time
 
-__all__ = ["start_server"]
+__all__ = ["free_port", "start_server"]
 
 
 def start_server(
@@ -25,3 +26,10 @@ def start_server(
             break
     proc.kill()
     raise RuntimeError("server did not start:\n" + "".join(seen))
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from _procs import start_server
+from _procs import free_port, start_server
 from _table import markdown_table
 from loadgen import LoadResult, LoadSpec, run_load
 from oip import INFER_PATH, request_bytes, tritonclient_load
@@ -48,10 +48,10 @@ def ort_throughput(graph: str, rows: int, seconds: float = 2.0) -> float:
     return runs / (time.perf_counter() - began)
 
 
-def serve(*flags: str) -> tuple[subprocess.Popen, str]:
+def serve(device: str, *flags: str) -> tuple[subprocess.Popen, str]:
     """A vae-serve process on free loopback ports (fixed ones, as workers need them)."""
-    ports = ["--port", str(_free_port()), "--metrics-port", str(_free_port())]
-    args = ["-m", "vae_serve.server.cli", "--host", "127.0.0.1", "--device", "cpu", *ports, *flags]
+    ports = ["--port", str(free_port()), "--metrics-port", str(free_port())]
+    args = ["-m", "vae_serve.server.cli", "--host", "127.0.0.1", "--device", device, *ports, *flags]
     proc, port = start_server(args)
     return proc, f"127.0.0.1:{port}"
 
@@ -62,91 +62,95 @@ def row(scenario: str, server: str, load: str, result: LoadResult, floor: LoadRe
             "vs_echo": round(result.throughput / floor.throughput, 2) if floor else None}  # fmt: skip
 
 
+class Comparison:
+    """The servers under test, started once, and the rows of the table as they are measured."""
+
+    def __init__(self, duration: float, device: str) -> None:
+        self.duration, self.device = duration, device
+        self.rows: list[dict] = []
+        self.procs: list[subprocess.Popen] = []
+        echo, echo_port = start_server([str(ROOT / "bench" / "_echo.py")])
+        self.procs.append(echo)
+        self.servers = {"echo": f"127.0.0.1:{echo_port}"}
+        for name, flags in (("batching off", ("--max-batch-size", "1")), ("batching on", ())):
+            self.servers[name] = self.start(*flags)
+
+    def start(self, *flags: str) -> str:
+        proc, target = serve(self.device, *flags)
+        self.procs.append(proc)
+        return target
+
+    def load(self, server: str, **kw: object) -> LoadResult:
+        return run_load(LoadSpec(target=self.servers.get(server, server), duration=self.duration, **kw))
+
+    def closed_loop(self) -> None:
+        for method, graph in (("Decode", "decoder.onnx"), ("Encode", "encoder.onnx")):
+            self.rows.append({"scenario": f"{method} b1", "server": "ORT in-process", "load": "1 thread",
+                              "throughput": round(ort_throughput(graph, 1), 1)})  # fmt: skip
+            for c in CONCURRENCY:
+                floor = self.load("echo", method=method, concurrency=c)
+                self.rows.append(row(f"{method} b1", "echo", f"c={c}", floor, floor))
+                for name in ("batching off", "batching on"):
+                    result = self.load(name, method=method, concurrency=c)
+                    self.rows.append(row(f"{method} b1", f"vae-serve {name}", f"c={c}", result, floor))
+
+    def oip_and_workers(self, workers: int) -> None:
+        floor = self.load("echo", method="Decode", concurrency=32)
+        raw = self.load("batching on", method=INFER_PATH, request=request_bytes(1), concurrency=32)
+        self.rows.append(row("Decode b1 via OIP", "vae-serve batching on", "c=32, raw bytes", raw, floor))
+        client = tritonclient_load(self.servers["batching on"], 32, self.duration)
+        self.rows.append(
+            row("Decode b1 via OIP", "vae-serve batching on", "c=32, tritonclient.aio", client, floor)
+        )
+        if workers > 1:
+            target = self.start("--workers", str(workers))
+            result = self.load(target, method="Decode", concurrency=32, channels=8)
+            self.rows.append(row("Decode b1", f"vae-serve on, {workers} workers", "c=32", result, floor))
+
+    def big_batches_and_poisson(self) -> None:
+        ort_rows = ort_throughput("decoder.onnx", 256) * 256
+        self.rows.append({"scenario": "Decode b256", "server": "ORT in-process", "load": "1 thread",
+                          "throughput": round(ort_rows, 1), "unit": "rows/s"})  # fmt: skip
+        big = self.load("batching on", method="Decode", rows=256, concurrency=2)
+        self.rows.append({**row("Decode b256", "vae-serve batching on", "c=2", big), "unit": "rows/s",
+                          "throughput": round(big.throughput * 256, 1),
+                          "vs_ort": round(big.throughput * 256 / ort_rows, 2)})  # fmt: skip
+        on = [r for r in self.rows if r["server"] == "vae-serve batching on" and r["scenario"] == "Decode b1"]
+        peak = max(r["throughput"] for r in on)
+        for share in (0.5, 0.9):
+            result = self.load("batching on", method="Decode", rate=share * peak)
+            self.rows.append(
+                row("Decode b1", "vae-serve batching on", f"Poisson {share:.0%} of {peak:.0f}/s", result)
+            )
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+            proc.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per run")
     parser.add_argument(
-        "--workers", type=int, default=2, help="also run batching on with this many workers (0: skip)"
+        "--workers", type=int, default=2, help="also run batching on with N workers (0: skip)"
     )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the servers' --device")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "load.json")
     args = parser.parse_args()
-    rows, procs = [], []
-
-    def load(target: str, **kw: object) -> LoadResult:
-        return run_load(LoadSpec(target=target, duration=args.duration, **kw))
-
+    comparison = Comparison(args.duration, args.device)
     try:
-        echo, echo_port = start_server([str(ROOT / "bench" / "_echo.py")])
-        procs.append(echo)
-        servers = {"echo": f"127.0.0.1:{echo_port}"}
-        for name, flags in (("batching off", ("--max-batch-size", "1")), ("batching on", ())):
-            proc, target = serve(*flags)
-            procs.append(proc)
-            servers[name] = target
-        ort_rate = {
-            m: ort_throughput(g, 1) for m, g in (("Decode", "decoder.onnx"), ("Encode", "encoder.onnx"))
-        }
-        for method in ("Decode", "Encode"):
-            rows.append({"scenario": f"{method} b1", "server": "ORT in-process", "load": "1 thread",
-                         "throughput": round(ort_rate[method], 1)})  # fmt: skip
-            for c in CONCURRENCY:
-                floor = load(servers["echo"], method=method, concurrency=c)
-                rows.append(row(f"{method} b1", "echo", f"c={c}", floor, floor))
-                for name in ("batching off", "batching on"):
-                    result = load(servers[name], method=method, concurrency=c)
-                    rows.append(row(f"{method} b1", f"vae-serve {name}", f"c={c}", result, floor))
-        floor = load(servers["echo"], method="Decode", concurrency=32)
-        oip_raw = load(servers["batching on"], method=INFER_PATH, request=request_bytes(1), concurrency=32)
-        rows.append(row("Decode b1 via OIP", "vae-serve batching on", "c=32, raw bytes", oip_raw, floor))
-        oip_client = tritonclient_load(servers["batching on"], 32, args.duration)
-        rows.append(
-            row("Decode b1 via OIP", "vae-serve batching on", "c=32, tritonclient.aio", oip_client, floor)
-        )
-        if args.workers > 1:
-            proc, target = serve("--workers", str(args.workers))
-            procs.append(proc)
-            rows.append(row("Decode b1", f"vae-serve on, {args.workers} workers", "c=32",
-                            load(target, method="Decode", concurrency=32, channels=8), floor))  # fmt: skip
-        ort_rows = ort_throughput("decoder.onnx", 256) * 256
-        rows.append({"scenario": "Decode b256", "server": "ORT in-process", "load": "1 thread",
-                     "throughput": round(ort_rows, 1), "unit": "rows/s"})  # fmt: skip
-        big = load(servers["batching on"], method="Decode", rows=256, concurrency=2)
-        rows.append(
-            {
-                **row("Decode b256", "vae-serve batching on", "c=2", big),
-                "unit": "rows/s",
-                "throughput": round(big.throughput * 256, 1),
-                "vs_ort": round(big.throughput * 256 / ort_rows, 2),
-            }
-        )
-        peak = max(
-            r["throughput"]
-            for r in rows
-            if r["server"] == "vae-serve batching on" and r["scenario"] == "Decode b1"
-        )
-        for share in (0.5, 0.9):
-            result = load(servers["batching on"], method="Decode", rate=share * peak)
-            rows.append(
-                row("Decode b1", "vae-serve batching on", f"Poisson {share:.0%} of {peak:.0f}/s", result)
-            )
+        comparison.closed_loop()
+        comparison.oip_and_workers(args.workers)
+        comparison.big_batches_and_poisson()
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(30)
-    print(report(rows))
+        comparison.stop()
+    print(report(comparison.rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    args.json.write_text(json.dumps(comparison.rows, indent=2) + "\n")
     print(f"\nwrote {args.json}")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ms(value: float | None) -> str:

@@ -48,7 +48,7 @@ class LoadSpec:
 
 @dataclass
 class LoadResult:
-    requests: int = 0
+    requests: int = 0  # successful calls measured; throughput counts these only
     seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list, repr=False)
@@ -93,52 +93,77 @@ def _path(method: str) -> str:
     return method if method.startswith("/") else f"/vae.v1.VAEService/{method}"
 
 
-async def _drive(spec: LoadSpec) -> LoadResult:
-    request = spec.request or payload(spec.method, spec.rows)
-    options = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
-    channels = [grpc.aio.insecure_channel(spec.target, options) for _ in range(spec.channels)]
-    calls = [ch.unary_unary(_path(spec.method)) for ch in channels]  # bytes in, bytes out
-    result, errors = LoadResult(), Counter()
-    began = time.perf_counter()
-    measure_from, stop_at = began + spec.warmup, began + spec.warmup + spec.duration
+async def _sleep_until(moment: float) -> None:
+    """asyncio timers round up to ~1 ms, which bunches Poisson arrivals: sleep short, then yield."""
+    while (left := moment - time.perf_counter()) > 0.0015:
+        await asyncio.sleep(left - 0.001)
+    while time.perf_counter() < moment:
+        await asyncio.sleep(0)
 
-    async def one(i: int) -> None:
+
+class _Run:
+    """One load run's calls and bookkeeping: successes, errors by code, latencies."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        self.request = spec.request or payload(spec.method, spec.rows)
+        options = [
+            ("grpc.max_receive_message_length", 256 << 20),
+            ("grpc.max_send_message_length", 256 << 20),
+        ]
+        self.channels = [grpc.aio.insecure_channel(spec.target, options) for _ in range(spec.channels)]
+        self.calls = [ch.unary_unary(_path(spec.method)) for ch in self.channels]  # bytes in, bytes out
+        self.result, self.errors = LoadResult(), Counter()
+        began = time.perf_counter()
+        self.measure_from, self.stop_at = began + spec.warmup, began + spec.warmup + spec.duration
+
+    async def call(self, i: int, count_if_sent_in_window: bool) -> None:
         sent = time.perf_counter()
+        code = "OK"
         try:
-            await calls[i % len(calls)](request, timeout=spec.timeout)
-            ok = True
+            await self.calls[i % len(self.calls)](self.request, timeout=self.spec.timeout)
         except grpc.aio.AioRpcError as err:
-            ok, code = False, err.code().name
+            code = err.code().name
         done = time.perf_counter()
-        if sent >= measure_from and done <= stop_at:
-            result.requests += 1
-            if ok:
-                result.latencies.append(done - sent)
-            else:
-                errors[code] += 1
+        counted = self.measure_from <= sent and (count_if_sent_in_window or done <= self.stop_at)
+        if counted and code == "OK":
+            self.result.requests += 1
+            self.result.latencies.append(done - sent)
+        elif counted:
+            self.errors[code] += 1
 
-    async def worker(i: int) -> None:
-        while time.perf_counter() < stop_at:
-            await one(i)
+    async def closed_loop(self) -> None:
+        async def worker(i: int) -> None:
+            while time.perf_counter() < self.stop_at:
+                await self.call(i, count_if_sent_in_window=False)
 
-    if spec.rate > 0:
+        await asyncio.gather(*(worker(i) for i in range(self.spec.concurrency)))
+
+    async def open_loop(self) -> None:
+        """Poisson arrivals; a call sent in the window counts however late it ends."""
         rng, tasks, i = random.Random(1), set(), 0
         next_at = time.perf_counter()
-        while next_at < stop_at:
-            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-            task = asyncio.create_task(one(i))
+        while next_at < self.stop_at:
+            await _sleep_until(next_at)
+            task = asyncio.create_task(self.call(i, count_if_sent_in_window=True))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-            next_at += rng.expovariate(spec.rate)
+            next_at += rng.expovariate(self.spec.rate)
             i += 1
         await asyncio.gather(*tasks)
-    else:
-        await asyncio.gather(*(worker(i) for i in range(spec.concurrency)))
-    result.seconds = spec.duration
-    result.errors = dict(errors)
-    for ch in channels:
-        await ch.close()
-    return result
+
+    async def finish(self) -> LoadResult:
+        for ch in self.channels:
+            await ch.close()
+        self.result.seconds = self.spec.duration
+        self.result.errors = dict(self.errors)
+        return self.result
+
+
+async def _drive(spec: LoadSpec) -> LoadResult:
+    run = _Run(spec)
+    await (run.open_loop() if spec.rate > 0 else run.closed_loop())
+    return await run.finish()
 
 
 def _in_process(spec: LoadSpec) -> LoadResult:

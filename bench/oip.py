@@ -49,12 +49,11 @@ async def _drive(target: str, concurrency: int, duration: float, warmup: float) 
             except Exception:  # tritonclient wraps every RPC failure in InferenceServerException
                 ok = False
             done = time.perf_counter()
-            if sent >= measure_from and done <= stop_at:
+            if sent >= measure_from and done <= stop_at and ok:
                 result.requests += 1
-                if ok:
-                    result.latencies.append(done - sent)
-                else:
-                    result.errors["error"] = result.errors.get("error", 0) + 1
+                result.latencies.append(done - sent)
+            elif sent >= measure_from and done <= stop_at:
+                result.errors["error"] = result.errors.get("error", 0) + 1
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     for client in clients:

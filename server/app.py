@@ -18,8 +18,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
-from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
+from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip_pb2
+from vae_serve._proto.vae.v1 import vae_pb2
 from vae_serve.errors import ModelLoadError
 
 from .dataplane import DataPlane, Limits
@@ -27,6 +27,8 @@ from .drain import drain
 from .metrics import Metrics, serve_metrics
 from .model import load_model
 from .oip import OIP_SERVICE, OipServicer
+from .registration import add_service
+from .reload import RepositoryWatcher
 from .repository import resolve
 from .servicer import VAEServicer
 from .settings import Settings
@@ -51,17 +53,22 @@ class VaeServer:
                 max_batch_size=settings.max_batch_size,
                 max_queue_delay_us=settings.max_queue_delay_us,
                 max_queue_rows=settings.max_queue_rows,
+                delay_policy=settings.queue_delay_policy,
                 max_request_rows=settings.max_request_rows,
                 max_samples=settings.max_samples,
                 max_message_bytes=settings.max_message_bytes,
             ),
             self.metrics,
+            keep_versions=settings.keep_versions,
+            retire_after_s=settings.drain_grace_s,
         )
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_http: WSGIServer | None = None
+        self.watcher = RepositoryWatcher(settings, self.dataplane, self.metrics)
+        self._watching: asyncio.Task[None] | None = None
 
     def load(self) -> None:
         s = self.settings
@@ -98,14 +105,15 @@ class VaeServer:
                 ("grpc.so_reuseport", 1 if self.worker else 0),
             ]
         )
-        vae_pb2_grpc.add_VAEServiceServicer_to_server(VAEServicer(self.dataplane), server)
-        oip_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(self.dataplane), server)
+        add_service(server, VAEServicer(self.dataplane), vae_pb2.DESCRIPTOR.services_by_name["VAEService"])
+        add_service(
+            server, OipServicer(self.dataplane), oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if s.reflection:
             health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-            reflection.enable_server_reflection(
-                (VAE_SERVICE, health_service, reflection.SERVICE_NAME), server
-            )
+            services = (VAE_SERVICE, OIP_SERVICE, health_service, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(services, server)
         return server
 
     def _listen(self, server: grpc.aio.Server) -> int:
@@ -132,6 +140,7 @@ class VaeServer:
         self.port = self._listen(server)
         await server.start()
         self._server = server
+        self._watching = asyncio.create_task(self.watcher.run_forever(), name="repository-watcher")
         for service in ("", VAE_SERVICE, OIP_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         metrics_port = self.metrics_port or s.metrics_port  # a worker's supervisor serves them
@@ -147,6 +156,8 @@ class VaeServer:
         if self._server is not None:
             log.info("draining: NOT_SERVING; up to %.1f s for received RPCs", grace)
             await drain(self._server, self.dataplane.activity, grace)
+        if self._watching is not None:
+            self._watching.cancel()
         self.dataplane.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -179,5 +190,6 @@ async def run(settings: Settings, worker: bool = False) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, server.watcher.wake.set)  # look for new versions now
     await stopping.wait()
     await server.stop()

@@ -12,15 +12,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vae_serve.errors import Draining, InvalidInput, NotReady, TooLarge
+from vae_serve.errors import Draining, InvalidInput, TooLarge
 
-from .batching import BatchingRunner
+from .batching import BatchingRunner, DelayPolicy
 from .drain import Activity
 from .metrics import Metrics
 from .model import LoadedModel
 from .runner import InlineRunner, Runner, TimedGraph
 from .runtime import Graph
 from .validation import check_finite, check_matrix, check_unit_interval
+from .versions import ServedModel, ServedVersions
 
 __all__ = ["DataPlane", "Limits", "ServedModel"]
 
@@ -33,30 +34,20 @@ _TENSOR_OVERHEAD = 64
 class Limits:
     max_batch_size: int = 64  # 1: no batching
     max_queue_delay_us: int = 2000
-    max_queue_rows: int = 4096
+    delay_policy: DelayPolicy = "adaptive"
+    max_queue_rows: int = 16384
     max_request_rows: int = 8192
     max_samples: int = 4096
     max_message_bytes: int = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    """A loaded model with the runners that feed its two graphs."""
-
-    model: LoadedModel
-    encoder: Runner
-    decoder: Runner
-
-    def close(self) -> None:
-        self.encoder.close()
-        self.decoder.close()
-
-
 class DataPlane:
-    def __init__(self, limits: Limits, metrics: Metrics) -> None:
+    def __init__(
+        self, limits: Limits, metrics: Metrics, keep_versions: int = 2, retire_after_s: float = 10.0
+    ) -> None:
         self.limits = limits
         self.metrics = metrics
-        self._served: ServedModel | None = None
+        self.versions = ServedVersions(keep_versions, retire_after_s)
         self.activity = Activity()
         self.draining = False  # set when shutdown starts; calls are refused later (see drain.py)
 
@@ -65,32 +56,38 @@ class DataPlane:
         if lim.max_batch_size == 1:
             return InlineRunner(timed)
         return BatchingRunner(
-            timed, self.metrics, lim.max_batch_size, lim.max_queue_delay_us, lim.max_queue_rows
+            timed,
+            self.metrics,
+            lim.max_batch_size,
+            lim.max_queue_delay_us,
+            lim.max_queue_rows,
+            lim.delay_policy,
         )
 
     def serve(self, model: LoadedModel) -> None:
-        """Make `model` the one new requests use (requests in flight keep theirs)."""
-        self._served = ServedModel(
+        """Serve `model` too; the highest version answers requests that pin none. Requests in
+        flight keep the version they started on."""
+        served = ServedModel(
             model, self._runner(model.encoder, "encoder"), self._runner(model.decoder, "decoder")
         )
-        self.metrics.set_model(model.name, model.version.version, model.execution_provider)
+        self.versions.add(served)
+        latest = self.versions.latest.model
+        self.metrics.set_model(latest.name, latest.version.version, latest.execution_provider)
 
     @property
     def loaded(self) -> bool:
-        return self._served is not None
+        return self.versions.latest is not None
 
     @property
     def ready(self) -> bool:
         """Loaded and taking new work: what health and readiness report."""
         return self.loaded and not self.draining and not self.activity.refusing
 
-    def current(self) -> ServedModel:
-        """The model for a call that is starting now."""
+    def current(self, version: str | None = None) -> ServedModel:
+        """The model version for a call that is starting now: the one pinned, or the latest."""
         if self.activity.refusing:
             raise Draining("server is shutting down; retry on another replica")
-        if self._served is None:
-            raise NotReady("no model loaded yet; retry shortly")
-        return self._served
+        return self.versions.get(version)
 
     def _check_response_size(self, rows: int, width: int, tensors: int = 1) -> None:
         size = 4 * rows * width + _TENSOR_OVERHEAD * tensors
@@ -101,28 +98,32 @@ class DataPlane:
             )
 
     def close(self) -> None:
-        if self._served is not None:
-            self._served.close()
+        self.versions.close()
 
-    async def encode(self, x: np.ndarray, deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """`deadline` (time.monotonic() seconds): past it, queued work is dropped, not computed."""
-        served = self.current()
+    async def encode(
+        self, x: np.ndarray, deadline: float | None = None, version: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """(mean, logvar, the version that computed them). `deadline` (time.monotonic() seconds):
+        past it, queued work is dropped, not computed. `version`: pin one, else the latest."""
+        served = self.current(version)
         model = served.model
         check_matrix(x, "x", model.input_dim, self.limits.max_request_rows)
         check_unit_interval(x, "x")
         self._check_response_size(len(x), 2 * model.latent_dim, tensors=2)
         mean, logvar = await served.encoder.run(x, deadline)
-        return mean, logvar
+        return mean, logvar, served.version
 
-    async def decode(self, z: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        served = self.current()
+    async def decode(
+        self, z: np.ndarray, deadline: float | None = None, version: str | None = None
+    ) -> tuple[np.ndarray, str]:
+        served = self.current(version)
         model = served.model
         check_matrix(z, "z", model.latent_dim, self.limits.max_request_rows)
         check_finite(z, "z")
         self._check_response_size(len(z), model.input_dim)
         (x,) = await served.decoder.run(z, deadline)
         _check_decoded(x, "z")
-        return x
+        return x, served.version
 
     async def sample(
         self,
@@ -132,9 +133,10 @@ class DataPlane:
         logvar: np.ndarray | None = None,
         decode: bool = False,
         deadline: float | None = None,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+        version: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None, str]:
         """Prior draws z [K, L] (x [K, D]) or posterior draws z [N, K, L] (x [N, K, D])."""
-        served = self.current()
+        served = self.current(version)
         model = served.model
         k, latent = num_samples, model.latent_dim
         if not 1 <= k <= self.limits.max_samples:
@@ -149,10 +151,10 @@ class DataPlane:
         rows = z.size // latent
         self._check_response_size(rows, latent + (model.input_dim if decode else 0), tensors=2)
         if not decode:
-            return z, None
+            return z, None, served.version
         (x,) = await served.decoder.run(z.reshape(rows, latent), deadline)
         _check_decoded(x, "mean" if mean is not None else "z")
-        return z, x.reshape(*z.shape[:-1], model.input_dim)
+        return z, x.reshape(*z.shape[:-1], model.input_dim), served.version
 
     def _posterior(
         self, mean: np.ndarray, logvar: np.ndarray | None, k: int, latent: int, rng: np.random.Generator

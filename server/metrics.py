@@ -41,8 +41,9 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "vae_serve_requests_in_flight", "RPCs being handled now.", ["method"], registry=r
-        )
+            "vae_serve_requests_in_flight", "RPCs being handled now.", ["method"], registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.compute_duration = Histogram(
             "vae_serve_inference_duration_seconds", "ONNX Runtime run time, by graph.",
             ["graph"], buckets=LATENCY_BUCKETS, registry=r,
@@ -56,11 +57,16 @@ class Metrics:
             ["graph"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_rows = Gauge(
-            "vae_serve_queue_rows", "Rows waiting in the batcher's queue.", ["graph"], registry=r
-        )
+            "vae_serve_queue_rows", "Rows waiting in the batcher's queue.", ["graph"], registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.rejected = Counter(
             "vae_serve_rejected_total", "Requests shed by the batcher, by graph and reason.",
             ["graph", "reason"], registry=r,
+        )  # fmt: skip
+        self.model_loads = Counter(
+            "vae_serve_model_loads_total", "New model versions found, by result (loaded, rejected).",
+            ["result"], registry=r,
         )  # fmt: skip
         self.model_info = Gauge(
             "vae_serve_model_info", "1 for the model version being served.",

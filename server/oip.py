@@ -16,10 +16,11 @@ from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from vae_serve.errors import ModelNotFound
 
-from .dataplane import DataPlane, ServedModel
+from .dataplane import DataPlane
 from .oip_codec import infer_response, input_array
 from .servicer import deadline_of
 from .status import rpc
+from .versions import ServedModel
 
 __all__ = ["OIP_SERVICE", "OipServicer"]
 
@@ -48,13 +49,7 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
     def _resolve(self, model: str, version: str) -> ServedModel:
         if model not in GRAPHS:
             raise ModelNotFound(f"no model {model!r}; models: {', '.join(GRAPHS)}")
-        served = self.dataplane.current()
-        served_version = served.model.version.version
-        if version and version != served_version:
-            raise ModelNotFound(
-                f"model {model!r} has no version {version!r} loaded (serving {served_version})"
-            )
-        return served
+        return self.dataplane.current(version)
 
     @rpc("ServerLive")
     async def ServerLive(
@@ -96,7 +91,7 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
             )
 
         return oip.ModelMetadataResponse(
-            name=request.name, versions=[served.model.version.version], platform="onnxruntime_onnx",
+            name=request.name, versions=self.dataplane.versions.versions, platform="onnxruntime_onnx",
             inputs=[meta(graph.input)], outputs=[meta(name) for name in graph.outputs],
         )  # fmt: skip
 
@@ -107,9 +102,10 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
         served = self._resolve(request.model_name, request.model_version)
         graph = GRAPHS[request.model_name]
         array = input_array(request, request.model_name, graph.input)
+        deadline, version = deadline_of(context), served.version  # the version resolved above
         if request.model_name == "vae_encoder":
-            values = await self.dataplane.encode(array, deadline_of(context))
+            *values, version = await self.dataplane.encode(array, deadline, version)
         else:
-            values = (await self.dataplane.decode(array, deadline_of(context)),)
+            *values, version = await self.dataplane.decode(array, deadline, version)
         outputs = dict(zip(graph.outputs, values, strict=True))
-        return infer_response(request, request.model_name, served.model.version.version, outputs)
+        return infer_response(request, request.model_name, version, outputs)

@@ -37,6 +37,8 @@ def input_array(request: oip.ModelInferRequest, model: str, name: str) -> np.nda
         )
     shape = _shape(tensor)
     count = math.prod(shape)
+    if request.raw_input_contents and tensor.HasField("contents"):
+        raise InvalidInput(f"input {name!r}: give raw_input_contents or contents, not both")
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
             raise InvalidInput(
@@ -70,6 +72,8 @@ def infer_response(
 ) -> oip.ModelInferResponse:
     """The requested outputs (all when none are named), in the order asked, as raw FP32 bytes."""
     wanted = [o.name for o in request.outputs] or list(outputs)
+    if len(set(wanted)) != len(wanted):
+        raise InvalidInput(f"outputs requested more than once: {wanted}")
     unknown = [n for n in wanted if n not in outputs]
     if unknown:
         raise InvalidInput(

@@ -16,6 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
+from vae_serve.errors import DeadlineExceeded
+
 from .metrics import Metrics
 from .runtime import Graph
 
@@ -47,8 +49,14 @@ class TimedGraph:
         self._rows.observe(len(x))
         return outputs
 
-    async def run_off_loop(self, x: np.ndarray) -> list[np.ndarray]:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.run, x)
+    async def run_off_loop(self, x: np.ndarray, deadline: float | None = None) -> list[np.ndarray]:
+        """On the worker thread; a deadline that passes while waiting for the thread means no compute."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._run_before, x, deadline)
+
+    def _run_before(self, x: np.ndarray, deadline: float | None) -> list[np.ndarray]:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("deadline passed while waiting for the worker thread; not computed")
+        return self.run(x)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -59,9 +67,11 @@ class InlineRunner:
         self.graph = graph
 
     async def run(self, x: np.ndarray, deadline: float | None = None) -> list[np.ndarray]:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("deadline passed before the request ran; not computed")
         if len(x) <= INLINE_MAX_ROWS:
             return self.graph.run(x)
-        return await self.graph.run_off_loop(x)
+        return await self.graph.run_off_loop(x, deadline)
 
     def close(self) -> None:
         self.graph.close()

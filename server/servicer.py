@@ -45,35 +45,39 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
     async def Encode(
         self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.EncodeResponse:
-        mean, logvar = await self.dataplane.encode(_required(request, "x"), deadline_of(context))
-        return vae_pb2.EncodeResponse(mean=to_tensor(mean), logvar=to_tensor(logvar))
+        x = _required(request, "x")
+        mean, logvar, version = await self.dataplane.encode(x, deadline_of(context), request.model_version)
+        return vae_pb2.EncodeResponse(mean=to_tensor(mean), logvar=to_tensor(logvar), model_version=version)
 
     @rpc("Decode")
     async def Decode(
         self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.DecodeResponse:
-        x = await self.dataplane.decode(_required(request, "z"), deadline_of(context))
-        return vae_pb2.DecodeResponse(x=to_tensor(x))
+        z = _required(request, "z")
+        x, version = await self.dataplane.decode(z, deadline_of(context), request.model_version)
+        return vae_pb2.DecodeResponse(x=to_tensor(x), model_version=version)
 
     @rpc("Sample")
     async def Sample(
         self, request: vae_pb2.SampleRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.SampleResponse:
-        z, x = await self.dataplane.sample(
+        z, x, version = await self.dataplane.sample(
             request.num_samples,
             request.seed if request.HasField("seed") else None,
             _optional(request, "mean"),
             _optional(request, "logvar"),
             request.decode,
             deadline_of(context),
+            request.model_version,
         )
-        return vae_pb2.SampleResponse(z=to_tensor(z), x=_EMPTY if x is None else to_tensor(x))
+        x_tensor = _EMPTY if x is None else to_tensor(x)
+        return vae_pb2.SampleResponse(z=to_tensor(z), x=x_tensor, model_version=version)
 
     @rpc("GetModelInfo")
     async def GetModelInfo(
         self, request: vae_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.ModelInfo:
-        model, limits = self.dataplane.current().model, self.dataplane.limits
+        model, limits = self.dataplane.current(request.model_version).model, self.dataplane.limits
         return vae_pb2.ModelInfo(
             name=model.name,
             version=model.version.version,
@@ -83,6 +87,7 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
             execution_provider=model.execution_provider,
             card=model.card_strings,
             server_id=f"{socket.gethostname()}:{os.getpid()}",  # per call: workers are forked
+            loaded_versions=self.dataplane.versions.versions,
             limits=vae_pb2.ServerLimits(
                 max_request_rows=limits.max_request_rows,
                 max_samples=limits.max_samples,

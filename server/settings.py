@@ -35,7 +35,16 @@ class Settings(BaseSettings):
     metrics_host: str = Field("0.0.0.0", description="Address the metrics endpoint binds.")
     model_repository: Path = Field(DEFAULT_REPOSITORY, description="Root of <name>/<version>/ directories.")
     model: str = Field("fashion-vae", min_length=1, description="Model name in the repository.")
-    model_version: str | None = Field(None, description="Version to serve (default: the highest).")
+    model_version: str | None = Field(
+        None,
+        description="Version to serve at start (default: the highest); newer ones found later still load.",
+    )
+    repository_poll_s: float = Field(
+        2.0, ge=0, description="How often to look for new versions in the repository (0: never; SIGHUP: now)."
+    )
+    keep_versions: int = Field(
+        2, ge=1, le=16, description="Versions kept loaded for requests that pin one (the latest included)."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when it really loads, else CPU; cuda: refuse to start without it."
     )
@@ -50,9 +59,14 @@ class Settings(BaseSettings):
         description="Most a partial batch waits for as many requests as the last one merged (0: never wait).",
     )
     max_queue_rows: int = Field(
-        4096,
+        16384,
         ge=1,
         description="Rows that may wait per graph; beyond, requests get RESOURCE_EXHAUSTED at once.",
+    )
+    queue_delay_policy: Literal["adaptive", "fixed"] = Field(
+        "adaptive",
+        description="adaptive: a partial batch waits only for as many requests as the last one merged; "
+        "fixed: it always waits until full or --max-queue-delay-us.",
     )
     max_request_rows: int = Field(
         8192, ge=1, description="Most rows a request may carry (N, or N*K for posterior samples)."
@@ -80,6 +94,15 @@ class Settings(BaseSettings):
         description="Serving processes sharing the port (SO_REUSEPORT), each with its own batcher.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> Settings:
+        if self.max_queue_rows < max(self.max_batch_size, self.max_request_rows):
+            raise ValueError(
+                "--max-queue-rows must be at least --max-batch-size and --max-request-rows, "
+                "or some valid requests could never run"
+            )
+        return self
 
     @model_validator(mode="after")
     def _workers_need_a_port(self) -> Settings:

@@ -30,6 +30,7 @@ from vae_serve.errors import (
 
 from .drain import Activity
 from .metrics import Metrics
+from .registration import MalformedRequest
 
 __all__ = ["STATUS_CODES", "rpc", "status_for"]
 
@@ -72,6 +73,8 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
             began = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if isinstance(request, MalformedRequest):
+                    raise InvalidInput(f"request is not a valid {request.message_type} ({request.reason})")
                 return await handler(self, request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED

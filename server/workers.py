@@ -3,13 +3,15 @@
 The supervisor checks the port and the model once (so a mistake is one line, not N), forks the
 workers, serves their merged metrics on the metrics port, forwards SIGTERM/SIGINT so each worker
 drains, and restarts a worker that dies while serving. The kernel spreads connections over the
-workers (SO_REUSEPORT); each has its own batcher and ORT sessions. This module must be imported
-before prometheus_client, which picks its multiprocess mode at import.
+workers (SO_REUSEPORT); each has its own batcher and ORT sessions. A worker also dies with its
+supervisor (PR_SET_PDEATHSIG), so a SIGKILLed supervisor leaves no orphan holding the port. This
+module must be imported before prometheus_client, which picks its multiprocess mode at import.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import shutil
@@ -17,6 +19,7 @@ import signal
 import sys
 import tempfile
 import time
+from wsgiref.simple_server import WSGIServer
 
 from .settings import Settings
 
@@ -25,20 +28,30 @@ __all__ = ["run_workers"]
 log = logging.getLogger(__name__)
 
 EARLY_DEATH_S = 5.0  # a worker dying this soon after its start is a start-up failure: give up
+_PR_SET_PDEATHSIG = 1
+_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-def _worker(settings: Settings) -> None:
+def _worker(settings: Settings, inherited: WSGIServer) -> None:
     """Body of a forked child: serve, then exit without running the parent's cleanup."""
-    from vae_serve.errors import ModelLoadError, ServingError
-
-    from .app import run
-
+    inherited.socket.close()  # the supervisor's metrics socket is not ours to hold
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    for sig in _SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     code = 0
     try:
-        asyncio.run(run(settings, worker=True))
-    except (ModelLoadError, ServingError) as exc:
-        print(f"vae-serve: worker {os.getpid()}: error: {exc}", file=sys.stderr)
-        code = 1
+        if os.getppid() == 1:  # the supervisor died before prctl took effect
+            raise SystemExit(1)
+        from vae_serve.errors import ModelLoadError, ServingError
+
+        from .app import run
+
+        try:
+            asyncio.run(run(settings, worker=True))
+        except (ModelLoadError, ServingError) as exc:
+            print(f"vae-serve: worker {os.getpid()}: error: {exc}", file=sys.stderr)
+            code = 1
     except BaseException:
         log.exception("worker %d crashed", os.getpid())
         code = 1
@@ -47,21 +60,54 @@ def _worker(settings: Settings) -> None:
         os._exit(code)
 
 
-def _spawn(settings: Settings) -> int:
-    pid = os.fork()
-    if pid == 0:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        _worker(settings)
-    return pid
+class _Supervisor:
+    def __init__(self, settings: Settings, http: WSGIServer) -> None:
+        self.settings = settings
+        self.http = http
+        self.started: dict[int, float] = {}
+        self.stopping = False
+
+    def spawn(self) -> None:
+        # Signals wait until the child is on record, so none can miss it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _worker(self.settings, self.http)
+            self.started[pid] = time.monotonic()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+
+    def stop(self, signum: int, _frame: object = None) -> None:
+        self.stopping = True
+        for pid in self.started:
+            os.kill(pid, signum)
+
+    def supervise(self) -> int:
+        from prometheus_client import multiprocess
+
+        code = 0
+        while self.started:
+            pid, status = os.wait()
+            born = self.started.pop(pid)
+            multiprocess.mark_process_dead(pid)
+            exit_code = os.waitstatus_to_exitcode(status)
+            if self.stopping:
+                code = code or int(exit_code != 0)
+            elif time.monotonic() - born < EARLY_DEATH_S:
+                log.error("worker %d failed at start-up (exit %d); stopping the others", pid, exit_code)
+                code = 1
+                self.stop(signal.SIGTERM)
+            else:
+                log.error("worker %d died (exit %d); starting another", pid, exit_code)
+                self.spawn()
+        return code
 
 
 def run_workers(settings: Settings) -> int:
     """Supervise `settings.workers` workers until a signal; returns the exit code."""
-    metrics_dir = tempfile.mkdtemp(prefix="vae-serve-metrics-")
+    metrics_dir = tempfile.mkdtemp(prefix=f"vae-serve-metrics-{os.getpid()}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    from prometheus_client import multiprocess
-
     from .app import check_port_free
     from .metrics import multiprocess_registry, serve_metrics
     from .repository import resolve
@@ -70,36 +116,15 @@ def run_workers(settings: Settings) -> int:
         check_port_free(settings.host, settings.port)
         resolve(settings.model_repository, settings.model, settings.model_version)  # card + sha256, no ORT
         http = serve_metrics(multiprocess_registry(), settings.metrics_host, settings.metrics_port)
-        stopping = False
-
-        def forward(signum: int, _frame: object) -> None:
-            nonlocal stopping
-            stopping = True
-            for pid in started:
-                os.kill(pid, signum)
-
-        started: dict[int, float] = {}
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
+        supervisor = _Supervisor(settings, http)
+        for sig in _SIGNALS:
+            signal.signal(sig, supervisor.stop)
         for _ in range(settings.workers):
-            started[_spawn(settings)] = time.monotonic()
+            if not supervisor.stopping:
+                supervisor.spawn()
         log.info("supervising %d workers on %s:%d, merged metrics on :%d",
                  settings.workers, settings.host, settings.port, http.server_address[1])  # fmt: skip
-        code = 0
-        while started:
-            pid, status = os.wait()
-            born = started.pop(pid)
-            multiprocess.mark_process_dead(pid)
-            failed = os.waitstatus_to_exitcode(status) != 0
-            if stopping:
-                code = code or int(failed)
-            elif time.monotonic() - born < EARLY_DEATH_S:
-                log.error("worker %d failed at start-up; stopping the others", pid)
-                code = 1
-                forward(signal.SIGTERM, None)
-            else:
-                log.error("worker %d died (status %d); starting another", pid, status)
-                started[_spawn(settings)] = time.monotonic()
+        code = supervisor.supervise()
         http.shutdown()
         return code
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 import socket
 import struct
@@ -13,9 +15,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from vae_serve.server.app import VaeServer
 from vae_serve.server.metrics import Metrics
+from vae_serve.server.repository import ModelVersion, resolve
 from vae_serve.server.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -103,3 +108,56 @@ def start_vae_serve(*args: str, timeout: float = 60) -> tuple[subprocess.Popen, 
             break
     proc.kill()
     raise AssertionError("vae-serve did not start:\n" + "".join(seen))
+
+
+# A tiny model repository of real ONNX graphs with chosen names and widths (root/m/1/).
+def linear_graph(
+    path: Path, input_name: str, width: int, outputs: dict[str, int], batch: str | int = "batch"
+) -> None:
+    """A tiny real ONNX graph: each output = input @ W (zeros), with the given names and widths."""
+    nodes, inits, outs = [], [], []
+    for name, out_width in outputs.items():
+        w = numpy_helper.from_array(np.zeros((width, out_width), np.float32), f"W_{name}")
+        inits.append(w)
+        nodes.append(helper.make_node("MatMul", [input_name, f"W_{name}"], [name]))
+        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, out_width]))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, width])],
+        outs,
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, path)
+
+
+def write_version(
+    root: Path,
+    encoder: dict,
+    decoder: dict,
+    input_dim: int = 6,
+    latent_dim: int = 2,
+    image_shape: tuple = (2, 3),
+) -> ModelVersion:
+    path = root / "m" / "1"
+    path.mkdir(parents=True)
+    linear_graph(path / "encoder.onnx", **encoder)
+    linear_graph(path / "decoder.onnx", **decoder)
+    files = {
+        f: {"sha256": hashlib.sha256((path / f).read_bytes()).hexdigest()}
+        for f in ("encoder.onnx", "decoder.onnx")
+    }
+    card = {
+        "input_dim": input_dim,
+        "latent_dim": latent_dim,
+        "image_shape": list(image_shape),
+        "files": files,
+    }
+    (path / "model.json").write_text(json.dumps(card))
+    return resolve(root, "m")
+
+
+GOOD_ENCODER = {"input_name": "x", "width": 6, "outputs": {"mean": 2, "logvar": 2}}
+GOOD_DECODER = {"input_name": "z", "width": 2, "outputs": {"x": 6}}

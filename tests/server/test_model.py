@@ -1,60 +1,12 @@
 """Load-time checks of a model version: graphs that do not fit the card are refused with a reason."""
 
-import hashlib
-import json
-
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from support import GOOD_DECODER, GOOD_ENCODER, write_version
 
 from vae_serve.errors import ModelLoadError
 from vae_serve.server.model import load_model
-from vae_serve.server.repository import resolve
 from vae_serve.server.runtime import choose_providers
-
-
-def linear_graph(path, input_name, width, outputs: dict[str, int], batch="batch", op="Identity"):
-    """A tiny real ONNX graph: each output = input @ W (zeros), with the given names and widths."""
-    nodes, inits, outs = [], [], []
-    for name, out_width in outputs.items():
-        w = numpy_helper.from_array(np.zeros((width, out_width), np.float32), f"W_{name}")
-        inits.append(w)
-        nodes.append(helper.make_node("MatMul", [input_name, f"W_{name}"], [name]))
-        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, out_width]))
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, width])],
-        outs,
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.save(model, path)
-
-
-def write_version(root, encoder: dict, decoder: dict, input_dim=6, latent_dim=2, image_shape=(2, 3)):
-    path = root / "m" / "1"
-    path.mkdir(parents=True)
-    linear_graph(path / "encoder.onnx", **encoder)
-    linear_graph(path / "decoder.onnx", **decoder)
-    files = {
-        f: {"sha256": hashlib.sha256((path / f).read_bytes()).hexdigest()}
-        for f in ("encoder.onnx", "decoder.onnx")
-    }
-    card = {
-        "input_dim": input_dim,
-        "latent_dim": latent_dim,
-        "image_shape": list(image_shape),
-        "files": files,
-    }
-    (path / "model.json").write_text(json.dumps(card))
-    return resolve(root, "m")
-
-
-GOOD_ENCODER = {"input_name": "x", "width": 6, "outputs": {"mean": 2, "logvar": 2}}
-GOOD_DECODER = {"input_name": "z", "width": 2, "outputs": {"x": 6}}
 
 
 def test_a_tiny_conforming_model_loads_and_runs(tmp_path):

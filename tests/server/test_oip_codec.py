@@ -76,3 +76,17 @@ def test_readiness_follows_draining(running):
         finally:
             running.server.dataplane.draining = False
         assert stub.ModelReady(oip.ModelReadyRequest(name="vae_encoder"), timeout=5).ready
+
+
+def test_raw_and_typed_together_are_refused():
+    req = request([1, 2], raw=b"\0" * 8, fp32=[0.0, 0.0])
+    with pytest.raises(InvalidInput, match="raw_input_contents or contents, not both"):
+        input_array(req, "vae_decoder", "z")
+
+
+def test_an_output_asked_twice_is_refused():
+    req = oip.ModelInferRequest(model_name="m")
+    req.outputs.add(name="x")
+    req.outputs.add(name="x")
+    with pytest.raises(InvalidInput, match="requested more than once"):
+        infer_response(req, "m", "1", {"x": np.zeros((1, 2), np.float32)})

@@ -84,7 +84,8 @@ def test_requested_outputs_only(running):
     ("kwargs", "status", "message"),
     [
         ({"model": "vae_other", "name": "x"}, "StatusCode.NOT_FOUND", "no model 'vae_other'"),
-        ({"model": "vae_encoder", "name": "x", "version": "9"}, "StatusCode.NOT_FOUND", "no version '9'"),
+        ({"model": "vae_encoder", "name": "x", "version": "9"}, "StatusCode.NOT_FOUND",
+         "version '9' is not loaded"),
         ({"model": "vae_encoder", "name": "pixels"}, "StatusCode.INVALID_ARGUMENT", "takes one input 'x'"),
         ({"model": "vae_encoder", "name": "x", "datatype": "FP64"}, "StatusCode.INVALID_ARGUMENT",
          "datatype FP64 is not supported"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -104,7 +106,7 @@ def test_sigterm_during_a_burst_fails_no_call():
             stub = vae_pb2_grpc.VAEServiceStub(channel)
             stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=10)
             z = to_tensor(np.random.default_rng(0).standard_normal((256, 32), dtype=np.float32))
-            calls = [stub.Decode.future(vae_pb2.DecodeRequest(z=z), timeout=30) for _ in range(40)]
+            calls = [stub.Decode.future(vae_pb2.DecodeRequest(z=z), timeout=30) for _ in range(15)]
             time.sleep(0.05)  # the burst is on the wire and being worked through
             proc.send_signal(signal.SIGTERM)
             results = [call.result() for call in calls]
@@ -138,6 +140,46 @@ def test_workers_share_the_port_and_all_answer(tmp_path):
         assert total == sum(answered.values())  # both workers' counters, merged on one port
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return {int(pid) for pid in children}
+
+
+def test_a_dead_worker_is_replaced_and_a_dead_supervisor_takes_its_workers_along():
+    from support import free_port
+
+    port, metrics_port = free_port(), free_port()
+    proc, target = start("--workers", "2", "--port", str(port), "--metrics-port", str(metrics_port))
+    try:
+        first = worker_pids(proc.pid)
+        assert len(first) == 2
+        time.sleep(5.5)  # past the start-up window, so a death counts as a crash, not a bad start
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (
+            victim in worker_pids(proc.pid) or len(worker_pids(proc.pid)) < 2
+        ):
+            time.sleep(0.1)
+        replaced = worker_pids(proc.pid)
+        assert victim not in replaced and len(replaced) == 2
+        with grpc.insecure_channel(target) as channel:
+            assert (
+                vae_pb2_grpc.VAEServiceStub(channel)
+                .GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=20)
+                .name
+            )
+        proc.send_signal(signal.SIGKILL)  # the supervisor dies without a word to its workers
+        proc.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in replaced):
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in replaced), "orphaned workers still run"
     finally:
         proc.kill()
         proc.wait()

@@ -268,3 +268,16 @@ def test_metrics_parse_and_count_the_calls(stub, running):
         "execution_provider": "CPUExecutionProvider",
     }
     assert count(after, "vae_serve_requests_in_flight", "vae_serve_requests_in_flight", method="Decode") == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/vae.v1.VAEService/Encode", "/vae.v1.VAEService/Sample", "/inference.GRPCInferenceService/ModelInfer"],
+)
+def test_bytes_that_are_no_message_get_invalid_argument(channel, stub, path):
+    call = channel.unary_unary(path)  # raw bytes in and out
+    with pytest.raises(grpc.RpcError) as caught:
+        call(b"\xff\xff\xff\x07not protobuf", timeout=5)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "request is not a valid" in caught.value.details()
+    assert stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=5).name == "fashion-vae"

@@ -15,59 +15,73 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("x",)
+    __slots__ = ("x", "model_version")
     X_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     x: Tensor
-    def __init__(self, x: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, x: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
-    __slots__ = ("mean", "logvar")
+    __slots__ = ("mean", "logvar", "model_version")
     MEAN_FIELD_NUMBER: _ClassVar[int]
     LOGVAR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     mean: Tensor
     logvar: Tensor
-    def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., logvar: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., logvar: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
-    __slots__ = ("num_samples", "seed", "mean", "logvar", "decode")
+    __slots__ = ("num_samples", "seed", "mean", "logvar", "decode", "model_version")
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     LOGVAR_FIELD_NUMBER: _ClassVar[int]
     DECODE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     num_samples: int
     seed: int
     mean: Tensor
     logvar: Tensor
     decode: bool
-    def __init__(self, num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., mean: _Optional[_Union[Tensor, _Mapping]] = ..., logvar: _Optional[_Union[Tensor, _Mapping]] = ..., decode: _Optional[bool] = ...) -> None: ...
+    model_version: str
+    def __init__(self, num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., mean: _Optional[_Union[Tensor, _Mapping]] = ..., logvar: _Optional[_Union[Tensor, _Mapping]] = ..., decode: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class SampleResponse(_message.Message):
-    __slots__ = ("z", "x")
+    __slots__ = ("z", "x", "model_version")
     Z_FIELD_NUMBER: _ClassVar[int]
     X_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     z: Tensor
     x: Tensor
-    def __init__(self, z: _Optional[_Union[Tensor, _Mapping]] = ..., x: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, z: _Optional[_Union[Tensor, _Mapping]] = ..., x: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("z",)
+    __slots__ = ("z", "model_version")
     Z_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     z: Tensor
-    def __init__(self, z: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, z: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class DecodeResponse(_message.Message):
-    __slots__ = ("x",)
+    __slots__ = ("x", "model_version")
     X_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     x: Tensor
-    def __init__(self, x: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, x: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("model_version",)
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    def __init__(self, model_version: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "input_dim", "image_shape", "latent_dim", "execution_provider", "card", "limits", "server_id")
+    __slots__ = ("name", "version", "input_dim", "image_shape", "latent_dim", "execution_provider", "card", "limits", "server_id", "loaded_versions")
     class CardEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +98,7 @@ class ModelInfo(_message.Message):
     CARD_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    LOADED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     input_dim: int
@@ -93,7 +108,8 @@ class ModelInfo(_message.Message):
     card: _containers.ScalarMap[str, str]
     limits: ServerLimits
     server_id: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., latent_dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., card: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., server_id: _Optional[str] = ...) -> None: ...
+    loaded_versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., latent_dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., card: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., server_id: _Optional[str] = ..., loaded_versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
     __slots__ = ("max_request_rows", "max_samples", "max_message_bytes")

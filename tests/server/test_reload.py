@@ -1,0 +1,157 @@
+"""Hot reload: new versions load while serving; bad ones are refused; nothing in flight fails."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+from support import DEFAULT_MODEL_DIR, GOOD_DECODER, GOOD_ENCODER, RunningServer, write_version
+
+from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
+from vae_serve.tensor import from_tensor, to_tensor
+
+L = 32
+
+
+def publish(repo: Path, version: str, tweak=None, corrupt: str | None = None) -> Path:
+    """Copy the default model in as `version` (optionally with its decoder changed or a file
+    corrupted), assembled aside and renamed into place as vae-train does."""
+    staging = repo / "fashion-vae" / f".{version}.staging"
+    shutil.copytree(DEFAULT_MODEL_DIR, staging)
+    card = json.loads((staging / "model.json").read_text())
+    if tweak is not None:
+        model = onnx.load(str(staging / "decoder.onnx"))
+        tweak(model)
+        onnx.save(model, str(staging / "decoder.onnx"))
+        card["files"]["decoder.onnx"]["sha256"] = hashlib.sha256(
+            (staging / "decoder.onnx").read_bytes()
+        ).hexdigest()
+    card["version"] = version
+    (staging / "model.json").write_text(json.dumps(card))
+    if corrupt:
+        (staging / corrupt).write_bytes(b"\0" * 64)
+    target = repo / "fashion-vae" / version
+    os.rename(staging, target)
+    return target
+
+
+def shift_last_bias(model: onnx.ModelProto) -> None:
+    """A different, still valid decoder: its last bias moved by +1 (outputs change visibly)."""
+    biases = [init for init in model.graph.initializer if len(init.dims) == 1 and init.dims[0] == 784]
+    bias = biases[-1]
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 1.0, bias.name))
+
+
+@pytest.fixture
+def repo(tmp_path):
+    shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "fashion-vae" / "1")
+    return tmp_path
+
+
+def wait_for(predicate, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def info(stub, version: str = ""):
+    return stub.GetModelInfo(vae_pb2.GetModelInfoRequest(model_version=version), timeout=10)
+
+
+def test_new_versions_load_bad_ones_are_refused_and_pinning_works(repo):
+    server = RunningServer(model_repository=repo, repository_poll_s=0.1)
+    metrics = server.server.metrics.registry
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = vae_pb2_grpc.VAEServiceStub(channel)
+            assert info(stub).version == "1"
+            publish(repo, "2", tweak=shift_last_bias)
+            wait_for(lambda: info(stub).version == "2")
+            assert list(info(stub).loaded_versions) == ["1", "2"]
+            label = {"name": "fashion-vae", "version": "2", "execution_provider": "CPUExecutionProvider"}
+            assert metrics.get_sample_value("vae_serve_model_info", label) == 1
+
+            publish(repo, "3", corrupt="decoder.onnx")  # its sha256 no longer matches the card
+            wait_for(
+                lambda: metrics.get_sample_value("vae_serve_model_loads_total", {"result": "rejected"}) == 1
+            )
+            assert info(stub).version == "2"
+
+            z = to_tensor(np.zeros((1, L), np.float32))
+            old = stub.Decode(vae_pb2.DecodeRequest(z=z, model_version="1"), timeout=10)
+            new = stub.Decode(vae_pb2.DecodeRequest(z=z), timeout=10)
+            assert (old.model_version, new.model_version) == ("1", "2")
+            assert not np.allclose(from_tensor(old.x, "x"), from_tensor(new.x, "x"))
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Decode(vae_pb2.DecodeRequest(z=z, model_version="7"), timeout=10)
+            assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+            assert metrics.get_sample_value("vae_serve_model_loads_total", {"result": "loaded"}) == 1
+    finally:
+        server.stop()
+
+
+def test_an_incompatible_version_is_refused(repo):
+    server = RunningServer(model_repository=repo, repository_poll_s=0.1)
+    try:
+        tiny = write_version(repo / "tiny", GOOD_ENCODER, GOOD_DECODER)  # 6-pixel images, 2 latents
+        shutil.copytree(tiny.path, repo / "fashion-vae" / "2")
+        registry = server.server.metrics.registry
+        wait_for(
+            lambda: registry.get_sample_value("vae_serve_model_loads_total", {"result": "rejected"}) == 1
+        )
+        assert server.server.dataplane.versions.versions == ["1"]
+    finally:
+        server.stop()
+
+
+def test_reload_under_load_fails_nothing_and_each_answer_matches_its_version(repo):
+    server = RunningServer(model_repository=repo, repository_poll_s=0.05)
+    z = np.random.default_rng(0).standard_normal((4, L), dtype=np.float32)
+    answers, failures, stop = [], [], threading.Event()
+
+    def load() -> None:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = vae_pb2_grpc.VAEServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    reply = stub.Decode(vae_pb2.DecodeRequest(z=to_tensor(z)), timeout=10)
+                    answers.append((reply.model_version, from_tensor(reply.x, "x").copy()))
+                except grpc.RpcError as err:
+                    failures.append(err)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(answers) > 50)
+        publish(repo, "2", tweak=shift_last_bias)
+        wait_for(lambda: any(v == "2" for v, _ in answers[-20:]))
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        server.stop()
+    assert not failures, failures[:3]
+
+    def decode_with(version: str) -> np.ndarray:
+        path = repo / "fashion-vae" / version / "decoder.onnx"
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"z": z})[0]
+
+    expected = {v: decode_with(v) for v in ("1", "2")}
+    seen = {v for v, _ in answers}
+    assert seen == {"1", "2"}
+    for version, x in answers:
+        np.testing.assert_allclose(x, expected[version], atol=1e-6)
