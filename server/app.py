@@ -97,13 +97,15 @@ class VaeServer:
         """A gRPC server with every service registered, not yet listening."""
         s = self.settings
         server = grpc.aio.server(
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
             options=[
+                ("grpc.max_concurrent_streams", s.max_concurrent_streams),
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 # gRPC shares ports by default: a second server would silently split the traffic.
                 # Workers share it on purpose; their supervisor checked it was free.
                 ("grpc.so_reuseport", 1 if self.worker else 0),
-            ]
+            ],
         )
         add_service(server, VAEServicer(self.dataplane), vae_pb2.DESCRIPTOR.services_by_name["VAEService"])
         add_service(

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         le=2**31 - 1,
         description="Largest gRPC message received or sent, in bytes.",
     )
+    max_concurrent_rpcs: int = Field(
+        2048, ge=1, description="RPCs handled at once; beyond, gRPC answers RESOURCE_EXHAUSTED at once."
+    )
+    max_concurrent_streams: int = Field(
+        1024, ge=1, description="Concurrent RPCs one client connection (HTTP/2) may carry."
+    )
     reflection: bool = Field(True, description="Serve gRPC server reflection (switch off in production).")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS (with --tls-key).")
     tls_key: Path | None = Field(None, description="PEM private key for --tls-cert.")

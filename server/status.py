@@ -71,7 +71,7 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
             in_flight.inc()
             activity.started()
             began = time.perf_counter()
-            code = grpc.StatusCode.OK
+            code, message = grpc.StatusCode.OK, ""
             try:
                 if isinstance(request, MalformedRequest):
                     raise InvalidInput(f"request is not a valid {request.message_type} ({request.reason})")
@@ -83,11 +83,12 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
                 code, message = status_for(exc)
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("%s failed", method)
-                await context.abort(code, message)
             finally:
+                # Recorded before the status goes out, so whoever sees the answer sees it counted.
                 in_flight.dec()
                 activity.finished()
                 metrics.record_request(method, code.name, time.perf_counter() - began)
+            await context.abort(code, message)  # reached only on failure
 
         return wrapper
 
