@@ -51,6 +51,7 @@ class ClientOptions:
     private_key: Path | str | None = None  # its PEM key
     max_message_bytes: int = 64 * 1024 * 1024
     retries: int = 5  # further attempts after UNAVAILABLE
+    model_version: str = ""  # pin every call to this loaded version; empty: the server's latest
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
 
@@ -94,6 +95,13 @@ class ClientOptions:
         return grpc.ssl_channel_credentials(
             read(self.root_certificates), read(self.private_key), read(self.certificate_chain)
         )
+
+
+def pinned(request: object, options: ClientOptions) -> object:
+    """`request` with the options' model version, when it has a field for one."""
+    if options.model_version and "model_version" in request.DESCRIPTOR.fields_by_name:
+        request.model_version = options.model_version
+    return request
 
 
 def open_channel(options: ClientOptions, aio: bool) -> grpc.Channel | grpc.aio.Channel:

@@ -23,7 +23,7 @@ from ._requests import (
     merge_sample,
     sample_requests,
 )
-from ._transport import DEFAULT_TARGET, Attempts, ClientOptions, closed_client_error, open_channel
+from ._transport import DEFAULT_TARGET, Attempts, ClientOptions, closed_client_error, open_channel, pinned
 
 __all__ = ["AsyncVaeClient"]
 
@@ -45,7 +45,11 @@ class AsyncVaeClient:
         attempts = Attempts(self.options)
         while True:
             try:
-                return await method(request, timeout=attempts.timeout(), wait_for_ready=attempts.retrying)
+                return await method(
+                    pinned(request, self.options),
+                    timeout=attempts.timeout(),
+                    wait_for_ready=attempts.retrying,
+                )
             except grpc.RpcError as err:
                 await asyncio.sleep(attempts.retry_after(err))
             except grpc.aio.UsageError:  # the channel was closed

@@ -94,17 +94,18 @@ def _save_grid(images: np.ndarray, image_shape: tuple[int, ...], output: Path, c
 @click.option(
     "--retries", type=click.IntRange(min=0), default=5, help="Retries while the server is unavailable."
 )
+@click.option("--model-version", default="", help="Pin a loaded model version [default: the latest].")
 @click.pass_context
 def main(
     ctx: click.Context, target: str, timeout: float, ca_file: Path | None, tls: bool,
-    cert_file: Path | None, key_file: Path | None, retries: int,
+    cert_file: Path | None, key_file: Path | None, retries: int, model_version: str,
 ) -> None:  # fmt: skip
     """Encode, sample and decode with a vae-serve server; pictures are written as PNG grids."""
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # failures are reported as one line instead
     with _errors():
         client = VaeClient(
             target, timeout=timeout, root_certificates=ca_file, tls=tls, retries=retries,
-            certificate_chain=cert_file, private_key=key_file,
+            certificate_chain=cert_file, private_key=key_file, model_version=model_version,
         )  # fmt: skip
     ctx.obj = ctx.with_resource(client)
 

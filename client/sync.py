@@ -23,7 +23,7 @@ from ._requests import (
     merge_sample,
     sample_requests,
 )
-from ._transport import DEFAULT_TARGET, Attempts, ClientOptions, closed_client_error, open_channel
+from ._transport import DEFAULT_TARGET, Attempts, ClientOptions, closed_client_error, open_channel, pinned
 
 __all__ = ["VaeClient"]
 
@@ -45,7 +45,11 @@ class VaeClient:
         attempts = Attempts(self.options)
         while True:
             try:
-                return method(request, timeout=attempts.timeout(), wait_for_ready=attempts.retrying)
+                return method(
+                    pinned(request, self.options),
+                    timeout=attempts.timeout(),
+                    wait_for_ready=attempts.retrying,
+                )
             except grpc.RpcError as err:
                 time.sleep(attempts.retry_after(err))
             except ValueError:  # grpc's "Cannot invoke RPC on closed channel!"

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import DEFAULT_MODEL_DIR
 
-from vae_serve.errors import DeadlineExceeded, Overloaded
+from vae_serve.errors import DeadlineExceeded, Draining, Overloaded
 from vae_serve.server.batching import BatchingRunner
 from vae_serve.server.dataplane import DataPlane, Limits
 from vae_serve.server.metrics import Metrics
@@ -158,3 +158,69 @@ def test_batch_size_one_takes_the_inline_path(model, max_batch_size, kind):
         assert isinstance(plane.current().decoder, kind)
     finally:
         plane.close()
+
+
+def test_a_full_batch_leaves_without_waiting_even_when_more_company_is_expected(model):
+    runner, _ = batcher(model, max_batch_size=8, max_queue_delay_us=500_000)
+
+    async def scenario():
+        try:
+            await asyncio.gather(*(runner.run(latents(1, i)) for i in range(4)))  # expect 4 next time
+            began = time.monotonic()
+            await runner.run(latents(8, 9))  # one request that fills the batch alone
+            return time.monotonic() - began
+        finally:
+            runner.close()
+
+    assert asyncio.run(scenario()) < 0.2
+
+
+def test_encoder_batches_match_unbatched_runs(model):
+    metrics = Metrics()
+    runner = BatchingRunner(TimedGraph(model.encoder, "encoder", metrics), metrics, 64, 2000, 4096)
+    x = [np.random.default_rng(i).random((2, 784), dtype=np.float32) for i in range(30)]
+
+    async def burst():
+        try:
+            return await asyncio.gather(*(runner.run(rows) for rows in x))
+        finally:
+            runner.close()
+
+    for rows, (mean, logvar) in zip(x, asyncio.run(burst()), strict=True):
+        want_mean, want_logvar = model.encoder.run(rows)
+        np.testing.assert_allclose(mean, want_mean, atol=1e-6)
+        np.testing.assert_allclose(logvar, want_logvar, atol=1e-6)
+
+
+def test_a_failing_run_fails_every_caller_in_the_batch(model, monkeypatch):
+    runner, _ = batcher(model)
+
+    def broken(x):
+        raise RuntimeError("ORT exploded")
+
+    monkeypatch.setattr(runner.graph, "run", broken)
+
+    async def burst():
+        try:
+            return await asyncio.gather(
+                *(runner.run(latents(1, i)) for i in range(5)), return_exceptions=True
+            )
+        finally:
+            runner.close()
+
+    results = asyncio.run(burst())
+    assert all(isinstance(r, RuntimeError) and "exploded" in str(r) for r in results)
+
+
+def test_closing_fails_queued_callers_instead_of_hanging_them(model):
+    # The fixed policy holds the batch open, so the callers are still queued when it closes.
+    runner, _ = batcher(model, max_queue_delay_us=5_000_000, delay_policy="fixed")
+
+    async def scenario():
+        waiting = [asyncio.ensure_future(runner.run(latents(1, i))) for i in range(3)]
+        await asyncio.sleep(0.05)
+        runner.close()
+        return await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 2)
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, Draining) for r in results), results

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from support import DEFAULT_MODEL_DIR, GOOD_DECODER, GOOD_ENCODER, RunningServer, write_version
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
+from vae_serve.client import VaeClient
 from vae_serve.tensor import from_tensor, to_tensor
 
 L = 32
@@ -98,6 +99,11 @@ def test_new_versions_load_bad_ones_are_refused_and_pinning_works(repo):
                 stub.Decode(vae_pb2.DecodeRequest(z=z, model_version="7"), timeout=10)
             assert caught.value.code() is grpc.StatusCode.NOT_FOUND
             assert metrics.get_sample_value("vae_serve_model_loads_total", {"result": "loaded"}) == 1
+        with VaeClient(server.target, model_version="1") as pinned, VaeClient(server.target) as latest:
+            assert (pinned.model_info().version, latest.model_info().version) == ("1", "2")
+            zeros = np.zeros((1, L), np.float32)
+            np.testing.assert_array_equal(pinned.decode(zeros), from_tensor(old.x, "x"))
+            np.testing.assert_array_equal(latest.decode(zeros), from_tensor(new.x, "x"))
     finally:
         server.stop()
 
