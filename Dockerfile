@@ -26,7 +26,8 @@ RUN pip install . \
     && if [ -n "$ORT_EXTRAS" ]; then pip install "onnxruntime-gpu[$ORT_EXTRAS]==$ORT_VERSION"; fi \
     && cp -r models /models \
     && rm -rf /src \
-    && useradd --system --uid 10001 --no-create-home vae
+    && useradd --system --uid 10001 --no-create-home vae \
+    && chown -R 10001:10001 /models
 
 WORKDIR /
 USER 10001

@@ -22,7 +22,8 @@ COPY training ./training
 COPY models ./models
 # The project and its train extra (torch pinned there).
 # hadolint ignore=DL3013
-RUN pip install ".[train]" && rm -rf /src && useradd --system --uid 10001 --create-home vae
+RUN pip install ".[train]" && rm -rf /src && useradd --system --uid 10001 --create-home vae \
+    && mkdir /models && chown 10001:10001 /models
 
 USER 10001
 WORKDIR /home/vae

@@ -16,7 +16,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from vae_serve.errors import ModelLoadError, ModelNotFound
+from vae_serve.errors import ModelLoadError
 
 from .dataplane import DataPlane
 from .metrics import Metrics
@@ -50,7 +50,12 @@ class RepositoryWatcher:
         self.dataplane = dataplane
         self._loads = metrics.model_loads
         self._tried: dict[str, tuple] = {}
+        self.last_rejection = ""
         self.wake = asyncio.Event()
+        # Versions already there at start are not candidates (the start-up choice, perhaps a pin,
+        # stands); only versions that appear or change later are.
+        for version in list_versions(settings.model_repository, settings.model):
+            self._tried[version] = _fingerprint(settings.model_repository / settings.model / version)
 
     def _candidates(self) -> list[str]:
         """Versions newer than the latest served whose files changed since they were last tried."""
@@ -69,8 +74,9 @@ class RepositoryWatcher:
         for version in self._candidates():
             try:
                 await self._load(version)
-            except (ModelLoadError, ModelNotFound) as exc:
+            except Exception as exc:  # whatever is wrong with a version must not stop the serving one
                 self._loads.labels("rejected").inc()
+                self.last_rejection = f"{version}: {exc}"
                 log.warning("model version %s rejected, still serving %s: %s",
                             version, self.dataplane.versions.latest.version, exc)  # fmt: skip
             else:

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 EARLY_DEATH_S = 5.0  # a worker dying this soon after its start is a start-up failure: give up
 _PR_SET_PDEATHSIG = 1
-_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 def _worker(settings: Settings, inherited: WSGIServer) -> None:
@@ -78,10 +78,13 @@ class _Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
 
-    def stop(self, signum: int, _frame: object = None) -> None:
-        self.stopping = True
+    def forward(self, signum: int, _frame: object = None) -> None:
         for pid in self.started:
             os.kill(pid, signum)
+
+    def stop(self, signum: int, _frame: object = None) -> None:
+        self.stopping = True
+        self.forward(signum)
 
     def supervise(self) -> int:
         from prometheus_client import multiprocess
@@ -117,8 +120,9 @@ def run_workers(settings: Settings) -> int:
         resolve(settings.model_repository, settings.model, settings.model_version)  # card + sha256, no ORT
         http = serve_metrics(multiprocess_registry(), settings.metrics_host, settings.metrics_port)
         supervisor = _Supervisor(settings, http)
-        for sig in _SIGNALS:
+        for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, supervisor.stop)
+        signal.signal(signal.SIGHUP, supervisor.forward)  # "look for new versions now", in every worker
         for _ in range(settings.workers):
             if not supervisor.stopping:
                 supervisor.spawn()

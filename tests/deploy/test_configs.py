@@ -111,3 +111,26 @@ def test_a_wrong_manifest_field_is_caught(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((DEPLOY / "k8s" / "service.yaml").read_text().replace("clusterIP:", "clusterIp:"))
     assert run(tool("kubernetes-validate"), "--strict", str(bad)).returncode != 0
+
+
+def test_every_vae_variable_in_the_deployment_is_a_server_setting():
+    from vae_serve.server.settings import Settings
+
+    config = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    names = {
+        key
+        for s in config["services"].values()
+        for key in (s.get("environment") or {})
+        if key.startswith("VAE_")
+    }
+    names |= set(re.findall(r"\b(VAE_[A-Z_]+)=", (REPO_ROOT / "Dockerfile").read_text()))
+    k8s = yaml.safe_load((DEPLOY / "k8s" / "deployment.yaml").read_text())
+    names |= {e["name"] for e in k8s["spec"]["template"]["spec"]["containers"][0]["env"]}
+    unknown = {n for n in names if n.removeprefix("VAE_").lower() not in Settings.model_fields}
+    assert names and not unknown, unknown
+
+
+def test_model_volume_is_writable_by_the_image_user():
+    server, trainer = (REPO_ROOT / "Dockerfile").read_text(), (DEPLOY / "train.Dockerfile").read_text()
+    assert "chown -R 10001:10001 /models" in server and "USER 10001" in server
+    assert "chown 10001:10001 /models" in trainer and "USER 10001" in trainer

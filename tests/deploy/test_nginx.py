@@ -37,8 +37,8 @@ def start_nginx(folder: Path, upstreams: list[int]) -> tuple[subprocess.Popen, i
         pytest.fail("nginx not found: `make test` installs Debian's nginx")
     port = free_port()
     site = string.Template(TEMPLATE.read_text()).substitute(
-        VAE_SERVER_1=f"127.0.0.1:{upstreams[0]}",
-        VAE_SERVER_2=f"127.0.0.1:{upstreams[1]}",
+        GRPC_UPSTREAM_1=f"127.0.0.1:{upstreams[0]}",
+        GRPC_UPSTREAM_2=f"127.0.0.1:{upstreams[1]}",
         NGINX_GRPC_PORT=port,
     )
     (folder / "vae-serve.conf").write_text(site)

@@ -66,6 +66,7 @@ def test_overload_is_shed_quickly_admitted_work_stays_fast_and_the_server_recove
     proc, port = start_vae_serve("--port", "0", "--metrics-port", "0", *flags)
     target = f"127.0.0.1:{port}"
     try:
+        asyncio.run(hammer(target, 8, 1.0, DECODE_32, "/vae.v1.VAEService/Decode"))  # warm up first
         rss_before = rss_mb(proc.pid)
         results = asyncio.run(hammer(target, 400, 4.0, DECODE_32, "/vae.v1.VAEService/Decode"))
         codes = Counter(code for code, _ in results)
@@ -77,7 +78,9 @@ def test_overload_is_shed_quickly_admitted_work_stays_fast_and_the_server_recove
         assert p99(admitted) < 1.0, p99(admitted)  # bounded by the queue, not by the offered load
         assert p99(shed) < 1.0, p99(shed)
         print(f"overload: p99 admitted {p99(admitted) * 1e3:.0f} ms, shed {p99(shed) * 1e3:.0f} ms")
-        assert rss_mb(proc.pid) - rss_before < 150  # memory bounded
+        growth = rss_mb(proc.pid) - rss_before
+        print(f"overload: RSS growth {growth:.1f} MB")
+        assert growth < 100  # memory bounded: the queue bound holds, nothing piles up
         # Load drops: everything is served again, promptly.
         after = asyncio.run(hammer(target, 4, 1.0, DECODE_1, "/vae.v1.VAEService/Decode"))
         assert {code for code, _ in after} == {grpc.StatusCode.OK}

@@ -112,12 +112,26 @@ def test_an_incompatible_version_is_refused(repo):
     server = RunningServer(model_repository=repo, repository_poll_s=0.1)
     try:
         tiny = write_version(repo / "tiny", GOOD_ENCODER, GOOD_DECODER)  # 6-pixel images, 2 latents
-        shutil.copytree(tiny.path, repo / "fashion-vae" / "2")
+        shutil.copytree(tiny.path, repo / "fashion-vae" / ".2.staging")
+        os.rename(repo / "fashion-vae" / ".2.staging", repo / "fashion-vae" / "2")  # published atomically
         registry = server.server.metrics.registry
         wait_for(
             lambda: registry.get_sample_value("vae_serve_model_loads_total", {"result": "rejected"}) == 1
         )
+        assert "input_dim 6 differs from the served version's 784" in server.server.watcher.last_rejection
         assert server.server.dataplane.versions.versions == ["1"]
+    finally:
+        server.stop()
+
+
+def test_versions_present_at_start_do_not_override_a_pinned_start(repo):
+    publish(repo, "2", tweak=shift_last_bias)
+    server = RunningServer(model_repository=repo, model_version="1", repository_poll_s=0.05)
+    try:
+        time.sleep(0.5)  # several polls
+        assert server.server.dataplane.versions.versions == ["1"]
+        publish(repo, "3", tweak=shift_last_bias)  # a version that appears later does load
+        wait_for(lambda: server.server.dataplane.versions.versions[-1] == "3")
     finally:
         server.stop()
 
