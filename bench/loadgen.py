@@ -94,11 +94,11 @@ def _path(method: str) -> str:
 
 
 async def _sleep_until(moment: float) -> None:
-    """asyncio timers round up to ~1 ms, which bunches Poisson arrivals: sleep short, then yield."""
-    while (left := moment - time.perf_counter()) > 0.0015:
-        await asyncio.sleep(left - 0.001)
-    while time.perf_counter() < moment:
-        await asyncio.sleep(0)
+    """Arrivals keep their absolute schedule; asyncio's ~1 ms timer grain groups those due within
+    the same millisecond. Spinning to be exact would take the CPU the server under test needs
+    (measured: p99 at 50% load doubled), so the grain is accepted."""
+    if (left := moment - time.perf_counter()) > 0:
+        await asyncio.sleep(left)
 
 
 class _Run:

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 
 
@@ -13,3 +14,15 @@ def fashion_mnist_dir() -> Path:
     if not DEFAULT_DATA_DIR.is_dir():
         pytest.fail(f"{DEFAULT_DATA_DIR} missing: apt-get install dataset-fashion-mnist (make test does)")
     return DEFAULT_DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def direct() -> tuple[ort.InferenceSession, ort.InferenceSession]:
+    """The default model's encoder and decoder in ONNX Runtime, run directly: what served
+    results are checked against."""
+    from support import DEFAULT_MODEL_DIR
+
+    def session(name: str) -> ort.InferenceSession:
+        return ort.InferenceSession(str(DEFAULT_MODEL_DIR / name), providers=["CPUExecutionProvider"])
+
+    return session("encoder.onnx"), session("decoder.onnx")

@@ -7,21 +7,12 @@ import time
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
-from support import DEFAULT_MODEL_DIR, RunningServer, free_port, make_certificates
+from support import RunningServer, free_port, make_certificates
 
 from vae_serve.client import AsyncVaeClient, VaeClient, VaeServeError
 
 D, L = 784, 32
-
-
-@pytest.fixture(scope="module")
-def direct():
-    def session(name):
-        return ort.InferenceSession(str(DEFAULT_MODEL_DIR / name), providers=["CPUExecutionProvider"])
-
-    return session("encoder.onnx"), session("decoder.onnx")
 
 
 def pixels(n: int) -> np.ndarray:

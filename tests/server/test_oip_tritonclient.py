@@ -9,9 +9,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
-from support import DEFAULT_MODEL_DIR
 
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
@@ -25,14 +23,6 @@ def triton(running, scenario: str, **kwargs) -> dict:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
-
-
-@pytest.fixture(scope="module")
-def direct():
-    def session(name):
-        return ort.InferenceSession(str(DEFAULT_MODEL_DIR / name), providers=["CPUExecutionProvider"])
-
-    return session("encoder.onnx"), session("decoder.onnx")
 
 
 def test_health_readiness_and_metadata(running):

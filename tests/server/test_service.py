@@ -6,7 +6,6 @@ import urllib.request
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -18,14 +17,6 @@ from vae_serve.tensor import from_tensor, to_tensor
 
 MODEL_DIR = REPOSITORY / "fashion-vae" / "1"
 D, L = 784, 32
-
-
-@pytest.fixture(scope="module")
-def direct():
-    def session(name):
-        return ort.InferenceSession(str(MODEL_DIR / name), providers=["CPUExecutionProvider"])
-
-    return session("encoder.onnx"), session("decoder.onnx")
 
 
 def pixels(n: int, seed: int = 0) -> np.ndarray:
