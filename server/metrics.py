@@ -30,6 +30,7 @@ class Metrics:
         r = self.registry
         self._served_labels: tuple[str, str, str] | None = None
         self._request_children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
+        self._in_flight_children: dict[str, Gauge] = {}
         self.request_duration = Histogram(
             "vae_serve_request_duration_seconds", "RPC latency in the server, by method and status code.",
             ["method", "code"], buckets=LATENCY_BUCKETS, registry=r,
@@ -72,6 +73,13 @@ class Metrics:
             "vae_serve_model_info", "1 for the model version being served.",
             ["name", "version", "execution_provider"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
+
+    def in_flight_for(self, method: str) -> Gauge:
+        """The in-flight gauge of one RPC method (cached: looked up on every request)."""
+        child = self._in_flight_children.get(method)
+        if child is None:
+            child = self._in_flight_children[method] = self.in_flight.labels(method)
+        return child
 
     def record_request(self, method: str, code: str, seconds: float) -> None:
         """Latency and count of one finished RPC (label children cached: this is the hot path)."""

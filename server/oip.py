@@ -28,18 +28,21 @@ OIP_SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 @dataclass(frozen=True)
-class _Graph:
-    input: str
-    outputs: tuple[str, ...]
+class _OipModel:
+    """One model as OIP exposes it: the data-plane method behind it, and each tensor's width
+    (the LoadedModel attribute that gives it)."""
+
+    method: str
+    input: tuple[str, str]
+    outputs: tuple[tuple[str, str], ...]
 
 
-GRAPHS = {"vae_encoder": _Graph("x", ("mean", "logvar")), "vae_decoder": _Graph("z", ("x",))}
-
-
-def _widths(served: ServedModel, model: str) -> dict[str, int]:
-    """Each tensor's row width: images are input_dim wide, latents latent_dim."""
-    d, latent = served.model.input_dim, served.model.latent_dim
-    return {"x": d, "mean": latent, "logvar": latent} if model == "vae_encoder" else {"z": latent, "x": d}
+GRAPHS = {
+    "vae_encoder": _OipModel(
+        "encode", ("x", "input_dim"), (("mean", "latent_dim"), ("logvar", "latent_dim"))
+    ),
+    "vae_decoder": _OipModel("decode", ("z", "latent_dim"), (("x", "input_dim"),)),
+}
 
 
 class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
@@ -83,16 +86,16 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
         self, request: oip.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelMetadataResponse:
         served = self._resolve(request.name, request.version)
-        graph, widths = GRAPHS[request.name], _widths(served, request.name)
+        graph = GRAPHS[request.name]
 
-        def meta(name: str) -> oip.ModelMetadataResponse.TensorMetadata:
-            return oip.ModelMetadataResponse.TensorMetadata(
-                name=name, datatype="FP32", shape=[-1, widths[name]]
-            )
+        def meta(tensor: tuple[str, str]) -> oip.ModelMetadataResponse.TensorMetadata:
+            name, width = tensor
+            shape = [-1, getattr(served.model, width)]
+            return oip.ModelMetadataResponse.TensorMetadata(name=name, datatype="FP32", shape=shape)
 
         return oip.ModelMetadataResponse(
             name=request.name, versions=self.dataplane.versions.versions, platform="onnxruntime_onnx",
-            inputs=[meta(graph.input)], outputs=[meta(name) for name in graph.outputs],
+            inputs=[meta(graph.input)], outputs=[meta(tensor) for tensor in graph.outputs],
         )  # fmt: skip
 
     @rpc("ModelInfer")
@@ -101,11 +104,8 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
     ) -> oip.ModelInferResponse:
         served = self._resolve(request.model_name, request.model_version)
         graph = GRAPHS[request.model_name]
-        array = input_array(request, request.model_name, graph.input)
-        deadline, version = deadline_of(context), served.version  # the version resolved above
-        if request.model_name == "vae_encoder":
-            *values, version = await self.dataplane.encode(array, deadline, version)
-        else:
-            *values, version = await self.dataplane.decode(array, deadline, version)
-        outputs = dict(zip(graph.outputs, values, strict=True))
+        array = input_array(request, request.model_name, graph.input[0])
+        run = getattr(self.dataplane, graph.method)  # encode or decode: same validation, batcher, metrics
+        *values, version = await run(array, deadline_of(context), served.version)
+        outputs = dict(zip((name for name, _ in graph.outputs), values, strict=True))
         return infer_response(request, request.model_name, version, outputs)

@@ -67,7 +67,7 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
         async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
             metrics: Metrics = self.dataplane.metrics
             activity: Activity = self.dataplane.activity
-            in_flight = metrics.in_flight.labels(method)
+            in_flight = metrics.in_flight_for(method)
             in_flight.inc()
             activity.started()
             began = time.perf_counter()
