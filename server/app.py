@@ -16,7 +16,8 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip_pb2
 from vae_serve._proto.vae.v1 import vae_pb2
@@ -27,7 +28,7 @@ from .drain import drain
 from .metrics import Metrics, serve_metrics
 from .model import load_model
 from .oip import OIP_SERVICE, OipServicer
-from .registration import add_service
+from .registration import ReceiveTimeout, add_service, register
 from .reload import RepositoryWatcher
 from .repository import resolve
 from .servicer import VAEServicer
@@ -38,6 +39,7 @@ __all__ = ["VaeServer", "check_port_free", "run"]
 log = logging.getLogger(__name__)
 
 VAE_SERVICE = vae_pb2.DESCRIPTOR.services_by_name["VAEService"].full_name
+_NEVER_MS = 2**31 - 1  # gRPC's "no limit" for its millisecond options
 
 
 class VaeServer:
@@ -57,6 +59,7 @@ class VaeServer:
                 max_request_rows=settings.max_request_rows,
                 max_samples=settings.max_samples,
                 max_message_bytes=settings.max_message_bytes,
+                max_concurrent_rpcs=settings.max_concurrent_rpcs,
             ),
             self.metrics,
             keep_versions=settings.keep_versions,
@@ -66,6 +69,7 @@ class VaeServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self._receive: ReceiveTimeout | None = None
         self._metrics_http: WSGIServer | None = None
         self.watcher = RepositoryWatcher(settings, self.dataplane, self.metrics)
         self._watching: asyncio.Task[None] | None = None
@@ -96,26 +100,42 @@ class VaeServer:
     def _build_server(self) -> grpc.aio.Server:
         """A gRPC server with every service registered, not yet listening."""
         s = self.settings
+        ms = 1000
         server = grpc.aio.server(
-            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+            # No `maximum_concurrent_rpcs`: gRPC would count every call, health checks and calls
+            # still waiting for their message included; Activity admits data-plane work instead.
             options=[
                 ("grpc.max_concurrent_streams", s.max_concurrent_streams),
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
+                # What one client can hold: connections are pinged, closed when idle or dead, and
+                # asked to reconnect when old, so no stream or slot is held forever.
+                ("grpc.keepalive_time_ms", int(s.keepalive_time_s * ms)),
+                ("grpc.keepalive_timeout_ms", 20 * ms),
+                ("grpc.max_connection_idle_ms", int(s.max_connection_idle_s * ms) or _NEVER_MS),
+                ("grpc.max_connection_age_ms", int(s.max_connection_age_s * ms) or _NEVER_MS),
+                ("grpc.max_connection_age_grace_ms", int(s.max_connection_age_grace_s * ms)),
                 # gRPC shares ports by default: a second server would silently split the traffic.
                 # Workers share it on purpose; their supervisor checked it was free.
                 ("grpc.so_reuseport", 1 if self.worker else 0),
             ],
         )
-        add_service(server, VAEServicer(self.dataplane), vae_pb2.DESCRIPTOR.services_by_name["VAEService"])
+        timeout = self._receive = ReceiveTimeout(s.receive_timeout_s)
         add_service(
-            server, OipServicer(self.dataplane), oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+            server, VAEServicer(self.dataplane), vae_pb2.DESCRIPTOR.services_by_name["VAEService"], timeout
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        add_service(
+            server,
+            OipServicer(self.dataplane),
+            oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+            timeout,
+        )
+        register(server, health_pb2_grpc.add_HealthServicer_to_server, self.health, timeout)
         if s.reflection:
             health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
             services = (VAE_SERVICE, OIP_SERVICE, health_service, reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(services, server)
+            servicer = reflection_aio.ReflectionServicer(services)
+            register(server, reflection_pb2_grpc.add_ServerReflectionServicer_to_server, servicer, timeout)
         return server
 
     def _listen(self, server: grpc.aio.Server) -> int:
@@ -160,6 +180,8 @@ class VaeServer:
             await drain(self._server, self.dataplane.activity, grace)
         if self._watching is not None:
             self._watching.cancel()
+        if self._receive is not None:
+            self._receive.close()
         self.dataplane.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

@@ -39,6 +39,7 @@ class Limits:
     max_request_rows: int = 8192
     max_samples: int = 4096
     max_message_bytes: int = 64 * 1024 * 1024
+    max_concurrent_rpcs: int = 2048
 
 
 class DataPlane:
@@ -48,7 +49,7 @@ class DataPlane:
         self.limits = limits
         self.metrics = metrics
         self.versions = ServedVersions(keep_versions, retire_after_s)
-        self.activity = Activity()
+        self.activity = Activity(limits.max_concurrent_rpcs)
         self.draining = False  # set when shutdown starts; calls are refused later (see drain.py)
 
     def _runner(self, graph: Graph, label: str) -> Runner:

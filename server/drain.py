@@ -1,12 +1,17 @@
-"""Graceful shutdown that answers every call received before the signal and refuses the rest.
+"""Admission of calls, and a graceful shutdown that answers every call that reached the server.
+
+`Activity` counts the calls in handlers and admits data-plane work (Encode, Decode, Sample,
+ModelInfer) up to `--max-concurrent-rpcs`: control calls (model info, readiness, health,
+reflection) never take a slot, so a client holding many cannot lock anyone out of them.
 
 gRPC's own `server.stop(grace)` cancels calls that reached the transport but were not yet handed
 to a handler: on a busy event loop that can be most of a burst. So the drain runs in three steps:
-1. keep starting calls until the server is quiet (nothing in flight, and nothing started while
-   the event loop sat idle for a moment: the transport's backlog is then all answered), or for
-   at most BACKLOG_MAX_S under sustained load;
-2. refuse every call that starts after that with UNAVAILABLE (`Draining`), so clients retry
-   elsewhere, and wait for the admitted ones to finish;
+1. keep serving until the server is quiet (nothing in flight, and nothing started while the
+   event loop sat idle for QUIET_S: the transport's backlog is then all answered), for at most
+   BACKLOG_MAX_S while calls keep coming;
+2. refuse every call that starts after that with UNAVAILABLE (`Draining`, which clients retry
+   elsewhere), and keep refusing until the backlog is answered (`_until_settled`), within the
+   grace period: the rest of a burst of any size is refused, never cancelled;
 3. stop the server with whatever is left of the grace period.
 Health reports NOT_SERVING from the first moment, so load balancers move away meanwhile.
 """
@@ -20,19 +25,23 @@ from dataclasses import dataclass
 
 import grpc
 
+from vae_serve.errors import Draining, Overloaded
+
 __all__ = ["Activity", "drain"]
 
 log = logging.getLogger(__name__)
 
-IDLE_PROBE_S = 0.005  # an idle event loop hands a waiting call to its handler well within this
+QUIET_S = 0.02  # an idle event loop hands a waiting call to its handler well within this
 BACKLOG_MAX_S = 0.5  # longest step 1 lasts while calls keep coming
 
 
 @dataclass
 class Activity:
-    """Calls in handlers now, and how many have ever started."""
+    """Calls in handlers now, how many have ever started, and the admission of data-plane work."""
 
+    max_working: int = 2048
     in_flight: int = 0
+    working: int = 0  # data-plane calls among those in flight
     started_total: int = 0
     refusing: bool = False
 
@@ -43,19 +52,60 @@ class Activity:
     def finished(self) -> None:
         self.in_flight -= 1
 
+    def admit(self) -> None:
+        """Take a data-plane slot (give it back with `release`), or raise why not."""
+        if self.refusing:
+            raise Draining("server is shutting down; retry on another replica")
+        if self.working >= self.max_working:
+            raise Overloaded(
+                f"{self.working} requests in progress, the limit (--max-concurrent-rpcs); retry with backoff"
+            )
+        self.working += 1
+
+    def release(self) -> None:
+        self.working -= 1
+
+
+async def _until_quiet(activity: Activity, until: float) -> bool:
+    """Wait until nothing is in flight and nothing started for QUIET_S; False if `until` came first."""
+    while time.monotonic() < until:
+        seen = activity.started_total
+        await asyncio.sleep(QUIET_S)
+        if activity.started_total == seen and activity.in_flight == 0:
+            return True
+    return False
+
+
+async def _until_settled(activity: Activity, until: float) -> bool:
+    """While refusing: wait until the backlog is answered. A backlog is refused at the peak rate;
+    once two windows in a row see nothing in flight and calls starting at under a quarter of that
+    peak, what remains is steady load from callers already told to go elsewhere (at most one
+    call each is then on the wire). False if `until` came first."""
+    peak, calm = 0, 0
+    while time.monotonic() < until:
+        seen = activity.started_total
+        await asyncio.sleep(QUIET_S)
+        started = activity.started_total - seen
+        peak = max(peak, started)
+        calm = calm + 1 if activity.in_flight == 0 and started <= peak // 4 else 0
+        if calm >= 2:
+            return True
+    return False
+
 
 async def drain(server: grpc.aio.Server, activity: Activity, grace: float) -> None:
     began = time.monotonic()
     deadline = began + grace
-    while time.monotonic() < min(deadline, began + BACKLOG_MAX_S):  # 1. the backlog
-        seen = activity.started_total
-        await asyncio.sleep(IDLE_PROBE_S)
-        if activity.started_total == seen and activity.in_flight == 0:
-            break
+    await _until_quiet(activity, min(deadline, began + BACKLOG_MAX_S))  # 1. the backlog
     activity.refusing = True  # 2. new calls get UNAVAILABLE from here on
     backlog_s = time.monotonic() - began
-    while activity.in_flight and time.monotonic() < deadline:
-        await asyncio.sleep(IDLE_PROBE_S)
-    log.info("drain: backlog answered in %.3f s, admitted calls finished in %.3f s, %d still in flight",
-             backlog_s, time.monotonic() - began - backlog_s, activity.in_flight)  # fmt: skip
+    refused_from = activity.started_total
+    settled = await _until_settled(activity, deadline)
+    log.info(
+        "drain: served for %.3f s, then refused %d calls in %.3f s; %s",
+        backlog_s,
+        activity.started_total - refused_from,
+        time.monotonic() - began - backlog_s,
+        "settled" if settled else f"grace over with {activity.in_flight} in flight",
+    )
     await server.stop(max(0.0, deadline - time.monotonic()))  # 3.

@@ -14,10 +14,10 @@ import grpc
 from vae_serve import __version__
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
-from vae_serve.errors import ModelNotFound
+from vae_serve.errors import ModelNotFound, quote
 
 from .dataplane import DataPlane
-from .oip_codec import infer_response, input_array
+from .oip_codec import infer_response, input_array, wanted_outputs
 from .servicer import deadline_of
 from .status import rpc
 from .versions import ServedModel
@@ -51,7 +51,7 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     def _resolve(self, model: str, version: str) -> ServedModel:
         if model not in GRAPHS:
-            raise ModelNotFound(f"no model {model!r}; models: {', '.join(GRAPHS)}")
+            raise ModelNotFound(f"no model {quote(model)}; models: {', '.join(GRAPHS)}")
         return self.dataplane.current(version)
 
     @rpc("ServerLive")
@@ -98,14 +98,17 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
             inputs=[meta(graph.input)], outputs=[meta(tensor) for tensor in graph.outputs],
         )  # fmt: skip
 
-    @rpc("ModelInfer")
+    @rpc("ModelInfer", work=True)
     async def ModelInfer(
         self, request: oip.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelInferResponse:
         served = self._resolve(request.model_name, request.model_version)
         graph = GRAPHS[request.model_name]
-        array = input_array(request, request.model_name, graph.input[0])
+        names = tuple(name for name, _ in graph.outputs)
+        wanted = wanted_outputs(request, request.model_name, names)
+        max_values = self.dataplane.limits.max_request_rows * getattr(served.model, graph.input[1])
+        array = input_array(request, request.model_name, graph.input[0], max_values)
         run = getattr(self.dataplane, graph.method)  # encode or decode: same validation, batcher, metrics
         *values, version = await run(array, deadline_of(context), served.version)
-        outputs = dict(zip((name for name, _ in graph.outputs), values, strict=True))
-        return infer_response(request, request.model_name, version, outputs)
+        outputs = dict(zip(names, values, strict=True))
+        return infer_response(request, request.model_name, version, outputs, wanted)

@@ -1,50 +1,234 @@
-"""Registering a servicer with a gRPC server, tolerant of bytes that are not a valid message.
+"""Registering servicers with a gRPC server so that no request can break a status or hold a slot.
 
-The generated `add_*Servicer_to_server` parses requests with `FromString`; bytes that do not
-parse make gRPC answer UNKNOWN before any handler runs, so neither the status table nor the
-metrics see them. Here parsing never raises: it yields a `MalformedRequest` that the `rpc`
-wrapper turns into INVALID_ARGUMENT.
+The generated `add_*Servicer_to_server` functions parse requests with `FromString`: bytes that do
+not parse make gRPC answer UNKNOWN (with a Python exception name) before any handler runs, and a
+call whose headers arrive without its message waits for it forever. Every service here (ours,
+health and reflection alike) is registered through `register`, which rewrites its handlers:
+- parsing never raises: bytes that do not parse, or whose wire shape would make parsing costly
+  (wire.py), become an `Unreadable` request that the handler answers with INVALID_ARGUMENT;
+- a unary call must deliver its request message within `--receive-timeout-s` of its headers, or
+  it is answered DEADLINE_EXCEEDED and its slot freed. (A unary method is served as
+  stream-unary to get there: on the wire the two are the same.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import inspect
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-__all__ = ["MalformedRequest", "add_service"]
+from .wire import WireLimitError, check_wire
+
+__all__ = ["ReceiveTimeout", "Unreadable", "add_service", "register"]
 
 
 @dataclass(frozen=True)
-class MalformedRequest:
-    message_type: str
-    reason: str
+class Unreadable:
+    """A request the server could not read: what to answer instead of calling the handler."""
+
+    code: grpc.StatusCode
+    details: str
 
 
-def _lenient(cls: type[Message]) -> Callable[[bytes], Message | MalformedRequest]:
-    def parse(data: bytes) -> Message | MalformedRequest:
+Parse = Callable[[bytes], Any]
+
+
+def _lenient(cls: type[Message]) -> Parse:
+    name = cls.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Message | Unreadable:
         try:
+            check_wire(data, cls.DESCRIPTOR)
             return cls.FromString(data)
-        except (DecodeError, ValueError, RuntimeError) as exc:
-            return MalformedRequest(cls.DESCRIPTOR.full_name, str(exc) or type(exc).__name__)
+        except (DecodeError, WireLimitError, ValueError, RuntimeError) as exc:
+            reason = str(exc)[:200] or type(exc).__name__
+            return Unreadable(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {name} ({reason})")
 
     return parse
 
 
-def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
-    """Serve every unary method of `service` from the same-named method of `servicer`."""
+def _message_type(parse: Parse | None) -> type[Message]:
+    """The message class a generated deserializer (`SomeMessage.FromString`) belongs to."""
+    cls = getattr(parse, "__self__", None)
+    if not (isinstance(cls, type) and issubclass(cls, Message)):
+        raise TypeError(f"cannot make {parse!r} lenient: not a generated FromString")
+    return cls
+
+
+class ReceiveTimeout:
+    """Bounds how long a call may wait for its request message, at almost no cost per call: calls
+    are queued in arrival order and one sweeper task cancels the reads that outlive `seconds`
+    (a timer per call measured costlier under load)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._reading: deque[_Read] = deque()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def read(self, context: grpc.aio.ServicerContext) -> Any:
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="receive-timeout")
+        entry = _Read(time.monotonic() + self.seconds, asyncio.current_task())
+        self._reading.append(entry)
+        try:
+            request = await context.read()
+        except asyncio.CancelledError:
+            if not entry.timed_out:
+                raise
+            entry.task.uncancel()
+            return Unreadable(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no request message within {self.seconds:g} s of the call's headers",
+            )
+        finally:
+            entry.done = True
+        if request is grpc.aio.EOF:
+            return Unreadable(grpc.StatusCode.INVALID_ARGUMENT, "the call ended before its request message")
+        return request
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.seconds / 4))
+            now, reading = time.monotonic(), self._reading
+            while reading and (reading[0].done or reading[0].deadline <= now):
+                entry = reading.popleft()
+                if not entry.done:
+                    entry.timed_out = True
+                    entry.task.cancel()
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+
+@dataclass
+class _Read:
+    deadline: float
+    task: asyncio.Task[Any]
+    done: bool = False
+    timed_out: bool = False
+
+
+def _unary(behavior: Callable, unreadable_ok: bool, receive: ReceiveTimeout) -> Callable:
+    """A unary behavior served as stream-unary: read the one message (bounded in time), then call
+    it. `unreadable_ok`: the behavior answers an `Unreadable` itself (the `rpc` wrapper does)."""
+
+    async def handler(_requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        request = await receive.read(context)
+        if isinstance(request, Unreadable) and not unreadable_ok:
+            await context.abort(request.code, request.details)
+        return await behavior(request, context)
+
+    return handler
+
+
+def _unary_stream(behavior: Callable) -> Callable:
+    if inspect.isasyncgenfunction(behavior):
+
+        async def generate(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if isinstance(request, Unreadable):
+                await context.abort(request.code, request.details)
+            async for response in behavior(request, context):
+                yield response
+
+        return generate
+
+    async def write(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Unreadable):
+            await context.abort(request.code, request.details)
+        return await behavior(request, context)
+
+    return write
+
+
+def _stream_input(behavior: Callable) -> Callable:
+    async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for request in requests:
+            if isinstance(request, Unreadable):
+                await context.abort(request.code, request.details)
+            yield request
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def generate(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            async for response in behavior(checked(requests, context), context):
+                yield response
+
+        return generate
+
+    async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        return await behavior(checked(requests, context), context)
+
+    return call
+
+
+def _rewrite(
+    handler: grpc.RpcMethodHandler, receive: ReceiveTimeout, unreadable_ok: bool
+) -> grpc.RpcMethodHandler:
+    parse = _lenient(_message_type(handler.request_deserializer))
+    serialize = handler.response_serializer
+    if not handler.request_streaming and not handler.response_streaming:
+        behavior = _unary(handler.unary_unary, unreadable_ok, receive)
+        return grpc.stream_unary_rpc_method_handler(behavior, parse, serialize)
+    if not handler.request_streaming:
+        return grpc.unary_stream_rpc_method_handler(_unary_stream(handler.unary_stream), parse, serialize)
+    if not handler.response_streaming:
+        return grpc.stream_unary_rpc_method_handler(_stream_input(handler.stream_unary), parse, serialize)
+    return grpc.stream_stream_rpc_method_handler(_stream_input(handler.stream_stream), parse, serialize)
+
+
+class _Registrar:
+    """Stands in for the server while a generated `add_*_to_server` runs, rewriting its handlers."""
+
+    def __init__(self, server: grpc.aio.Server, receive: ReceiveTimeout, unreadable_ok: bool) -> None:
+        self._server, self._receive, self._unreadable_ok = server, receive, unreadable_ok
+
+    def add_generic_rpc_handlers(self, _handlers: object) -> None:
+        """Ignored: the same handlers arrive by name in `add_registered_method_handlers`."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        rewritten = {
+            name: _rewrite(handler, self._receive, self._unreadable_ok) for name, handler in handlers.items()
+        }
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, rewritten),))
+        self._server.add_registered_method_handlers(service, rewritten)
+
+
+def register(
+    server: grpc.aio.Server, add: Callable[[Any, Any], None], servicer: object, receive: ReceiveTimeout
+) -> None:
+    """Run a generated `add_XServicer_to_server(servicer, server)` with lenient, time-bounded handlers
+    (for services whose handlers do not know `Unreadable`: they never see one)."""
+    add(servicer, _Registrar(server, receive, unreadable_ok=False))
+
+
+def add_service(
+    server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, receive: ReceiveTimeout
+) -> None:
+    """Serve every unary method of `service` from the same-named method of `servicer`, which is
+    wrapped by `status.rpc` and so answers an `Unreadable` request itself (with its metrics)."""
     handlers = {}
     for method in service.methods:
         request = message_factory.GetMessageClass(method.input_type)
         response = message_factory.GetMessageClass(method.output_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
-            request_deserializer=_lenient(request),
+            request_deserializer=request.FromString,
             response_serializer=response.SerializeToString,
         )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    server.add_registered_method_handlers(service.full_name, handlers)
+    _Registrar(server, receive, unreadable_ok=True).add_registered_method_handlers(
+        service.full_name, handlers
+    )

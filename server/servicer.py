@@ -41,7 +41,7 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
 
-    @rpc("Encode")
+    @rpc("Encode", work=True)
     async def Encode(
         self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.EncodeResponse:
@@ -49,7 +49,7 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
         mean, logvar, version = await self.dataplane.encode(x, deadline_of(context), request.model_version)
         return vae_pb2.EncodeResponse(mean=to_tensor(mean), logvar=to_tensor(logvar), model_version=version)
 
-    @rpc("Decode")
+    @rpc("Decode", work=True)
     async def Decode(
         self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.DecodeResponse:
@@ -57,7 +57,7 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
         x, version = await self.dataplane.decode(z, deadline_of(context), request.model_version)
         return vae_pb2.DecodeResponse(x=to_tensor(x), model_version=version)
 
-    @rpc("Sample")
+    @rpc("Sample", work=True)
     async def Sample(
         self, request: vae_pb2.SampleRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.SampleResponse:

@@ -79,10 +79,38 @@ class Settings(BaseSettings):
         description="Largest gRPC message received or sent, in bytes.",
     )
     max_concurrent_rpcs: int = Field(
-        2048, ge=1, description="RPCs handled at once; beyond, gRPC answers RESOURCE_EXHAUSTED at once."
+        2048,
+        ge=1,
+        description="Data-plane requests (Encode, Decode, Sample, ModelInfer) handled at once; beyond, "
+        "RESOURCE_EXHAUSTED at once. Health, reflection and model info never count.",
     )
     max_concurrent_streams: int = Field(
-        1024, ge=1, description="Concurrent RPCs one client connection (HTTP/2) may carry."
+        128, ge=1, le=65535, description="Concurrent calls one client connection (HTTP/2) may carry."
+    )
+    receive_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Seconds a call has to deliver its request message after its headers; "
+        "beyond, DEADLINE_EXCEEDED and its slot is freed.",
+    )
+    max_connection_idle_s: float = Field(
+        300.0, ge=0, description="Close a client connection that carried no call for this long (0: never)."
+    )
+    max_connection_age_s: float = Field(
+        1800.0,
+        ge=0,
+        description="Ask a client to reconnect (GOAWAY) once its connection is this old (0: never); "
+        "its calls in flight then get --max-connection-age-grace-s.",
+    )
+    max_connection_age_grace_s: float = Field(
+        60.0, ge=0, description="Seconds calls may still run on a connection asked to reconnect."
+    )
+    keepalive_time_s: float = Field(
+        60.0,
+        gt=0,
+        description="Ping an idle client connection this often; one that does not answer within "
+        "20 s is closed, freeing what it held.",
     )
     reflection: bool = Field(True, description="Serve gRPC server reflection (switch off in production).")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS (with --tls-key).")

@@ -30,7 +30,7 @@ from vae_serve.errors import (
 
 from .drain import Activity
 from .metrics import Metrics
-from .registration import MalformedRequest
+from .registration import Unreadable
 
 __all__ = ["STATUS_CODES", "rpc", "status_for"]
 
@@ -59,8 +59,9 @@ Response = TypeVar("Response")
 Handler = Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]
 
 
-def rpc(method: str) -> Callable[[Handler], Handler]:
-    """Decorate a servicer method (whose servicer has `.dataplane`) with status mapping and metrics."""
+def rpc(method: str, work: bool = False) -> Callable[[Handler], Handler]:
+    """Decorate a servicer method (whose servicer has `.dataplane`) with status mapping and metrics.
+    `work`: a data-plane call, admitted against `--max-concurrent-rpcs` (control calls are not)."""
 
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
@@ -71,11 +72,15 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
             in_flight.inc()
             activity.started()
             began = time.perf_counter()
-            code, message = grpc.StatusCode.OK, ""
+            code, message, admitted = grpc.StatusCode.OK, "", False
             try:
-                if isinstance(request, MalformedRequest):
-                    raise InvalidInput(f"request is not a valid {request.message_type} ({request.reason})")
-                return await handler(self, request, context)
+                if isinstance(request, Unreadable):
+                    code, message = request.code, request.details
+                else:
+                    if work:
+                        activity.admit()
+                        admitted = True
+                    return await handler(self, request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -85,6 +90,8 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
                     log.exception("%s failed", method)
             finally:
                 # Recorded before the status goes out, so whoever sees the answer sees it counted.
+                if admitted:
+                    activity.release()
                 in_flight.dec()
                 activity.finished()
                 metrics.record_request(method, code.name, time.perf_counter() - began)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from vae_serve.errors import ModelNotFound, NotReady
+from vae_serve.errors import ModelNotFound, NotReady, quote
 
 from .model import LoadedModel
 from .runner import Runner
@@ -65,7 +65,7 @@ class ServedVersions:
             return self.latest
         if version not in self._served:
             raise ModelNotFound(
-                f"model version {version!r} is not loaded (loaded: {', '.join(self.versions)})"
+                f"model version {quote(version)} is not loaded (loaded: {', '.join(self.versions)})"
             )
         return self._served[version]
 

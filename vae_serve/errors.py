@@ -16,6 +16,7 @@ __all__ = [
     "Overloaded",
     "ServingError",
     "TooLarge",
+    "quote",
 ]
 
 
@@ -53,3 +54,9 @@ class Draining(ServingError):
 
 class ModelLoadError(Exception):
     """A model version on disk cannot be served; the message names the file and the reason."""
+
+
+def quote(text: str, limit: int = 64) -> str:
+    """`text` as a message may echo it: quoted, and cut to `limit` characters (a client's field
+    can be megabytes long)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"

@@ -27,9 +27,9 @@ def to_tensor(array: np.ndarray) -> vae_pb2.Tensor:
 
 def from_tensor(tensor: vae_pb2.Tensor, field: str) -> np.ndarray:
     """The array `tensor` holds (a read-only view of its bytes, no copy)."""
+    if len(tensor.shape) > MAX_RANK:  # before any copy of the field: it can hold millions
+        raise InvalidInput(f"{field}: rank {len(tensor.shape)} is above the supported {MAX_RANK}")
     shape = tuple(tensor.shape)
-    if len(shape) > MAX_RANK:
-        raise InvalidInput(f"{field}: rank {len(shape)} is above the supported {MAX_RANK}")
     if any(d < 0 or d > MAX_DIM for d in shape):
         raise InvalidInput(f"{field}: dimensions must be in [0, {MAX_DIM}], got shape {list(shape)}")
     count = math.prod(shape)

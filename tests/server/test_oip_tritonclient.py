@@ -78,7 +78,7 @@ def test_requested_outputs_only(running):
          "version '9' is not loaded"),
         ({"model": "vae_encoder", "name": "pixels"}, "StatusCode.INVALID_ARGUMENT", "takes one input 'x'"),
         ({"model": "vae_encoder", "name": "x", "datatype": "FP64"}, "StatusCode.INVALID_ARGUMENT",
-         "datatype FP64 is not supported"),
+         "datatype 'FP64' is not supported"),
         ({"model": "vae_decoder", "name": "z"}, "StatusCode.INVALID_ARGUMENT", "expected shape [N, 32]"),
         ({"model": "vae_encoder", "name": "x", "outputs": ["z"]}, "StatusCode.INVALID_ARGUMENT",
          "has no output 'z'"),

@@ -1,0 +1,98 @@
+"""A bounded look at a request's protobuf wire bytes before the full parse.
+
+Parsing is fast for bytes and packed floats (memcpy), but not for fields the parser must
+expand element by element: a 60 MB `shape` of varints, or millions of repeated entries, costs
+the event loop seconds and gigabytes before any check of ours runs, and the parser holds the
+GIL, so a thread would not help. This walks the message's fields (skipping each payload in O(1))
+and refuses such a message, using the descriptor to know which fields are messages. Small
+messages skip the walk: their worst case parses in about a millisecond.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+__all__ = ["PRESCAN_BYTES", "WireLimitError", "check_wire"]
+
+PRESCAN_BYTES = 64 * 1024  # below this, any message parses in about a millisecond
+MAX_FIELDS = 4096  # field occurrences in the whole message, nested ones included
+MAX_VARINT_BYTES = 64 * 1024  # packed varints (shapes, counts) in the whole message
+MAX_DEPTH = 16
+
+_VARINT_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_BOOL,
+        FieldDescriptor.TYPE_ENUM,
+    }
+)
+
+
+class WireLimitError(ValueError):
+    """The message is shaped so that parsing it would cost far more than its size suggests."""
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.fields = MAX_FIELDS
+        self.varint_bytes = MAX_VARINT_BYTES
+
+
+def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while pos < end and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise WireLimitError("truncated or overlong varint")
+
+
+def _walk(
+    data: memoryview, pos: int, end: int, descriptor: Descriptor | None, depth: int, budget: _Budget
+) -> None:
+    if depth > MAX_DEPTH:
+        raise WireLimitError(f"messages nested deeper than {MAX_DEPTH}")
+    fields = descriptor.fields_by_number if descriptor is not None else {}
+    while pos < end:
+        budget.fields -= 1
+        if budget.fields < 0:
+            raise WireLimitError(f"more than {MAX_FIELDS} fields or repeated entries")
+        tag, pos = _varint(data, pos, end)
+        wire_type, field = tag & 7, fields.get(tag >> 3)
+        if wire_type == 0:
+            _, pos = _varint(data, pos, end)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 2:
+            length, pos = _varint(data, pos, end)
+            if pos + length > end:
+                raise WireLimitError("a field runs past the end of its message")
+            if field is not None and field.type == FieldDescriptor.TYPE_MESSAGE:
+                _walk(data, pos, pos + length, field.message_type, depth + 1, budget)
+            elif field is not None and field.type in _VARINT_TYPES:  # a packed repeated varint
+                budget.varint_bytes -= length
+                if budget.varint_bytes < 0:
+                    raise WireLimitError(f"over {MAX_VARINT_BYTES} bytes of packed varints ({field.name})")
+            pos += length
+        else:
+            raise WireLimitError(f"wire type {wire_type} is not accepted")
+    if pos != end:
+        raise WireLimitError("a field runs past the end of its message")
+
+
+def check_wire(data: bytes, descriptor: Descriptor) -> None:
+    """Raise WireLimitError if `data` (a serialized `descriptor` message) is costly to parse."""
+    if len(data) < PRESCAN_BYTES:
+        return
+    view = memoryview(data)
+    _walk(view, 0, len(view), descriptor, 0, _Budget())
