@@ -1,0 +1,245 @@
+"""What a hostile or unlucky client can try, against a real `vae-serve` process: the event loop
+never stalls on one request, one client never locks the others out, and every status is a real one.
+
+The loop is watched by `LoopProbe` (a health check every 10 ms from another process) while each
+hostile request is processed; no gap may exceed LOOP_STALL_BOUND_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from loop_probe import LOOP_STALL_BOUND_S, LoopProbe
+from support import RunningServer, start_vae_serve
+
+from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
+from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
+from vae_serve.server.metrics import METRICS_CONNECTIONS
+from vae_serve.tensor import to_tensor
+
+DECODE = "/vae.v1.VAEService/Decode"
+ENCODE = "/vae.v1.VAEService/Encode"
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+CHECK = "/grpc.health.v1.Health/Check"
+BIG = [("grpc.max_send_message_length", 128 << 20), ("grpc.max_receive_message_length", 128 << 20)]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    proc, port = start_vae_serve("--port", "0", "--metrics-port", "0", "--receive-timeout-s", "1")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def call(target: str, path: str, request: bytes, timeout: float = 30) -> tuple[grpc.StatusCode, str]:
+    with grpc.insecure_channel(target, options=BIG) as channel:
+        try:
+            channel.unary_unary(path)(request, timeout=timeout)
+        except grpc.RpcError as err:
+            return err.code(), err.details()
+    return grpc.StatusCode.OK, ""
+
+
+def shape_message(entries: int, oip_request: bool) -> bytes:
+    if oip_request:
+        request = oip.ModelInferRequest(model_name="vae_decoder")
+        request.inputs.add(name="z", datatype="FP32").shape.extend([1] * entries)
+        return request.SerializeToString()
+    tensor = vae_pb2.Tensor()
+    tensor.shape.extend([1] * entries)
+    return vae_pb2.DecodeRequest(z=tensor).SerializeToString()
+
+
+def typed_infer(rows: int) -> bytes:
+    request = oip.ModelInferRequest(model_name="vae_encoder")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[rows, 784])
+    tensor.contents.fp32_contents.extend(np.full(rows * 784, 0.5, np.float32))
+    return request.SerializeToString()
+
+
+def many_outputs(count: int) -> bytes:
+    request = oip.ModelInferRequest(model_name="vae_decoder")
+    request.inputs.add(name="z", datatype="FP32", shape=[1, 32])
+    request.raw_input_contents.append(np.zeros(32, np.float32).tobytes())
+    for _ in range(count):
+        request.outputs.add(name="x")
+    return request.SerializeToString()
+
+
+def encode(rows: int) -> bytes:
+    x = np.full((rows, 784), 0.5, np.float32)
+    return vae_pb2.EncodeRequest(x=to_tensor(x)).SerializeToString()
+
+
+# (path, message, the status it must get, text its details must hold). Each message is built
+# before the probe starts, so that building it cannot stall the probe.
+HOSTILE = {
+    "native shape of 40M entries": (DECODE, lambda: shape_message(40_000_000, False), "INVALID_ARGUMENT", "varints"),
+    "OIP shape of 40M entries": (INFER, lambda: shape_message(40_000_000, True), "INVALID_ARGUMENT", "varints"),
+    "OIP shape of 60k entries": (INFER, lambda: shape_message(60_000, True), "INVALID_ARGUMENT", "rank 60000"),
+    "OIP typed contents over the row limit": (INFER, lambda: typed_infer(16_000), "INVALID_ARGUMENT", "send fewer rows"),
+    "OIP 1M repeated outputs": (INFER, lambda: many_outputs(1_000_000), "INVALID_ARGUMENT", "repeated entries"),
+    "OIP typed contents at the row limit": (INFER, lambda: typed_infer(8192), "OK", ""),
+    "native Encode at the row limit": (ENCODE, lambda: encode(8192), "OK", ""),
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_one_hostile_request_never_stalls_the_event_loop(server, case):
+    path, build, code, text = HOSTILE[case]
+    message = build()
+    with LoopProbe(server) as probe:
+        got, details = call(server, path, message)
+    assert (got.name, text in details) == (code, True), details
+    assert len(details) < 300  # an unbounded field is never echoed back
+    print(f"{case}: {len(message) / 1e6:.1f} MB, {got.name}, longest loop gap {probe.max_gap_s * 1e3:.0f} ms")
+    assert probe.calls > 0
+    assert probe.max_gap_s < LOOP_STALL_BOUND_S
+
+
+async def _health_and_decode(target: str) -> None:
+    """What every other client must still get while one holds streams open."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        z = to_tensor(np.zeros((1, 32), np.float32))
+        decoded = await vae_pb2_grpc.VAEServiceStub(channel).Decode(vae_pb2.DecodeRequest(z=z), timeout=5)
+        assert list(decoded.x.shape) == [1, 784]
+
+
+@pytest.mark.slow
+def test_streams_that_never_send_their_message_hold_nothing_and_time_out(server):
+    async def attack() -> Counter:
+        channels = [grpc.aio.insecure_channel(server) for _ in range(20)]  # 128 streams each
+        silent = [ch.stream_unary(path)() for ch in channels for path in (DECODE, CHECK) * 64]
+        await asyncio.sleep(0.2)  # let the headers out: nothing to wait on, they never answer
+        await _health_and_decode(server)  # 2560 silent streams lock nobody out
+        codes = Counter()
+        for stream in silent:  # the server frees each after --receive-timeout-s (1 s here)
+            try:
+                await asyncio.wait_for(stream, 10)
+                codes["OK"] += 1
+            except grpc.aio.AioRpcError as err:
+                codes[err.code().name] += 1
+        for ch in channels:
+            await ch.close()
+        return codes
+
+    assert asyncio.run(attack()) == Counter({"DEADLINE_EXCEEDED": 2560})
+
+
+@pytest.mark.slow
+def test_open_health_watches_lock_nobody_out(server):
+    async def attack() -> None:
+        channels = [grpc.aio.insecure_channel(server) for _ in range(20)]
+        watches = [
+            health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest())
+            for ch in channels
+            for _ in range(110)
+        ]
+        for watch in watches:  # each has its first answer: all 2200 are open on the server
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        await _health_and_decode(server)
+        for watch in watches:
+            watch.cancel()
+        for ch in channels:
+            await ch.close()
+
+    asyncio.run(attack())
+
+
+def test_data_plane_admission_spares_control_calls():
+    # Four Decodes wait up to a second for company in the batcher: every data-plane slot is taken.
+    running = RunningServer(
+        max_concurrent_rpcs=4, queue_delay_policy="fixed", max_queue_delay_us=1_000_000, max_batch_size=64
+    )
+    z = vae_pb2.DecodeRequest(z=to_tensor(np.zeros((1, 32), np.float32)))
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = vae_pb2_grpc.VAEServiceStub(channel)
+            held = [stub.Decode.future(z, timeout=10) for _ in range(4)]
+            activity = running.server.dataplane.activity
+            running.call(_wait(lambda: activity.working == 4))
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Decode(z, timeout=5)
+            assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max-concurrent-rpcs" in caught.value.details()
+            assert stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=5).name == "fashion-vae"
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            assert all(list(f.result().x.shape) == [1, 784] for f in held)
+            assert activity.working == 0
+    finally:
+        running.stop()
+
+
+async def _wait(condition, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def test_idle_metrics_connections_take_no_threads_from_the_data_plane():
+    running = RunningServer()
+    idle: list[socket.socket] = []
+    try:
+        threads_before = threading.active_count()
+        for _ in range(300):
+            conn = socket.socket()
+            conn.setblocking(False)
+            conn.connect_ex(("127.0.0.1", running.server.metrics_port))
+            idle.append(conn)
+        # Each served connection costs a thread and a timer; the rest wait in the kernel.
+        assert threading.active_count() <= threads_before + 2 * METRICS_CONNECTIONS + 1
+        with grpc.insecure_channel(running.target, options=BIG) as channel:
+            reply = vae_pb2_grpc.VAEServiceStub(channel).Encode(vae_pb2.EncodeRequest.FromString(encode(512)))
+            assert list(reply.mean.shape) == [512, 32]  # a big request's worker thread still starts
+        for conn in idle:
+            conn.close()
+        idle.clear()
+        import urllib.request
+
+        with urllib.request.urlopen(running.metrics_url, timeout=30) as scrape:
+            assert b"vae_serve_requests_total" in scrape.read()
+    finally:
+        for conn in idle:
+            conn.close()
+        running.stop()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        CHECK,
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ],
+)
+def test_garbage_to_health_and_reflection_is_invalid_argument(running, path):
+    with grpc.insecure_channel(running.target) as channel:
+        if path.endswith("ServerReflectionInfo"):
+            call_ = channel.stream_stream(path)(iter([b"\xff\xff\xff"]), timeout=5)
+            with pytest.raises(grpc.RpcError) as caught:
+                list(call_)
+        elif path.endswith("Watch"):
+            with pytest.raises(grpc.RpcError) as caught:
+                list(channel.unary_stream(path)(b"\xff\xff\xff", timeout=5))
+        else:
+            with pytest.raises(grpc.RpcError) as caught:
+                channel.unary_unary(path)(b"\xff\xff\xff", timeout=5)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("request is not a valid grpc.")
+    assert "Error" not in caught.value.details() and "Exception" not in caught.value.details()
