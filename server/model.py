@@ -2,6 +2,7 @@
 
 Every check runs before the version can serve, so a graph with other names, widths, a fixed
 batch axis or one that fails at run time is rejected at load with a reason, never mid-request.
+The card's own checks (types, image_shape against input_dim) were made by `repository.resolve`.
 """
 
 from __future__ import annotations
@@ -67,21 +68,23 @@ def _warm_up(graph: Graph, width: int) -> None:
 
 
 def load_model(version: ModelVersion, device: str, intra_op_threads: int) -> LoadedModel:
-    card = version.card
-    input_dim, latent_dim = int(card["input_dim"]), int(card["latent_dim"])
-    image_shape = tuple(int(d) for d in card["image_shape"])
-    if int(np.prod(image_shape)) != input_dim:
-        raise ModelLoadError(
-            f"{version.path}/model.json: image_shape {list(image_shape)} != input_dim {input_dim}"
-        )
+    """The version in ONNX Runtime, from the graph bytes its card was verified against."""
+    spec = version.spec
+    input_dim, latent_dim, image_shape = spec.input_dim, spec.latent_dim, tuple(spec.image_shape)
     providers = choose_providers(device)
-    encoder = Graph(version.graph("encoder.onnx"), providers, intra_op_threads, device)
-    decoder = Graph(version.graph("decoder.onnx"), providers, intra_op_threads, device)
+    encoder = Graph(
+        version.graph("encoder.onnx"), providers, intra_op_threads, device, version.take_graph("encoder.onnx")
+    )
+    decoder = Graph(
+        version.graph("decoder.onnx"), providers, intra_op_threads, device, version.take_graph("decoder.onnx")
+    )
     _check_signature(encoder, "x", input_dim, {"mean": latent_dim, "logvar": latent_dim})
     _check_signature(decoder, "z", latent_dim, {"x": input_dim})
     _warm_up(encoder, input_dim)
     _warm_up(decoder, latent_dim)
     used = {encoder.provider, decoder.provider}
     provider = used.pop() if len(used) == 1 else f"encoder:{encoder.provider},decoder:{decoder.provider}"
-    card_strings = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in card.items()}
+    card_strings = {
+        k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in version.card.items()
+    }
     return LoadedModel(version, encoder, decoder, input_dim, latent_dim, image_shape, provider, card_strings)

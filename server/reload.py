@@ -7,13 +7,19 @@ working), warmed up, and only then made the latest; requests in flight finish on
 started on. A corrupt, incomplete or incompatible version is rejected with a logged reason and
 `vae_serve_model_loads_total{result="rejected"}`, and the old one keeps serving. It is tried
 again only if its files change.
+
+Every touch of the repository (listing, fingerprints, the card, hashing, ORT) runs in a worker
+thread, one `asyncio.to_thread` per scan and one per candidate: a huge graph or a FIFO where a
+card belongs must never stall the event loop that answers calls and health checks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 from pathlib import Path
 
 from vae_serve.errors import ModelLoadError
@@ -21,7 +27,7 @@ from vae_serve.errors import ModelLoadError
 from .dataplane import DataPlane
 from .metrics import Metrics
 from .model import LoadedModel, load_model
-from .repository import list_versions, resolve
+from .repository import MAX_ENTRIES, list_versions, resolve
 from .settings import Settings
 
 __all__ = ["RepositoryWatcher"]
@@ -30,9 +36,26 @@ log = logging.getLogger(__name__)
 
 
 def _fingerprint(path: Path) -> tuple:
-    """What changes when a version's files do: names, sizes and modification times."""
-    entries = sorted(path.iterdir()) if path.is_dir() else []
-    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in entries if p.is_file())
+    """What changes when a version's files do: names, types, sizes and modification times (of the
+    entries themselves, links not followed; nothing is opened, so a FIFO cannot block it)."""
+    try:
+        with os.scandir(path) as scan:
+            entries = list(itertools.islice(scan, MAX_ENTRIES + 1))
+    except OSError:
+        return ()
+    found = []
+    for entry in sorted(entries, key=lambda e: e.name):
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        found.append((entry.name, st.st_mode, st.st_size, st.st_mtime_ns))
+    return tuple(found)
+
+
+def _snapshot(root: Path, name: str) -> dict[str, tuple]:
+    """Every version there now, with its fingerprint."""
+    return {version: _fingerprint(root / name / version) for version in list_versions(root, name)}
 
 
 def _check_compatible(new: LoadedModel, served: LoadedModel) -> None:
@@ -51,27 +74,39 @@ class RepositoryWatcher:
         self._loads = metrics.model_loads
         self._tried: dict[str, tuple] = {}
         self.last_rejection = ""
+        self._listing_error = ""
         self.wake = asyncio.Event()
         # Versions already there at start are not candidates (the start-up choice, perhaps a pin,
         # stands); only versions that appear or change later are.
-        for version in list_versions(settings.model_repository, settings.model):
-            self._tried[version] = _fingerprint(settings.model_repository / settings.model / version)
+        # This runs before the server listens (nothing to stall yet); scans later run off the loop.
+        self._tried.update(_snapshot(settings.model_repository, settings.model))
 
-    def _candidates(self) -> list[str]:
-        """Versions newer than the latest served whose files changed since they were last tried."""
-        s, latest = self.settings, int(self.dataplane.versions.latest.version)
-        found = []
-        for version in list_versions(s.model_repository, s.model):
-            fingerprint = _fingerprint(s.model_repository / s.model / version)
+    def _candidates(self, latest: int) -> list[str]:
+        """Versions newer than `latest` whose files changed since they were last tried (in a thread)."""
+        s, found = self.settings, []
+        now = _snapshot(s.model_repository, s.model)
+        for version, fingerprint in now.items():
             if int(version) > latest and self._tried.get(version) != fingerprint:
                 self._tried[version] = fingerprint
                 found.append(version)
+        for gone in self._tried.keys() - now.keys():  # bounded by what is there
+            del self._tried[gone]
         return found
 
     async def scan(self) -> list[str]:
         """Load what is new; returns the versions now served from this scan."""
         loaded = []
-        for version in self._candidates():
+        try:
+            candidates = await asyncio.to_thread(
+                self._candidates, int(self.dataplane.versions.latest.version)
+            )
+        except ModelLoadError as exc:  # the model directory itself is unusable: say so once per change
+            if str(exc) != self._listing_error:
+                self._listing_error = str(exc)
+                log.warning("repository scan: %s", exc)
+            return loaded
+        self._listing_error = ""
+        for version in candidates:
             try:
                 await self._load(version)
             except Exception as exc:  # whatever is wrong with a version must not stop the serving one
@@ -84,10 +119,13 @@ class RepositoryWatcher:
                 loaded.append(version)
         return loaded
 
-    async def _load(self, version: str) -> None:
+    def _resolve_and_load(self, version: str) -> LoadedModel:
+        """Card, hashes and ORT, all in the calling (worker) thread, the graphs read once."""
         s = self.settings
-        found = resolve(s.model_repository, s.model, version)
-        model = await asyncio.to_thread(load_model, found, s.device, s.intra_op_threads)
+        return load_model(resolve(s.model_repository, s.model, version), s.device, s.intra_op_threads)
+
+    async def _load(self, version: str) -> None:
+        model = await asyncio.to_thread(self._resolve_and_load, version)
         _check_compatible(model, self.dataplane.versions.latest.model)
         self.dataplane.serve(model)
         log.info("now serving %s version %s (%s)", model.name, version, model.execution_provider)

@@ -51,9 +51,16 @@ def choose_providers(device: str) -> list[str]:
 
 
 class Graph:
-    """One ONNX graph in one session, with its single input and its outputs by name."""
+    """One ONNX graph in one session, with its single input and its outputs by name.
 
-    def __init__(self, path: Path, providers: list[str], intra_op_threads: int, device: str) -> None:
+    The session is built from `data`, the bytes already verified against the model card, never by
+    opening `path` again (which only names the graph in messages): a file swapped on disk after its
+    check cannot be what runs. ORT keeps its own reference to `data` (to rebuild the session if an
+    execution provider fails at run time); nothing here keeps another."""
+
+    def __init__(
+        self, path: Path, providers: list[str], intra_op_threads: int, device: str, data: bytes
+    ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -61,7 +68,7 @@ class Graph:
         # Idle servers should not burn a core spinning in the thread pool.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            self.session = ort.InferenceSession(data, options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise ModelLoadError(
                 f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {exc})"

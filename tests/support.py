@@ -12,12 +12,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.server.app import VaeServer
 from vae_serve.server.metrics import Metrics
 from vae_serve.server.repository import ModelVersion, resolve
@@ -112,12 +115,19 @@ def start_vae_serve(*args: str, timeout: float = 60) -> tuple[subprocess.Popen, 
 
 # A tiny model repository of real ONNX graphs with chosen names and widths (root/m/1/).
 def linear_graph(
-    path: Path, input_name: str, width: int, outputs: dict[str, int], batch: str | int = "batch"
+    path: Path,
+    input_name: str,
+    width: int,
+    outputs: dict[str, int],
+    batch: str | int = "batch",
+    fill: float = 0.0,
+    external_data: str | None = None,
 ) -> None:
-    """A tiny real ONNX graph: each output = input @ W (zeros), with the given names and widths."""
+    """A tiny real ONNX graph: each output = input @ W (every weight `fill`), with the given names and
+    widths; `external_data` names a file next to it that then holds the weights (ONNX external data)."""
     nodes, inits, outs = [], [], []
     for name, out_width in outputs.items():
-        w = numpy_helper.from_array(np.zeros((width, out_width), np.float32), f"W_{name}")
+        w = numpy_helper.from_array(np.full((width, out_width), fill, np.float32), f"W_{name}")
         inits.append(w)
         nodes.append(helper.make_node("MatMul", [input_name, f"W_{name}"], [name]))
         outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, out_width]))
@@ -130,7 +140,45 @@ def linear_graph(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
-    onnx.save(model, path)
+    if external_data is None:
+        onnx.save(model, path)
+    else:
+        onnx.save(model, path, save_as_external_data=True, location=external_data, size_threshold=0)
+
+
+def write_version_files(
+    root: Path,
+    encoder: dict,
+    decoder: dict,
+    input_dim: int = 6,
+    latent_dim: int = 2,
+    image_shape: tuple = (2, 3),
+    *,
+    model: str = "m",
+    version: str = "1",
+    card: dict | None = None,
+    record_bytes: bool = False,
+) -> Path:
+    """Writes `root/model/version/` (two graphs and a card that describes them) and returns its path,
+    without checking it: `card` entries replace the generated ones (to write a wrong card on purpose),
+    `record_bytes` adds each graph's size to the card, as `vae-train` does."""
+    path = root / model / version
+    path.mkdir(parents=True)
+    linear_graph(path / "encoder.onnx", **encoder)
+    linear_graph(path / "decoder.onnx", **decoder)
+    files = {}
+    for f in ("encoder.onnx", "decoder.onnx"):
+        files[f] = {"sha256": hashlib.sha256((path / f).read_bytes()).hexdigest()}
+        if record_bytes:
+            files[f]["bytes"] = (path / f).stat().st_size
+    generated = {
+        "input_dim": input_dim,
+        "latent_dim": latent_dim,
+        "image_shape": list(image_shape),
+        "files": files,
+    }
+    (path / "model.json").write_text(json.dumps({**generated, **(card or {})}))
+    return path
 
 
 def write_version(
@@ -140,24 +188,71 @@ def write_version(
     input_dim: int = 6,
     latent_dim: int = 2,
     image_shape: tuple = (2, 3),
+    **options: object,
 ) -> ModelVersion:
-    path = root / "m" / "1"
-    path.mkdir(parents=True)
-    linear_graph(path / "encoder.onnx", **encoder)
-    linear_graph(path / "decoder.onnx", **decoder)
-    files = {
-        f: {"sha256": hashlib.sha256((path / f).read_bytes()).hexdigest()}
-        for f in ("encoder.onnx", "decoder.onnx")
-    }
-    card = {
-        "input_dim": input_dim,
-        "latent_dim": latent_dim,
-        "image_shape": list(image_shape),
-        "files": files,
-    }
-    (path / "model.json").write_text(json.dumps(card))
-    return resolve(root, "m")
+    """`write_version_files`, then the version resolved (card read, graphs verified)."""
+    path = write_version_files(root, encoder, decoder, input_dim, latent_dim, image_shape, **options)
+    return resolve(root, path.parent.name, path.name)
 
 
 GOOD_ENCODER = {"input_name": "x", "width": 6, "outputs": {"mean": 2, "logvar": 2}}
 GOOD_DECODER = {"input_name": "z", "width": 2, "outputs": {"x": 6}}
+
+
+class LoopProbe:
+    """Cheap calls to a server, one after another with `interval` pauses, from a thread and channel of
+    their own. `max_gap` is the longest time between two completed calls (and, once stopped, since the
+    last one), so a stalled event loop shows however it stalls, even if it never answers again.
+
+    `call(channel)` makes one call (default: GetModelInfo); `calls` counts answers, `errors` keeps
+    the failures (RpcError). Entering waits for a first answer, so connecting is not counted."""
+
+    def __init__(
+        self,
+        target: str,
+        interval: float = 0.01,
+        call: Callable[[grpc.Channel], object] | None = None,
+        call_timeout: float = 30,
+    ) -> None:
+        self.target, self.interval, self.call_timeout = target, interval, call_timeout
+        self.call = call or self._model_info
+        self.max_gap = 0.0
+        self.calls = 0
+        self.errors: list[grpc.RpcError] = []
+        self._last = 0.0
+        self._stop = threading.Event()
+        self._first = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="loop-probe")
+
+    def _model_info(self, channel: grpc.Channel) -> object:
+        stub = vae_pb2_grpc.VAEServiceStub(channel)
+        return stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=self.call_timeout)
+
+    def _run(self) -> None:
+        with grpc.insecure_channel(self.target) as channel:
+            while not self._stop.is_set():
+                try:
+                    self.call(channel)
+                except grpc.RpcError as err:
+                    self.errors.append(err)
+                now = time.monotonic()
+                if self._first.is_set():
+                    self.max_gap = max(self.max_gap, now - self._last)
+                self._last = now
+                self.calls += 1
+                self._first.set()
+                self._stop.wait(self.interval)
+
+    def __enter__(self) -> LoopProbe:
+        self._thread.start()
+        if not self._first.wait(self.call_timeout):
+            raise AssertionError(f"loop probe: no answer from {self.target} in {self.call_timeout} s")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.max_gap = max(self.max_gap, time.monotonic() - self._last)
+        self._thread.join(self.call_timeout + 5)
+
+
+loop_probe = LoopProbe

@@ -1,11 +1,17 @@
 """Load-time checks of a model version: graphs that do not fit the card are refused with a reason."""
 
+import hashlib
+import json
+import os
+
 import numpy as np
+import onnx
 import pytest
-from support import GOOD_DECODER, GOOD_ENCODER, write_version
+from support import GOOD_DECODER, GOOD_ENCODER, linear_graph, write_version, write_version_files
 
 from vae_serve.errors import ModelLoadError
 from vae_serve.server.model import load_model
+from vae_serve.server.repository import resolve
 from vae_serve.server.runtime import choose_providers
 
 
@@ -39,10 +45,13 @@ def test_image_shape_must_match_input_dim(tmp_path):
 
 
 def test_a_file_that_is_not_onnx_is_refused(tmp_path):
-    version = write_version(tmp_path, GOOD_ENCODER, GOOD_DECODER)
-    (version.path / "encoder.onnx").write_bytes(b"not a model")
-    with pytest.raises(ModelLoadError, match=r"encoder.onnx: ONNX Runtime cannot load it"):
-        load_model(version, "cpu", 1)
+    path = write_version_files(tmp_path, GOOD_ENCODER, GOOD_DECODER)
+    (path / "encoder.onnx").write_bytes(b"not a model")
+    card = json.loads((path / "model.json").read_text())
+    card["files"]["encoder.onnx"]["sha256"] = hashlib.sha256(b"not a model").hexdigest()
+    (path / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match=r"encoder.onnx: not an ONNX model \(malformed protobuf"):
+        load_model(resolve(tmp_path, "m"), "cpu", 1)
 
 
 def test_cuda_is_refused_on_a_host_without_it():
@@ -51,3 +60,38 @@ def test_cuda_is_refused_on_a_host_without_it():
     assert choose_providers("auto") == ["CPUExecutionProvider"]
     with pytest.raises(ModelLoadError, match=r"--device cuda: .*; use --device auto or --device cpu"):
         choose_providers("cuda")
+
+
+def test_the_bytes_verified_are_the_bytes_served(tmp_path):
+    """A graph swapped after its sha256 was checked must not be what ONNX Runtime loads."""
+    version = write_version(tmp_path, GOOD_ENCODER, GOOD_DECODER)  # weights all 0, sha256 on the card
+    swapped = tmp_path / "swapped.onnx"
+    linear_graph(swapped, **{**GOOD_ENCODER, "fill": 1.0})  # same names and widths, weights all 1
+    os.replace(swapped, version.path / "encoder.onnx")
+    model = load_model(version, "cpu", 1)
+    mean, _ = model.encoder.run(np.ones((1, 6), np.float32))
+    np.testing.assert_array_equal(mean, np.zeros((1, 2), np.float32))
+
+
+def test_a_version_loaded_twice_is_verified_again(tmp_path):
+    version = write_version(tmp_path, GOOD_ENCODER, GOOD_DECODER)
+    load_model(version, "cpu", 1)
+    linear_graph(version.path / "encoder.onnx", **{**GOOD_ENCODER, "fill": 1.0})
+    with pytest.raises(ModelLoadError, match=r"encoder.onnx: sha256 .* does not match the card's"):
+        load_model(version, "cpu", 1)
+
+
+def test_a_valid_protobuf_that_onnx_runtime_refuses(tmp_path):
+    version = write_version(tmp_path, {**GOOD_ENCODER, "input_name": "x"}, GOOD_DECODER)
+    model = onnx.load(str(version.path / "encoder.onnx"))
+    model.graph.node[0].op_type = "NoSuchOperator"
+    onnx.save(model, str(version.path / "encoder.onnx"))
+    card_path = version.path / "model.json"
+    card = json.loads(card_path.read_text())
+    card["files"]["encoder.onnx"]["sha256"] = hashlib.sha256(
+        (version.path / "encoder.onnx").read_bytes()
+    ).hexdigest()
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match=r"encoder.onnx: ONNX Runtime cannot load it") as caught:
+        load_model(resolve(tmp_path, "m"), "cpu", 1)
+    assert "\n" not in str(caught.value)

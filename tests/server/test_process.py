@@ -82,7 +82,8 @@ def test_missing_model():
 
 def test_corrupt_model_names_the_file(tmp_path):
     shutil.copytree(REPOSITORY / "fashion-vae" / "1", tmp_path / "fashion-vae" / "1")
-    (tmp_path / "fashion-vae" / "1" / "encoder.onnx").write_bytes(b"\0" * 100)
+    graph = tmp_path / "fashion-vae" / "1" / "encoder.onnx"
+    graph.write_bytes(b"\0" * graph.stat().st_size)  # the size the card records, other bytes
     fails_in_one_line(["--model-repository", str(tmp_path)], "encoder.onnx: sha256")
 
 

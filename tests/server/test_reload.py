@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
-from support import DEFAULT_MODEL_DIR, GOOD_DECODER, GOOD_ENCODER, RunningServer, write_version
+from support import DEFAULT_MODEL_DIR, GOOD_DECODER, GOOD_ENCODER, RunningServer, loop_probe, write_version
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.client import VaeClient
@@ -175,3 +176,77 @@ def test_reload_under_load_fails_nothing_and_each_answer_matches_its_version(rep
     assert seen == {"1", "2"}
     for version, x in answers:
         np.testing.assert_allclose(x, expected[version], atol=1e-6)
+
+
+def big_graph_version(repo: Path, version: str, size: int, record_size: bool) -> None:
+    """A version whose encoder.onnx is a `size`-byte sparse file (so its sha256 fails), with or
+    without the graph sizes in its card."""
+    staging = repo / "fashion-vae" / f".{version}.staging"
+    shutil.copytree(DEFAULT_MODEL_DIR, staging)
+    if not record_size:
+        card = json.loads((staging / "model.json").read_text())
+        for entry in card["files"].values():
+            del entry["bytes"]
+        (staging / "model.json").write_text(json.dumps(card))
+    os.truncate(staging / "encoder.onnx", size)
+    os.rename(staging, repo / "fashion-vae" / version)
+
+
+def fifo_card_version(repo: Path, version: str) -> Path:
+    staging = repo / "fashion-vae" / f".{version}.staging"
+    shutil.copytree(DEFAULT_MODEL_DIR, staging)
+    (staging / "model.json").unlink()
+    os.mkfifo(staging / "model.json")
+    os.rename(staging, repo / "fashion-vae" / version)
+    return repo / "fashion-vae" / version / "model.json"
+
+
+def release_fifo(path: Path) -> None:
+    """A reader blocked opening the FIFO (the defect) is let go: a writer comes and leaves."""
+    with contextlib.suppress(OSError):  # ENXIO: nobody is reading it, nothing to release
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.slow
+def test_repository_io_never_stalls_the_event_loop(repo, caplog):
+    """A big graph is hashed, a FIFO card is refused, and every call meanwhile is answered promptly."""
+    server = RunningServer(model_repository=repo, repository_poll_s=0)  # scans when woken only
+    registry = server.server.metrics.registry
+    watcher = server.server.watcher
+
+    def rejected() -> float:
+        return registry.get_sample_value("vae_serve_model_loads_total", {"result": "rejected"}) or 0
+
+    fifo = fifo_card_version(repo, "3")
+    try:
+        big_graph_version(repo, "2", 300 << 20, record_size=False)  # read and hashed in full
+        big_graph_version(repo, "4", 1 << 40, record_size=True)  # refused by its size, unread
+        with loop_probe(server.target) as probe:
+            server.loop.call_soon_threadsafe(watcher.wake.set)
+            wait_for(lambda: rejected() == 3, seconds=60)
+        assert probe.max_gap < 0.1, f"event loop stalled {probe.max_gap * 1000:.0f} ms"
+        assert probe.calls > 10 and not probe.errors
+        assert server.server.dataplane.versions.versions == ["1"]
+        reasons = [r.getMessage() for r in caplog.records if "rejected, still serving 1" in r.getMessage()]
+        assert any("2/encoder.onnx: sha256" in r for r in reasons), reasons
+        assert any("3/model.json: not a regular file" in r for r in reasons), reasons
+        assert any(f"4/encoder.onnx: {1 << 40} bytes, the card says" in r for r in reasons), reasons
+    finally:
+        release_fifo(fifo)
+        server.stop()
+
+
+def test_one_bad_entry_never_stops_a_scan_and_is_reported_once(repo, caplog):
+    server = RunningServer(model_repository=repo, repository_poll_s=0)  # scans when woken only
+    versions = server.server.dataplane.versions
+    try:
+        shutil.copytree(DEFAULT_MODEL_DIR, repo / "fashion-vae" / "²")  # int("²") raises
+        publish(repo, "2", tweak=shift_last_bias)
+        server.loop.call_soon_threadsafe(server.server.watcher.wake.set)
+        wait_for(lambda: versions.versions[-1] == "2")
+        publish(repo, "3", tweak=shift_last_bias)
+        server.loop.call_soon_threadsafe(server.server.watcher.wake.set)
+        wait_for(lambda: versions.versions[-1] == "3")
+        assert sum("'²'" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        server.stop()
