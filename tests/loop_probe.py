@@ -24,6 +24,7 @@ class LoopProbe:
         self.target, self.interval_s = target, interval_s
         self.max_gap_s = float("inf")
         self.calls = 0
+        self.errors = 0  # checks that failed (each also ends a gap)
         self._proc: subprocess.Popen | None = None
 
     def __enter__(self) -> LoopProbe:
@@ -41,7 +42,7 @@ class LoopProbe:
     def __exit__(self, *exc: object) -> None:
         out, _ = self._proc.communicate("stop\n", timeout=30)
         result = json.loads(out)
-        self.max_gap_s, self.calls = result["max_gap_s"], result["calls"]
+        self.max_gap_s, self.calls, self.errors = result["max_gap_s"], result["calls"], result["errors"]
 
 
 def _probe(target: str, interval_s: float) -> None:
@@ -56,13 +57,17 @@ def _probe(target: str, interval_s: float) -> None:
         check = health_pb2_grpc.HealthStub(channel).Check
         check(health_pb2.HealthCheckRequest(), timeout=10, wait_for_ready=True)
         print("ready", flush=True)
-        last, max_gap, calls = time.monotonic(), 0.0, 0
+        last, max_gap, calls, errors = time.monotonic(), 0.0, 0, 0
         while not stop.is_set():
             time.sleep(interval_s)
-            check(health_pb2.HealthCheckRequest(), timeout=10)
+            try:
+                check(health_pb2.HealthCheckRequest(), timeout=10)
+            except grpc.RpcError:
+                errors += 1
             now = time.monotonic()
             max_gap, last, calls = max(max_gap, now - last), now, calls + 1
-    print(json.dumps({"max_gap_s": max_gap, "calls": calls}), flush=True)
+        max_gap = max(max_gap, time.monotonic() - last)  # a loop that never answered again shows too
+    print(json.dumps({"max_gap_s": max_gap, "calls": calls, "errors": errors}), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import grpc
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.server.app import VaeServer
 from vae_serve.server.metrics import Metrics
 from vae_serve.server.repository import ModelVersion, resolve
@@ -197,62 +194,3 @@ def write_version(
 
 GOOD_ENCODER = {"input_name": "x", "width": 6, "outputs": {"mean": 2, "logvar": 2}}
 GOOD_DECODER = {"input_name": "z", "width": 2, "outputs": {"x": 6}}
-
-
-class LoopProbe:
-    """Cheap calls to a server, one after another with `interval` pauses, from a thread and channel of
-    their own. `max_gap` is the longest time between two completed calls (and, once stopped, since the
-    last one), so a stalled event loop shows however it stalls, even if it never answers again.
-
-    `call(channel)` makes one call (default: GetModelInfo); `calls` counts answers, `errors` keeps
-    the failures (RpcError). Entering waits for a first answer, so connecting is not counted."""
-
-    def __init__(
-        self,
-        target: str,
-        interval: float = 0.01,
-        call: Callable[[grpc.Channel], object] | None = None,
-        call_timeout: float = 30,
-    ) -> None:
-        self.target, self.interval, self.call_timeout = target, interval, call_timeout
-        self.call = call or self._model_info
-        self.max_gap = 0.0
-        self.calls = 0
-        self.errors: list[grpc.RpcError] = []
-        self._last = 0.0
-        self._stop = threading.Event()
-        self._first = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="loop-probe")
-
-    def _model_info(self, channel: grpc.Channel) -> object:
-        stub = vae_pb2_grpc.VAEServiceStub(channel)
-        return stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=self.call_timeout)
-
-    def _run(self) -> None:
-        with grpc.insecure_channel(self.target) as channel:
-            while not self._stop.is_set():
-                try:
-                    self.call(channel)
-                except grpc.RpcError as err:
-                    self.errors.append(err)
-                now = time.monotonic()
-                if self._first.is_set():
-                    self.max_gap = max(self.max_gap, now - self._last)
-                self._last = now
-                self.calls += 1
-                self._first.set()
-                self._stop.wait(self.interval)
-
-    def __enter__(self) -> LoopProbe:
-        self._thread.start()
-        if not self._first.wait(self.call_timeout):
-            raise AssertionError(f"loop probe: no answer from {self.target} in {self.call_timeout} s")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self.max_gap = max(self.max_gap, time.monotonic() - self._last)
-        self._thread.join(self.call_timeout + 5)
-
-
-loop_probe = LoopProbe

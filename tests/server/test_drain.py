@@ -1,13 +1,15 @@
 """Draining: NOT_SERVING at once, every received RPC answered, then the port closes within the grace."""
 
 import asyncio
+import signal
 import time
+from collections import Counter
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import RunningServer
+from support import RunningServer, start_vae_serve
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.tensor import to_tensor
@@ -50,3 +52,76 @@ def test_calls_starting_after_the_backlog_are_refused_with_unavailable(running, 
     finally:
         activity.refusing = False
     assert stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=5).name == "fashion-vae"
+
+
+async def _burst_then_sigterm(calls: int, send) -> Counter:
+    """`calls` Decodes on the wire, then SIGTERM while the server works through them; the final
+    status of each."""
+    proc, port = start_vae_serve("--port", "0", "--metrics-port", "0", "--drain-grace-s", "20")
+    try:
+        outcomes = [asyncio.ensure_future(send(f"127.0.0.1:{port}", i)) for i in range(calls)]
+        await asyncio.sleep(0.05)  # hand the calls to the transport; the server is busy with them
+        proc.send_signal(signal.SIGTERM)
+        codes = Counter(await asyncio.gather(*outcomes))
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        return codes
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("calls", [1500, 3000])
+def test_sigterm_during_a_burst_answers_or_refuses_every_call_never_cancels(calls):
+    z = vae_pb2.DecodeRequest(z=to_tensor(np.zeros((1, 32), np.float32))).SerializeToString()
+
+    async def run() -> Counter:
+        channels: dict[str, list[grpc.aio.Channel]] = {}
+
+        async def send(target: str, i: int) -> str:
+            pool = channels.setdefault(target, [grpc.aio.insecure_channel(target) for _ in range(8)])
+            try:
+                await pool[i % 8].unary_unary("/vae.v1.VAEService/Decode")(z, timeout=30)
+            except grpc.aio.AioRpcError as err:
+                return err.code().name
+            return "OK"
+
+        try:
+            return await _burst_then_sigterm(calls, send)
+        finally:
+            for pool in channels.values():
+                for channel in pool:
+                    await channel.close()
+
+    codes = asyncio.run(run())
+    print(f"burst of {calls} then SIGTERM: {dict(codes)}")
+    assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
+    assert codes["OK"] > 0
+
+
+@pytest.mark.slow
+def test_the_async_client_sees_no_cancelled_call_in_a_drain():
+    from vae_serve.client import AsyncVaeClient, VaeServeError
+
+    async def run() -> Counter:
+        clients: dict[str, AsyncVaeClient] = {}
+
+        async def send(target: str, _i: int) -> str:
+            if target not in clients:
+                clients[target] = AsyncVaeClient(target, retries=0, timeout=30)
+                await clients[target].model_info()
+            try:
+                await clients[target].decode(np.zeros((1, 32), np.float32))
+            except VaeServeError as err:
+                return err.code.name
+            return "OK"
+
+        try:
+            return await _burst_then_sigterm(1500, send)
+        finally:
+            for client in clients.values():
+                await client.close()
+
+    codes = asyncio.run(run())
+    print(f"AsyncVaeClient, burst of 1500 then SIGTERM: {dict(codes)}")
+    assert set(codes) <= {"OK", "UNAVAILABLE"}, codes

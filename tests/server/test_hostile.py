@@ -85,14 +85,39 @@ def encode(rows: int) -> bytes:
 # (path, message, the status it must get, text its details must hold). Each message is built
 # before the probe starts, so that building it cannot stall the probe.
 HOSTILE = {
-    "native shape of 40M entries": (DECODE, lambda: shape_message(40_000_000, False), "INVALID_ARGUMENT", "varints"),
-    "OIP shape of 40M entries": (INFER, lambda: shape_message(40_000_000, True), "INVALID_ARGUMENT", "varints"),
-    "OIP shape of 60k entries": (INFER, lambda: shape_message(60_000, True), "INVALID_ARGUMENT", "rank 60000"),
-    "OIP typed contents over the row limit": (INFER, lambda: typed_infer(16_000), "INVALID_ARGUMENT", "send fewer rows"),
-    "OIP 1M repeated outputs": (INFER, lambda: many_outputs(1_000_000), "INVALID_ARGUMENT", "repeated entries"),
+    "native shape of 40M entries": (
+        DECODE,
+        lambda: shape_message(40_000_000, False),
+        "INVALID_ARGUMENT",
+        "varints",
+    ),
+    "OIP shape of 40M entries": (
+        INFER,
+        lambda: shape_message(40_000_000, True),
+        "INVALID_ARGUMENT",
+        "varints",
+    ),
+    "OIP shape of 60k entries": (
+        INFER,
+        lambda: shape_message(60_000, True),
+        "INVALID_ARGUMENT",
+        "rank 60000",
+    ),
+    "OIP typed contents over the row limit": (
+        INFER,
+        lambda: typed_infer(16_000),
+        "INVALID_ARGUMENT",
+        "send fewer rows",
+    ),
+    "OIP 1M repeated outputs": (
+        INFER,
+        lambda: many_outputs(1_000_000),
+        "INVALID_ARGUMENT",
+        "repeated entries",
+    ),
     "OIP typed contents at the row limit": (INFER, lambda: typed_infer(8192), "OK", ""),
     "native Encode at the row limit": (ENCODE, lambda: encode(8192), "OK", ""),
-}  # fmt: skip
+}
 
 
 @pytest.mark.slow
