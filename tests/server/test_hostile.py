@@ -268,3 +268,23 @@ def test_garbage_to_health_and_reflection_is_invalid_argument(running, path):
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith("request is not a valid grpc.")
     assert "Error" not in caught.value.details() and "Exception" not in caught.value.details()
+
+
+def test_an_idle_connection_is_closed_by_the_server():
+    running = RunningServer(max_connection_idle_s=0.3)
+    states: list[grpc.ChannelConnectivity] = []
+    closed = threading.Event()
+
+    def watch(state: grpc.ChannelConnectivity) -> None:
+        states.append(state)
+        if grpc.ChannelConnectivity.READY in states and state is grpc.ChannelConnectivity.IDLE:
+            closed.set()  # READY, then the server's GOAWAY: the channel goes back to IDLE
+
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            vae_pb2_grpc.VAEServiceStub(channel).GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=5)
+            channel.subscribe(watch)
+            assert closed.wait(10), states
+            channel.unsubscribe(watch)
+    finally:
+        running.stop()
