@@ -8,15 +8,13 @@ it would cost, and every failure is one `InputFileError` naming the file.
 from __future__ import annotations
 
 import math
-import os
-import stat
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vae_serve.idx import IdxError, read_idx
+from vae_serve.idx import IdxError, open_regular_file, read_idx
 
 __all__ = [
     "MAX_INPUT_VALUES",
@@ -93,11 +91,10 @@ def load_array(path: Path, limit: int | None = None, max_values: int = MAX_INPUT
     The header is checked against the file's real size and `max_values` before any data is read.
     """
     try:
-        with path.open("rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise InputFileError(f"{path}: not a regular file")
+        f, size = open_regular_file(path)
+        with f:
             shape, fortran, dtype = _npy_header(f)
-            offset, size = f.tell(), os.fstat(f.fileno()).st_size
+            offset = f.tell()
     except (OSError, ValueError, EOFError) as exc:
         raise InputFileError(f"{path}: not a readable .npy array ({exc or 'empty file'})") from None
     if dtype.hasobject:

@@ -12,6 +12,7 @@ decompressed size.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import math
 import os
@@ -22,7 +23,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["DEFAULT_MAX_BYTES", "IdxError", "read_idx"]
+__all__ = ["DEFAULT_MAX_BYTES", "IdxError", "open_regular_file", "read_idx"]
 
 # IDX type codes (third header byte) -> big-endian numpy dtype.
 _IDX_DTYPES: dict[int, str] = {
@@ -42,17 +43,25 @@ class IdxError(Exception):
     """An IDX file that cannot be used; the message names the file and says why."""
 
 
-def _open(path: Path) -> tuple[BinaryIO, int]:
-    """The file and its size on disk; only regular files are read (not a FIFO or a device)."""
+def open_regular_file(path: Path) -> tuple[BinaryIO, int]:
+    """`path` opened for reading, and its size; only a regular file is accepted: a FIFO would
+    block the reader forever and a device never ends. Errors are `OSError`s naming the reason."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
     try:
-        raw = path.open("rb")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.fdopen(fd, "rb"), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open(path: Path) -> tuple[BinaryIO, int]:
+    try:
+        return open_regular_file(path)
     except OSError as exc:
         raise IdxError(f"{path}: cannot read ({exc.strerror})") from None
-    info = os.fstat(raw.fileno())
-    if not stat.S_ISREG(info.st_mode):
-        raw.close()
-        raise IdxError(f"{path}: not a regular file")
-    return raw, info.st_size
 
 
 def _read(stream: BinaryIO, path: Path, size: int) -> bytearray:
