@@ -8,6 +8,7 @@ it would cost, and every failure is one `InputFileError` naming the file.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -55,7 +56,10 @@ def _grey(img: Image.Image) -> Image.Image:
 
 def _picture(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
     try:
-        with Image.open(path, formats=_PICTURE_FORMATS) as img:
+        with warnings.catch_warnings():  # PIL's bomb warning: the check below refuses it in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path, formats=_PICTURE_FORMATS)
+        with img:
             width, height = img.size  # from the header: nothing is decoded yet
             if width * height > MAX_PICTURE_PIXELS:
                 raise InputFileError(

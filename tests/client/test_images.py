@@ -3,7 +3,6 @@
 import gzip
 import struct
 import tracemalloc
-import zlib
 
 import numpy as np
 import pytest
@@ -102,22 +101,6 @@ def test_a_directory_is_not_a_file(tmp_path):
         load_images([tmp_path], SHAPE)
 
 
-def _png(path, width: int, height: int, bit_depth: int = 8, colour: int = 0) -> None:
-    """A valid all-black PNG of any size, written row by row: a few KB on disk for millions of pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    channels = {0: 1, 2: 3, 6: 4}[colour]
-    squeeze = zlib.compressobj(9)
-    row = bytes(1 + width * channels * bit_depth // 8)
-    idat = b"".join(squeeze.compress(row) for _ in range(height)) + squeeze.flush()
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
-
-
 def _peak(fn) -> tuple[object, int]:
     """fn()'s result or InputFileError, and the most memory numpy and Python held meanwhile."""
     tracemalloc.start()
@@ -134,8 +117,8 @@ HUGE = [((4097, 4096), 16, 0), ((6000, 3000), 8, 0), ((16, 2**20 + 1), 8, 2), ((
 
 
 @pytest.mark.parametrize(("size", "bit_depth", "colour"), HUGE)
-def test_huge_pictures_are_refused_before_decoding(tmp_path, size, bit_depth, colour):
-    _png(tmp_path / "big.png", *size, bit_depth, colour)
+def test_huge_pictures_are_refused_before_decoding(tmp_path, write_png, size, bit_depth, colour):
+    write_png(tmp_path / "big.png", *size, bit_depth, colour)
     outcome, peak = _peak(lambda: load_images([tmp_path / "big.png"], SHAPE))
     assert isinstance(outcome, InputFileError)
     assert str(outcome) == (
@@ -145,8 +128,8 @@ def test_huge_pictures_are_refused_before_decoding(tmp_path, size, bit_depth, co
     assert peak < 1 << 20
 
 
-def test_the_largest_sixteen_bit_picture_is_scaled_without_a_float64_copy(tmp_path):
-    _png(tmp_path / "deep.png", 4096, 2048, bit_depth=16)
+def test_the_largest_sixteen_bit_picture_is_scaled_without_a_float64_copy(tmp_path, write_png):
+    write_png(tmp_path / "deep.png", 4096, 2048, bit_depth=16)
     rows, peak = _peak(lambda: load_images([tmp_path / "deep.png"], SHAPE))
     assert rows.shape == (1, 784) and rows.max() == 0.0
     assert peak < 6 * 4096 * 2048  # bytes a pixel; a float64 copy alone is 8
@@ -195,12 +178,6 @@ def test_idx_limit_decompresses_only_the_first_images(tmp_path):
     assert "declares 78400000 bytes to read, above the limit of 67108864" in str(refused)
 
 
-def _npy(path, header: str, data: bytes) -> None:
-    """A .npy file with any header, true or not."""
-    text = header + " " * (63 - (10 + len(header)) % 64) + "\n"
-    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode() + data)
-
-
 @pytest.mark.parametrize(
     ("shape", "descr", "data", "message"),
     [
@@ -218,9 +195,9 @@ def _npy(path, header: str, data: bytes) -> None:
         ("(3, 0)", "<f4", b"", "holds no values"),
     ],
 )
-def test_lying_npy_headers_are_refused_before_reading(tmp_path, shape, descr, data, message):
+def test_lying_npy_headers_are_refused_before_reading(tmp_path, write_npy, shape, descr, data, message):
     path = tmp_path / "x.npy"
-    _npy(path, f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}", data)
+    write_npy(path, f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}", data)
     outcome, peak = _peak(lambda: load_array(path))
     assert isinstance(outcome, InputFileError)
     assert str(outcome).startswith(f"{path}: ") and message in str(outcome)
