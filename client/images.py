@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from tokenize import TokenError
 from typing import BinaryIO
 
 import numpy as np
@@ -99,7 +100,7 @@ def load_array(path: Path, limit: int | None = None, max_values: int = MAX_INPUT
         with f:
             shape, fortran, dtype = _npy_header(f)
             offset = f.tell()
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, SyntaxError, TokenError) as exc:  # numpy's parser raises them all
         raise InputFileError(f"{path}: not a readable .npy array ({exc or 'empty file'})") from None
     if dtype.hasobject:
         raise InputFileError(f"{path}: not a readable .npy array (object arrays would need pickle)")

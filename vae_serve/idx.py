@@ -110,6 +110,8 @@ def _parse(
         raise IdxError(f"{path}: truncated header ({4 + len(dims)} bytes, need {header})")
     shape = tuple(int(d) for d in np.frombuffer(bytes(dims), ">u4", count=rank))
     declared = header + dtype.itemsize * math.prod(shape)  # Python ints: no overflow
+    if dtype.itemsize * math.prod(d for d in shape if d) >= 2**63:  # numpy's limit, even with a 0 in it
+        raise IdxError(f"{path}: header shape {shape} is too large for any array")
     if not compressed and disk_size != declared:
         raise IdxError(f"{path}: truncated or padded ({disk_size} bytes, header {shape} needs {declared})")
     records = shape[0] if rank else 1
@@ -119,7 +121,7 @@ def _parse(
     if max_bytes is not None and need > max_bytes:
         raise IdxError(
             f"{path}: header {shape} declares {need} bytes to read, above the limit of {max_bytes}"
-            + ("" if limit is not None else "; read fewer records")
+            + ("" if limit is not None else "; use a smaller file or fewer records")
         )
     payload = _read(stream, path, need)
     if len(payload) < need:

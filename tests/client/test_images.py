@@ -2,10 +2,14 @@
 
 import gzip
 import struct
+import tempfile
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from support import idx_bytes
 
@@ -215,3 +219,37 @@ def test_npy_reads_only_the_rows_it_is_limited_to(tmp_path):
     np.save(tmp_path / "f.npy", np.asfortranarray(values))
     np.testing.assert_array_equal(load_array(tmp_path / "f.npy", limit=3), values[:3])
     np.testing.assert_array_equal(load_images([tmp_path / "f.npy"], SHAPE, limit=3), values[:3])
+
+
+_DIMS = st.sampled_from([0, 1, 2, 784, 2**31, 2**63 - 1, 2**64]) | st.integers(0, 2**40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    version=st.sampled_from([1, 2, 3]),
+    descr=st.sampled_from(["<f4", "<f8", "|u1", ">i2", "<c8", "|O", "|V4", "<U3", "bogus", "<M8"]),
+    fortran=st.sampled_from(["False", "True", "1"]),
+    dims=st.lists(_DIMS, max_size=4),
+    extra=st.integers(0, 64),
+    cut=st.none() | st.integers(0, 200),
+    wide=st.booleans(),
+)
+@example(version=1, descr="<f8", fortran="1", dims=[2], extra=0, cut=None, wide=True)  # TokenError
+def test_any_npy_header_gives_rows_or_one_input_file_error(version, descr, fortran, dims, extra, cut, wide):
+    """Any version, dtype, order or shape, a size field of the wrong width, cut anywhere."""
+    shape = ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "")
+    header = f"{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': ({shape}), }}"
+    text = header + " " * (63 - (10 + len(header)) % 64) + "\n"
+    size = struct.pack("<H" if (version == 1) != wide else "<I", len(text))
+    data = b"\x93NUMPY" + bytes([version, 0]) + size + text.encode() + bytes(extra)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.npy"
+        path.write_bytes(data[:cut])
+        try:
+            outcome: np.ndarray | str = load_array(path, limit=1)
+        except InputFileError as exc:
+            outcome = str(exc)
+    if isinstance(outcome, str):
+        assert outcome.startswith(f"{path}: ") and "\n" not in outcome
+    else:
+        assert outcome.dtype == np.float32 and len(outcome) == 1
