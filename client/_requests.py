@@ -152,27 +152,56 @@ def _posterior_requests(
 ) -> Iterator[vae_pb2.SampleRequest]:  # fmt: skip
     _check_width(mean, "mean", info.latent_dim)
     _check_width(logvar, "logvar", info.latent_dim)
-    if num_samples > info.max_samples:
-        raise invalid(f"num_samples: {num_samples} is above the server's limit of {info.max_samples}")
-    row_bytes = 4 * (info.latent_dim + (info.input_dim if decode else 0)) * num_samples
-    # Rows of mean per request: the response's bytes and the N*K draws must both fit.
-    rows = max(1, min(rows_per_request(info, max_bytes, row_bytes), info.max_request_rows // num_samples))
-    parts = range(0, len(mean), rows)
-    for start, s in zip(parts, chunk_seeds(seed, len(parts)), strict=True):
+    if logvar.shape != mean.shape:
+        raise invalid(f"logvar: shape {list(logvar.shape)} must equal mean's {list(mean.shape)}")
+    draw_bytes = 4 * (info.latent_dim + (info.input_dim if decode else 0))
+    # K per request: under the server's sample and row limits, and one row's draws in a message.
+    per_k = min(num_samples, info.max_samples, rows_per_request(info, max_bytes, draw_bytes))
+    counts = [min(per_k, num_samples - i) for i in range(0, num_samples, per_k)]
+    # Rows of mean per request: N_i * K_j draws within the row limit, the reply's bytes (and the
+    # request's own mean and logvar) within both message limits.
+    row_bytes = max(draw_bytes * per_k, 8 * info.latent_dim)
+    rows = max(1, min(rows_per_request(info, max_bytes, row_bytes), info.max_request_rows // per_k))
+    starts = range(0, len(mean), rows)
+    seeds = iter(chunk_seeds(seed, len(starts) * len(counts)))  # row-major: rows, then K
+    for start in starts:
         m, lv = to_tensor(mean[start : start + rows]), to_tensor(logvar[start : start + rows])
-        yield vae_pb2.SampleRequest(num_samples=num_samples, seed=s, mean=m, logvar=lv, decode=decode)
+        for k in counts:
+            yield vae_pb2.SampleRequest(num_samples=k, seed=next(seeds), mean=m, logvar=lv, decode=decode)
 
 
 def sample_requests(
     info: ModelInfo, max_bytes: int, num_samples: int, seed: int | None,
     mean: np.ndarray | None, logvar: np.ndarray | None, decode: bool,
 ) -> Iterator[vae_pb2.SampleRequest]:  # fmt: skip
-    """Prior draws split over K; posterior draws split over the rows of mean."""
+    """Prior draws split over K; posterior draws split over the rows of mean, and over K too
+    where one row's K draws exceed a limit. Each request after the first gets a seed derived
+    from `seed`, so a split call is as reproducible as one that fits; `merge_sample` reassembles
+    the replies in order."""
     if mean is None or logvar is None:
         return _prior_requests(info, max_bytes, num_samples, seed, decode)
     return _posterior_requests(info, max_bytes, num_samples, seed, mean, logvar, decode)
 
 
-def merge_sample(replies: list[vae_pb2.SampleResponse], decode: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    z = np.concatenate([from_tensor(r.z, "z") for r in replies])
-    return z, np.concatenate([from_tensor(r.x, "x") for r in replies]) if decode else None
+def merge_sample(
+    replies: list[vae_pb2.SampleResponse], decode: bool, num_samples: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Prior replies [K_j, ...] joined over K; posterior ones [N_i, K_j, ...] joined over K within
+    each slice of rows (as `sample_requests` made them), then over the rows."""
+    zs = [from_tensor(r.z, "z") for r in replies]
+    xs = [from_tensor(r.x, "x") for r in replies] if decode else None
+    if not zs or zs[0].ndim < 3:
+        return np.concatenate(zs), np.concatenate(xs) if xs is not None else None
+    groups: list[list[int]] = []
+    done = num_samples
+    for i, z in enumerate(zs):
+        if done == num_samples:
+            groups.append([])
+            done = 0
+        groups[-1].append(i)
+        done += z.shape[1]
+
+    def join(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.concatenate([parts[i] for i in group], axis=1) for group in groups])
+
+    return join(zs), join(xs) if xs is not None else None

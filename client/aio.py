@@ -90,7 +90,7 @@ class AsyncVaeClient:
         mean, logvar = check_sample_args(num_samples, seed, mean, logvar)
         info, limit = await self.model_info(), self.options.max_message_bytes
         requests = sample_requests(info, limit, num_samples, seed, mean, logvar, decode)
-        return merge_sample([await self._call(self._stub.Sample, r) for r in requests], decode)
+        return merge_sample([await self._call(self._stub.Sample, r) for r in requests], decode, num_samples)
 
     async def reconstruct(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:
         """Encode, draw one posterior sample per image, decode: [N, D] -> [N, D]."""

@@ -38,6 +38,36 @@ def _errors() -> Iterator[None]:
         yield
     except (VaeServeError, InputFileError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+    except MemoryError:  # the input checks should make this unreachable; still one line, not a traceback
+        raise click.ClickException("out of memory; use smaller inputs (or --limit)") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: equal once symlinks are resolved, or the same inode."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+    except (OSError, RuntimeError):  # a symlink loop: compare as written, then by inode
+        if a.absolute() == b.absolute():
+            return True
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _check_outputs(inputs: list[tuple[str, Path]], outputs: list[tuple[str, Path | None]]) -> None:
+    """Refuse, before any work, an output that would overwrite an input or another output."""
+    named = [(option, path) for option, path in outputs if path is not None]
+    for i, (option, path) in enumerate(named):
+        for source, source_path in inputs:
+            if _same_file(path, source_path):
+                raise click.ClickException(
+                    f"{option} {path}: is the input {source} {source_path}; refusing to overwrite it"
+                )
+        for other, other_path in named[:i]:
+            if _same_file(path, other_path):
+                raise click.ClickException(f"{option} {path}: is also {other}; give each output its own file")
 
 
 def _client(ctx: click.Context) -> VaeClient:
@@ -170,10 +200,11 @@ def reconstruct(
     ctx: click.Context, inputs: tuple[Path, ...], output: Path, limit: int, seed: int | None
 ) -> None:
     """Originals beside their reconstructions (encode, one posterior draw, decode)."""
+    _check_outputs([("-i", p) for p in inputs], [("-o", output)])
     with _errors():
         client = _client(ctx)
         shape = client.model_info().image_shape
-        x = load_images(list(inputs), shape)[:limit]
+        x = load_images(list(inputs), shape, limit=limit)
         recon = np.concatenate(
             _with_progress("reconstructing", len(x), lambda i, j, s: client.reconstruct(x[i:j], seed=s), seed)
         )
@@ -189,10 +220,11 @@ def reconstruct(
 @click.pass_context
 def interpolate(ctx: click.Context, first: Path, second: Path, steps: int, output: Path) -> None:
     """Decode the straight line between two images' posterior means."""
+    _check_outputs([("--a", first), ("--b", second)], [("-o", output)])
     with _errors():
         client = _client(ctx)
         shape = client.model_info().image_shape
-        x = np.concatenate([load_images([first], shape)[:1], load_images([second], shape)[:1]])
+        x = np.concatenate([load_images([first], shape, limit=1), load_images([second], shape, limit=1)])
         mean, _ = client.encode(x)
         t = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
         z = ((1 - t) * mean[0] + t * mean[1]).astype(np.float32)
@@ -209,6 +241,7 @@ def interpolate(ctx: click.Context, first: Path, second: Path, steps: int, outpu
 @click.pass_context
 def encode(ctx: click.Context, inputs: tuple[Path, ...], output: Path, logvar_output: Path | None) -> None:
     """Images to posterior means (and log-variances), as .npy files."""
+    _check_outputs([("-i", p) for p in inputs], [("-o", output), ("--logvar-output", logvar_output)])
     with _errors():
         client = _client(ctx)
         x = load_images(list(inputs), client.model_info().image_shape)
@@ -228,6 +261,7 @@ def encode(ctx: click.Context, inputs: tuple[Path, ...], output: Path, logvar_ou
 @click.pass_context
 def decode(ctx: click.Context, input_: Path, output: Path, png: Path | None) -> None:
     """Latents to images (Bernoulli means), as .npy and optionally PNG."""
+    _check_outputs([("-i", input_)], [("-o", output), ("--png", png)])
     with _errors():
         client = _client(ctx)
         z = load_array(input_)

@@ -1,12 +1,18 @@
 """`vae-client` as a person runs it, in a real process against a real server."""
 
+import gzip
+import os
+import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from support import free_port
+
+from vae_serve.client.images import MAX_INPUT_VALUES
 
 CLI = [sys.executable, "-m", "vae_serve.client.cli"]
 
@@ -169,3 +175,90 @@ def test_help_on_every_command():
     for command in ("info", "health", "sample", "reconstruct", "interpolate", "encode", "decode"):
         done = subprocess.run([*CLI, command, "--help"], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and "Usage:" in done.stdout
+
+
+def _one_line_error(done: subprocess.CompletedProcess) -> str:
+    """The single 'Error: ...' line a failed command printed (and nothing else, no traceback)."""
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, write_png, write_npy) -> dict[str, Path]:
+    """Small files that once cost gigabytes: an IDX gzip bomb over the input cap, a 16-bit picture
+    of 12000x12000 pixels (280 KB), and a .npy header claiming 10**12 rows."""
+    folder = tmp_path_factory.mktemp("hostile")
+    records = MAX_INPUT_VALUES // 784 + 1  # 67 MB of zeros, 65 KB compressed
+    with gzip.open(folder / "bomb.gz", "wb") as f:
+        f.write(struct.pack(">BBBBIII", 0, 0, 8, 3, records, 28, 28))
+        for start in range(0, records, 1000):
+            f.write(bytes(784 * min(1000, records - start)))
+    write_png(folder / "huge.png", 12000, 12000, bit_depth=16)
+    write_npy(
+        folder / "huge.npy",
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000, 784), }",
+        bytes(4096),
+    )
+    return {"bomb": folder / "bomb.gz", "png": folder / "huge.png", "npy": folder / "huge.npy"}
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["encode", "-i", "{bomb}"], "declares 67109616 bytes to read, above the limit of 67108864"),
+        (["reconstruct", "-i", "{png}"], "picture of 12000x12000 pixels is above the limit"),
+        (["interpolate", "--a", "{png}", "--b", "{png}"], "picture of 12000x12000 pixels is above the limit"),
+        (["decode", "-i", "{npy}"], "truncated or padded (4096 data bytes, header [1000000000000, 784]"),
+        (["reconstruct", "-i", "{npy}"], "truncated or padded (4096 data bytes"),
+    ],
+)
+def test_hostile_inputs_are_one_line(vae_client, hostile, tmp_path, command, message):
+    args = [arg.format(**{k: str(v) for k, v in hostile.items()}) for arg in command]
+    line = _one_line_error(vae_client(*args, "-o", str(tmp_path / "out")))
+    assert message in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_gzip_bomb_costs_only_the_images_asked_for(vae_client, hostile, tmp_path):
+    done = vae_client(
+        "reconstruct", "-i", str(hostile["bomb"]), "--limit", "1", "-o", str(tmp_path / "r.png")
+    )
+    assert done.returncode == 0, done.stderr
+    assert picture(tmp_path / "r.png").shape == (58 + 2, 2 * 58 + 2)
+
+
+def _outputs_over_inputs(folder: Path) -> list[tuple[list[str], str]]:
+    x, z, link = folder / "x.npy", folder / "z.npy", folder / "link.npy"
+    hard, png = folder / "hard.npy", folder / "a.png"
+    return [
+        (["encode", "-i", str(x), "-o", str(x)], f"-o {x}: is the input -i {x}; refusing to overwrite it"),
+        (["encode", "-i", str(x), "-o", str(link)], f"-o {link}: is the input -i {x}"),  # a symlink to it
+        (["encode", "-i", str(x), "-o", str(hard)], f"-o {hard}: is the input -i {x}"),  # a hard link
+        (["encode", "-i", str(x), "--logvar-output", str(x)], f"--logvar-output {x}: is the input -i {x}"),
+        (["encode", "-i", str(x), "-o", str(z), "--logvar-output", str(folder / "." / "z.npy")],
+         f"--logvar-output {folder / '.' / 'z.npy'}: is also -o; give each output its own file"),
+        (["decode", "-i", str(z), "-o", str(z)], f"-o {z}: is the input -i {z}"),
+        (["decode", "-i", str(z), "-o", str(folder / "d.npy"), "--png", str(folder / "d.npy")],
+         f"--png {folder / 'd.npy'}: is also -o"),
+        (["decode", "-i", str(z), "--png", str(link)], f"--png {link}: is the input -i {z}"),
+        (["reconstruct", "-i", str(png), "-i", str(x), "-o", str(png)], f"-o {png}: is the input -i {png}"),
+        (["interpolate", "--a", str(x), "--b", str(png), "-o", str(png)], f"-o {png}: is the input --b"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_outputs_never_overwrite_inputs_or_each_other(vae_client, tmp_path, case):
+    args, message = _outputs_over_inputs(tmp_path)[case]
+    np.save(tmp_path / "x.npy", np.zeros((1, 784), np.float32))
+    (tmp_path / "link.npy").symlink_to(tmp_path / "x.npy" if "encode" in args else tmp_path / "z.npy")
+    np.save(tmp_path / "z.npy", np.zeros((1, 32), np.float32))
+    os.link(tmp_path / "x.npy", tmp_path / "hard.npy")
+    Image.new("L", (28, 28), 255).save(tmp_path / "a.png")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    # Refused before the server is asked anything: a dead target gives the same answer.
+    line = _one_line_error(vae_client("--retries", "0", *args, target=f"127.0.0.1:{free_port()}"))
+    assert line == f"Error: {message}" or message in line
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -4,6 +4,7 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -227,3 +228,42 @@ def test_tls_and_mutual_tls(certificates):
         assert caught.value.code is grpc.StatusCode.UNAVAILABLE
     finally:
         mutual.stop()
+
+
+@pytest.fixture(scope="module")
+def small_rows() -> Iterator[RunningServer]:
+    """A server that takes at most 50 rows (N, or N*K draws) per request."""
+    server = RunningServer(max_request_rows=50)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("k", [7, 120])  # N*K over the row limit; K alone over it
+def test_posterior_sampling_is_split_to_the_server_limits_and_reassembled(small_rows, client, k):
+    mean = np.repeat(np.arange(9, dtype=np.float32)[:, None], L, axis=1)  # row i: all i
+    tight = np.full_like(mean, -30.0)  # exp(-15) spread: each draw sits on its row's mean
+    with VaeClient(small_rows.target) as split:
+        z, x = split.sample(k, seed=11, mean=mean, logvar=tight, decode=True)
+        assert z.shape == (9, k, L) and x.shape == (9, k, D)
+        np.testing.assert_allclose(z, np.broadcast_to(mean[:, None], z.shape), atol=1e-3)  # rows in order
+        wide = np.zeros_like(mean)
+        z, x = split.sample(k, seed=11, mean=mean, logvar=wide, decode=True)
+        z_again, x_again = split.sample(k, seed=11, mean=mean, logvar=wide, decode=True)
+    np.testing.assert_array_equal(z, z_again)
+    np.testing.assert_array_equal(x, x_again)
+
+    async def from_async() -> tuple[np.ndarray, np.ndarray]:
+        async with AsyncVaeClient(small_rows.target) as c:
+            return await c.sample(k, seed=11, mean=mean, logvar=wide, decode=True)
+
+    z_async, x_async = asyncio.run(from_async())
+    np.testing.assert_array_equal(z_async, z)
+    np.testing.assert_array_equal(x_async, x)
+    assert len({row.tobytes() for row in z.reshape(-1, L)}) == 9 * k  # no slice repeats another's noise
+    # The first request keeps the seed: it matches one unsplit call for the same rows and draws.
+    first_rows, first_k = (1, 50) if k > 50 else (50 // k, k)
+    z_one, x_one = client.sample(
+        first_k, seed=11, mean=mean[:first_rows], logvar=wide[:first_rows], decode=True
+    )
+    np.testing.assert_array_equal(z[:first_rows, :first_k], z_one)
+    np.testing.assert_allclose(x[:first_rows, :first_k], x_one, atol=1e-6)

@@ -1,5 +1,6 @@
 """The clients' shared, I/O-free logic: splitting, seeds, backoff, client-side checks."""
 
+import dataclasses
 import random
 import time
 
@@ -7,6 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
+from vae_serve._proto.vae.v1 import vae_pb2
 from vae_serve.client._requests import (
     ModelInfo,
     check_float32,
@@ -14,10 +16,12 @@ from vae_serve.client._requests import (
     chunk_seeds,
     decode_requests,
     encode_requests,
+    merge_sample,
     rows_per_request,
     sample_requests,
 )
 from vae_serve.client._transport import Attempts, ClientOptions, VaeServeError, backoff_delays
+from vae_serve.tensor import to_tensor
 
 INFO = ModelInfo("m", "1", 784, (28, 28), 32, "CPUExecutionProvider", {}, 1000, 100, 64 << 20, "host:1")
 
@@ -78,8 +82,48 @@ def test_posterior_sample_split_over_rows():
     mean = np.zeros((25, 32), np.float32)
     requests = list(sample_requests(INFO, 1 << 30, 100, 1, mean, mean, decode=False))
     assert [r.mean.shape[0] for r in requests] == [10, 10, 5]  # 10 rows x 100 draws = the 1000-row limit
-    with pytest.raises(VaeServeError, match="above the server's limit of 100"):
-        list(sample_requests(INFO, 1 << 30, 101, 1, mean, mean, decode=False))
+    assert [r.seed for r in requests] == chunk_seeds(1, 3)
+
+
+@pytest.mark.parametrize(
+    ("limits", "k", "expected"),
+    [
+        ((1000, 100), 101, [(10, 100), (10, 1)] * 2 + [(5, 100), (5, 1)]),  # K over max_samples
+        ((50, 4096), 120, [(1, 50), (1, 50), (1, 20)] * 25),  # K alone over max_request_rows
+        ((50, 4096), 7, [(7, 7)] * 3 + [(4, 7)]),  # N*K over it: rows only
+    ],
+)
+def test_posterior_sample_split_over_rows_and_k(limits, k, expected):
+    info = dataclasses.replace(INFO, max_request_rows=limits[0], max_samples=limits[1])
+    mean = np.zeros((25, 32), np.float32)
+    requests = list(sample_requests(info, 1 << 30, k, 5, mean, mean, decode=True))
+    assert [(r.mean.shape[0], r.num_samples) for r in requests] == expected
+    assert all(r.mean.shape[0] * r.num_samples <= info.max_request_rows for r in requests)
+    assert [r.seed for r in requests] == chunk_seeds(5, len(requests))  # row-major, first keeps the seed
+
+
+def test_posterior_split_respects_the_message_limit():
+    row_bytes = 4 * (32 + 784)  # one decoded draw
+    requests = list(sample_requests(INFO, 100 * row_bytes + 4096, 250, None, np.zeros((3, 32), np.float32),
+                                    np.zeros((3, 32), np.float32), decode=True))  # fmt: skip
+    assert [(r.mean.shape[0], r.num_samples) for r in requests] == [(1, 100), (1, 100), (1, 50)] * 3
+
+
+def test_merge_sample_reassembles_rows_and_k_in_order():
+    z = np.arange(5 * 7 * 2, dtype=np.float32).reshape(5, 7, 2)
+    x = -z[..., :1]
+    replies = [  # as sample_requests orders them: slices of 2 rows, each in slices of 3 draws
+        vae_pb2.SampleResponse(z=to_tensor(z[r : r + 2, k : k + 3]), x=to_tensor(x[r : r + 2, k : k + 3]))
+        for r in range(0, 5, 2)
+        for k in range(0, 7, 3)
+    ]
+    merged_z, merged_x = merge_sample(replies, decode=True, num_samples=7)
+    np.testing.assert_array_equal(merged_z, z)
+    np.testing.assert_array_equal(merged_x, x)
+    prior, none = merge_sample([vae_pb2.SampleResponse(z=to_tensor(z[0, :3])), vae_pb2.SampleResponse(
+        z=to_tensor(z[0, 3:]))], decode=False, num_samples=7)  # fmt: skip
+    np.testing.assert_array_equal(prior, z[0])
+    assert none is None
 
 
 @pytest.mark.parametrize(
