@@ -197,8 +197,8 @@ class _Supervisor:
                         worker.ready = True
                         log.info("worker %d ready", worker.pid)
                         self._check_all_ready()
-                if data.startswith(_ERROR):
-                    worker.error = data[1:].decode(errors="replace")
+                if data.startswith(_ERROR):  # said in one line, as every start-up error is
+                    worker.error = " ".join(data[1:].decode(errors="replace").split())
         except BlockingIOError:
             return
         if worker.report in self.selector.get_map():  # end of file: it is ending; reaped on SIGCHLD
@@ -265,7 +265,8 @@ class _Supervisor:
     def supervise(self) -> int:
         """Until every worker has ended after a stop; returns the exit code."""
         while self.workers or (self.due and not self.stopping):
-            timeout = max(0.0, min(self.due) - time.monotonic()) if self.due else None
+            soonest = min(self.due, default=None)  # one step: the stop handler may clear `due` any time
+            timeout = None if soonest is None else max(0.0, soonest - time.monotonic())
             for key, _ in self.selector.select(timeout):
                 if key.fileobj is self.wake_receive:
                     _discard(self.wake_receive)
@@ -274,8 +275,9 @@ class _Supervisor:
             self._reap()
             now = time.monotonic()
             for when in [t for t in self.due if t <= now]:
-                self.due.remove(when)
-                self.spawn(first=False)
+                with contextlib.suppress(ValueError):  # cleared by a stop: spawn() would refuse anyway
+                    self.due.remove(when)
+                    self.spawn(first=False)
         return self.code
 
 
