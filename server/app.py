@@ -9,9 +9,11 @@ in-flight RPCs get `drain_grace_s`, then the sockets close.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
+from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -206,14 +208,62 @@ def check_port_free(host: str, port: int) -> None:
             raise ModelLoadError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-async def run(settings: Settings, worker: bool = False) -> None:
-    """Serve until SIGTERM or SIGINT, then drain."""
+def _discard(sock: socket.socket) -> None:
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while sock.recv(512):
+            pass
+
+
+@contextlib.contextmanager
+def _signals_run(loop: asyncio.AbstractEventLoop, actions: dict[int, Callable[[], None]]) -> Iterator[None]:
+    """Run `actions[signum]` on the loop for each of these signals until the block ends; then ignore them.
+
+    Not `loop.add_signal_handler`: closing the loop would restore the default actions, and a signal
+    between the drain and the exit would kill a process that has lost nothing (exit 129 or 143).
+    The wake-up fd rouses the loop whichever thread the kernel gives the signal to.
+    """
+
+    def handler(signum: int, _frame: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing is left to do
+            loop.call_soon_threadsafe(actions[signum])
+
+    receive, send = socket.socketpair()
+    receive.setblocking(False)
+    send.setblocking(False)
+    loop.add_reader(receive.fileno(), _discard, receive)
+    previous = signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
+    try:
+        for sig in actions:
+            signal.signal(sig, handler)  # replaces SIG_IGN or SIG_DFL in one step: no gap
+            signal.siginterrupt(sig, False)
+        yield
+    finally:
+        for sig in actions:
+            signal.signal(sig, signal.SIG_IGN)
+        signal.set_wakeup_fd(previous)
+        loop.remove_reader(receive.fileno())
+        receive.close()
+        send.close()
+
+
+async def run(settings: Settings, worker: bool = False, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain; SIGHUP means "look for new versions now".
+
+    The caller ignores SIGHUP until the handler is in place (cli, workers); one scan right after
+    stands in for any it missed. `on_ready` runs once the port listens and the signals are handled:
+    a worker tells its supervisor so. Must run on the main thread (signal handlers).
+    """
     server = VaeServer(settings, worker=worker)
     await server.start()
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, server.watcher.wake.set)  # look for new versions now
-    await stopping.wait()
-    await server.stop()
+    actions = {
+        signal.SIGTERM: stopping.set,
+        signal.SIGINT: stopping.set,
+        signal.SIGHUP: server.watcher.wake.set,
+    }
+    with _signals_run(asyncio.get_running_loop(), actions):
+        server.watcher.wake.set()
+        if on_ready is not None:
+            on_ready()
+        await stopping.wait()
+        await server.stop()

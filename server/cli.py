@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import signal
 import sys
-
-from pydantic_settings import CliApp
-
-from vae_serve.errors import ModelLoadError, ServingError
-
-from .settings import Settings, SettingsError, ValidationError, describe_error
 
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGHUP means "look for new versions now", but only once a server can: until its handler is
+    # in place (app.run, or the supervisor's) a SIGHUP must not kill the process (exit 129) while it
+    # imports, parses or loads the model. Hence first, before the heavy imports below.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    import asyncio
+    import logging
+
+    from pydantic_settings import CliApp
+
+    from vae_serve.errors import ModelLoadError, ServingError
+
+    from .settings import Settings, SettingsError, ValidationError, describe_error
+
     try:
         settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv)
     except (ValidationError, SettingsError) as exc:
@@ -27,9 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if settings.workers > 1:
-            from .workers import run_workers  # before prometheus_client is imported anywhere
+            from .workers import StartFailure, run_workers  # before prometheus_client is imported anywhere
 
-            return run_workers(settings)
+            try:
+                return run_workers(settings)
+            except StartFailure as exc:
+                print(f"vae-serve: error: {exc}", file=sys.stderr)
+                return 1
         from .app import run
 
         asyncio.run(run(settings))

@@ -2,55 +2,85 @@
 
 The supervisor checks the port and the model once (so a mistake is one line, not N), forks the
 workers, serves their merged metrics on the metrics port, forwards SIGTERM/SIGINT so each worker
-drains, and restarts a worker that dies while serving. The kernel spreads connections over the
-workers (SO_REUSEPORT); each has its own batcher and ORT sessions. A worker also dies with its
-supervisor (PR_SET_PDEATHSIG), so a SIGKILLed supervisor leaves no orphan holding the port. This
-module must be imported before prometheus_client, which picks its multiprocess mode at import.
+drains and SIGHUP so each looks for new versions. The kernel spreads connections over the workers
+(SO_REUSEPORT); each has its own batcher and ORT sessions. A worker also dies with its supervisor
+(PR_SET_PDEATHSIG), so a SIGKILLed supervisor leaves no orphan holding the port. This module must
+be imported before prometheus_client, which picks its multiprocess mode at import.
+
+Each worker reports on a pipe: one byte once it listens with its signal handlers in place (ready),
+or its start-up error. The rules, by that report, never by how long a worker lived:
+- a first worker that ends before it is ready is a start-up failure: the supervisor stops the
+  others and exits 1 with one line (the first worker's error);
+- any worker that ends after it was ready, and any replacement that ends before it is ready, is
+  replaced, always: a transient cause (OOM kill, a crash) must not take down the siblings still
+  serving. Replacements are rate-limited (`_backoff`) so a crash loop costs a start every few seconds.
+A SIGHUP never kills a worker: it ignores SIGHUP from its fork until its handler is in place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import ctypes
 import logging
 import os
+import selectors
 import shutil
 import signal
-import sys
+import socket
 import tempfile
 import time
+from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
 from .settings import Settings
 
-__all__ = ["run_workers"]
+__all__ = ["StartFailure", "run_workers"]
 
 log = logging.getLogger(__name__)
 
-EARLY_DEATH_S = 5.0  # a worker dying this soon after its start is a start-up failure: give up
+RESTART_WINDOW_S = 30.0  # restarts this recent count towards the next one's delay
+RESTART_BASE_S = 0.25  # the second restart within the window waits this long, each further one twice as long
+RESTART_CAP_S = 4.0
 _PR_SET_PDEATHSIG = 1
-_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+_READY = b"R"
+_ERROR = b"E"
+_MAX_REPORT = 4000  # under PIPE_BUF: one write, read whole
 
 
-def _worker(settings: Settings, inherited: WSGIServer) -> None:
+class StartFailure(Exception):
+    """A first worker ended before it was ready; the message says which and why, in one line."""
+
+
+def _report(fd: int, message: bytes) -> None:
+    with contextlib.suppress(OSError):  # the supervisor is gone; PR_SET_PDEATHSIG ends this worker soon
+        os.write(fd, message[:_MAX_REPORT])
+
+
+def _worker(settings: Settings, supervisor: int, report: int, inherited: list[int]) -> None:
     """Body of a forked child: serve, then exit without running the parent's cleanup."""
-    inherited.socket.close()  # the supervisor's metrics socket is not ours to hold
+    for fd in inherited:  # the supervisor's metrics socket, wake-up pair, selector, siblings' pipes
+        os.close(fd)
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    for sig in _SIGNALS:
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until app.run handles it; its first scan covers these
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     code = 0
     try:
-        if os.getppid() == 1:  # the supervisor died before prctl took effect
+        if os.getppid() != supervisor:  # it died before prctl took effect
             raise SystemExit(1)
         from vae_serve.errors import ModelLoadError, ServingError
 
         from .app import run
 
         try:
-            asyncio.run(run(settings, worker=True))
+            asyncio.run(run(settings, worker=True, on_ready=lambda: _report(report, _READY)))
         except (ModelLoadError, ServingError) as exc:
-            print(f"vae-serve: worker {os.getpid()}: error: {exc}", file=sys.stderr)
+            _report(report, _ERROR + str(exc).encode(errors="replace"))  # the supervisor says it, once
             code = 1
     except BaseException:
         log.exception("worker %d crashed", os.getpid())
@@ -60,55 +90,201 @@ def _worker(settings: Settings, inherited: WSGIServer) -> None:
         os._exit(code)
 
 
+def _how(exit_code: int) -> str:
+    if exit_code >= 0:
+        return f"exit {exit_code}"
+    try:
+        return f"killed by {signal.Signals(-exit_code).name}"
+    except ValueError:
+        return f"killed by signal {-exit_code}"
+
+
+def _discard(sock: socket.socket) -> None:
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while sock.recv(512):
+            pass
+
+
+@dataclass
+class _Worker:
+    pid: int
+    report: int  # read end of its pipe
+    first: bool  # one of the workers started with the supervisor
+    ready: bool = False
+    error: str = ""
+
+
 class _Supervisor:
     def __init__(self, settings: Settings, http: WSGIServer) -> None:
         self.settings = settings
         self.http = http
-        self.started: dict[int, float] = {}
+        self.workers: dict[int, _Worker] = {}
         self.stopping = False
+        self.failure = ""  # why start-up failed, once it has
+        self.code = 0
+        self.all_ready = False
+        self.restarts: collections.deque[float] = collections.deque()
+        self.due: list[float] = []  # when each pending replacement starts
+        self.selector = selectors.DefaultSelector()
+        # Every signal writes a byte here, so a wait for pipes ends at once for SIGCHLD or SIGTERM.
+        self.wake_receive, self.wake_send = socket.socketpair()
+        self.wake_receive.setblocking(False)
+        self.wake_send.setblocking(False)
+        self.selector.register(self.wake_receive, selectors.EVENT_READ)
 
-    def spawn(self) -> None:
-        # Signals wait until the child is on record, so none can miss it.
+    def install_signals(self) -> None:
+        signal.set_wakeup_fd(self.wake_send.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to write the wake-up byte
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.stop)
+        signal.signal(signal.SIGHUP, self.forward)  # "look for new versions now", in every worker
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)  # before the socket goes: a late signal must not write to a closed fd
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # the supervision is over; only the exit is left
+        self.selector.close()
+        self.wake_receive.close()
+        self.wake_send.close()
+
+    def spawn(self, first: bool) -> None:
+        receive, send = os.pipe()
+        os.set_blocking(receive, False)
+        inherited = [
+            self.http.socket.fileno(),
+            self.wake_receive.fileno(),
+            self.wake_send.fileno(),
+            self.selector.fileno(),
+            receive,
+            *(w.report for w in self.workers.values()),
+        ]
+        # Signals wait until the child is on record and has its own dispositions, so none can miss it.
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         try:
+            if self.stopping:
+                os.close(receive)
+                os.close(send)
+                return
+            parent = os.getpid()
             pid = os.fork()
             if pid == 0:
-                _worker(self.settings, self.http)
-            self.started[pid] = time.monotonic()
+                _worker(self.settings, parent, send, inherited)
+            os.close(send)
+            self.workers[pid] = _Worker(pid, receive, first)
+            self.selector.register(receive, selectors.EVENT_READ, pid)
+            if self.stopping:  # a stop handler ran between the check and the record
+                os.kill(pid, signal.SIGTERM)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
 
     def forward(self, signum: int, _frame: object = None) -> None:
-        for pid in self.started:
-            os.kill(pid, signum)
+        for pid in list(self.workers):
+            with contextlib.suppress(ProcessLookupError):  # ended; reaped on the next turn
+                os.kill(pid, signum)
 
     def stop(self, signum: int, _frame: object = None) -> None:
         self.stopping = True
+        self.due.clear()
         self.forward(signum)
 
-    def supervise(self) -> int:
+    def _read(self, worker: _Worker) -> None:
+        """Take in what the worker reported so far: ready, or its start-up error."""
+        try:
+            while data := os.read(worker.report, _MAX_REPORT + 1):
+                if data.startswith(_READY):
+                    data = data[1:]
+                    if not worker.ready:
+                        worker.ready = True
+                        log.info("worker %d ready", worker.pid)
+                        self._check_all_ready()
+                if data.startswith(_ERROR):  # said in one line, as every start-up error is
+                    worker.error = " ".join(data[1:].decode(errors="replace").split())
+        except BlockingIOError:
+            return
+        if worker.report in self.selector.get_map():  # end of file: it is ending; reaped on SIGCHLD
+            self.selector.unregister(worker.report)
+
+    def _check_all_ready(self) -> None:
+        if not self.all_ready and sum(w.ready for w in self.workers.values()) == self.settings.workers:
+            self.all_ready = True
+            log.info("all %d workers ready", self.settings.workers)
+
+    def _reap(self) -> None:
         from prometheus_client import multiprocess
 
-        code = 0
-        while self.started:
-            pid, status = os.wait()
-            born = self.started.pop(pid)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:  # not ours (an orphan reparented to us, when we are PID 1)
+                continue
+            self._read(worker)  # what it said before it went; unregisters it at end of file
+            if worker.report in self.selector.get_map():  # a descendant still holds its pipe
+                self.selector.unregister(worker.report)
+            os.close(worker.report)
             multiprocess.mark_process_dead(pid)
-            exit_code = os.waitstatus_to_exitcode(status)
-            if self.stopping:
-                code = code or int(exit_code != 0)
-            elif time.monotonic() - born < EARLY_DEATH_S:
-                log.error("worker %d failed at start-up (exit %d); stopping the others", pid, exit_code)
-                code = 1
-                self.stop(signal.SIGTERM)
-            else:
-                log.error("worker %d died (exit %d); starting another", pid, exit_code)
-                self.spawn()
-        return code
+            self._judge(worker, os.waitstatus_to_exitcode(status))
+
+    def _judge(self, worker: _Worker, exit_code: int) -> None:
+        pid, how = worker.pid, _how(exit_code)
+        why = f": {worker.error}" if worker.error else ""
+        if self.stopping:
+            stopped_early = not worker.ready and exit_code in (-signal.SIGTERM, -signal.SIGINT)
+            if exit_code != 0 and not stopped_early:  # a worker that never served lost nothing
+                if self.failure:  # an echo of the failure already reported
+                    log.info("worker %d also ended (%s)%s", pid, how, why)
+                else:
+                    log.error("worker %d ended badly while stopping (%s)%s", pid, how, why)
+                    self.code = 1
+            return
+        if worker.first and not worker.ready:
+            self.failure = (
+                f"worker {pid}: {worker.error}" if worker.error else f"worker {pid} {how} at start-up"
+            )
+            self.code = 1
+            self.stop(signal.SIGTERM)
+            return
+        delay = self._backoff()
+        state = "died" if worker.ready else "failed to start"
+        log.error("worker %d %s (%s)%s; starting another in %.2f s", pid, state, how, why, delay)
+        self.due.append(time.monotonic() + delay)
+
+    def _backoff(self) -> float:
+        """No wait for the first restart in a while; then 0.25 s, 0.5 s, ... up to RESTART_CAP_S."""
+        now = time.monotonic()
+        while self.restarts and now - self.restarts[0] > RESTART_WINDOW_S:
+            self.restarts.popleft()
+        recent = len(self.restarts)
+        self.restarts.append(now)
+        return 0.0 if recent == 0 else min(RESTART_CAP_S, RESTART_BASE_S * 2 ** (recent - 1))
+
+    def supervise(self) -> int:
+        """Until every worker has ended after a stop; returns the exit code."""
+        while self.workers or (self.due and not self.stopping):
+            soonest = min(self.due, default=None)  # one step: the stop handler may clear `due` any time
+            timeout = None if soonest is None else max(0.0, soonest - time.monotonic())
+            for key, _ in self.selector.select(timeout):
+                if key.fileobj is self.wake_receive:
+                    _discard(self.wake_receive)
+                elif key.data in self.workers:
+                    self._read(self.workers[key.data])
+            self._reap()
+            now = time.monotonic()
+            for when in [t for t in self.due if t <= now]:
+                with contextlib.suppress(ValueError):  # cleared by a stop: spawn() would refuse anyway
+                    self.due.remove(when)
+                    self.spawn(first=False)
+        return self.code
 
 
 def run_workers(settings: Settings) -> int:
-    """Supervise `settings.workers` workers until a signal; returns the exit code."""
+    """Supervise `settings.workers` workers until a signal; returns the exit code.
+
+    Raises StartFailure when a first worker ends before it is ready (the others are stopped)."""
     metrics_dir = tempfile.mkdtemp(prefix=f"vae-serve-metrics-{os.getpid()}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from .app import check_port_free
@@ -120,16 +296,18 @@ def run_workers(settings: Settings) -> int:
         resolve(settings.model_repository, settings.model, settings.model_version)  # card + sha256, no ORT
         http = serve_metrics(multiprocess_registry(), settings.metrics_host, settings.metrics_port)
         supervisor = _Supervisor(settings, http)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, supervisor.stop)
-        signal.signal(signal.SIGHUP, supervisor.forward)  # "look for new versions now", in every worker
-        for _ in range(settings.workers):
-            if not supervisor.stopping:
-                supervisor.spawn()
-        log.info("supervising %d workers on %s:%d, merged metrics on :%d",
-                 settings.workers, settings.host, settings.port, http.server_address[1])  # fmt: skip
-        code = supervisor.supervise()
-        http.shutdown()
+        try:
+            supervisor.install_signals()
+            for _ in range(settings.workers):
+                supervisor.spawn(first=True)
+            log.info("supervising %d workers on %s:%d, merged metrics on :%d",
+                     settings.workers, settings.host, settings.port, http.server_address[1])  # fmt: skip
+            code = supervisor.supervise()
+        finally:
+            supervisor.close()
+            http.shutdown()
+        if supervisor.failure:
+            raise StartFailure(supervisor.failure)
         return code
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

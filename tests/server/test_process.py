@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -138,15 +139,25 @@ def worker_pids(supervisor: int) -> set[int]:
     return {int(pid) for pid in children}
 
 
+def read_until(proc: subprocess.Popen, pattern: str) -> None:
+    """Read the process's log until a line matches; fails if it ends first."""
+    seen = []
+    while line := proc.stderr.readline():
+        seen.append(line)
+        if re.search(pattern, line):
+            return
+    raise AssertionError(f"no {pattern!r} before exit {proc.wait()}:\n" + "".join(seen))
+
+
 def test_a_dead_worker_is_replaced_and_a_dead_supervisor_takes_its_workers_along():
     from support import free_port
 
     port, metrics_port = free_port(), free_port()
     proc, target = start("--workers", "2", "--port", str(port), "--metrics-port", str(metrics_port))
     try:
+        read_until(proc, r"all 2 workers ready")  # a death from now on is replaced, not a bad start
         first = worker_pids(proc.pid)
         assert len(first) == 2
-        time.sleep(5.5)  # past the start-up window, so a death counts as a crash, not a bad start
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 30
