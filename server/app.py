@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
@@ -27,6 +27,7 @@ from vae_serve.errors import ModelLoadError
 
 from .dataplane import DataPlane, Limits
 from .drain import drain
+from .health import HealthServicer
 from .metrics import Metrics, serve_metrics
 from .model import load_model
 from .oip import OIP_SERVICE, OipServicer
@@ -67,7 +68,7 @@ class VaeServer:
             keep_versions=settings.keep_versions,
             retire_after_s=settings.drain_grace_s,
         )
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
@@ -179,7 +180,7 @@ class VaeServer:
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             log.info("draining: NOT_SERVING; up to %.1f s for received RPCs", grace)
-            await drain(self._server, self.dataplane.activity, grace)
+            await drain(self._server, self.dataplane.activity, grace, self.health.end_watches)
         if self._watching is not None:
             self._watching.cancel()
         if self._receive is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -93,7 +94,13 @@ async def _until_settled(activity: Activity, until: float) -> bool:
     return False
 
 
-async def drain(server: grpc.aio.Server, activity: Activity, grace: float) -> None:
+async def drain(
+    server: grpc.aio.Server,
+    activity: Activity,
+    grace: float,
+    before_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """`before_stop`: ends what would otherwise run until gRPC cancels it (health watches)."""
     began = time.monotonic()
     deadline = began + grace
     await _until_quiet(activity, min(deadline, began + BACKLOG_MAX_S))  # 1. the backlog
@@ -108,4 +115,6 @@ async def drain(server: grpc.aio.Server, activity: Activity, grace: float) -> No
         time.monotonic() - began - backlog_s,
         "settled" if settled else f"grace over with {activity.in_flight} in flight",
     )
+    if before_stop is not None:
+        await before_stop()
     await server.stop(max(0.0, deadline - time.monotonic()))  # 3.
