@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vae_serve.errors import Draining, InvalidInput, TooLarge
+from vae_serve.errors import Draining, InvalidInput, ModelLoadError, TooLarge
 
 from .batching import BatchingRunner, DelayPolicy
 from .drain import Activity
@@ -23,11 +23,14 @@ from .runtime import Graph
 from .validation import check_finite, check_matrix, check_unit_interval
 from .versions import ServedModel, ServedVersions
 
-__all__ = ["DataPlane", "Limits", "ServedModel"]
+__all__ = ["DataPlane", "Limits", "ServedModel", "message_floor"]
 
 
 # Protobuf framing of one Tensor beyond its float bytes: tags, length prefixes, shape varints.
 _TENSOR_OVERHEAD = 64
+# A reply's fields beyond its tensors and card: names, versions, server id, limits; and the OIP
+# framing (tensor names, datatypes, shapes). Generous: the floor must never be under the truth.
+_REPLY_OVERHEAD = 2048
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class DataPlane:
     def _runner(self, graph: Graph, label: str) -> Runner:
         timed, lim = TimedGraph(graph, label, self.metrics), self.limits
         if lim.max_batch_size == 1:
-            return InlineRunner(timed)
+            return InlineRunner(timed, self.metrics, lim.max_queue_rows)
         return BatchingRunner(
             timed,
             self.metrics,
@@ -66,7 +69,15 @@ class DataPlane:
 
     def serve(self, model: LoadedModel) -> None:
         """Serve `model` too; the highest version answers requests that pin none. Requests in
-        flight keep the version they started on."""
+        flight keep the version they started on. A model whose own replies would not fit
+        `max_message_bytes` is refused (ModelLoadError), at start and on reload alike."""
+        floor = message_floor(model)
+        if self.limits.max_message_bytes < floor:
+            raise ModelLoadError(
+                f"{model.version.path}: --max-message-bytes {self.limits.max_message_bytes} is under the "
+                f"{floor} bytes this model needs (its GetModelInfo reply with the card, and one row of "
+                f"its largest request or response)"
+            )
         served = ServedModel(
             model, self._runner(model.encoder, "encoder"), self._runner(model.decoder, "decoder")
         )
@@ -141,6 +152,9 @@ class DataPlane:
         k, latent = num_samples, model.latent_dim
         if not 1 <= k <= self.limits.max_samples:
             raise InvalidInput(f"num_samples: must be between 1 and {self.limits.max_samples}, got {k}")
+        rows_limit = self.limits.max_request_rows
+        if mean is None and k > rows_limit:  # prior draws: K rows, decoded or not
+            raise InvalidInput(f"num_samples: {k} samples exceed the limit of {rows_limit} rows per request")
         rng = np.random.default_rng(seed)  # seed None: fresh OS entropy
         if mean is None:
             if logvar is not None:
@@ -177,6 +191,14 @@ class DataPlane:
         if not np.isfinite(z).all():
             raise InvalidInput("logvar: too large, exp(logvar / 2) overflows float32")
         return z
+
+
+def message_floor(model: LoadedModel) -> int:
+    """Bytes the API itself needs per message for `model`: its GetModelInfo reply (the card
+    dominates) and one row of its largest request or response (a decoded Sample: z and x)."""
+    card = sum(len(k.encode()) + len(v.encode()) + 16 for k, v in model.card_strings.items())
+    row = 4 * (model.input_dim + 2 * model.latent_dim) + 3 * _TENSOR_OVERHEAD
+    return _REPLY_OVERHEAD + max(card, row)
 
 
 def _check_decoded(x: np.ndarray, field: str) -> None:
