@@ -18,7 +18,7 @@ from .batching import BatchingRunner, DelayPolicy
 from .drain import Activity
 from .metrics import Metrics
 from .model import LoadedModel
-from .runner import InlineRunner, Runner, TimedGraph
+from .runner import InlineRunner, Runner, TimedGraph, trimmer
 from .runtime import Graph
 from .validation import check_finite, check_matrix, check_unit_interval
 from .versions import ServedModel, ServedVersions
@@ -118,23 +118,29 @@ class DataPlane:
         past it, queued work is dropped, not computed. `version`: pin one, else the latest."""
         served = self.current(version)
         model = served.model
-        check_matrix(x, "x", model.input_dim, self.limits.max_request_rows)
-        check_unit_interval(x, "x")
-        self._check_response_size(len(x), 2 * model.latent_dim, tensors=2)
-        mean, logvar = await served.encoder.run(x, deadline)
-        return mean, logvar, served.version
+        try:
+            check_matrix(x, "x", model.input_dim, self.limits.max_request_rows)
+            check_unit_interval(x, "x")
+            self._check_response_size(len(x), 2 * model.latent_dim, tensors=2)
+            mean, logvar = await served.encoder.run(x, deadline)
+            return mean, logvar, served.version
+        finally:
+            trimmer.after(x.nbytes)  # the response is smaller
 
     async def decode(
         self, z: np.ndarray, deadline: float | None = None, version: str | None = None
     ) -> tuple[np.ndarray, str]:
         served = self.current(version)
         model = served.model
-        check_matrix(z, "z", model.latent_dim, self.limits.max_request_rows)
-        check_finite(z, "z")
-        self._check_response_size(len(z), model.input_dim)
-        (x,) = await served.decoder.run(z, deadline)
-        _check_decoded(x, "z")
-        return x, served.version
+        try:
+            check_matrix(z, "z", model.latent_dim, self.limits.max_request_rows)
+            check_finite(z, "z")
+            self._check_response_size(len(z), model.input_dim)
+            (x,) = await served.decoder.run(z, deadline)
+            _check_decoded(x, "z")
+            return x, served.version
+        finally:
+            trimmer.after(z.nbytes + z.nbytes // model.latent_dim * model.input_dim)
 
     async def sample(
         self,
@@ -155,20 +161,26 @@ class DataPlane:
         rows_limit = self.limits.max_request_rows
         if mean is None and k > rows_limit:  # prior draws: K rows, decoded or not
             raise InvalidInput(f"num_samples: {k} samples exceed the limit of {rows_limit} rows per request")
-        rng = np.random.default_rng(seed)  # seed None: fresh OS entropy
-        if mean is None:
-            if logvar is not None:
-                raise InvalidInput("logvar given without mean: posterior sampling needs both")
-            z = rng.standard_normal((k, latent), dtype=np.float32)
-        else:
-            z = self._posterior(mean, logvar, k, latent, rng)
-        rows = z.size // latent
-        self._check_response_size(rows, latent + (model.input_dim if decode else 0), tensors=2)
-        if not decode:
-            return z, None, served.version
-        (x,) = await served.decoder.run(z.reshape(rows, latent), deadline)
-        _check_decoded(x, "mean" if mean is not None else "z")
-        return z, x.reshape(*z.shape[:-1], model.input_dim), served.version
+        moved = sum(a.nbytes for a in (mean, logvar) if a is not None)  # bytes in, then out too
+        try:
+            rng = np.random.default_rng(seed)  # seed None: fresh OS entropy
+            if mean is None:
+                if logvar is not None:
+                    raise InvalidInput("logvar given without mean: posterior sampling needs both")
+                z = rng.standard_normal((k, latent), dtype=np.float32)
+            else:
+                z = self._posterior(mean, logvar, k, latent, rng)
+            rows = z.size // latent
+            self._check_response_size(rows, latent + (model.input_dim if decode else 0), tensors=2)
+            moved += z.nbytes
+            if not decode:
+                return z, None, served.version
+            moved += 4 * rows * model.input_dim
+            (x,) = await served.decoder.run(z.reshape(rows, latent), deadline)
+            _check_decoded(x, "mean" if mean is not None else "z")
+            return z, x.reshape(*z.shape[:-1], model.input_dim), served.version
+        finally:
+            trimmer.after(moved)
 
     def _posterior(
         self, mean: np.ndarray, logvar: np.ndarray | None, k: int, latent: int, rng: np.random.Generator

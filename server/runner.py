@@ -31,8 +31,8 @@ __all__ = ["INLINE_MAX_ROWS", "TRIM_AFTER_BYTES", "Admission", "InlineRunner", "
 log = logging.getLogger(__name__)
 
 INLINE_MAX_ROWS = 64  # above this a run (~1 ms on one core for the default model) leaves the loop
-# A run whose input and outputs together reach this many bytes asks for a malloc_trim soon after
-# (0: never). bench/memory.py measured what it returns.
+# A request whose input and output together reach this many bytes asks for a malloc_trim soon
+# after (0: never); admitted, shed or refused alike. bench/memory.py measured what it returns.
 TRIM_AFTER_BYTES = 4 << 20
 
 
@@ -91,27 +91,32 @@ class MemoryTrimmer:
 
     glibc keeps the buffers of large messages (gRPC's, protobuf's, numpy's: about four copies of
     each request) in its heaps after they are freed, so RSS stays at the highest burst's level.
-    `malloc_trim(0)` returns the free pages of every arena. It runs off the event loop, `delay_s`
-    after the first large run that asks (by then that request's messages are freed too), and at
-    most one is pending at a time, so a steady stream of large requests trims at most once per
-    `delay_s`.
+    `malloc_trim(0)` returns the free pages of every arena. It runs off the event loop `delay_s`
+    after a large request asks (by then that request's messages are freed), one at a time: asks
+    while one is pending are served by one more trim after it, so a steady stream of large
+    requests trims at most about once per `delay_s`, and the last request of a burst is trimmed.
     """
 
-    def __init__(self, delay_s: float = 1.0) -> None:
+    def __init__(self, delay_s: float = 1.0, trim: Callable[[int], int] | None = None) -> None:
         self.delay_s = delay_s
         self.trims = 0
-        self._trim = _malloc_trim()
+        self._trim = trim or _malloc_trim()
         self._pending = False
+        self._again = False
 
     def soon(self) -> None:
         """Ask for a trim; call on the event loop."""
-        if self._trim is None or self._pending:
+        if self._trim is None:
+            return
+        if self._pending:
+            self._again = True
             return
         self._pending = True
         loop = asyncio.get_running_loop()
         loop.call_later(self.delay_s, self._start, loop)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._again = False
         loop.run_in_executor(None, self._run).add_done_callback(self._done)
 
     def _run(self) -> float:
@@ -121,10 +126,16 @@ class MemoryTrimmer:
 
     def _done(self, future: asyncio.Future[float]) -> None:
         self._pending = False
-        if future.cancelled() or future.exception() is not None:
-            return
-        self.trims += 1
-        log.debug("malloc_trim took %.1f ms", future.result() * 1e3)
+        if not future.cancelled() and future.exception() is None:
+            self.trims += 1
+            log.debug("malloc_trim took %.1f ms", future.result() * 1e3)
+        if self._again:
+            self.soon()
+
+    def after(self, nbytes: int) -> None:
+        """A request that moved `nbytes` (in and out) is done: ask for a trim if that was large."""
+        if TRIM_AFTER_BYTES and nbytes >= TRIM_AFTER_BYTES:
+            self.soon()
 
 
 trimmer = MemoryTrimmer()  # one per process: the heap is
@@ -148,14 +159,8 @@ class TimedGraph:
         return outputs
 
     async def run_off_loop(self, x: np.ndarray, deadline: float | None = None) -> list[np.ndarray]:
-        """On the worker thread; a deadline that passes while waiting for the thread means no compute.
-        A large run asks for the memory its messages held to be returned soon after."""
-        outputs = await asyncio.get_running_loop().run_in_executor(
-            self.executor, self._run_before, x, deadline
-        )
-        if TRIM_AFTER_BYTES and x.nbytes + sum(out.nbytes for out in outputs) >= TRIM_AFTER_BYTES:
-            trimmer.soon()
-        return outputs
+        """On the worker thread; a deadline that passes while waiting for the thread means no compute."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._run_before, x, deadline)
 
     def _run_before(self, x: np.ndarray, deadline: float | None) -> list[np.ndarray]:
         if expired(deadline):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import grpc
@@ -17,11 +18,12 @@ from support import DEFAULT_MODEL_DIR, GOOD_DECODER, GOOD_ENCODER, RunningServer
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.errors import DeadlineExceeded, InvalidInput, ModelLoadError, Overloaded
+from vae_serve.server import dataplane
 from vae_serve.server.dataplane import DataPlane, Limits, message_floor
 from vae_serve.server.metrics import Metrics
 from vae_serve.server.model import load_model
 from vae_serve.server.repository import resolve
-from vae_serve.server.runner import INLINE_MAX_ROWS, InlineRunner, TimedGraph
+from vae_serve.server.runner import INLINE_MAX_ROWS, InlineRunner, MemoryTrimmer, TimedGraph
 from vae_serve.server.settings import MIN_MESSAGE_BYTES, Settings, ValidationError, describe_error
 from vae_serve.tensor import to_tensor
 
@@ -240,3 +242,65 @@ def test_at_the_floor_every_reply_of_one_row_fits(big_card_repository, model):
                 assert list(reply.x.shape) == [1, served.input_dim]
         finally:
             server.stop()
+
+
+# 4. Memory: large requests hand their memory back.
+
+
+async def until(condition, step: float = 0.01) -> None:
+    """Wait for `condition` on the event loop (pytest-timeout bounds a hang)."""
+    while not condition():
+        await asyncio.sleep(step)
+
+
+def test_trim_asks_coalesce_and_an_ask_during_a_trim_gets_one_more():
+    calls, running, release = [], threading.Event(), threading.Event()
+
+    def fake_trim(pad: int) -> int:
+        calls.append(pad)
+        running.set()
+        release.wait(30)
+        return 1
+
+    trimmer = MemoryTrimmer(delay_s=0, trim=fake_trim)
+
+    async def scenario():
+        for _ in range(3):  # before the trim starts: all served by it
+            trimmer.soon()
+        await until(running.is_set)
+        trimmer.soon()  # during it: its memory may be freed after, so one more follows
+        release.set()
+        await until(lambda: trimmer.trims == 2 and not trimmer._pending)
+
+    asyncio.run(scenario())
+    assert calls == [0, 0]
+
+
+REFUSALS = [(8000, 16384, 8192, None, 1), (8000, 4000, 8192, Overloaded, 1),
+            (8000, 16384, 4000, InvalidInput, 1), (1, 16384, 8192, None, 0)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("rows", "queue", "row_limit", "refusal", "trims"), REFUSALS)
+def test_requests_that_move_many_bytes_ask_for_a_trim_served_shed_or_refused(
+    model, monkeypatch, rows, queue, row_limit, refusal, trims
+):
+    calls: list[int] = []
+    recorder = MemoryTrimmer(delay_s=0, trim=lambda pad: calls.append(pad) or 1)
+    monkeypatch.setattr(dataplane, "trimmer", recorder)
+    plane = plane_for(model, max_queue_rows=queue, max_request_rows=row_limit, max_samples=1)
+
+    async def one():
+        x = np.full((rows, D), 0.5, np.float32)
+        if refusal is None:
+            await plane.encode(x)
+        else:
+            with pytest.raises(refusal):
+                await plane.encode(x)
+        await plane.decode(np.zeros((1, L), np.float32))  # small: asks for nothing
+        await until(lambda: len(calls) >= trims and not recorder._pending)
+
+    try:
+        asyncio.run(one())
+    finally:
+        plane.close()
+    assert len(calls) == trims
