@@ -47,9 +47,11 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str], list[str], int | None]] = {
     "mmap-threshold-1M, no trim": (NO_TRIM, MMAP1M, [], None),
     "jemalloc, no trim": (NO_TRIM, {"LD_PRELOAD": JEMALLOC}, [], None),
     "16MiB limit, no trim": (NO_TRIM, {}, ["--max-message-bytes", str(16 * MiB)], 16 * MiB),
+    "default queue, no trim": (NO_TRIM, {}, ["--max-queue-rows", "16384"], None),
     "glibc + trim": (SERVE, {}, [], None),
     "arena-max-2 + trim": (SERVE, ARENA2, [], None),
     "mmap-1M + trim": (SERVE, MMAP1M, [], None),
+    "16MiB limit + trim": (SERVE, {}, ["--max-message-bytes", str(16 * MiB)], 16 * MiB),
     "default queue + trim": (SERVE, {}, ["--max-queue-rows", "16384"], None),
 }
 
