@@ -1,6 +1,7 @@
 """Dynamic batching: concurrent requests to one graph are merged into one ONNX Runtime run.
 
-A request joins a bounded queue (full -> `Overloaded`, at once) and awaits a future. One collector
+A request joins a bounded queue (full -> `Overloaded`, at once: runner.Admission, shared with
+the unbatched runner) and awaits a future. One collector
 task per graph takes what is queued, up to `max_batch_size` rows, runs it in one ORT call and hands
 each caller exactly its own rows. Batches of up to INLINE_MAX_ROWS rows run on the event loop
 (measured: a thread hop costs more than it frees at that size); larger ones run on the graph's
@@ -30,10 +31,10 @@ from typing import Literal
 
 import numpy as np
 
-from vae_serve.errors import DeadlineExceeded, Draining, Overloaded
+from vae_serve.errors import DeadlineExceeded, Draining
 
 from .metrics import Metrics
-from .runner import INLINE_MAX_ROWS, TimedGraph
+from .runner import INLINE_MAX_ROWS, Admission, TimedGraph, expired
 
 __all__ = ["BatchingRunner", "DelayPolicy"]
 
@@ -50,10 +51,6 @@ class _Pending:
     queued_at: float = field(default_factory=time.monotonic)
 
 
-def _expired(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline
-
-
 class BatchingRunner:
     def __init__(
         self,
@@ -67,10 +64,9 @@ class BatchingRunner:
         self.graph = graph
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay_us / 1e6
-        self.max_queue_rows = max_queue_rows
         self.delay_policy = delay_policy
         self._queue: deque[_Pending] = deque()
-        self._queued_rows = 0  # waiting or computing alone: what the queue bound counts
+        self.admission = Admission(graph.label, metrics, max_queue_rows)  # rows waiting or computing alone
         self._running: list[_Pending] = []  # the batch in ORT now
         self._arrived: asyncio.Event | None = None  # made on first use, on the serving loop
         self._full: asyncio.Event | None = None
@@ -78,28 +74,19 @@ class BatchingRunner:
         self._collector: asyncio.Task[None] | None = None
         self._closed = False
         self._queue_time = metrics.queue_duration.labels(graph.label)
-        self._depth = metrics.queue_rows.labels(graph.label)
-        self._rejected = metrics.rejected.labels(graph.label, "queue_full")
-        self._late = metrics.rejected.labels(graph.label, "deadline")
+        self._late = self.admission.late
+
+    @property
+    def _queued_rows(self) -> int:
+        return self.admission.rows
 
     def _admit(self, rows: int, deadline: float | None) -> None:
         if self._closed:
             raise Draining(f"{self.graph.label} runner closed; retry")
-        if _expired(deadline):
-            self._late.inc()
-            raise DeadlineExceeded("deadline passed before the request was queued; not computed")
-        if self._queued_rows + rows > self.max_queue_rows:
-            self._rejected.inc()
-            raise Overloaded(
-                f"{self.graph.label} queue full ({self._queued_rows} rows waiting, "
-                f"limit {self.max_queue_rows}); retry with backoff"
-            )
-        self._queued_rows += rows
-        self._depth.set(self._queued_rows)
+        self.admission.admit(rows, deadline)
 
     def _release(self, rows: int) -> None:
-        self._queued_rows -= rows
-        self._depth.set(self._queued_rows)
+        self.admission.release(rows)
 
     async def run(self, x: np.ndarray, deadline: float | None = None) -> list[np.ndarray]:
         self._admit(len(x), deadline)
@@ -129,7 +116,7 @@ class BatchingRunner:
             self._release(len(item.x))
             if item.future.cancelled():
                 continue
-            if _expired(item.deadline):
+            if expired(item.deadline):
                 self._late.inc()
                 item.future.set_exception(DeadlineExceeded("deadline passed while queued; not computed"))
                 continue

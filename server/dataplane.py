@@ -12,22 +12,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vae_serve.errors import Draining, InvalidInput, TooLarge
+from vae_serve.errors import Draining, InvalidInput, ModelLoadError, TooLarge
 
 from .batching import BatchingRunner, DelayPolicy
 from .drain import Activity
 from .metrics import Metrics
 from .model import LoadedModel
-from .runner import InlineRunner, Runner, TimedGraph
+from .runner import InlineRunner, Runner, TimedGraph, trimmer
 from .runtime import Graph
 from .validation import check_finite, check_matrix, check_unit_interval
 from .versions import ServedModel, ServedVersions
 
-__all__ = ["DataPlane", "Limits", "ServedModel"]
+__all__ = ["DataPlane", "Limits", "ServedModel", "message_floor"]
 
 
 # Protobuf framing of one Tensor beyond its float bytes: tags, length prefixes, shape varints.
 _TENSOR_OVERHEAD = 64
+# A reply's fields beyond its tensors and card: names, versions, server id, limits; and the OIP
+# framing (tensor names, datatypes, shapes). Generous: the floor must never be under the truth.
+_REPLY_OVERHEAD = 2048
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class DataPlane:
     def _runner(self, graph: Graph, label: str) -> Runner:
         timed, lim = TimedGraph(graph, label, self.metrics), self.limits
         if lim.max_batch_size == 1:
-            return InlineRunner(timed)
+            return InlineRunner(timed, self.metrics, lim.max_queue_rows)
         return BatchingRunner(
             timed,
             self.metrics,
@@ -67,7 +70,15 @@ class DataPlane:
 
     def serve(self, model: LoadedModel) -> None:
         """Serve `model` too; the highest version answers requests that pin none. Requests in
-        flight keep the version they started on."""
+        flight keep the version they started on. A model whose own replies would not fit
+        `max_message_bytes` is refused (ModelLoadError), at start and on reload alike."""
+        floor = message_floor(model)
+        if self.limits.max_message_bytes < floor:
+            raise ModelLoadError(
+                f"{model.version.path}: --max-message-bytes {self.limits.max_message_bytes} is under the "
+                f"{floor} bytes this model needs (its GetModelInfo reply with the card, and one row of "
+                f"its largest request or response)"
+            )
         served = ServedModel(
             model, self._runner(model.encoder, "encoder"), self._runner(model.decoder, "decoder")
         )
@@ -108,23 +119,29 @@ class DataPlane:
         past it, queued work is dropped, not computed. `version`: pin one, else the latest."""
         served = self.current(version)
         model = served.model
-        check_matrix(x, "x", model.input_dim, self.limits.max_request_rows)
-        check_unit_interval(x, "x")
-        self._check_response_size(len(x), 2 * model.latent_dim, tensors=2)
-        mean, logvar = await served.encoder.run(x, deadline)
-        return mean, logvar, served.version
+        try:
+            check_matrix(x, "x", model.input_dim, self.limits.max_request_rows)
+            check_unit_interval(x, "x")
+            self._check_response_size(len(x), 2 * model.latent_dim, tensors=2)
+            mean, logvar = await served.encoder.run(x, deadline)
+            return mean, logvar, served.version
+        finally:
+            trimmer.after(x.nbytes)  # the response is smaller
 
     async def decode(
         self, z: np.ndarray, deadline: float | None = None, version: str | None = None
     ) -> tuple[np.ndarray, str]:
         served = self.current(version)
         model = served.model
-        check_matrix(z, "z", model.latent_dim, self.limits.max_request_rows)
-        check_finite(z, "z")
-        self._check_response_size(len(z), model.input_dim)
-        (x,) = await served.decoder.run(z, deadline)
-        _check_decoded(x, "z")
-        return x, served.version
+        try:
+            check_matrix(z, "z", model.latent_dim, self.limits.max_request_rows)
+            check_finite(z, "z")
+            self._check_response_size(len(z), model.input_dim)
+            (x,) = await served.decoder.run(z, deadline)
+            _check_decoded(x, "z")
+            return x, served.version
+        finally:
+            trimmer.after(z.nbytes + z.nbytes // model.latent_dim * model.input_dim)
 
     async def sample(
         self,
@@ -142,20 +159,29 @@ class DataPlane:
         k, latent = num_samples, model.latent_dim
         if not 1 <= k <= self.limits.max_samples:
             raise InvalidInput(f"num_samples: must be between 1 and {self.limits.max_samples}, got {k}")
-        rng = np.random.default_rng(seed)  # seed None: fresh OS entropy
-        if mean is None:
-            if logvar is not None:
-                raise InvalidInput("logvar given without mean: posterior sampling needs both")
-            z = rng.standard_normal((k, latent), dtype=np.float32)
-        else:
-            z = self._posterior(mean, logvar, k, latent, rng)
-        rows = z.size // latent
-        self._check_response_size(rows, latent + (model.input_dim if decode else 0), tensors=2)
-        if not decode:
-            return z, None, served.version
-        (x,) = await served.decoder.run(z.reshape(rows, latent), deadline)
-        _check_decoded(x, "mean" if mean is not None else "z")
-        return z, x.reshape(*z.shape[:-1], model.input_dim), served.version
+        rows_limit = self.limits.max_request_rows
+        if mean is None and k > rows_limit:  # prior draws: K rows, decoded or not
+            raise InvalidInput(f"num_samples: {k} samples exceed the limit of {rows_limit} rows per request")
+        moved = sum(a.nbytes for a in (mean, logvar) if a is not None)  # bytes in, then out too
+        try:
+            rng = np.random.default_rng(seed)  # seed None: fresh OS entropy
+            if mean is None:
+                if logvar is not None:
+                    raise InvalidInput("logvar given without mean: posterior sampling needs both")
+                z = rng.standard_normal((k, latent), dtype=np.float32)
+            else:
+                z = self._posterior(mean, logvar, k, latent, rng)
+            rows = z.size // latent
+            self._check_response_size(rows, latent + (model.input_dim if decode else 0), tensors=2)
+            moved += z.nbytes
+            if not decode:
+                return z, None, served.version
+            moved += 4 * rows * model.input_dim
+            (x,) = await served.decoder.run(z.reshape(rows, latent), deadline)
+            _check_decoded(x, "mean" if mean is not None else "z")
+            return z, x.reshape(*z.shape[:-1], model.input_dim), served.version
+        finally:
+            trimmer.after(moved)
 
     def _posterior(
         self, mean: np.ndarray, logvar: np.ndarray | None, k: int, latent: int, rng: np.random.Generator
@@ -178,6 +204,14 @@ class DataPlane:
         if not np.isfinite(z).all():
             raise InvalidInput("logvar: too large, exp(logvar / 2) overflows float32")
         return z
+
+
+def message_floor(model: LoadedModel) -> int:
+    """Bytes the API itself needs per message for `model`: its GetModelInfo reply (the card
+    dominates) and one row of its largest request or response (a decoded Sample: z and x)."""
+    card = sum(len(k.encode()) + len(v.encode()) + 16 for k, v in model.card_strings.items())
+    row = 4 * (model.input_dim + 2 * model.latent_dim) + 3 * _TENSOR_OVERHEAD
+    return _REPLY_OVERHEAD + max(card, row)
 
 
 def _check_decoded(x: np.ndarray, field: str) -> None:

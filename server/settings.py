@@ -14,7 +14,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from vae_serve import DEFAULT_REPOSITORY
 
-__all__ = ["Settings", "SettingsError", "ValidationError", "describe_error"]
+__all__ = ["MIN_MESSAGE_BYTES", "Settings", "SettingsError", "ValidationError", "describe_error"]
+
+# The API's own messages need this much whatever the model: GetModelInfo's reply carries the
+# model card (a few KB), and one row of the default model is 784 floats (3136 bytes) plus framing.
+# The client refuses a smaller limit too. A model that needs more is refused when it loads.
+MIN_MESSAGE_BYTES = 64 * 1024
 
 
 class Settings(BaseSettings):
@@ -71,12 +76,16 @@ class Settings(BaseSettings):
     max_request_rows: int = Field(
         8192, ge=1, description="Most rows a request may carry (N, or N*K for posterior samples)."
     )
-    max_samples: int = Field(4096, ge=1, description="Most samples K one Sample request may ask for.")
+    max_samples: int = Field(
+        4096,
+        ge=1,
+        description="Most samples K one Sample request may ask for (default: 4096, or "
+        "--max-request-rows if lower).",
+    )
     max_message_bytes: int = Field(
         64 * 1024 * 1024,
-        ge=1024,
         le=2**31 - 1,
-        description="Largest gRPC message received or sent, in bytes.",
+        description=f"Largest gRPC message received or sent, in bytes (at least {MIN_MESSAGE_BYTES}).",
     )
     max_concurrent_rpcs: int = Field(
         2048,
@@ -171,6 +180,30 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"--tls-client-ca {self.tls_client_ca}: not a PEM CA bundle ({exc})"
                 ) from None
+        return self
+
+    @model_validator(mode="after")
+    def _samples_fit_a_request(self) -> Settings:
+        """K prior draws are K rows, decoded in one run: every admissible K must also be an
+        admissible request (and so fit the queue, which holds --max-request-rows)."""
+        if self.max_samples <= self.max_request_rows:
+            return self
+        if "max_samples" not in self.model_fields_set:  # the default follows a lower row limit
+            self.max_samples = self.max_request_rows
+            return self
+        raise ValueError(
+            f"--max-samples {self.max_samples} exceeds --max-request-rows {self.max_request_rows}: "
+            f"a Sample of K draws is K rows, so no request could carry the largest K"
+        )
+
+    @model_validator(mode="after")
+    def _messages_fit_the_api(self) -> Settings:
+        if self.max_message_bytes < MIN_MESSAGE_BYTES:
+            raise ValueError(
+                f"--max-message-bytes {self.max_message_bytes} is under the {MIN_MESSAGE_BYTES}-byte "
+                f"minimum: GetModelInfo's reply (with the model card) and one row of each request "
+                f"and response must fit in a message"
+            )
         return self
 
 

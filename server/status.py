@@ -95,6 +95,9 @@ def rpc(method: str, work: bool = False) -> Callable[[Handler], Handler]:
                 in_flight.dec()
                 activity.finished()
                 metrics.record_request(method, code.name, time.perf_counter() - began)
+            # abort raises, and its exception lands in a reference cycle with this frame, freed only
+            # by the cyclic GC: without this the request (up to --max-message-bytes) lives as long.
+            del request
             await context.abort(code, message)  # reached only on failure
 
         return wrapper

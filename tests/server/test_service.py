@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import time
 import urllib.request
 
 import grpc
@@ -272,3 +274,31 @@ def test_bytes_that_are_no_message_get_invalid_argument(channel, stub, path):
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "request is not a valid" in caught.value.details()
     assert stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=5).name == "fashion-vae"
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        vae_pb2.DecodeRequest(z=to_tensor(np.zeros((8193, L), np.float32))),  # refused: too many rows
+        vae_pb2.DecodeRequest(z=to_tensor(np.full((2, L), np.nan, np.float32))),  # refused: NaN
+    ],
+)
+def test_a_refused_request_is_freed_at_once_not_by_the_cycle_collector(stub, request_):
+    """A refused 64 MB request that waited for the cyclic GC kept RSS up after every burst."""
+
+    def alive() -> int:
+        return sum(isinstance(o, vae_pb2.DecodeRequest) for o in gc.get_objects())
+
+    gc.collect()
+    baseline = alive()  # the parametrized requests themselves
+    gc.disable()
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Decode(request_, timeout=10)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        waited_until = time.monotonic() + 10  # the server frees it just after the status goes out
+        while alive() > baseline and time.monotonic() < waited_until:
+            time.sleep(0.01)
+        assert alive() == baseline
+    finally:
+        gc.enable()
