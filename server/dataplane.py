@@ -41,7 +41,7 @@ class Limits:
     max_queue_rows: int = 16384
     max_request_rows: int = 8192
     max_samples: int = 4096
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = 32 * 1024 * 1024
     max_concurrent_rpcs: int = 2048
 
 

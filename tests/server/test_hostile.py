@@ -88,17 +88,23 @@ def encode(rows: int) -> bytes:
 # (path, message, the status it must get, text its details must hold). Each message is built
 # before the probe starts, so that building it cannot stall the probe.
 HOSTILE = {
-    "native shape of 40M entries": (
+    "native shape of 30M entries": (
         DECODE,
-        lambda: shape_message(40_000_000, False),
+        lambda: shape_message(30_000_000, False),
         "INVALID_ARGUMENT",
         "varints",
     ),
-    "OIP shape of 40M entries": (
+    "OIP shape of 30M entries": (
         INFER,
-        lambda: shape_message(40_000_000, True),
+        lambda: shape_message(30_000_000, True),
         "INVALID_ARGUMENT",
         "varints",
+    ),
+    "a message over --max-message-bytes": (
+        DECODE,
+        lambda: shape_message(40_000_000, False),
+        "RESOURCE_EXHAUSTED",
+        "larger than max",
     ),
     "OIP shape of 60k entries": (
         INFER,
@@ -108,7 +114,7 @@ HOSTILE = {
     ),
     "OIP typed contents over the row limit": (
         INFER,
-        lambda: typed_infer(16_000),
+        lambda: typed_infer(9000),
         "INVALID_ARGUMENT",
         "send fewer rows",
     ),

@@ -103,7 +103,7 @@ def test_an_explicit_sample_limit_above_the_row_limit_is_refused_at_start(monkey
 def test_default_limits_are_valid_and_unchanged():
     s = parse()
     assert (s.max_samples, s.max_request_rows, s.max_queue_rows) == (4096, 8192, 16384)
-    assert (s.max_batch_size, s.max_message_bytes) == (64, 64 << 20)
+    assert (s.max_batch_size, s.max_message_bytes) == (64, 32 << 20)
 
 
 @hsettings(max_examples=200, deadline=None)

@@ -82,7 +82,7 @@ def test_model_info(stub, running):
     assert info.execution_provider == "CPUExecutionProvider"
     assert float(info.card["test_neg_elbo_nats"]) < 238
     limits = info.limits
-    assert (limits.max_request_rows, limits.max_samples, limits.max_message_bytes) == (8192, 4096, 64 << 20)
+    assert (limits.max_request_rows, limits.max_samples, limits.max_message_bytes) == (8192, 4096, 32 << 20)
 
 
 def bad_tensor(shape, nbytes):

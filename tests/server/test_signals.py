@@ -243,10 +243,20 @@ def test_a_worker_killed_as_soon_as_it_is_ready_is_replaced_even_under_sighup():
 def break_encoder(version: Path) -> None:
     """Swap the encoder for bytes ORT cannot parse and update the card's sha256: the supervisor's
     checks (card, sha256) pass, and a worker fails when ORT loads it."""
-    garbage = b"not an onnx graph" * 10
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOp", ["x"], ["mean"])],
+        "broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 784])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch", 32])],
+    )
+    garbage = helper.make_model(graph).SerializeToString()  # a well-formed model ORT cannot load
     (version / "encoder.onnx").write_bytes(garbage)
     card = json.loads((version / "model.json").read_text())
     card["files"]["encoder.onnx"]["sha256"] = hashlib.sha256(garbage).hexdigest()
+    if "bytes" in card["files"]["encoder.onnx"]:
+        card["files"]["encoder.onnx"]["bytes"] = len(garbage)
     (version / "model.json").write_text(json.dumps(card))
 
 
