@@ -180,7 +180,7 @@ class VaeServer:
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             log.info("draining: NOT_SERVING; up to %.1f s for received RPCs", grace)
-            await drain(self._server, self.dataplane.activity, grace, self.health.end_watches)
+            await drain(self._server, self.dataplane.activity, self._receive, grace, self.health.end_watches)
         if self._watching is not None:
             self._watching.cancel()
         if self._receive is not None:

@@ -10,8 +10,10 @@ to a handler: on a busy event loop that can be most of a burst. So the drain run
    event loop sat idle for QUIET_S: the transport's backlog is then all answered), for at most
    BACKLOG_MAX_S while calls keep coming;
 2. refuse every call that starts after that with UNAVAILABLE (`Draining`, which clients retry
-   elsewhere), and keep refusing until the backlog is answered (`_until_settled`), within the
-   grace period: the rest of a burst of any size is refused, never cancelled;
+   elsewhere), and keep refusing until no call has come for REFUSED_QUIET_S, within the grace
+   period: the rest of a burst of any size is refused, never cancelled. A backlog cannot be
+   told from callers that ignore health and keep sending (both arrive at the pace of the
+   senders), so under such load the drain refuses until the grace period ends;
 3. stop the server with whatever is left of the grace period.
 Health reports NOT_SERVING from the first moment, so load balancers move away meanwhile.
 """
@@ -28,12 +30,15 @@ import grpc
 
 from vae_serve.errors import Draining, Overloaded
 
+from .registration import ReceiveTimeout
+
 __all__ = ["Activity", "drain"]
 
 log = logging.getLogger(__name__)
 
 QUIET_S = 0.02  # an idle event loop hands a waiting call to its handler well within this
 BACKLOG_MAX_S = 0.5  # longest step 1 lasts while calls keep coming
+REFUSED_QUIET_S = 0.1  # while refusing: no call for this long, and the callers have all gone
 
 
 @dataclass
@@ -67,29 +72,14 @@ class Activity:
         self.working -= 1
 
 
-async def _until_quiet(activity: Activity, until: float) -> bool:
-    """Wait until nothing is in flight and nothing started for QUIET_S; False if `until` came first."""
+async def _until_quiet(activity: Activity, receiving: ReceiveTimeout, until: float, window: float) -> bool:
+    """Wait until no call is in a handler or waiting for its message, and none arrived for `window`
+    seconds; False if `until` came first."""
     while time.monotonic() < until:
-        seen = activity.started_total
-        await asyncio.sleep(QUIET_S)
-        if activity.started_total == seen and activity.in_flight == 0:
-            return True
-    return False
-
-
-async def _until_settled(activity: Activity, until: float) -> bool:
-    """While refusing: wait until the backlog is answered. A backlog is refused at the peak rate;
-    once two windows in a row see nothing in flight and calls starting at under a quarter of that
-    peak, what remains is steady load from callers already told to go elsewhere (at most one
-    call each is then on the wire). False if `until` came first."""
-    peak, calm = 0, 0
-    while time.monotonic() < until:
-        seen = activity.started_total
-        await asyncio.sleep(QUIET_S)
-        started = activity.started_total - seen
-        peak = max(peak, started)
-        calm = calm + 1 if activity.in_flight == 0 and started <= peak // 4 else 0
-        if calm >= 2:
+        seen = (activity.started_total, receiving.arrived)
+        await asyncio.sleep(window)
+        idle = activity.in_flight == 0 and receiving.waiting == 0
+        if idle and (activity.started_total, receiving.arrived) == seen:
             return True
     return False
 
@@ -97,17 +87,18 @@ async def _until_settled(activity: Activity, until: float) -> bool:
 async def drain(
     server: grpc.aio.Server,
     activity: Activity,
+    receiving: ReceiveTimeout,
     grace: float,
     before_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """`before_stop`: ends what would otherwise run until gRPC cancels it (health watches)."""
     began = time.monotonic()
     deadline = began + grace
-    await _until_quiet(activity, min(deadline, began + BACKLOG_MAX_S))  # 1. the backlog
+    await _until_quiet(activity, receiving, min(deadline, began + BACKLOG_MAX_S), QUIET_S)  # 1. the backlog
     activity.refusing = True  # 2. new calls get UNAVAILABLE from here on
     backlog_s = time.monotonic() - began
     refused_from = activity.started_total
-    settled = await _until_settled(activity, deadline)
+    settled = await _until_quiet(activity, receiving, deadline, REFUSED_QUIET_S)
     log.info(
         "drain: served for %.3f s, then refused %d calls in %.3f s; %s",
         backlog_s,

@@ -71,6 +71,8 @@ class ReceiveTimeout:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self.arrived = 0  # calls whose headers came (what a drain watches, with `waiting`)
+        self.waiting = 0  # of them, still waiting for their message
         self._reading: deque[_Read] = deque()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -79,6 +81,8 @@ class ReceiveTimeout:
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="receive-timeout")
         entry = _Read(time.monotonic() + self.seconds, asyncio.current_task())
         self._reading.append(entry)
+        self.arrived += 1
+        self.waiting += 1
         try:
             request = await context.read()
         except asyncio.CancelledError:
@@ -91,6 +95,7 @@ class ReceiveTimeout:
             )
         finally:
             entry.done = True
+            self.waiting -= 1
         if request is grpc.aio.EOF:
             return Unreadable(grpc.StatusCode.INVALID_ARGUMENT, "the call ended before its request message")
         return request
@@ -126,7 +131,9 @@ def _unary(behavior: Callable, unreadable_ok: bool, receive: ReceiveTimeout) -> 
         request = await receive.read(context)
         if isinstance(request, Unreadable) and not unreadable_ok:
             await context.abort(request.code, request.details)
-        return await behavior(request, context)
+        call = behavior(request, context)
+        del request  # an abort's traceback outlives this frame: it must not keep the request alive
+        return await call
 
     return handler
 

@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         "RESOURCE_EXHAUSTED at once. Health, reflection and model info never count.",
     )
     max_concurrent_streams: int = Field(
-        1024, ge=1, le=65535, description="Concurrent calls one client connection (HTTP/2) may carry."
+        512, ge=1, le=65535, description="Concurrent calls one client connection (HTTP/2) may carry."
     )
     receive_timeout_s: float = Field(
         5.0,

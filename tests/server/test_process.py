@@ -211,7 +211,8 @@ def test_sigterm_under_steady_load_fails_no_admitted_call():
         began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
-        assert time.monotonic() - began < 10  # within the grace period
+        # Callers that ignore health are refused until the grace period ends, then it stops.
+        assert time.monotonic() - began < 10 + 2
     finally:
         stop.set()
         for t in callers:
