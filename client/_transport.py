@@ -4,12 +4,17 @@ Retries: every vae-serve RPC is idempotent, so a call that ends UNAVAILABLE (ser
 restarting or draining) is retried with exponential backoff and full jitter, within one deadline
 for all of its attempts; retried attempts wait for the channel to be ready rather than failing at
 once while gRPC reconnects.
+
+Until a client's server has answered once, though, a refused connection, an unknown name or a
+failed TLS handshake is most likely a wrong address, not a restart: such a client retries for
+`connect_timeout` only, failing fast each time, and then says that nothing answers there.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +22,16 @@ from pathlib import Path
 
 import grpc
 
-__all__ = ["DEFAULT_TARGET", "Attempts", "ClientOptions", "VaeServeError", "from_rpc_error", "open_channel"]
+__all__ = [
+    "DEFAULT_TARGET",
+    "Attempts",
+    "ClientOptions",
+    "Link",
+    "VaeServeError",
+    "connect_failure",
+    "from_rpc_error",
+    "open_channel",
+]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -51,12 +65,13 @@ class ClientOptions:
     private_key: Path | str | None = None  # its PEM key
     max_message_bytes: int = 64 * 1024 * 1024
     retries: int = 5  # further attempts after UNAVAILABLE
+    connect_timeout: float = 1.0  # seconds a client that never reached its server keeps trying
     model_version: str = ""  # pin every call to this loaded version; empty: the server's latest
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("timeout", "backoff_initial", "backoff_max"):
+        for name in ("timeout", "connect_timeout", "backoff_initial", "backoff_max"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -119,12 +134,51 @@ def backoff_delays(options: ClientOptions, rng: random.Random | None = None) -> 
         yield rng.uniform(0, min(options.backoff_max, options.backoff_initial * 2**attempt))
 
 
+# What gRPC's UNAVAILABLE details say when no connection could be made at all (grpc 1.6x-1.8x).
+_CONNECT_FAILURES = (
+    (re.compile(r"connection refused", re.I), "connection refused"),
+    (
+        re.compile(r"errors resolving|dns resolution failed|name resolution|domain name not found", re.I),
+        "name not resolved",
+    ),
+    (re.compile(r"handshake failed", re.I), "TLS handshake failed"),
+)
+_SSL_REASON = re.compile(r"OPENSSL_internal:([A-Z0-9_]+)")
+_LAST_ERROR = re.compile(
+    r"failed to connect to all addresses; last error: (?:[A-Z_]+: )?(?:ipv[46]:\S+: )?(.+)"
+)
+
+
+def connect_failure(err: grpc.RpcError) -> str | None:
+    """Why no connection could be made, in a few words; None when the error is anything else."""
+    if err.code() is not grpc.StatusCode.UNAVAILABLE:
+        return None
+    details = err.details() or ""
+    for pattern, reason in _CONNECT_FAILURES:
+        if pattern.search(details):
+            ssl = _SSL_REASON.search(details) if reason.startswith("TLS") else None
+            return f"{reason}: {ssl.group(1)}" if ssl else reason
+    last = _LAST_ERROR.search(details)
+    return last.group(1)[:200] if last else None
+
+
+class Link:
+    """Whether a client's server has ever answered it; shared by all of the client's calls."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.answered = False
+
+
 class Attempts:
     """The attempts of one request: one deadline for all, and the pause before each retry."""
 
-    def __init__(self, options: ClientOptions) -> None:
-        self.deadline = time.monotonic() + options.timeout
+    def __init__(self, options: ClientOptions, link: Link | None = None) -> None:
+        now = time.monotonic()
+        self.deadline = now + options.timeout
+        self._connect_deadline = now + min(options.connect_timeout, options.timeout)
         self._delays = backoff_delays(options)
+        self._link = link or Link(options.target)
         self.retrying = False
 
     def timeout(self) -> float:
@@ -133,8 +187,21 @@ class Attempts:
             raise VaeServeError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while retrying")
         return remaining
 
+    def succeeded(self) -> None:
+        self._link.answered = True
+
     def retry_after(self, err: grpc.RpcError) -> float:
         """Seconds to wait before the next attempt; raises the error when it is final."""
+        reason = connect_failure(err)
+        if reason is None and err.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+            self._link.answered = True  # a status from the server, or a connection it closed
+        if reason is not None and not self._link.answered:
+            # Never reached: retry failing fast (no wait_for_ready), within connect_timeout only.
+            delay = next(self._delays, None)
+            if delay is None or time.monotonic() + delay >= self._connect_deadline:
+                details = f"nothing answers at {self._link.target} ({reason})"
+                raise VaeServeError(grpc.StatusCode.UNAVAILABLE, details) from None
+            return delay
         delay = next(self._delays, None) if err.code() is grpc.StatusCode.UNAVAILABLE else None
         if delay is None or time.monotonic() + delay >= self.deadline:
             raise from_rpc_error(err) from None

@@ -23,7 +23,15 @@ from ._requests import (
     merge_sample,
     sample_requests,
 )
-from ._transport import DEFAULT_TARGET, Attempts, ClientOptions, closed_client_error, open_channel, pinned
+from ._transport import (
+    DEFAULT_TARGET,
+    Attempts,
+    ClientOptions,
+    Link,
+    closed_client_error,
+    open_channel,
+    pinned,
+)
 
 __all__ = ["AsyncVaeClient"]
 
@@ -39,17 +47,20 @@ class AsyncVaeClient:
         self._stub = vae_pb2_grpc.VAEServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._info: ModelInfo | None = None
+        self._link = Link(self.options.target)
 
     async def _call(self, method: Callable[..., Awaitable[Reply]], request: object) -> Reply:
         """One request within the deadline, retried with backoff while the server is UNAVAILABLE."""
-        attempts = Attempts(self.options)
+        attempts = Attempts(self.options, self._link)
         while True:
             try:
-                return await method(
+                reply = await method(
                     pinned(request, self.options),
                     timeout=attempts.timeout(),
                     wait_for_ready=attempts.retrying,
                 )
+                attempts.succeeded()
+                return reply
             except grpc.RpcError as err:
                 await asyncio.sleep(attempts.retry_after(err))
             except grpc.aio.UsageError:  # the channel was closed

@@ -6,7 +6,6 @@ line; 2 a usage error.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from typing import TypeVar
 import click
 import numpy as np
 
+from . import _quiet  # noqa: F401  before grpc is imported: its own log lines stay off the terminal
 from ._requests import chunk_seeds
 from ._transport import DEFAULT_TARGET, VaeServeError
 from .grid import image_grid, save_png
@@ -131,7 +131,6 @@ def main(
     cert_file: Path | None, key_file: Path | None, retries: int, model_version: str,
 ) -> None:  # fmt: skip
     """Encode, sample and decode with a vae-serve server; pictures are written as PNG grids."""
-    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # failures are reported as one line instead
     with _errors():
         client = VaeClient(
             target, timeout=timeout, root_certificates=ca_file, tls=tls, retries=retries,

@@ -1,9 +1,10 @@
 """The server's lifecycle: load the model, open the port, serve, drain on a signal, stop.
 
 Everything the process needs is built here from one `Settings`, in this order: model first
-(a model that cannot be served fails start-up before any port opens), then the gRPC server with
-health and reflection, then metrics. Stopping reverses it: health NOT_SERVING, no new work,
-in-flight RPCs get `drain_grace_s`, then the sockets close.
+(a model that cannot be served fails start-up before any port opens), then metrics, then the
+gRPC server with health and reflection; if the gRPC port cannot be had, metrics close again.
+Stopping reverses it: health NOT_SERVING, no new work, in-flight RPCs get `drain_grace_s`, then
+the sockets close.
 """
 
 from __future__ import annotations
@@ -154,16 +155,25 @@ class VaeServer:
             raise ModelLoadError(f"cannot listen on {address} ({exc}); is the port in use?") from None
 
     async def start(self) -> None:
-        """Load the model (unless already loaded), then listen; raises ModelLoadError on bad input."""
+        """Load the model (unless already loaded), then listen; raises ModelLoadError on bad input.
+
+        Metrics are served before the gRPC port is bound (grpc cannot release the port of a server
+        it never started), and any failure after closes them again: a server that did not start
+        holds no port and leaves no thread behind."""
         if not self.dataplane.loaded:
             self.load()
         s = self.settings
         if not self.worker:
             self._metrics_http = serve_metrics(self.metrics.registry, s.metrics_host, s.metrics_port)
             self.metrics_port = self._metrics_http.server_address[1]
-        server = self._build_server()
-        self.port = self._listen(server)
-        await server.start()
+        try:
+            server = self._build_server()
+            self.port = self._listen(server)
+            await server.start()
+        except BaseException:
+            self._close_metrics()
+            self.port = self.metrics_port = None
+            raise
         self._server = server
         self._watching = asyncio.create_task(self.watcher.run_forever(), name="repository-watcher")
         for service in ("", VAE_SERVICE, OIP_SERVICE):
@@ -186,10 +196,14 @@ class VaeServer:
         if self._receive is not None:
             self._receive.close()
         self.dataplane.close()
+        self._close_metrics()
+        log.info("stopped")
+
+    def _close_metrics(self) -> None:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
-        log.info("stopped")
+            self._metrics_http = None
 
 
 def check_port_free(host: str, port: int) -> None:

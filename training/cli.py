@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import onnx
@@ -17,13 +19,15 @@ import torch.distributed as dist
 
 from .data import DEFAULT_DATA_DIR, DatasetError, load_images
 from .evaluate import Evaluation, evaluate
-from .export import ExportError, next_version, write_version
+from .export import VERSION_RULE, ExportError, claim_version, write_version
 from .model import VAE, VAEConfig
 from .train import Checkpoint, DistContext, TrainingDiverged, parameter_digest, setup_distributed, train
 
 __all__ = ["main"]
 
 log = logging.getLogger("vae_serve.training")
+
+T = TypeVar("T")
 
 
 def _hidden(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -34,6 +38,40 @@ def _hidden(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[i
     if not sizes or min(sizes) < 1:
         raise click.BadParameter(f"layer widths must be positive, got {value!r}")
     return sizes
+
+
+def _version(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None or VERSION_RULE.fullmatch(value):
+        return value
+    raise click.BadParameter(
+        f"{value!r}: a version is ASCII digits without a leading zero, at most 18 (what the server serves)"
+    )
+
+
+def _on_main_rank(ctx: DistContext, work: Callable[[], T]) -> T | None:
+    """`work()` on rank 0 only; every rank then learns whether it failed, and fails with it.
+
+    Without this a rank 0 that raised would never reach the collective its peers wait at: under
+    torchrun they would hang (nccl) or die with a traceback about a closed socket (gloo).
+    """
+    failure: list[str | None] = [None]
+    result: T | None = None
+    error: Exception | None = None
+    if ctx.is_main:
+        try:
+            result = work()
+        except Exception as exc:  # every failure, expected or not: the peers must hear of it
+            error = exc
+            failure[0] = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+            failure[0] = failure[0] or type(exc).__name__
+    if ctx.world_size > 1:
+        dist.broadcast_object_list(failure, src=0)
+        dist.barrier()  # every rank has the news before any tears the group down
+    if error is not None:
+        raise error
+    if failure[0] is not None:
+        raise click.ClickException(f"rank 0 failed, so this rank stops too: {failure[0]}")
+    return result
 
 
 def _check_ranks_agree(model: VAE, ctx: DistContext) -> None:
@@ -109,7 +147,13 @@ def _card(
     help="Repository root; the version is written to <root>/<name>/<version>/.",
 )
 @click.option("--name", default="fashion-vae", help="Model name in the repository.")
-@click.option("--version", "version", default=None, help="Version directory [default: next integer].")
+@click.option(
+    "--version",
+    "version",
+    default=None,
+    callback=_version,
+    help="Version to publish, checked before training [default: one past the highest present].",
+)
 @click.option(
     "--epochs", type=click.IntRange(min=0), default=60, help="Total epochs (a resumed run continues to this)."
 )
@@ -179,6 +223,11 @@ def main(
     ctx = setup_distributed(device)
     recipe = Recipe(epochs, batch_size * ctx.world_size, lr, seed, ctx.world_size)
     try:
+        target: Path | None = None
+        if export:  # before any data is read: a taken version must not cost a training run
+            target = _on_main_rank(ctx, lambda: claim_version(model_repository, name, version))
+            if target is not None:
+                log.info("will publish %s (%s version %s)", target, name, target.name)
         train_x, test_x, image_shape = _load(data_dir, limit, ctx)
         state = Checkpoint.load(resume) if resume else None
         config = state.config if state else VAEConfig(train_x.shape[1], hidden, latent_dim)
@@ -189,17 +238,19 @@ def main(
             checkpoint_path=checkpoint if ctx.is_main else None, resume=state,
         )  # fmt: skip
         _check_ranks_agree(model, ctx)
-        if ctx.is_main:
+
+        def evaluate_and_publish() -> None:
             result = evaluate(model, test_x, iwae_k=iwae_k, seed=seed)
             log.info("test -ELBO %.2f nats/image, IWAE(k=%d) bound on -log p(x) %.2f nats/image",
                      result.neg_elbo, result.iwae_k, result.iwae_nll)  # fmt: skip
-            if export:
+            if export and target is not None:
                 card = _card(result, recipe, model, image_shape, data_dir, len(train_x), len(test_x), seconds)
-                version = version or next_version(model_repository, name)
-                log.info("wrote %s", write_version(model, model_repository, name, version, card, seed))
-        if dist.is_initialized():
-            dist.barrier()  # gloo aborts a rank whose peer tears the group down under it
-    except (DatasetError, ExportError, TrainingDiverged) as exc:
+                path = write_version(model, model_repository, name, target.name, card, seed)
+                log.info("wrote %s", path)
+
+        # Every rank waits here for rank 0's evaluation and export, and hears if they failed.
+        _on_main_rank(ctx, evaluate_and_publish)
+    except (DatasetError, ExportError, TrainingDiverged, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         if dist.is_initialized():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,7 +28,9 @@ __all__ = [
     "OPSET",
     "PARITY_BATCH_SIZES",
     "PARITY_TOLERANCE",
+    "VERSION_RULE",
     "ExportError",
+    "claim_version",
     "export_onnx",
     "next_version",
     "sha256_of",
@@ -37,6 +40,9 @@ __all__ = [
 OPSET = 18
 PARITY_BATCH_SIZES = (1, 7, 256)
 PARITY_TOLERANCE = 1e-5  # max abs difference, ORT vs PyTorch, in the outputs' own units
+# What the server accepts as a version directory (server/repository.py): ASCII digits, no leading
+# zero, at most 18 (an int64). Anything else would be published and then never served.
+VERSION_RULE = re.compile(r"0|[1-9][0-9]{0,17}")
 
 
 class ExportError(Exception):
@@ -110,10 +116,26 @@ def export_onnx(model: VAE, out_dir: Path, seed: int = 0) -> dict[str, float]:
 
 
 def next_version(repository: Path, name: str) -> str:
-    """One past the highest numeric version present, as Triton numbers them."""
+    """One past the highest version present, counting only the names the server takes for versions."""
     model_dir = repository / name
-    existing = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()] if model_dir.is_dir() else []
-    return str(max(existing, default=0) + 1)
+    names = [p.name for p in model_dir.iterdir()] if model_dir.is_dir() else []
+    highest = max((int(n) for n in names if VERSION_RULE.fullmatch(n)), default=0)
+    following = str(highest + 1)
+    if not VERSION_RULE.fullmatch(following):
+        raise ExportError(f"no version after {highest} fits in 18 digits; pass --version")
+    return following
+
+
+def claim_version(repository: Path, name: str, version: str | None) -> Path:
+    """The directory a run will publish to (`version`, or the next one), refused at once if taken:
+    checked before training, so a clash costs nothing. `write_version` checks again at the end."""
+    for folder in (repository, repository / name):
+        if folder.exists() and not folder.is_dir():
+            raise ExportError(f"{folder} is not a directory")
+    target = repository / name / (version or next_version(repository, name))
+    if target.exists():
+        raise ExportError(f"{target} already exists; pass another --version or remove it")
+    return target
 
 
 def write_version(

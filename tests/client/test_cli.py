@@ -262,3 +262,27 @@ def test_outputs_never_overwrite_inputs_or_each_other(vae_client, tmp_path, case
     line = _one_line_error(vae_client("--retries", "0", *args, target=f"127.0.0.1:{free_port()}"))
     assert line == f"Error: {message}" or message in line
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def nothing_answers(target: str, *args: str) -> str:
+    """The one error line for a target that does not answer. With a 600 s deadline, a client that
+    waited for the deadline would hit the subprocess timeout instead of saying so."""
+    done = subprocess.run([*CLI, "--target", target, "--timeout", "600", *args, "info"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"Error: UNAVAILABLE: nothing answers at {target} ("), lines[0]
+    return lines[0]
+
+
+def test_nothing_listening_is_said_at_once():
+    assert nothing_answers(f"127.0.0.1:{free_port()}").endswith("(connection refused)")
+
+
+def test_unresolvable_name_is_said_at_once():
+    assert nothing_answers("nonexistent.invalid:50051").endswith("(name not resolved)")
+
+
+def test_tls_to_a_plaintext_server_is_said_at_once(running):
+    assert "(TLS handshake failed" in nothing_answers(running.target, "--tls")

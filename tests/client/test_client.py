@@ -100,6 +100,32 @@ def test_server_errors_carry_status_and_message(client):
     assert str(caught.value).startswith("INVALID_ARGUMENT: x: row 0")
 
 
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [("127.0.0.1:{free}", "connection refused"), ("nonexistent.invalid:50051", "name not resolved")],
+)
+@pytest.mark.timeout(60)  # before the fix: the whole 600 s deadline
+def test_a_target_that_never_answered_fails_fast(target, reason):
+    """Not the deadline (600 s here: waiting for it would trip the test's timeout), but what is wrong."""
+    target = target.format(free=free_port())
+
+    def check(caught: pytest.ExceptionInfo[VaeServeError]) -> None:
+        assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+        assert caught.value.details == f"nothing answers at {target} ({reason})"
+
+    with VaeClient(target, timeout=600) as nowhere, pytest.raises(VaeServeError) as caught:
+        nowhere.model_info()
+    check(caught)
+
+    async def run() -> None:
+        async with AsyncVaeClient(target, timeout=600) as nowhere:
+            with pytest.raises(VaeServeError) as caught:
+                await nowhere.health()
+            check(caught)
+
+    asyncio.run(run())
+
+
 def test_retries_until_a_late_server_comes_up():
     port = free_port()
     late: list[RunningServer] = []
@@ -107,7 +133,10 @@ def test_retries_until_a_late_server_comes_up():
     starter.start()
     began = time.monotonic()
     try:
-        with VaeClient(f"127.0.0.1:{port}", retries=12, backoff_initial=0.05, backoff_max=0.5) as patient:
+        # A client that has never reached its server gives up after `connect_timeout`; this one
+        # is told to wait for a server that is known to be on its way.
+        options = {"retries": 12, "backoff_initial": 0.05, "backoff_max": 0.5, "connect_timeout": 30}
+        with VaeClient(f"127.0.0.1:{port}", **options) as patient:
             assert patient.model_info().name == "fashion-vae"
         assert time.monotonic() - began >= 1.0
     finally:

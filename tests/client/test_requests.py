@@ -20,7 +20,14 @@ from vae_serve.client._requests import (
     rows_per_request,
     sample_requests,
 )
-from vae_serve.client._transport import Attempts, ClientOptions, VaeServeError, backoff_delays
+from vae_serve.client._transport import (
+    Attempts,
+    ClientOptions,
+    Link,
+    VaeServeError,
+    backoff_delays,
+    connect_failure,
+)
 from vae_serve.tensor import to_tensor
 
 INFO = ModelInfo("m", "1", 784, (28, 28), 32, "CPUExecutionProvider", {}, 1000, 100, 64 << 20, "host:1")
@@ -172,14 +179,92 @@ def test_options_refuse_what_cannot_work(options, message):
 
 
 class Unavailable(grpc.RpcError):
-    def __init__(self, code=grpc.StatusCode.UNAVAILABLE):
-        self._code = code
+    def __init__(self, code=grpc.StatusCode.UNAVAILABLE, details="down"):
+        self._code, self._details = code, details
 
     def code(self):
         return self._code
 
     def details(self):
-        return "down"
+        return self._details
+
+
+# UNAVAILABLE details as grpc 1.85 words them when no connection could be made.
+REFUSED = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:42771: "
+    "Failed to connect to remote host: Connection refused"
+)
+CONNECT_FAILURES = [
+    (REFUSED, "connection refused"),
+    (
+        "errors resolving nonexistent.invalid:50051: [field:hostname lookup error:address lookup failed "
+        "for nonexistent.invalid:50051: Domain name not found]",
+        "name not resolved",
+    ),
+    ("DNS resolution failed for nowhere:1: C-ares status is not ARES_SUCCESS", "name not resolved"),
+    (
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:55363: Tls handshake failed "
+        "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:100000f7:SSL routines:OPENSSL_internal:"
+        "WRONG_VERSION_NUMBER: Invalid certificate verification context: OK",
+        "TLS handshake failed: WRONG_VERSION_NUMBER",
+    ),
+    (
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.255.255.1:50051: "
+        "Failed to connect to remote host: getsockopt(SO_ERROR): Network is unreachable",
+        "Failed to connect to remote host: getsockopt(SO_ERROR): Network is unreachable",
+    ),
+]
+
+
+@pytest.mark.parametrize(("details", "reason"), CONNECT_FAILURES)
+def test_connect_failures_are_named(details, reason):
+    assert connect_failure(Unavailable(details=details)) == reason
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        Unavailable(),  # a server that answered, then went (draining, restarting)
+        Unavailable(details="Socket closed"),
+        Unavailable(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
+        Unavailable(grpc.StatusCode.INVALID_ARGUMENT, REFUSED),  # only UNAVAILABLE says so
+    ],
+)
+def test_other_errors_are_not_connect_failures(err):
+    assert connect_failure(err) is None
+
+
+def test_never_answered_retries_fail_fast_then_say_nothing_answers():
+    options = ClientOptions(target="h:1", timeout=600, retries=1000, backoff_initial=0.01, backoff_max=0.01,
+                            connect_timeout=0.05)  # fmt: skip
+    attempts = Attempts(options, Link("h:1"))
+    tries: list[float] = []
+
+    def retry_until_final() -> None:
+        while True:  # each retry fails fast (no wait_for_ready) until connect_timeout is spent
+            tries.append(attempts.retry_after(Unavailable(details=REFUSED)))
+            assert not attempts.retrying
+            time.sleep(tries[-1])
+
+    began = time.monotonic()
+    with pytest.raises(VaeServeError) as caught:
+        retry_until_final()
+    assert time.monotonic() - began + 0.01 >= 0.05 and len(tries) >= 2  # it did retry, for the window
+    assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+    assert caught.value.details == "nothing answers at h:1 (connection refused)"
+
+
+def test_once_answered_a_refused_connection_is_a_restart_ridden_out():
+    link = Link("h:1")
+    Attempts(ClientOptions(), link).succeeded()
+    attempts = Attempts(ClientOptions(retries=3, connect_timeout=0), link)
+    attempts.retry_after(Unavailable(details=REFUSED))
+    assert attempts.retrying  # the next attempt waits for the channel to be ready
+
+
+def test_no_retries_says_nothing_answers_at_once():
+    with pytest.raises(VaeServeError, match=r"^UNAVAILABLE: nothing answers at h:1 \(connection refused\)$"):
+        Attempts(ClientOptions(target="h:1", retries=0)).retry_after(Unavailable(details=REFUSED))
 
 
 def test_attempts_retry_unavailable_within_one_deadline():

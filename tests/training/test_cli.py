@@ -1,6 +1,7 @@
 """`vae-train` as a person meets it: bad input ends in one line and a non-zero exit."""
 
 import gzip
+import logging
 import subprocess
 import sys
 
@@ -39,3 +40,104 @@ def test_bad_hidden_sizes(tmp_path):
     done = run_train("--hidden", "512,x", cwd=tmp_path)
     assert done.returncode == 2
     assert "expected comma-separated layer widths" in done.stderr
+
+
+# The published version is checked before any data is read or any step trained: a run that would
+# end in "already exists" after minutes of training must end at once. `main` runs in-process with
+# the loader and the trainer replaced by ones that fail the test if they are reached.
+def refuse_work(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("the version must be checked before any data is loaded or trained on")
+
+
+@pytest.fixture
+def repository(tmp_path, monkeypatch):
+    from vae_serve.training import cli
+
+    monkeypatch.setattr(cli, "_load", refuse_work)
+    monkeypatch.setattr(cli, "train", refuse_work)
+    (tmp_path / "fashion-vae" / "1").mkdir(parents=True)
+    return tmp_path
+
+
+def invoke_train(*args: str):
+    from click.testing import CliRunner
+
+    from vae_serve.training.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def one_error_line(result) -> str:
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def test_existing_version_is_refused_before_training(repository):
+    result = invoke_train("--model-repository", str(repository), "--version", "1")
+    assert result.exit_code == 1, result.output
+    line = one_error_line(result)
+    assert str(repository / "fashion-vae" / "1") in line
+    assert "already exists" in line
+
+
+@pytest.mark.parametrize(
+    "version",
+    ["abc", "01", "00", "-1", "+1", "1.0", "1e3", " 1", "1 ", "", "²", "٣", "1" * 19, "../2", "2/3"],
+)
+def test_malformed_version_is_refused_before_training(repository, version):
+    result = invoke_train("--model-repository", str(repository), "--version", version)
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result)
+    assert "Invalid value for '--version'" in line
+    assert "ASCII digits" in line
+    assert [p.name for p in (repository / "fashion-vae").iterdir()] == ["1"]
+
+
+def test_existing_version_is_fine_without_export(repository):
+    """--no-export publishes nothing, so an existing --version is no reason to refuse."""
+    result = invoke_train("--model-repository", str(repository), "--version", "1", "--no-export")
+    assert isinstance(result.exception, AssertionError)  # it went on to load the data
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        ([], "1"),
+        (["1"], "2"),
+        (["1", "7", "3"], "8"),
+        # Entries the server skips do not count: not versions, so not in the way either.
+        (["2", "²", "٣", "01", "099", "1x", ".9.tmp", "9" * 19], "3"),
+        (["0"], "1"),
+    ],
+)
+def test_next_version_counts_only_real_versions(tmp_path, entries, expected):
+    from vae_serve.training.export import next_version
+
+    for entry in entries:
+        (tmp_path / "m" / entry).mkdir(parents=True)
+    (tmp_path / "m").mkdir(exist_ok=True)
+    assert next_version(tmp_path, "m") == expected
+
+
+def test_default_version_is_the_next_one(repository, caplog):
+    """Without --version the run is headed for the next version; its check passes, so work begins."""
+    with caplog.at_level(logging.INFO, logger="vae_serve.training"):
+        result = invoke_train("--model-repository", str(repository))
+    assert isinstance(result.exception, AssertionError), result.output  # it went on to load the data
+    assert f"will publish {repository / 'fashion-vae' / '2'}" in caplog.text
+
+
+def test_version_rule_is_the_servers():
+    from vae_serve.server.repository import _VERSION
+    from vae_serve.training.export import VERSION_RULE
+
+    assert VERSION_RULE.pattern == _VERSION.pattern
+
+
+def test_no_version_fits_after_the_largest(repository):
+    (repository / "fashion-vae" / ("9" * 18)).mkdir()
+    result = invoke_train("--model-repository", str(repository))
+    assert result.exit_code == 1, result.output
+    assert "no version after" in one_error_line(result)

@@ -1,0 +1,62 @@
+"""A server that cannot start leaves nothing behind: no port held, no thread serving metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import pytest
+from support import REPOSITORY, free_port
+
+from vae_serve.errors import ModelLoadError
+from vae_serve.server.app import VaeServer
+from vae_serve.server.metrics import Metrics
+from vae_serve.server.settings import Settings
+
+
+def can_bind(port: int) -> bool:
+    """Whether 127.0.0.1:port could be bound now (no SO_REUSEADDR: a listener still there blocks it)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def metrics_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "metrics" and t.is_alive()]
+
+
+@pytest.fixture
+def taken_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+def failing_start(port: int, metrics_port: int) -> VaeServer:
+    settings = Settings(model_repository=REPOSITORY, host="127.0.0.1", port=port,
+                        metrics_host="127.0.0.1", metrics_port=metrics_port)  # fmt: skip
+    server = VaeServer(settings, Metrics())
+    with pytest.raises(ModelLoadError, match=r"cannot (listen|serve metrics) on 127\.0\.0\.1:"):
+        asyncio.run(server.start())
+    return server
+
+
+def test_grpc_port_taken_leaves_no_metrics_server(taken_port):
+    before = len(metrics_threads())
+    metrics_port = free_port()
+    server = failing_start(taken_port, metrics_port)
+    assert server._metrics_http is None
+    assert can_bind(metrics_port)
+    assert len(metrics_threads()) == before
+
+
+def test_metrics_port_taken_leaves_no_grpc_port(taken_port):
+    port = free_port()
+    server = failing_start(port, taken_port)
+    assert server._server is None
+    assert can_bind(port)
