@@ -193,6 +193,8 @@ class VaeServer:
             await drain(self._server, self.dataplane.activity, self._receive, grace, self.health.end_watches)
         if self._watching is not None:
             self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching  # a scan in flight ends here, not after the model is closed
         if self._receive is not None:
             self._receive.close()
         self.dataplane.close()
