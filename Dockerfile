@@ -25,9 +25,9 @@ COPY server ./server
 COPY client ./client
 COPY training ./training
 COPY models ./models
-# The project itself: its dependencies are bounded in pyproject.toml.
+# The project with its server extra: its dependencies are bounded in pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install . \
+RUN pip install ".[server]" \
     && if [ -n "$ORT_EXTRAS" ]; then pip install "onnxruntime-gpu[$ORT_EXTRAS]==$ORT_VERSION"; fi \
     && cp -r models /models \
     && rm -rf /src \

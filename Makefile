@@ -7,16 +7,16 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: serve test test-fast lint proto system-deps train clean
 
-# Serving runtime only (no torch): what a deployment installs.
+# Serving runtime only (the server extra, no torch): what a deployment installs.
 $(BIN)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e ".[server]"
 	touch $@
 
 # Runtime + trainer + test and lint tools.
 $(BIN)/.dev: pyproject.toml $(BIN)/.runtime
-	$(BIN)/python -m pip install -q -e ".[train,dev]"
+	$(BIN)/python -m pip install -q -e ".[server,train,dev]"
 	touch $@
 
 serve: $(BIN)/.runtime

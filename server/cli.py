@@ -5,7 +5,12 @@ from __future__ import annotations
 import signal
 import sys
 
+from vae_serve import require_extra
+
 __all__ = ["main"]
+
+# What server/ imports beyond the client's dependencies: the `server` extra in pyproject.toml.
+SERVER_MODULES = ("onnxruntime", "grpc_reflection", "prometheus_client", "pydantic", "pydantic_settings")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     # in place (app.run, or the supervisor's) a SIGHUP must not kill the process (exit 129) while it
     # imports, parses or loads the model. Hence first, before the heavy imports below.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # A client-only install has this command but not what it imports: say so in one line.
+    require_extra("vae-serve", "server", SERVER_MODULES)
 
     import asyncio
     import logging

@@ -12,16 +12,30 @@ from pathlib import Path
 from typing import TypeVar
 
 import click
-import onnx
-import onnxruntime
-import torch
-import torch.distributed as dist
 
-from .data import DEFAULT_DATA_DIR, DatasetError, load_images
-from .evaluate import Evaluation, evaluate
-from .export import VERSION_RULE, ExportError, claim_version, write_version
-from .model import VAE, VAEConfig
-from .train import Checkpoint, DistContext, TrainingDiverged, parameter_digest, setup_distributed, train
+from vae_serve import require_extra
+
+# `vae-train` is installed with the package, torch and ONNX only with the train extra: without
+# them, one line that says what to install instead of an ImportError from the imports below.
+require_extra("vae-train", "train", ("torch", "onnx", "onnxscript", "onnxruntime", "tqdm"))
+
+import onnx  # noqa: E402
+import onnxruntime  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from .data import DEFAULT_DATA_DIR, DatasetError, load_images  # noqa: E402
+from .evaluate import Evaluation, evaluate  # noqa: E402
+from .export import VERSION_RULE, ExportError, claim_version, write_version  # noqa: E402
+from .model import VAE, VAEConfig  # noqa: E402
+from .train import (  # noqa: E402
+    Checkpoint,
+    DistContext,
+    TrainingDiverged,
+    parameter_digest,
+    setup_distributed,
+    train,
+)
 
 __all__ = ["main"]
 

@@ -1,26 +1,45 @@
 """The wheel a deployment installs holds every module and the bundled model (an editable
-install, as in the test venv, would hide a module missing from the package list)."""
+install, as in the test venv, would hide a module missing from the package list), and installed
+without extras it is the client alone: no ONNX Runtime, no server dependencies."""
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
+import tomllib
 import zipfile
+from importlib.metadata import packages_distributions
+from pathlib import Path
 
-from support import REPO_ROOT
+import pytest
+from support import REPO_ROOT, start_vae_serve
+
+from vae_serve import require_extra
+from vae_serve.server.cli import SERVER_MODULES
 
 # Source folder -> where its modules live in the wheel.
 LAYOUT = {"vae_serve": "vae_serve", "server": "vae_serve/server", "client": "vae_serve/client",
           "training": "vae_serve/training", "models": "vae_serve/models"}  # fmt: skip
+# What a client install must not hold: the server extra.
+SERVER_ONLY = {"onnxruntime", "onnxruntime-gpu", "prometheus-client", "pydantic-settings",
+               "grpcio-reflection"}  # fmt: skip
 
 
-def test_wheel_contains_every_module_and_the_default_model(tmp_path):
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("wheel")
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO_ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(folder), str(REPO_ROOT)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    (wheel,) = tmp_path.glob("vae_serve-*.whl")
+    (built,) = folder.glob("vae_serve-*.whl")
+    return built
+
+
+def test_wheel_contains_every_module_and_the_default_model(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = set()
     for folder, target in LAYOUT.items():
@@ -31,3 +50,110 @@ def test_wheel_contains_every_module_and_the_default_model(tmp_path):
     assert not missing, sorted(missing)
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top_level == {"vae_serve"}  # no bare server/client/training package
+
+
+def canonical(requirement: str) -> str:
+    """The distribution name of a requirement line, normalised as PEP 503 does."""
+    return re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", requirement).group()).lower()
+
+
+def third_party_distributions(folder: str) -> dict[str, set[str]]:
+    """Top-level module -> the installed distributions that provide it, for every absolute import
+    in `folder`/*.py that is neither the standard library nor vae_serve."""
+    provided = packages_distributions()
+    found: dict[str, set[str]] = {}
+    for path in (REPO_ROOT / folder).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for top in {m.split(".")[0] for m in modules} - set(sys.stdlib_module_names) - {"vae_serve"}:
+                found[top] = {canonical(d) for d in provided.get(top, [top])}
+    return found
+
+
+def test_each_side_imports_only_what_its_install_brings():
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    base = {canonical(r) for r in project["dependencies"]}
+    extras = {name: {canonical(r) for r in reqs} for name, reqs in project["optional-dependencies"].items()}
+    allowed = {"vae_serve": base, "client": base, "server": base | extras["server"]}
+    allowed["training"] = base | extras["train"]
+    for folder, may_use in allowed.items():
+        outside = {m: d for m, d in third_party_distributions(folder).items() if not d & may_use}
+        assert not outside, f"{folder}/ imports modules its install does not bring: {outside}"
+    # vae-serve's one-line check names every module the server extra adds.
+    server_only = {m for m, d in third_party_distributions("server").items() if not d & base}
+    assert server_only <= set(SERVER_MODULES), server_only - set(SERVER_MODULES)
+    assert "onnx" not in server_only  # the checker is the trainer's; the server reads graphs itself
+
+
+def test_client_import_loads_no_server_module():
+    # Not grpc_reflection: `import grpc` itself imports it wherever it is installed (grpc/__init__.py).
+    code = (
+        "import sys, vae_serve.client, vae_serve.client.cli\n"
+        "bad = ('vae_serve.server', 'vae_serve.training', 'onnxruntime', 'onnx', 'prometheus_client',"
+        " 'pydantic', 'pydantic_settings', 'torch')\n"
+        "print(sorted(m for m in sys.modules if any(m == b or m.startswith(b + '.') for b in bad)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_missing_extra_ends_in_one_line_naming_it():
+    with pytest.raises(SystemExit) as exc:
+        require_extra("vae-serve", "server", ("onnxruntime", "no_such_module_here"))
+    expected = "vae-serve: error: no_such_module_here not installed; pip install 'vae-serve[server]'"
+    assert str(exc.value) == expected
+    require_extra("vae-serve", "server", SERVER_MODULES)  # the dev venv has them: no exit
+
+
+def run(*cmd: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_install_without_extras_is_a_working_client_and_nothing_of_the_server(wheel, tmp_path):
+    # The client's wheels at the dev venv's exact versions, then an install that needs no index.
+    pins = run(sys.executable, "-m", "pip", "freeze", "--exclude-editable")
+    assert pins.returncode == 0, pins.stderr
+    (tmp_path / "pins.txt").write_text(pins.stdout)
+    wheelhouse, pip = tmp_path / "wheelhouse", (sys.executable, "-m", "pip")
+    got = run(*pip, "download", "-q", "-d", wheelhouse, "-c", tmp_path / "pins.txt", wheel)
+    assert got.returncode == 0, got.stderr
+    venv = tmp_path / "client-venv"
+    made = run(sys.executable, "-m", "venv", venv)  # no system site packages
+    assert made.returncode == 0, made.stderr
+    bin_ = venv / "bin"
+    done = run(bin_ / "python", "-m", "pip", "install", "-q", "--no-index", "--find-links", wheelhouse, wheel)
+    assert done.returncode == 0, done.stderr
+
+    listed = run(bin_ / "python", "-m", "pip", "list", "--format=freeze")
+    installed = {canonical(line) for line in listed.stdout.splitlines()}
+    assert "vae-serve" in installed
+    assert not installed & SERVER_ONLY, installed & SERVER_ONLY
+    assert not installed & {"torch", "onnx", "onnxscript", "tqdm"}
+    assert run(bin_ / "python", "-c", "import onnxruntime").returncode != 0
+
+    for command, extra in (("vae-serve", "server"), ("vae-train", "train")):
+        done = run(bin_ / command, "--help")
+        assert done.returncode == 1, done.stdout + done.stderr
+        (line,) = done.stderr.splitlines()  # one line, no traceback
+        assert line.startswith(f"{command}: error: ") and line.endswith(f"pip install 'vae-serve[{extra}]'")
+
+    proc, port = start_vae_serve("--port", "0", "--metrics-port", "0")  # from the dev venv
+    try:
+        target = f"127.0.0.1:{port}"
+        done = run(bin_ / "vae-client", "--target", target, "info")
+        assert done.returncode == 0, done.stderr
+        assert "model:     fashion-vae version 1" in done.stdout and "health:    SERVING" in done.stdout
+        png = tmp_path / "samples.png"
+        done = run(bin_ / "vae-client", "--target", target, "sample", "-n", "4", "--seed", "1", "-o", png)
+        assert done.returncode == 0, done.stderr
+        assert png.read_bytes().startswith(b"\x89PNG")
+    finally:
+        proc.terminate()
+        proc.wait(30)
