@@ -69,18 +69,28 @@ def rpc_times(target: str, method: str, request: object, n: int) -> list[float]:
 
 def report(results: list[dict]) -> str:
     headers = [
-        "RPC", "batch", "ORT in-process p50 (us)", "echo p50 / p99 (us)", "vae-serve p50 / p99 (us)",
-        "vae-serve / echo (p50)", "vae-serve / (echo + ORT) (p50)",
-    ]  # fmt: skip
+        "RPC",
+        "batch",
+        "ORT in-process p50 (us)",
+        "echo p50 / p99 (us)",
+        "vae-serve p50 / p99 (us)",
+        "vae-serve / echo (p50)",
+        "vae-serve / (echo + ORT) (p50)",
+    ]
     rows = []
     for r in results:
         floor = r["echo_p50_us"] + r["ort_p50_us"]
-        rows.append([
-            r["method"], r["batch"], f"{r['ort_p50_us']:,.0f}",
-            f"{r['echo_p50_us']:,.0f} / {r['echo_p99_us']:,.0f}",
-            f"{r['serve_p50_us']:,.0f} / {r['serve_p99_us']:,.0f}",
-            f"{r['serve_p50_us'] / r['echo_p50_us']:.2f}x", f"{r['serve_p50_us'] / floor:.2f}x",
-        ])  # fmt: skip
+        rows.append(
+            [
+                r["method"],
+                r["batch"],
+                f"{r['ort_p50_us']:,.0f}",
+                f"{r['echo_p50_us']:,.0f} / {r['echo_p99_us']:,.0f}",
+                f"{r['serve_p50_us']:,.0f} / {r['serve_p99_us']:,.0f}",
+                f"{r['serve_p50_us'] / r['echo_p50_us']:.2f}x",
+                f"{r['serve_p50_us'] / floor:.2f}x",
+            ]
+        )
     return markdown_table(headers, rows)
 
 
@@ -97,10 +107,25 @@ def main() -> None:
     card = json.loads((args.model_dir / "model.json").read_text())
     dims = {"Encode": card["input_dim"], "Decode": card["latent_dim"]}
     serve_args = [
-        "-m", "vae_serve.server.cli", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-        "--model-repository", str(args.model_dir.parent.parent), "--model", args.model_dir.parent.name,
-        "--model-version", args.model_dir.name, "--device", "cpu", "--intra-op-threads", "1",
-    ]  # fmt: skip
+        "-m",
+        "vae_serve.server.cli",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--model-repository",
+        str(args.model_dir.parent.parent),
+        "--model",
+        args.model_dir.parent.name,
+        "--model-version",
+        args.model_dir.name,
+        "--device",
+        "cpu",
+        "--intra-op-threads",
+        "1",
+    ]
     echo_args = [
         str(ROOT / "bench" / "_echo.py"),
         "--input-dim",
@@ -118,14 +143,18 @@ def main() -> None:
             floor_ort = ort_times(args.model_dir, method, rows, n)
             floor_echo = rpc_times(f"127.0.0.1:{echo_port}", method, request, n)
             served = rpc_times(f"127.0.0.1:{server_port}", method, request, n)
-            rows_out.append({
-                "method": method, "batch": rows, "requests": n,
-                "ort_p50_us": statistics.median(floor_ort) * 1e6,
-                "echo_p50_us": statistics.median(floor_echo) * 1e6,
-                "echo_p99_us": percentile(floor_echo, 99) * 1e6,
-                "serve_p50_us": statistics.median(served) * 1e6,
-                "serve_p99_us": percentile(served, 99) * 1e6,
-            })  # fmt: skip
+            rows_out.append(
+                {
+                    "method": method,
+                    "batch": rows,
+                    "requests": n,
+                    "ort_p50_us": statistics.median(floor_ort) * 1e6,
+                    "echo_p50_us": statistics.median(floor_echo) * 1e6,
+                    "echo_p99_us": percentile(floor_echo, 99) * 1e6,
+                    "serve_p50_us": statistics.median(served) * 1e6,
+                    "serve_p99_us": percentile(served, 99) * 1e6,
+                }
+            )
     finally:
         for proc in (server, echo):
             proc.terminate()

@@ -58,8 +58,13 @@ def serve(device: str, *flags: str) -> tuple[subprocess.Popen, str]:
 
 def row(scenario: str, server: str, load: str, result: LoadResult, floor: LoadResult | None = None) -> dict:
     s = result.summary()
-    return {"scenario": scenario, "server": server, "load": load, **s,
-            "vs_echo": round(result.throughput / floor.throughput, 2) if floor else None}  # fmt: skip
+    return {
+        "scenario": scenario,
+        "server": server,
+        "load": load,
+        **s,
+        "vs_echo": round(result.throughput / floor.throughput, 2) if floor else None,
+    }
 
 
 class Comparison:
@@ -85,8 +90,14 @@ class Comparison:
 
     def closed_loop(self) -> None:
         for method, graph in (("Decode", "decoder.onnx"), ("Encode", "encoder.onnx")):
-            self.rows.append({"scenario": f"{method} b1", "server": "ORT in-process", "load": "1 thread",
-                              "throughput": round(ort_throughput(graph, 1), 1)})  # fmt: skip
+            self.rows.append(
+                {
+                    "scenario": f"{method} b1",
+                    "server": "ORT in-process",
+                    "load": "1 thread",
+                    "throughput": round(ort_throughput(graph, 1), 1),
+                }
+            )
             for c in CONCURRENCY:
                 floor = self.load("echo", method=method, concurrency=c)
                 self.rows.append(row(f"{method} b1", "echo", f"c={c}", floor, floor))
@@ -109,12 +120,24 @@ class Comparison:
 
     def big_batches_and_poisson(self) -> None:
         ort_rows = ort_throughput("decoder.onnx", 256) * 256
-        self.rows.append({"scenario": "Decode b256", "server": "ORT in-process", "load": "1 thread",
-                          "throughput": round(ort_rows, 1), "unit": "rows/s"})  # fmt: skip
+        self.rows.append(
+            {
+                "scenario": "Decode b256",
+                "server": "ORT in-process",
+                "load": "1 thread",
+                "throughput": round(ort_rows, 1),
+                "unit": "rows/s",
+            }
+        )
         big = self.load("batching on", method="Decode", rows=256, concurrency=2)
-        self.rows.append({**row("Decode b256", "vae-serve batching on", "c=2", big), "unit": "rows/s",
-                          "throughput": round(big.throughput * 256, 1),
-                          "vs_ort": round(big.throughput * 256 / ort_rows, 2)})  # fmt: skip
+        self.rows.append(
+            {
+                **row("Decode b256", "vae-serve batching on", "c=2", big),
+                "unit": "rows/s",
+                "throughput": round(big.throughput * 256, 1),
+                "vs_ort": round(big.throughput * 256 / ort_rows, 2),
+            }
+        )
         on = [r for r in self.rows if r["server"] == "vae-serve batching on" and r["scenario"] == "Decode b1"]
         peak = max(r["throughput"] for r in on)
         for share in (0.5, 0.9):
@@ -158,14 +181,30 @@ def _ms(value: float | None) -> str:
 
 
 def report(rows: list[dict]) -> str:
-    headers = ["scenario", "server", "load", "throughput (/s)", "p50 ms", "p95 ms", "p99 ms", "max ms",
-               "errors", "vs echo"]  # fmt: skip
+    headers = [
+        "scenario",
+        "server",
+        "load",
+        "throughput (/s)",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "vs echo",
+    ]
     table = [
-        [r["scenario"], r["server"], r["load"], f"{r['throughput']:,.0f}{' rows' if r.get('unit') else ''}",
-         *(_ms(r.get(k)) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")),
-         sum(r["errors"].values()) if "errors" in r else "", r.get("vs_echo") or r.get("vs_ort") or ""]
+        [
+            r["scenario"],
+            r["server"],
+            r["load"],
+            f"{r['throughput']:,.0f}{' rows' if r.get('unit') else ''}",
+            *(_ms(r.get(k)) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")),
+            sum(r["errors"].values()) if "errors" in r else "",
+            r.get("vs_echo") or r.get("vs_ort") or "",
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return markdown_table(headers, table) + "\n\n" + targets(rows)
 
 

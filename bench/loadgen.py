@@ -62,12 +62,15 @@ class LoadResult:
 
     def summary(self) -> dict[str, float | int | dict[str, int]]:
         return {
-            "requests": self.requests, "seconds": round(self.seconds, 3),
+            "requests": self.requests,
+            "seconds": round(self.seconds, 3),
             "throughput": round(self.throughput, 1),
-            "p50_ms": self.percentile(50) * 1e3, "p95_ms": self.percentile(95) * 1e3,
-            "p99_ms": self.percentile(99) * 1e3, "max_ms": max(self.latencies, default=0) * 1e3,
+            "p50_ms": self.percentile(50) * 1e3,
+            "p95_ms": self.percentile(95) * 1e3,
+            "p99_ms": self.percentile(99) * 1e3,
+            "max_ms": max(self.latencies, default=0) * 1e3,
             "errors": self.errors,
-        }  # fmt: skip
+        }
 
     def merge(self, other: LoadResult) -> None:
         self.requests += other.requests
@@ -174,10 +177,14 @@ def run_load(spec: LoadSpec) -> LoadResult:
     """Run the load, split over spec.processes processes, and merge what they measured."""
     if spec.processes <= 1:
         return _in_process(spec)
-    share = LoadSpec(**{
-        **asdict(spec), "processes": 1, "rate": spec.rate / spec.processes,
-        "concurrency": max(1, spec.concurrency // spec.processes),
-    })  # fmt: skip
+    share = LoadSpec(
+        **{
+            **asdict(spec),
+            "processes": 1,
+            "rate": spec.rate / spec.processes,
+            "concurrency": max(1, spec.concurrency // spec.processes),
+        }
+    )
     with multiprocessing.get_context("spawn").Pool(spec.processes) as pool:
         parts = pool.map(_in_process, [share] * spec.processes)
     total = LoadResult()
@@ -200,8 +207,17 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=1.0)
     a = parser.parse_args()
-    spec = LoadSpec(a.target, a.method, a.rows, a.concurrency, a.rate, a.duration, a.warmup, a.channels,
-                    processes=a.processes)  # fmt: skip
+    spec = LoadSpec(
+        a.target,
+        a.method,
+        a.rows,
+        a.concurrency,
+        a.rate,
+        a.duration,
+        a.warmup,
+        a.channels,
+        processes=a.processes,
+    )
     print(json.dumps(run_load(spec).summary(), indent=2))
 
 

@@ -37,8 +37,11 @@ MiB = 1 << 20
 
 # The server as `vae-serve` runs it, or with the runner's malloc_trim switched off.
 SERVE = ["-m", "vae_serve.server.cli"]
-NO_TRIM = ["-c", "import sys, vae_serve.server.runner as r; r.TRIM_AFTER_BYTES = 0; "
-           "from vae_serve.server.cli import main; sys.exit(main(sys.argv[1:]))"]  # fmt: skip
+NO_TRIM = [
+    "-c",
+    "import sys, vae_serve.server.runner as r; r.TRIM_AFTER_BYTES = 0; "
+    "from vae_serve.server.cli import main; sys.exit(main(sys.argv[1:]))",
+]
 ARENA2, MMAP1M = {"MALLOC_ARENA_MAX": "2"}, {"MALLOC_MMAP_THRESHOLD_": str(MiB)}
 # name: (how to start it, environment, extra flags, message limit in bytes (None: the default))
 VARIANTS: dict[str, tuple[list[str], dict[str, str], list[str], int | None]] = {
@@ -143,9 +146,18 @@ def measure(name: str, args: argparse.Namespace) -> list[object]:
     per_request = (peak - start) / args.concurrency
     outcome = " ".join(f"{k}:{v}" for k, v in sorted(totals.items()))
     print(f"{name}: {len(payload) / 1e6:.1f} MB x {args.concurrency}, {outcome}", file=sys.stderr)
-    return [name, f"{len(payload) / 1e6:.1f}", f"{start:.0f}", *(f"{a:.0f}" for a in after),
-            f"{peak:.0f}", f"{end:.0f}", f"{per_request:.0f}", len(trims),
-            f"{max(trims, default=0):.0f}", outcome]  # fmt: skip
+    return [
+        name,
+        f"{len(payload) / 1e6:.1f}",
+        f"{start:.0f}",
+        *(f"{a:.0f}" for a in after),
+        f"{peak:.0f}",
+        f"{end:.0f}",
+        f"{per_request:.0f}",
+        len(trims),
+        f"{max(trims, default=0):.0f}",
+        outcome,
+    ]
 
 
 def main() -> None:
@@ -161,8 +173,18 @@ def main() -> None:
     args = parser.parse_args()
     os.chdir(ROOT)
     rows = [measure(name.strip(), args) for name in args.variants.split(";")]
-    headers = ["variant", "MB/request", "start MB", *(f"burst {i + 1}" for i in range(args.bursts)),
-               "peak MB", "end MB", "MB/in-flight", "trims", "max trim ms", "replies"]  # fmt: skip
+    headers = [
+        "variant",
+        "MB/request",
+        "start MB",
+        *(f"burst {i + 1}" for i in range(args.bursts)),
+        "peak MB",
+        "end MB",
+        "MB/in-flight",
+        "trims",
+        "max trim ms",
+        "replies",
+    ]
     print(markdown_table(headers, rows))
 
 

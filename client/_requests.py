@@ -54,10 +54,18 @@ class ModelInfo:
     def from_proto(cls, info: vae_pb2.ModelInfo) -> ModelInfo:
         limits = info.limits
         return cls(
-            info.name, info.version, info.input_dim, tuple(info.image_shape), info.latent_dim,
-            info.execution_provider, dict(info.card),
-            limits.max_request_rows, limits.max_samples, limits.max_message_bytes, info.server_id,
-        )  # fmt: skip
+            info.name,
+            info.version,
+            info.input_dim,
+            tuple(info.image_shape),
+            info.latent_dim,
+            info.execution_provider,
+            dict(info.card),
+            limits.max_request_rows,
+            limits.max_samples,
+            limits.max_message_bytes,
+            info.server_id,
+        )
 
 
 def check_float32(a: object, name: str) -> np.ndarray:
@@ -147,9 +155,14 @@ def _prior_requests(
 
 
 def _posterior_requests(
-    info: ModelInfo, max_bytes: int, num_samples: int, seed: int | None,
-    mean: np.ndarray, logvar: np.ndarray, decode: bool,
-) -> Iterator[vae_pb2.SampleRequest]:  # fmt: skip
+    info: ModelInfo,
+    max_bytes: int,
+    num_samples: int,
+    seed: int | None,
+    mean: np.ndarray,
+    logvar: np.ndarray,
+    decode: bool,
+) -> Iterator[vae_pb2.SampleRequest]:
     _check_width(mean, "mean", info.latent_dim)
     _check_width(logvar, "logvar", info.latent_dim)
     if logvar.shape != mean.shape:
@@ -171,9 +184,14 @@ def _posterior_requests(
 
 
 def sample_requests(
-    info: ModelInfo, max_bytes: int, num_samples: int, seed: int | None,
-    mean: np.ndarray | None, logvar: np.ndarray | None, decode: bool,
-) -> Iterator[vae_pb2.SampleRequest]:  # fmt: skip
+    info: ModelInfo,
+    max_bytes: int,
+    num_samples: int,
+    seed: int | None,
+    mean: np.ndarray | None,
+    logvar: np.ndarray | None,
+    decode: bool,
+) -> Iterator[vae_pb2.SampleRequest]:
     """Prior draws split over K; posterior draws split over the rows of mean, and over K too
     where one row's K draws exceed a limit. Each request after the first gets a seed derived
     from `seed`, so a split call is as reproducible as one that fits; `merge_sample` reassembles

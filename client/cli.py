@@ -127,15 +127,28 @@ def _save_grid(images: np.ndarray, image_shape: tuple[int, ...], output: Path, c
 @click.option("--model-version", default="", help="Pin a loaded model version [default: the latest].")
 @click.pass_context
 def main(
-    ctx: click.Context, target: str, timeout: float, ca_file: Path | None, tls: bool,
-    cert_file: Path | None, key_file: Path | None, retries: int, model_version: str,
-) -> None:  # fmt: skip
+    ctx: click.Context,
+    target: str,
+    timeout: float,
+    ca_file: Path | None,
+    tls: bool,
+    cert_file: Path | None,
+    key_file: Path | None,
+    retries: int,
+    model_version: str,
+) -> None:
     """Encode, sample and decode with a vae-serve server; pictures are written as PNG grids."""
     with _errors():
         client = VaeClient(
-            target, timeout=timeout, root_certificates=ca_file, tls=tls, retries=retries,
-            certificate_chain=cert_file, private_key=key_file, model_version=model_version,
-        )  # fmt: skip
+            target,
+            timeout=timeout,
+            root_certificates=ca_file,
+            tls=tls,
+            retries=retries,
+            certificate_chain=cert_file,
+            private_key=key_file,
+            model_version=model_version,
+        )
     ctx.obj = ctx.with_resource(client)
 
 
@@ -189,8 +202,15 @@ def sample(ctx: click.Context, num_samples: int, seed: int | None, output: Path,
 
 
 @main.command()
-@click.option("-i", "--input", "inputs", type=click.Path(path_type=Path), multiple=True, required=True,
-              help="An IDX file, a .npy [N, D] array, or PNG/JPEG images (repeat -i).")  # fmt: skip
+@click.option(
+    "-i",
+    "--input",
+    "inputs",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    required=True,
+    help="An IDX file, a .npy [N, D] array, or PNG/JPEG images (repeat -i).",
+)
 @click.option("-o", "--output", type=_OUTPUT_FILE, default=Path("reconstructions.png"), help="PNG to write.")
 @click.option("--limit", type=click.IntRange(min=1), default=32, help="Use the first N images.")
 @click.option("--seed", type=_SEED, default=None, help="Seed of the posterior draws.")
@@ -231,8 +251,15 @@ def interpolate(ctx: click.Context, first: Path, second: Path, steps: int, outpu
 
 
 @main.command()
-@click.option("-i", "--input", "inputs", type=click.Path(path_type=Path), multiple=True, required=True,
-              help="An IDX file, a .npy [N, D] array, or PNG/JPEG images (repeat -i).")  # fmt: skip
+@click.option(
+    "-i",
+    "--input",
+    "inputs",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    required=True,
+    help="An IDX file, a .npy [N, D] array, or PNG/JPEG images (repeat -i).",
+)
 @click.option(
     "-o", "--output", type=_OUTPUT_FILE, default=Path("mean.npy"), help="Posterior means [N, L] (.npy)."
 )

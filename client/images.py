@@ -73,9 +73,16 @@ def _picture(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
                 grey = grey.resize((width, height), Image.Resampling.BILINEAR)
             return np.asarray(grey, dtype=np.float32).reshape(-1) / 255.0
     except (
-        OSError, ValueError, EOFError, SyntaxError, IndexError, TypeError, MemoryError,
-        UnidentifiedImageError, Image.DecompressionBombError,
-    ) as exc:  # fmt: skip
+        OSError,
+        ValueError,
+        EOFError,
+        SyntaxError,
+        IndexError,
+        TypeError,
+        MemoryError,
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+    ) as exc:
         raise InputFileError(f"{path}: not a readable image ({exc})") from None
 
 

@@ -180,8 +180,14 @@ class VaeServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         metrics_port = self.metrics_port or s.metrics_port  # a worker's supervisor serves them
         security = "TLS" if s.tls_cert else "plaintext"
-        log.info("serving on %s:%d (%s), metrics on http://%s:%s/metrics",
-                 s.host, self.port, security, s.metrics_host, metrics_port)  # fmt: skip
+        log.info(
+            "serving on %s:%d (%s), metrics on http://%s:%s/metrics",
+            s.host,
+            self.port,
+            security,
+            s.metrics_host,
+            metrics_port,
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING at once, finish what was received, then stop within the grace."""

@@ -25,9 +25,24 @@ METRICS_CONNECTION_S = 10.0  # the longest any one connection is kept
 
 # 50 us .. 10 s: batch-1 ORT runs sit at the bottom, big batches and queueing at the top.
 LATENCY_BUCKETS = (
-    50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
+    50e-6,
+    100e-6,
+    250e-6,
+    500e-6,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    10e-3,
+    25e-3,
+    50e-3,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
@@ -39,9 +54,12 @@ class Metrics:
         self._request_children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self._in_flight_children: dict[str, Gauge] = {}
         self.request_duration = Histogram(
-            "vae_serve_request_duration_seconds", "RPC latency in the server, by method and status code.",
-            ["method", "code"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "vae_serve_request_duration_seconds",
+            "RPC latency in the server, by method and status code.",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.requests = Counter(
             "vae_serve_requests_total",
             "RPCs answered, by method and status code.",
@@ -49,37 +67,59 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "vae_serve_requests_in_flight", "RPCs being handled now.", ["method"], registry=r,
+            "vae_serve_requests_in_flight",
+            "RPCs being handled now.",
+            ["method"],
+            registry=r,
             multiprocess_mode="livesum",
-        )  # fmt: skip
+        )
         self.compute_duration = Histogram(
-            "vae_serve_inference_duration_seconds", "ONNX Runtime run time, by graph.",
-            ["graph"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "vae_serve_inference_duration_seconds",
+            "ONNX Runtime run time, by graph.",
+            ["graph"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "vae_serve_batch_size_rows", "Rows per ONNX Runtime run, by graph.",
-            ["graph"], buckets=BATCH_BUCKETS, registry=r,
-        )  # fmt: skip
+            "vae_serve_batch_size_rows",
+            "Rows per ONNX Runtime run, by graph.",
+            ["graph"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.queue_duration = Histogram(
-            "vae_serve_queue_duration_seconds", "Time a request waited in the batcher's queue, by graph.",
-            ["graph"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "vae_serve_queue_duration_seconds",
+            "Time a request waited in the batcher's queue, by graph.",
+            ["graph"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_rows = Gauge(
-            "vae_serve_queue_rows", "Rows waiting in the batcher's queue.", ["graph"], registry=r,
+            "vae_serve_queue_rows",
+            "Rows waiting in the batcher's queue.",
+            ["graph"],
+            registry=r,
             multiprocess_mode="livesum",
-        )  # fmt: skip
+        )
         self.rejected = Counter(
-            "vae_serve_rejected_total", "Requests shed by the batcher, by graph and reason.",
-            ["graph", "reason"], registry=r,
-        )  # fmt: skip
+            "vae_serve_rejected_total",
+            "Requests shed by the batcher, by graph and reason.",
+            ["graph", "reason"],
+            registry=r,
+        )
         self.model_loads = Counter(
-            "vae_serve_model_loads_total", "New model versions found, by result (loaded, rejected).",
-            ["result"], registry=r,
-        )  # fmt: skip
+            "vae_serve_model_loads_total",
+            "New model versions found, by result (loaded, rejected).",
+            ["result"],
+            registry=r,
+        )
         self.model_info = Gauge(
-            "vae_serve_model_info", "1 for the model version being served.",
-            ["name", "version", "execution_provider"], registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
+            "vae_serve_model_info",
+            "1 for the model version being served.",
+            ["name", "version", "execution_provider"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
 
     def in_flight_for(self, method: str) -> Gauge:
         """The in-flight gauge of one RPC method (cached: looked up on every request)."""

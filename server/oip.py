@@ -94,9 +94,12 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
             return oip.ModelMetadataResponse.TensorMetadata(name=name, datatype="FP32", shape=shape)
 
         return oip.ModelMetadataResponse(
-            name=request.name, versions=self.dataplane.versions.versions, platform="onnxruntime_onnx",
-            inputs=[meta(graph.input)], outputs=[meta(tensor) for tensor in graph.outputs],
-        )  # fmt: skip
+            name=request.name,
+            versions=self.dataplane.versions.versions,
+            platform="onnxruntime_onnx",
+            inputs=[meta(graph.input)],
+            outputs=[meta(tensor) for tensor in graph.outputs],
+        )
 
     @rpc("ModelInfer", work=True)
     async def ModelInfer(

@@ -112,8 +112,12 @@ class RepositoryWatcher:
             except Exception as exc:  # whatever is wrong with a version must not stop the serving one
                 self._loads.labels("rejected").inc()
                 self.last_rejection = f"{version}: {exc}"
-                log.warning("model version %s rejected, still serving %s: %s",
-                            version, self.dataplane.versions.latest.version, exc)  # fmt: skip
+                log.warning(
+                    "model version %s rejected, still serving %s: %s",
+                    version,
+                    self.dataplane.versions.latest.version,
+                    exc,
+                )
             else:
                 self._loads.labels("loaded").inc()
                 loaded.append(version)

@@ -25,8 +25,17 @@ from vae_serve.errors import DeadlineExceeded, Overloaded
 from .metrics import Metrics
 from .runtime import Graph
 
-__all__ = ["INLINE_MAX_ROWS", "TRIM_AFTER_BYTES", "Admission", "InlineRunner", "MemoryTrimmer", "Runner",
-           "TimedGraph", "expired", "trimmer"]  # fmt: skip
+__all__ = [
+    "INLINE_MAX_ROWS",
+    "TRIM_AFTER_BYTES",
+    "Admission",
+    "InlineRunner",
+    "MemoryTrimmer",
+    "Runner",
+    "TimedGraph",
+    "expired",
+    "trimmer",
+]
 
 log = logging.getLogger(__name__)
 

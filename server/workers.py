@@ -300,8 +300,13 @@ def run_workers(settings: Settings) -> int:
             supervisor.install_signals()
             for _ in range(settings.workers):
                 supervisor.spawn(first=True)
-            log.info("supervising %d workers on %s:%d, merged metrics on :%d",
-                     settings.workers, settings.host, settings.port, http.server_address[1])  # fmt: skip
+            log.info(
+                "supervising %d workers on %s:%d, merged metrics on :%d",
+                settings.workers,
+                settings.host,
+                settings.port,
+                http.server_address[1],
+            )
             code = supervisor.supervise()
         finally:
             supervisor.close()

@@ -153,8 +153,11 @@ def test_limit_reads_the_first_records_of_plain_files_too(tmp_path, images):
 def _valid_idx(draw) -> bytes:
     rank = draw(st.integers(0, 4))
     shape = draw(st.lists(st.integers(0, 5), min_size=rank, max_size=rank))
-    code, dtype = draw(st.sampled_from([(0x08, "u1"), (0x09, "i1"), (0x0B, ">i2"), (0x0C, ">i4"),
-                                        (0x0D, ">f4"), (0x0E, ">f8")]))  # fmt: skip
+    code, dtype = draw(
+        st.sampled_from(
+            [(0x08, "u1"), (0x09, "i1"), (0x0B, ">i2"), (0x0C, ">i4"), (0x0D, ">f4"), (0x0E, ">f8")]
+        )
+    )
     payload = bytes(int(np.prod(shape)) * np.dtype(dtype).itemsize)
     return struct.pack(">BBBB", 0, 0, code, rank) + struct.pack(f">{rank}I", *shape) + payload
 

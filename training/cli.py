@@ -120,9 +120,15 @@ def _load(
 
 
 def _card(
-    evaluation: Evaluation, recipe: Recipe, model: VAE, image_shape: list[int], data_dir: Path,
-    train_images: int, test_images: int, seconds: float,
-) -> dict[str, object]:  # fmt: skip
+    evaluation: Evaluation,
+    recipe: Recipe,
+    model: VAE,
+    image_shape: list[int],
+    data_dir: Path,
+    train_images: int,
+    test_images: int,
+    seconds: float,
+) -> dict[str, object]:
     return {
         "input_dim": model.config.input_dim,
         "image_shape": image_shape,
@@ -245,18 +251,36 @@ def main(
         train_x, test_x, image_shape = _load(data_dir, limit, ctx)
         state = Checkpoint.load(resume) if resume else None
         config = state.config if state else VAEConfig(train_x.shape[1], hidden, latent_dim)
-        log.info("rank %d/%d on %s: %d train / %d test images, %s",
-                 ctx.rank, ctx.world_size, ctx.device, len(train_x), len(test_x), config)  # fmt: skip
+        log.info(
+            "rank %d/%d on %s: %d train / %d test images, %s",
+            ctx.rank,
+            ctx.world_size,
+            ctx.device,
+            len(train_x),
+            len(test_x),
+            config,
+        )
         model, seconds = train(
-            config, train_x, ctx=ctx, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-            checkpoint_path=checkpoint if ctx.is_main else None, resume=state,
-        )  # fmt: skip
+            config,
+            train_x,
+            ctx=ctx,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            checkpoint_path=checkpoint if ctx.is_main else None,
+            resume=state,
+        )
         _check_ranks_agree(model, ctx)
 
         def evaluate_and_publish() -> None:
             result = evaluate(model, test_x, iwae_k=iwae_k, seed=seed)
-            log.info("test -ELBO %.2f nats/image, IWAE(k=%d) bound on -log p(x) %.2f nats/image",
-                     result.neg_elbo, result.iwae_k, result.iwae_nll)  # fmt: skip
+            log.info(
+                "test -ELBO %.2f nats/image, IWAE(k=%d) bound on -log p(x) %.2f nats/image",
+                result.neg_elbo,
+                result.iwae_k,
+                result.iwae_nll,
+            )
             if export and target is not None:
                 card = _card(result, recipe, model, image_shape, data_dir, len(train_x), len(test_x), seconds)
                 path = write_version(model, model_repository, name, target.name, card, seed)

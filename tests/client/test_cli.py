@@ -34,8 +34,13 @@ def picture(path) -> np.ndarray:
 def test_info_and_health(vae_client):
     done = vae_client("info")
     assert done.returncode == 0, done.stderr
-    for expected in ("fashion-vae version 1", "z [N, 32]", "CPUExecutionProvider", "health:    SERVING",
-                     "test_neg_elbo_nats: 236"):  # fmt: skip
+    for expected in (
+        "fashion-vae version 1",
+        "z [N, 32]",
+        "CPUExecutionProvider",
+        "health:    SERVING",
+        "test_neg_elbo_nats: 236",
+    ):
         assert expected in done.stdout
     health = vae_client("health")
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
@@ -71,8 +76,17 @@ def test_interpolate_between_pictures(vae_client, tmp_path, fashion_mnist_dir, c
     Image.fromarray(images[0]).save(tmp_path / "a.png")  # an ankle boot
     Image.fromarray(images[1]).save(tmp_path / "b.png")  # a pullover
     out = tmp_path / "path.png"
-    done = vae_client("interpolate", "--a", str(tmp_path / "a.png"), "--b", str(tmp_path / "b.png"),
-                      "--steps", "6", "-o", str(out))  # fmt: skip
+    done = vae_client(
+        "interpolate",
+        "--a",
+        str(tmp_path / "a.png"),
+        "--b",
+        str(tmp_path / "b.png"),
+        "--steps",
+        "6",
+        "-o",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr
     grid = picture(out)
     assert grid.shape == (58 + 2, 6 * 58 + 2)
@@ -157,8 +171,17 @@ def test_reconstruct_slices_draw_independent_noise(vae_client, tmp_path, fashion
 
     one = read_idx(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz")[:1]
     np.save(tmp_path / "same.npy", np.repeat(one.reshape(1, 784) / 255.0, 600, axis=0))
-    done = vae_client("reconstruct", "-i", str(tmp_path / "same.npy"), "--limit", "600", "--seed", "3",
-                      "-o", str(tmp_path / "r.png"))  # fmt: skip
+    done = vae_client(
+        "reconstruct",
+        "-i",
+        str(tmp_path / "same.npy"),
+        "--limit",
+        "600",
+        "--seed",
+        "3",
+        "-o",
+        str(tmp_path / "r.png"),
+    )
     assert done.returncode == 0, done.stderr
     grid = picture(tmp_path / "r.png")
     tile = 58  # 56 px image + 2 px padding; pairs of (original, reconstruction), 8 pairs a row
@@ -238,15 +261,19 @@ def _outputs_over_inputs(folder: Path) -> list[tuple[list[str], str]]:
         (["encode", "-i", str(x), "-o", str(link)], f"-o {link}: is the input -i {x}"),  # a symlink to it
         (["encode", "-i", str(x), "-o", str(hard)], f"-o {hard}: is the input -i {x}"),  # a hard link
         (["encode", "-i", str(x), "--logvar-output", str(x)], f"--logvar-output {x}: is the input -i {x}"),
-        (["encode", "-i", str(x), "-o", str(z), "--logvar-output", str(folder / "." / "z.npy")],
-         f"--logvar-output {folder / '.' / 'z.npy'}: is also -o; give each output its own file"),
+        (
+            ["encode", "-i", str(x), "-o", str(z), "--logvar-output", str(folder / "." / "z.npy")],
+            f"--logvar-output {folder / '.' / 'z.npy'}: is also -o; give each output its own file",
+        ),
         (["decode", "-i", str(z), "-o", str(z)], f"-o {z}: is the input -i {z}"),
-        (["decode", "-i", str(z), "-o", str(folder / "d.npy"), "--png", str(folder / "d.npy")],
-         f"--png {folder / 'd.npy'}: is also -o"),
+        (
+            ["decode", "-i", str(z), "-o", str(folder / "d.npy"), "--png", str(folder / "d.npy")],
+            f"--png {folder / 'd.npy'}: is also -o",
+        ),
         (["decode", "-i", str(z), "--png", str(link)], f"--png {link}: is the input -i {z}"),
         (["reconstruct", "-i", str(png), "-i", str(x), "-o", str(png)], f"-o {png}: is the input -i {png}"),
         (["interpolate", "--a", str(x), "--b", str(png), "-o", str(png)], f"-o {png}: is the input --b"),
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize("case", range(10))
@@ -267,8 +294,12 @@ def test_outputs_never_overwrite_inputs_or_each_other(vae_client, tmp_path, case
 def nothing_answers(target: str, *args: str) -> str:
     """The one error line for a target that does not answer. With a 600 s deadline, a client that
     waited for the deadline would hit the subprocess timeout instead of saying so."""
-    done = subprocess.run([*CLI, "--target", target, "--timeout", "600", *args, "info"],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [*CLI, "--target", target, "--timeout", "600", *args, "info"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

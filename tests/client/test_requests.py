@@ -111,8 +111,17 @@ def test_posterior_sample_split_over_rows_and_k(limits, k, expected):
 
 def test_posterior_split_respects_the_message_limit():
     row_bytes = 4 * (32 + 784)  # one decoded draw
-    requests = list(sample_requests(INFO, 100 * row_bytes + 4096, 250, None, np.zeros((3, 32), np.float32),
-                                    np.zeros((3, 32), np.float32), decode=True))  # fmt: skip
+    requests = list(
+        sample_requests(
+            INFO,
+            100 * row_bytes + 4096,
+            250,
+            None,
+            np.zeros((3, 32), np.float32),
+            np.zeros((3, 32), np.float32),
+            decode=True,
+        )
+    )
     assert [(r.mean.shape[0], r.num_samples) for r in requests] == [(1, 100), (1, 100), (1, 50)] * 3
 
 
@@ -127,8 +136,11 @@ def test_merge_sample_reassembles_rows_and_k_in_order():
     merged_z, merged_x = merge_sample(replies, decode=True, num_samples=7)
     np.testing.assert_array_equal(merged_z, z)
     np.testing.assert_array_equal(merged_x, x)
-    prior, none = merge_sample([vae_pb2.SampleResponse(z=to_tensor(z[0, :3])), vae_pb2.SampleResponse(
-        z=to_tensor(z[0, 3:]))], decode=False, num_samples=7)  # fmt: skip
+    prior, none = merge_sample(
+        [vae_pb2.SampleResponse(z=to_tensor(z[0, :3])), vae_pb2.SampleResponse(z=to_tensor(z[0, 3:]))],
+        decode=False,
+        num_samples=7,
+    )
     np.testing.assert_array_equal(prior, z[0])
     assert none is None
 
@@ -235,8 +247,9 @@ def test_other_errors_are_not_connect_failures(err):
 
 
 def test_never_answered_retries_fail_fast_then_say_nothing_answers():
-    options = ClientOptions(target="h:1", timeout=600, retries=1000, backoff_initial=0.01, backoff_max=0.01,
-                            connect_timeout=0.05)  # fmt: skip
+    options = ClientOptions(
+        target="h:1", timeout=600, retries=1000, backoff_initial=0.01, backoff_max=0.01, connect_timeout=0.05
+    )
     attempts = Attempts(options, Link("h:1"))
     tries: list[float] = []
 

@@ -20,11 +20,21 @@ from vae_serve import require_extra
 from vae_serve.server.cli import SERVER_MODULES
 
 # Source folder -> where its modules live in the wheel.
-LAYOUT = {"vae_serve": "vae_serve", "server": "vae_serve/server", "client": "vae_serve/client",
-          "training": "vae_serve/training", "models": "vae_serve/models"}  # fmt: skip
+LAYOUT = {
+    "vae_serve": "vae_serve",
+    "server": "vae_serve/server",
+    "client": "vae_serve/client",
+    "training": "vae_serve/training",
+    "models": "vae_serve/models",
+}
 # What a client install must not hold: the server extra.
-SERVER_ONLY = {"onnxruntime", "onnxruntime-gpu", "prometheus-client", "pydantic-settings",
-               "grpcio-reflection"}  # fmt: skip
+SERVER_ONLY = {
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "prometheus-client",
+    "pydantic-settings",
+    "grpcio-reflection",
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +42,10 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("wheel")
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(folder), str(REPO_ROOT)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     (built,) = folder.glob("vae_serve-*.whl")
     return built

@@ -25,9 +25,11 @@ dims = st.one_of(st.integers(-3, 40), st.sampled_from([0, 784, 32, 2**31 - 1, 2*
 tensors = st.builds(
     vae_pb2.Tensor,
     shape=st.lists(dims, max_size=10),
-    data=st.one_of(st.binary(max_size=4096), st.lists(floats, max_size=200).map(
-        lambda xs: b"".join(struct.pack("<f", x) for x in xs))),
-)  # fmt: skip
+    data=st.one_of(
+        st.binary(max_size=4096),
+        st.lists(floats, max_size=200).map(lambda xs: b"".join(struct.pack("<f", x) for x in xs)),
+    ),
+)
 optional_tensors = st.one_of(st.none(), tensors)
 versions = st.one_of(st.just(""), st.text(max_size=5))
 
@@ -79,9 +81,12 @@ oip_inputs = st.builds(
     name=st.sampled_from(["x", "z", "", "y"]),
     datatype=st.sampled_from(["FP32", "FP64", "INT8", "BYTES", ""]),
     shape=st.lists(dims, max_size=6),
-    contents=st.builds(oip.InferTensorContents, fp32_contents=st.lists(floats, max_size=100),
-                       int_contents=st.lists(st.integers(-5, 5), max_size=3)),
-)  # fmt: skip
+    contents=st.builds(
+        oip.InferTensorContents,
+        fp32_contents=st.lists(floats, max_size=100),
+        int_contents=st.lists(st.integers(-5, 5), max_size=3),
+    ),
+)
 
 
 @FUZZ
@@ -104,13 +109,19 @@ def test_oip_model_infer(stubs, model, version, inputs, raw, outputs):
 
 @FUZZ
 @given(
-    path=st.sampled_from([
-        "/vae.v1.VAEService/Encode", "/vae.v1.VAEService/Decode", "/vae.v1.VAEService/Sample",
-        "/vae.v1.VAEService/GetModelInfo", "/inference.GRPCInferenceService/ModelInfer",
-        "/inference.GRPCInferenceService/ModelMetadata", "/inference.GRPCInferenceService/ModelReady",
-    ]),
+    path=st.sampled_from(
+        [
+            "/vae.v1.VAEService/Encode",
+            "/vae.v1.VAEService/Decode",
+            "/vae.v1.VAEService/Sample",
+            "/vae.v1.VAEService/GetModelInfo",
+            "/inference.GRPCInferenceService/ModelInfer",
+            "/inference.GRPCInferenceService/ModelMetadata",
+            "/inference.GRPCInferenceService/ModelReady",
+        ]
+    ),
     garbage=st.binary(max_size=2048),
-)  # fmt: skip
+)
 def test_garbage_bytes_on_every_path(stubs, path, garbage):
     channel, _, _ = stubs
     assert outcome(channel.unary_unary(path), garbage) not in FORBIDDEN

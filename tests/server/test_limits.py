@@ -108,9 +108,12 @@ def test_default_limits_are_valid_and_unchanged():
 
 @hsettings(max_examples=200, deadline=None)
 @given(
-    st.integers(1, 20_000), st.integers(1, 20_000), st.integers(1, 20_000), st.integers(1, 20_000),
+    st.integers(1, 20_000),
+    st.integers(1, 20_000),
+    st.integers(1, 20_000),
+    st.integers(1, 20_000),
     st.booleans(),
-)  # fmt: skip
+)
 def test_every_accepted_combination_admits_its_largest_requests(samples, rows, queue, batch, explicit):
     """Whatever start accepts, the largest Sample, request and batch fit the queue and each other."""
     args = {"max_request_rows": rows, "max_queue_rows": queue, "max_batch_size": batch}
@@ -276,8 +279,12 @@ def test_trim_asks_coalesce_and_an_ask_during_a_trim_gets_one_more():
     assert calls == [0, 0]
 
 
-REFUSALS = [(8000, 16384, 8192, None, 1), (8000, 4000, 8192, Overloaded, 1),
-            (8000, 16384, 4000, InvalidInput, 1), (1, 16384, 8192, None, 0)]  # fmt: skip
+REFUSALS = [
+    (8000, 16384, 8192, None, 1),
+    (8000, 4000, 8192, Overloaded, 1),
+    (8000, 16384, 4000, InvalidInput, 1),
+    (1, 16384, 8192, None, 0),
+]
 
 
 @pytest.mark.parametrize(("rows", "queue", "row_limit", "refusal", "trims"), REFUSALS)

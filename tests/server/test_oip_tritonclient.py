@@ -30,11 +30,14 @@ def test_health_readiness_and_metadata(running):
     assert h["live"] and h["ready"] and h["encoder_ready"] and h["decoder_ready"]
     assert h["server"]["name"] == "vae-serve"
     assert h["vae_encoder"] == {
-        "versions": ["1"], "platform": "onnxruntime_onnx",
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
         "inputs": [{"name": "x", "datatype": "FP32", "shape": ["-1", "784"]}],
-        "outputs": [{"name": "mean", "datatype": "FP32", "shape": ["-1", str(L)]},
-                    {"name": "logvar", "datatype": "FP32", "shape": ["-1", str(L)]}],
-    }  # fmt: skip
+        "outputs": [
+            {"name": "mean", "datatype": "FP32", "shape": ["-1", str(L)]},
+            {"name": "logvar", "datatype": "FP32", "shape": ["-1", str(L)]},
+        ],
+    }
     assert h["vae_decoder"]["inputs"] == [{"name": "z", "datatype": "FP32", "shape": ["-1", str(L)]}]
 
 
@@ -74,16 +77,25 @@ def test_requested_outputs_only(running):
     ("kwargs", "status", "message"),
     [
         ({"model": "vae_other", "name": "x"}, "StatusCode.NOT_FOUND", "no model 'vae_other'"),
-        ({"model": "vae_encoder", "name": "x", "version": "9"}, "StatusCode.NOT_FOUND",
-         "version '9' is not loaded"),
+        (
+            {"model": "vae_encoder", "name": "x", "version": "9"},
+            "StatusCode.NOT_FOUND",
+            "version '9' is not loaded",
+        ),
         ({"model": "vae_encoder", "name": "pixels"}, "StatusCode.INVALID_ARGUMENT", "takes one input 'x'"),
-        ({"model": "vae_encoder", "name": "x", "datatype": "FP64"}, "StatusCode.INVALID_ARGUMENT",
-         "datatype 'FP64' is not supported"),
+        (
+            {"model": "vae_encoder", "name": "x", "datatype": "FP64"},
+            "StatusCode.INVALID_ARGUMENT",
+            "datatype 'FP64' is not supported",
+        ),
         ({"model": "vae_decoder", "name": "z"}, "StatusCode.INVALID_ARGUMENT", "expected shape [N, 32]"),
-        ({"model": "vae_encoder", "name": "x", "outputs": ["z"]}, "StatusCode.INVALID_ARGUMENT",
-         "has no output 'z'"),
+        (
+            {"model": "vae_encoder", "name": "x", "outputs": ["z"]},
+            "StatusCode.INVALID_ARGUMENT",
+            "has no output 'z'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_errors_carry_the_right_status(running, kwargs, status, message):
     rows = np.full((2, 784), 0.5).tolist()
     got = triton(running, "infer", rows=rows, **kwargs)

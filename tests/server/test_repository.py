@@ -240,8 +240,14 @@ def test_external_data_in_a_node_attribute_is_refused_too(tmp_path):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
-    onnx.save(model, path / "decoder.onnx", save_as_external_data=True, location="w.bin",
-              size_threshold=0, convert_attribute=True)  # fmt: skip
+    onnx.save(
+        model,
+        path / "decoder.onnx",
+        save_as_external_data=True,
+        location="w.bin",
+        size_threshold=0,
+        convert_attribute=True,
+    )
     card = json.loads((path / "model.json").read_text())
     card["files"]["decoder.onnx"]["sha256"] = hashlib.sha256((path / "decoder.onnx").read_bytes()).hexdigest()
     (path / "model.json").write_text(json.dumps(card))

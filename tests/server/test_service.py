@@ -230,9 +230,10 @@ def scrape(url: str) -> dict:
 
 def count(families: dict, family: str, sample_name: str, **labels: str) -> float:
     return sum(
-        s.value for s in families[family].samples
+        s.value
+        for s in families[family].samples
         if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items())
-    )  # fmt: skip
+    )
 
 
 def test_metrics_parse_and_count_the_calls(stub, running):

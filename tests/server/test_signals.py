@@ -226,8 +226,10 @@ def test_a_worker_killed_as_soon_as_it_is_ready_is_replaced_even_under_sighup():
         first = children(supervisor) | {victim}
         newcomer = poll(lambda: next(iter(children(supervisor) - first), None), "a replacement worker")
         flood.add(newcomer)
-        served.wait_until(lambda _: ready_workers(served) - {victim} == children(supervisor) or None,
-                          "two workers ready besides the victim")  # fmt: skip
+        served.wait_until(
+            lambda _: ready_workers(served) - {victim} == children(supervisor) or None,
+            "two workers ready besides the victim",
+        )
         assert len(children(supervisor)) == 2 and victim not in children(supervisor)
         assert newcomer in ready_workers(served)
         assert answers(f"127.0.0.1:{port}", connections=10)
@@ -268,8 +270,17 @@ def unloadable_repository(root: Path) -> Path:
 
 def test_workers_that_cannot_start_end_the_supervisor_in_one_line(tmp_path):
     repository = unloadable_repository(tmp_path)
-    cmd = [*SERVE, "--workers", "2", "--port", str(free_port()), "--metrics-port", str(free_port()),
-           "--model-repository", str(repository)]  # fmt: skip
+    cmd = [
+        *SERVE,
+        "--workers",
+        "2",
+        "--port",
+        str(free_port()),
+        "--metrics-port",
+        str(free_port()),
+        "--model-repository",
+        str(repository),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=PATIENCE_S)
     assert done.returncode == 1, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip() and " INFO " not in line]
@@ -281,8 +292,16 @@ def test_a_replacement_that_cannot_start_is_retried_while_its_sibling_serves(tmp
     version = tmp_path / "fashion-vae" / "1"
     shutil.copytree(REPOSITORY / "fashion-vae" / "1", version)
     port, metrics_port = free_port(), free_port()
-    served = Served("--workers", "2", "--port", str(port), "--metrics-port", str(metrics_port),
-                    "--model-repository", str(tmp_path))  # fmt: skip
+    served = Served(
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+        "--model-repository",
+        str(tmp_path),
+    )
     try:
         supervisor = served.proc.pid
         served.wait_for(r"all 2 workers ready")

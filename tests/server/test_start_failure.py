@@ -38,8 +38,13 @@ def taken_port():
 
 
 def failing_start(port: int, metrics_port: int) -> VaeServer:
-    settings = Settings(model_repository=REPOSITORY, host="127.0.0.1", port=port,
-                        metrics_host="127.0.0.1", metrics_port=metrics_port)  # fmt: skip
+    settings = Settings(
+        model_repository=REPOSITORY,
+        host="127.0.0.1",
+        port=port,
+        metrics_host="127.0.0.1",
+        metrics_port=metrics_port,
+    )
     server = VaeServer(settings, Metrics())
     with pytest.raises(ModelLoadError, match=r"cannot (listen|serve metrics) on 127\.0\.0\.1:"):
         asyncio.run(server.start())

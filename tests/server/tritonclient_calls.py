@@ -18,8 +18,12 @@ from tritonclient.utils import InferenceServerException
 def health(client: triton.InferenceServerClient) -> dict:
     def meta(model: str) -> dict:
         m = client.get_model_metadata(model, as_json=True)
-        return {"versions": m["versions"], "platform": m["platform"],
-                "inputs": m["inputs"], "outputs": m["outputs"]}  # fmt: skip
+        return {
+            "versions": m["versions"],
+            "platform": m["platform"],
+            "inputs": m["inputs"],
+            "outputs": m["outputs"],
+        }
 
     return {
         "live": client.is_server_live(),
@@ -33,9 +37,14 @@ def health(client: triton.InferenceServerClient) -> dict:
 
 
 def infer(
-    client: triton.InferenceServerClient, model: str, name: str, rows: list, datatype: str = "FP32",
-    outputs: list[str] | None = None, version: str = "",
-) -> dict:  # fmt: skip
+    client: triton.InferenceServerClient,
+    model: str,
+    name: str,
+    rows: list,
+    datatype: str = "FP32",
+    outputs: list[str] | None = None,
+    version: str = "",
+) -> dict:
     """tritonclient's gRPC client always sends raw_input_contents."""
     array = np.asarray(rows, dtype=np.float32 if datatype == "FP32" else np.float64)
     tensor = triton.InferInput(name, list(array.shape), datatype)
@@ -47,9 +56,10 @@ def infer(
         return {"error": exc.status(), "message": exc.message()}
     response = result.get_response(as_json=True)
     return {
-        "id": response.get("id"), "model_version": response["model_version"],
+        "id": response.get("id"),
+        "model_version": response["model_version"],
         "outputs": {o["name"]: result.as_numpy(o["name"]).tolist() for o in response["outputs"]},
-    }  # fmt: skip
+    }
 
 
 def errors(client: triton.InferenceServerClient) -> dict:
@@ -78,9 +88,19 @@ def descriptor(_client: object) -> dict:
             "nested": {n.name: describe(n) for n in d.nested_types},
         }
 
-    names = ["ServerLiveResponse", "ServerReadyResponse", "ModelReadyRequest", "ModelReadyResponse",
-             "ServerMetadataResponse", "ModelMetadataRequest", "ModelMetadataResponse", "ModelInferRequest",
-             "ModelInferResponse", "InferParameter", "InferTensorContents"]  # fmt: skip
+    names = [
+        "ServerLiveResponse",
+        "ServerReadyResponse",
+        "ModelReadyRequest",
+        "ModelReadyResponse",
+        "ServerMetadataResponse",
+        "ModelMetadataRequest",
+        "ModelMetadataResponse",
+        "ModelInferRequest",
+        "ModelInferResponse",
+        "InferParameter",
+        "InferTensorContents",
+    ]
     return {n: describe(service_pb2.DESCRIPTOR.message_types_by_name[n]) for n in names}
 
 

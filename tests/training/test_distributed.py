@@ -76,11 +76,31 @@ def test_rank_0_failing_to_publish_stops_every_rank(fashion_mnist_dir, tmp_path,
     script = tmp_path / "train_failing_publish.py"
     script.write_text(FAILING_PUBLISH.format(error=error))
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-        "--data-dir", str(fashion_mnist_dir), "--limit", "64", "--epochs", "1", "--batch-size", "32",
-        "--hidden", "8", "--latent-dim", "2", "--iwae-k", "0", "--model-repository", str(tmp_path / "models"),
-        "--checkpoint", str(tmp_path / "last.pt"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        "--data-dir",
+        str(fashion_mnist_dir),
+        "--limit",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--hidden",
+        "8",
+        "--latent-dim",
+        "2",
+        "--iwae-k",
+        "0",
+        "--model-repository",
+        str(tmp_path / "models"),
+        "--checkpoint",
+        str(tmp_path / "last.pt"),
+    ]
     # A hang would be a timeout here; the time it takes to fail is the time to train 64 images.
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert done.returncode != 0, done.stderr[-3000:]
