@@ -4,54 +4,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import ClassVar, TypeVar
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
+from vae_serve._proto.vae.v1 import vae_pb2
 
-from ._requests import (
-    ModelInfo,
-    check_float32,
-    check_sample_args,
-    decode_requests,
-    encode_requests,
-    merge_decode,
-    merge_encode,
-    merge_sample,
-    sample_requests,
-)
-from ._transport import (
-    DEFAULT_TARGET,
-    Attempts,
-    ClientOptions,
-    Link,
-    closed_client_error,
-    open_channel,
-    pinned,
-)
+from ._base import BaseClient, SampleCall
+from ._requests import ModelInfo, merge_decode, merge_encode, merge_sample
+from ._transport import pinned
 
 __all__ = ["VaeClient"]
 
 Reply = TypeVar("Reply")
 
 
-class VaeClient:
+class VaeClient(BaseClient):
     """`VaeClient("host:50051")`; see `ClientOptions` for TLS, deadlines, retries and limits."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, **options: Any) -> None:
-        self.options = ClientOptions(target=target, **options)
-        self._channel = open_channel(self.options, aio=False)
-        self._stub = vae_pb2_grpc.VAEServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._info: ModelInfo | None = None
-        self._link = Link(self.options.target)
+    _aio: ClassVar[bool] = False
 
     def _call(self, method: Callable[..., Reply], request: object) -> Reply:
         """One request within the deadline, retried with backoff while the server is UNAVAILABLE."""
-        attempts = Attempts(self.options, self._link)
+        attempts = self._attempts()
         while True:
             try:
                 reply = method(
@@ -63,13 +40,12 @@ class VaeClient:
                 return reply
             except grpc.RpcError as err:
                 time.sleep(attempts.retry_after(err))
-            except ValueError:  # grpc's "Cannot invoke RPC on closed channel!"
-                raise closed_client_error() from None
 
     def model_info(self, refresh: bool = False) -> ModelInfo:
         if self._info is None or refresh:
-            reply = self._call(self._stub.GetModelInfo, vae_pb2.GetModelInfoRequest())
-            self._info = ModelInfo.from_proto(reply)
+            self._info = ModelInfo.from_proto(
+                self._call(self._stub.GetModelInfo, vae_pb2.GetModelInfoRequest())
+            )
         return self._info
 
     def health(self, service: str = "") -> str:
@@ -79,28 +55,30 @@ class VaeClient:
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """x [N, D] float32 in [0, 1] -> (mean, logvar), each [N, L]."""
-        x = check_float32(x, "x")  # before anything, even model_info, is sent
-        requests = encode_requests(x, self.model_info(), self.options.max_message_bytes)
-        return merge_encode([self._call(self._stub.Encode, r) for r in requests])
+        x = self._rows(x, "x")
+        return merge_encode(
+            [self._call(self._stub.Encode, r) for r in self._encode_requests(x, self.model_info())]
+        )
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """z [N, L] float32 -> x [N, D], Bernoulli means in [0, 1]."""
-        z = check_float32(z, "z")
-        requests = decode_requests(z, self.model_info(), self.options.max_message_bytes)
-        return merge_decode([self._call(self._stub.Decode, r) for r in requests])
+        z = self._rows(z, "z")
+        return merge_decode(
+            [self._call(self._stub.Decode, r) for r in self._decode_requests(z, self.model_info())]
+        )
 
     def sample(
         self,
         num_samples: int,
+        *,
         seed: int | None = None,
         mean: np.ndarray | None = None,
         logvar: np.ndarray | None = None,
         decode: bool = False,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Prior: z [K, L] (x [K, D]); posterior (mean, logvar [N, L]): z [N, K, L] (x [N, K, D])."""
-        mean, logvar = check_sample_args(num_samples, seed, mean, logvar)
-        info, limit = self.model_info(), self.options.max_message_bytes
-        requests = sample_requests(info, limit, num_samples, seed, mean, logvar, decode)
+        call = SampleCall(num_samples, seed, mean, logvar, decode)
+        requests = call.requests(self.model_info(), self.options.max_message_bytes)
         return merge_sample([self._call(self._stub.Sample, r) for r in requests], decode, num_samples)
 
     def reconstruct(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:
@@ -110,6 +88,7 @@ class VaeClient:
         return decoded[:, 0]
 
     def close(self) -> None:
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> VaeClient:

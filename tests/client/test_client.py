@@ -296,3 +296,30 @@ def test_posterior_sampling_is_split_to_the_server_limits_and_reassembled(small_
     )
     np.testing.assert_array_equal(z[:first_rows, :first_k], z_one)
     np.testing.assert_allclose(x[:first_rows, :first_k], x_one, atol=1e-6)
+
+
+def test_the_twins_have_the_same_methods_and_signatures():
+    import inspect
+
+    public = {n for n in dir(VaeClient) if not n.startswith("_")} - {"close"}
+    assert public == {n for n in dir(AsyncVaeClient) if not n.startswith("_")} - {"close"}
+    for name in public:
+        assert inspect.signature(getattr(VaeClient, name)) == inspect.signature(
+            getattr(AsyncVaeClient, name)
+        ), name
+
+
+def test_sample_takes_its_options_by_keyword_only(running):
+    with VaeClient(running.target) as client, pytest.raises(TypeError):
+        client.sample(4, 7)  # was seed=7 by position: too easy to mix up with mean or decode
+
+
+def test_a_value_error_inside_a_call_is_not_called_a_closed_client(running, monkeypatch):
+    with VaeClient(running.target) as client:
+        monkeypatch.setattr(client, "_stub", type("Stub", (), {"GetModelInfo": _raise_value_error})())
+        with pytest.raises(ValueError, match="not about closing"):
+            client.model_info()
+
+
+def _raise_value_error(*_args: object, **_kwargs: object) -> None:
+    raise ValueError("not about closing")
