@@ -4,8 +4,10 @@ The supervisor checks the port and the model once (so a mistake is one line, not
 workers, serves their merged metrics on the metrics port, forwards SIGTERM/SIGINT so each worker
 drains and SIGHUP so each looks for new versions. The kernel spreads connections over the workers
 (SO_REUSEPORT); each has its own batcher and ORT sessions. A worker also dies with its supervisor
-(PR_SET_PDEATHSIG), so a SIGKILLed supervisor leaves no orphan holding the port. This module must
-be imported before prometheus_client, which picks its multiprocess mode at import.
+(PR_SET_PDEATHSIG), so a SIGKILLed supervisor leaves no orphan holding the port.
+prometheus_client picks its multiprocess mode when it is first imported, so `run_workers` sets
+PROMETHEUS_MULTIPROC_DIR before anything imports it: nothing at this module's top level may
+import prometheus_client (or `.app`, `.metrics`), and the CLI imports this module, not the app.
 
 Each worker reports on a pipe: one byte once it listens with its signal handlers in place (ready),
 or its start-up error. The rules, by that report, never by how long a worker lived:

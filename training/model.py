@@ -41,11 +41,11 @@ class VAE(nn.Module):
     def __init__(self, config: VAEConfig = VAEConfig()) -> None:
         super().__init__()
         self.config = config
-        widths = [config.input_dim, *config.hidden]
-        self.encoder_body = _mlp(widths)
-        self.encoder_head = nn.Linear(widths[-1], 2 * config.latent_dim)
-        self.decoder_body = _mlp([config.latent_dim, *reversed(config.hidden)])
-        self.decoder_head = nn.Linear(widths[1], config.input_dim)
+        first_hidden, last_hidden = config.hidden[0], config.hidden[-1]
+        self.encoder_body = _mlp([config.input_dim, *config.hidden])
+        self.encoder_head = nn.Linear(last_hidden, 2 * config.latent_dim)
+        self.decoder_body = _mlp([config.latent_dim, *reversed(config.hidden)])  # mirrored
+        self.decoder_head = nn.Linear(first_hidden, config.input_dim)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, logvar = self.encoder_head(self.encoder_body(x)).chunk(2, dim=-1)
