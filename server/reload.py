@@ -74,6 +74,7 @@ class RepositoryWatcher:
         self._loads = metrics.model_loads
         self._tried: dict[str, tuple] = {}
         self.last_rejection = ""
+        self.scans = 0  # scans completed: what tests and operators can wait on
         self._listing_error = ""
         self.wake = asyncio.Event()
         # Versions already there at start are not candidates (the start-up choice, perhaps a pin,
@@ -141,6 +142,7 @@ class RepositoryWatcher:
                 await self.scan()
             except Exception:  # a scan must never kill the watcher: log and keep watching
                 log.exception("repository scan failed")
+            self.scans += 1
             self.wake.clear()
             if self.settings.repository_poll_s > 0:
                 with contextlib.suppress(TimeoutError):

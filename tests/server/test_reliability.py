@@ -53,6 +53,13 @@ async def hammer(
 DECODE_1 = vae_pb2.DecodeRequest(z=to_tensor(np.zeros((1, L), np.float32))).SerializeToString()
 
 
+def wait_until(condition, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def p99(latencies: list[float]) -> float:
     return float(np.percentile(latencies, 99)) if latencies else 0.0
 
@@ -97,6 +104,9 @@ def test_deadline_shorter_than_queue_time_is_dropped_not_computed():
     def computed() -> float:
         return registry.get_sample_value("vae_serve_batch_size_rows_count", {"graph": "decoder"}) or 0.0
 
+    def queued() -> float:
+        return registry.get_sample_value("vae_serve_queue_rows", {"graph": "decoder"}) or 0.0
+
     try:
         with grpc.insecure_channel(server.target) as channel:
             stub = vae_pb2_grpc.VAEServiceStub(channel)
@@ -104,7 +114,8 @@ def test_deadline_shorter_than_queue_time_is_dropped_not_computed():
             with pytest.raises(grpc.RpcError) as caught:
                 stub.Decode(vae_pb2.DecodeRequest.FromString(DECODE_1), timeout=0.1)
             assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-            time.sleep(0.6)  # past the 400 ms the batch would have waited
+            assert queued() == 1  # its caller gave up; it still waits for the 400 ms batch
+            wait_until(lambda: queued() == 0)  # the batcher took it from the queue
             assert computed() == before  # the expired request never reached ONNX Runtime
             reply = stub.Decode(vae_pb2.DecodeRequest.FromString(DECODE_1), timeout=5)
             assert reply.x.shape == [1, 784] and computed() == before + 1

@@ -130,7 +130,8 @@ def test_versions_present_at_start_do_not_override_a_pinned_start(repo):
     publish(repo, "2", tweak=shift_last_bias)
     server = RunningServer(model_repository=repo, model_version="1", repository_poll_s=0.05)
     try:
-        time.sleep(0.5)  # several polls
+        scans = server.server.watcher.scans
+        wait_for(lambda: server.server.watcher.scans >= scans + 3)  # several polls saw version 2
         assert server.server.dataplane.versions.versions == ["1"]
         publish(repo, "3", tweak=shift_last_bias)  # a version that appears later does load
         wait_for(lambda: server.server.dataplane.versions.versions[-1] == "3")
@@ -160,7 +161,8 @@ def test_reload_under_load_fails_nothing_and_each_answer_matches_its_version(rep
         wait_for(lambda: len(answers) > 50)
         publish(repo, "2", tweak=shift_last_bias)
         wait_for(lambda: any(v == "2" for v, _ in answers[-20:]))
-        time.sleep(0.3)
+        served = len(answers)
+        wait_for(lambda: len(answers) > served + 50)  # and keeps serving on it
     finally:
         stop.set()
         for t in threads:
