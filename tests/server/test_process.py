@@ -207,7 +207,10 @@ def test_sigterm_under_steady_load_fails_no_admitted_call():
     try:
         for t in callers:
             t.start()
-        time.sleep(1.0)
+        deadline = time.monotonic() + 30
+        while outcomes.get("OK", 0) < 200:  # steady load is under way
+            assert time.monotonic() < deadline, outcomes
+            time.sleep(0.01)
         began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
