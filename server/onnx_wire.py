@@ -9,6 +9,8 @@ functions, training info, sparse tensors), skipping everything else unread, and 
 
 from __future__ import annotations
 
+from .wire import read_varint
+
 __all__ = ["MalformedProtobuf", "has_external_data"]
 
 MAX_DEPTH = 64  # nested graphs (If/Loop bodies); deeper is hostile, not a model
@@ -33,16 +35,7 @@ class MalformedProtobuf(ValueError):
 
 
 def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise MalformedProtobuf(f"bad varint at byte {pos}")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
+    return read_varint(buf, pos, end, MalformedProtobuf)
 
 
 def has_external_data(buf: bytes) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-__all__ = ["PRESCAN_BYTES", "WireLimitError", "check_wire"]
+__all__ = ["PRESCAN_BYTES", "WireLimitError", "check_wire", "read_varint"]
 
 PRESCAN_BYTES = 64 * 1024  # below this, any message parses in about a millisecond
 MAX_FIELDS = 4096  # field occurrences in the whole message, nested ones included
@@ -43,7 +43,10 @@ class _Budget:
         self.varint_bytes = MAX_VARINT_BYTES
 
 
-def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
+def read_varint(
+    data: bytes | memoryview, pos: int, end: int, error: type[ValueError] = WireLimitError
+) -> tuple[int, int]:
+    """The varint at `pos` and the position after it; `error` if it is truncated or over 64 bits."""
     value, shift = 0, 0
     while pos < end and shift < 64:
         byte = data[pos]
@@ -52,7 +55,7 @@ def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
         if byte < 0x80:
             return value, pos
         shift += 7
-    raise WireLimitError("truncated or overlong varint")
+    raise error(f"truncated or overlong varint at byte {pos}")
 
 
 def _walk(
@@ -65,16 +68,16 @@ def _walk(
         budget.fields -= 1
         if budget.fields < 0:
             raise WireLimitError(f"more than {MAX_FIELDS} fields or repeated entries")
-        tag, pos = _varint(data, pos, end)
+        tag, pos = read_varint(data, pos, end)
         wire_type, field = tag & 7, fields.get(tag >> 3)
         if wire_type == 0:
-            _, pos = _varint(data, pos, end)
+            _, pos = read_varint(data, pos, end)
         elif wire_type == 1:
             pos += 8
         elif wire_type == 5:
             pos += 4
         elif wire_type == 2:
-            length, pos = _varint(data, pos, end)
+            length, pos = read_varint(data, pos, end)
             if pos + length > end:
                 raise WireLimitError("a field runs past the end of its message")
             if field is not None and field.type == FieldDescriptor.TYPE_MESSAGE:
