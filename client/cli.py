@@ -29,6 +29,15 @@ T = TypeVar("T")
 _PROGRESS_ROWS = 512  # rows per step of the progress bar on long runs
 _OUTPUT_FILE = click.Path(path_type=Path, dir_okay=False)
 _SEED = click.IntRange(0, 2**64 - 1)
+_IMAGE_INPUTS = click.option(
+    "-i",
+    "--input",
+    "inputs",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    required=True,
+    help="An IDX file, a .npy [N, D] array, or PNG/JPEG images (repeat -i).",
+)
 
 
 @contextmanager
@@ -202,15 +211,7 @@ def sample(ctx: click.Context, num_samples: int, seed: int | None, output: Path,
 
 
 @main.command()
-@click.option(
-    "-i",
-    "--input",
-    "inputs",
-    type=click.Path(path_type=Path),
-    multiple=True,
-    required=True,
-    help="An IDX file, a .npy [N, D] array, or PNG/JPEG images (repeat -i).",
-)
+@_IMAGE_INPUTS
 @click.option("-o", "--output", type=_OUTPUT_FILE, default=Path("reconstructions.png"), help="PNG to write.")
 @click.option("--limit", type=click.IntRange(min=1), default=32, help="Use the first N images.")
 @click.option("--seed", type=_SEED, default=None, help="Seed of the posterior draws.")
@@ -251,15 +252,7 @@ def interpolate(ctx: click.Context, first: Path, second: Path, steps: int, outpu
 
 
 @main.command()
-@click.option(
-    "-i",
-    "--input",
-    "inputs",
-    type=click.Path(path_type=Path),
-    multiple=True,
-    required=True,
-    help="An IDX file, a .npy [N, D] array, or PNG/JPEG images (repeat -i).",
-)
+@_IMAGE_INPUTS
 @click.option(
     "-o", "--output", type=_OUTPUT_FILE, default=Path("mean.npy"), help="Posterior means [N, L] (.npy)."
 )
