@@ -5,8 +5,10 @@
 then the environment, then `--config` / `VAE_CONFIG`, then the defaults. Each setting (type,
 bounds, default, help) is stated once, in the group it belongs to; `Settings` inherits every
 group, checks how they fit together, and hands each component its group (`settings.batching`,
-`settings.limits`, ...), frozen. The entry point builds it once and passes it down; nothing else
-reads the environment (OpenTelemetry's own `OTEL_*` variables are its business, not restated).
+`settings.limits`, ...), frozen. The entry point builds it once and passes it down: nothing else
+in the server reads a setting from the environment. (The only variable it touches is one it
+sets, PROMETHEUS_MULTIPROC_DIR, for prometheus_client in workers.py; OpenTelemetry's own `OTEL_*`
+variables are its business and are not restated here.)
 """
 
 from __future__ import annotations
