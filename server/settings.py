@@ -14,6 +14,7 @@ variables are its business and are not restated here.)
 from __future__ import annotations
 
 import inspect
+import re
 import ssl
 import tomllib
 from pathlib import Path
@@ -336,7 +337,8 @@ class Settings(
 class ConfigFileSource(PydanticBaseSettingsSource):
     """The TOML file named by `--config` or `VAE_CONFIG` (the sources before this one: its path is
     known by the time it runs). Every key must be a setting and every value valid for it, checked
-    here so that the one-line error names the file and the key, not a flag the operator never gave."""
+    here so that the one-line error names the file and the key, not a flag the operator never gave.
+    TOML, read by the standard library (tomllib): YAML would add PyYAML to the server's dependencies."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # unused: __call__ reads the whole file at once
@@ -361,14 +363,24 @@ class ConfigFileSource(PydanticBaseSettingsSource):
         for key, value in data.items():
             if key == "config" or key not in fields:
                 hint = f" (did you mean {key.replace('-', '_')}?)" if key.replace("-", "_") in fields else ""
-                raise SettingsError(f"{path}: {key}: not a setting{hint}")
+                raise SettingsError(f"{path}: {_shown(key)}: not a setting{hint}")
             field = fields[key]
             try:
                 TypeAdapter(Annotated[field.annotation, field]).validate_python(value)
             except ValidationError as exc:
                 message = exc.errors()[0]["msg"].removeprefix("Value error, ")
-                raise SettingsError(f"{path}: {key}: {message} (got {value!r})") from None
+                raise SettingsError(f"{path}: {key}: {message} (got {_shown(value, plain=False)})") from None
         return data
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _shown(value: object, plain: bool = True, limit: int = 80) -> str:
+    """A key (`plain`: as is when it is a plain name) or a value from the file as an error shows
+    it: on one line (TOML keys may hold newlines), and short."""
+    text = value if plain and isinstance(value, str) and _PLAIN.fullmatch(value) else repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def parse_args(args: list[str]) -> Settings:

@@ -298,3 +298,23 @@ def test_retire_after_s_is_its_own_setting():
     assert Settings(model_repository=REPOSITORY).retire_after_s == 10.0
     with pytest.raises(ValidationError):
         Settings(retire_after_s=-1)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('"a\\nb" = 1\n', "'a\\nb': not a setting"),  # a quoted key may hold a newline: still one line
+        (f'device = "{"m" * 5000}"\n', "(got 'mmmm"),  # a huge value is cut short
+        (f'"{"k" * 5000}" = 1\n', "kkkk...: not a setting"),
+    ],
+)
+def test_hostile_config_keys_and_values_stay_one_short_line(tmp_path, text, shown):
+    config = tmp_path / "vae.toml"
+    config.write_text(text)
+    try:
+        parse("--config", str(config))
+    except (ValidationError, SettingsError) as exc:
+        line = describe_error(exc)
+    else:
+        pytest.fail("accepted")
+    assert shown in line and "\n" not in line and len(line) < 200 + len(str(config))
