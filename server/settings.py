@@ -218,6 +218,7 @@ class Settings(
         cli_exit_on_error=False,
         cli_hide_none_type=True,
         cli_avoid_json=True,
+        cli_show_env_vars=True,
         extra="forbid",
         frozen=False,
     )

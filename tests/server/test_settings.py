@@ -197,6 +197,12 @@ def test_help_reads_well(capsys):
     for flag in ("--retire-after-s", "--config", "--version", "--max-batch-size", "--no-reflection"):
         assert flag in text
     assert "\n    from ONNX" not in text  # the description is dedented
+    for variable in (
+        "VAE_RETIRE_AFTER_S",
+        "VAE_CONFIG",
+        "VAE_MAX_BATCH_SIZE",
+    ):  # each flag names its variable
+        assert variable in text
 
 
 # Each setting stated once: in one group, which the components take.
