@@ -26,7 +26,7 @@ from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip_pb2
 from vae_serve._proto.vae.v1 import vae_pb2
 from vae_serve.errors import ModelLoadError
 
-from .dataplane import DataPlane, Limits
+from .dataplane import DataPlane
 from .drain import drain
 from .health import HealthServicer
 from .metrics import Metrics, serve_metrics
@@ -52,34 +52,21 @@ class VaeServer:
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None, worker: bool = False) -> None:
         self.settings = settings
+        self.network, self.tls, self.repository = settings.network, settings.tls, settings.repository
         self.worker = worker
         self.metrics = metrics or Metrics()
-        self.dataplane = DataPlane(
-            Limits(
-                max_batch_size=settings.max_batch_size,
-                max_queue_delay_us=settings.max_queue_delay_us,
-                max_queue_rows=settings.max_queue_rows,
-                delay_policy=settings.queue_delay_policy,
-                max_request_rows=settings.max_request_rows,
-                max_samples=settings.max_samples,
-                max_message_bytes=settings.max_message_bytes,
-                max_concurrent_rpcs=settings.max_concurrent_rpcs,
-            ),
-            self.metrics,
-            keep_versions=settings.keep_versions,
-            retire_after_s=settings.drain_grace_s,
-        )
+        self.dataplane = DataPlane(settings.batching, settings.limits, self.repository, self.metrics)
         self.health = HealthServicer()
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._receive: ReceiveTimeout | None = None
         self._metrics_http: WSGIServer | None = None
-        self.watcher = RepositoryWatcher(settings, self.dataplane, self.metrics)
+        self.watcher = RepositoryWatcher(self.repository, self.dataplane, self.metrics)
         self._watching: asyncio.Task[None] | None = None
 
     def load(self) -> None:
-        s = self.settings
+        s = self.repository
         version = resolve(s.model_repository, s.model, s.model_version)
         model = load_model(version, s.device, s.intra_op_threads)
         self.dataplane.serve(model)
@@ -92,7 +79,7 @@ class VaeServer:
         )
 
     def _credentials(self) -> grpc.ServerCredentials | None:
-        s = self.settings
+        s = self.tls
         if s.tls_cert is None or s.tls_key is None:
             return None
         return grpc.ssl_server_credentials(
@@ -103,15 +90,15 @@ class VaeServer:
 
     def _build_server(self) -> grpc.aio.Server:
         """A gRPC server with every service registered, not yet listening."""
-        s = self.settings
+        s, message_bytes = self.network, self.dataplane.limits.max_message_bytes
         ms = 1000
         server = grpc.aio.server(
             # No `maximum_concurrent_rpcs`: gRPC would count every call, health checks and calls
             # still waiting for their message included; Activity admits data-plane work instead.
             options=[
                 ("grpc.max_concurrent_streams", s.max_concurrent_streams),
-                ("grpc.max_receive_message_length", s.max_message_bytes),
-                ("grpc.max_send_message_length", s.max_message_bytes),
+                ("grpc.max_receive_message_length", message_bytes),
+                ("grpc.max_send_message_length", message_bytes),
                 # What one client can hold: connections are pinged, closed when idle or dead, and
                 # asked to reconnect when old, so no stream or slot is held forever.
                 ("grpc.keepalive_time_ms", int(s.keepalive_time_s * ms)),
@@ -143,9 +130,9 @@ class VaeServer:
         return server
 
     def _listen(self, server: grpc.aio.Server) -> int:
-        address = f"{self.settings.host}:{self.settings.port}"
+        address = f"{self.network.host}:{self.network.port}"
         if not self.worker:
-            check_port_free(self.settings.host, self.settings.port)
+            check_port_free(self.network.host, self.network.port)
         credentials = self._credentials()
         try:
             if credentials is None:
@@ -162,7 +149,7 @@ class VaeServer:
         holds no port and leaves no thread behind."""
         if not self.dataplane.loaded:
             self.load()
-        s = self.settings
+        s = self.network
         if not self.worker:
             self._metrics_http = serve_metrics(self.metrics.registry, s.metrics_host, s.metrics_port)
             self.metrics_port = self._metrics_http.server_address[1]
@@ -179,7 +166,7 @@ class VaeServer:
         for service in ("", VAE_SERVICE, OIP_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         metrics_port = self.metrics_port or s.metrics_port  # a worker's supervisor serves them
-        security = "TLS" if s.tls_cert else "plaintext"
+        security = "TLS" if self.tls.tls_cert else "plaintext"
         log.info(
             "serving on %s:%d (%s), metrics on http://%s:%s/metrics",
             s.host,
@@ -191,7 +178,7 @@ class VaeServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING at once, finish what was received, then stop within the grace."""
-        grace = self.settings.drain_grace_s if grace is None else grace
+        grace = self.network.drain_grace_s if grace is None else grace
         self.dataplane.draining = True  # readiness (OIP ServerReady) false at once, like health
         await self.health.enter_graceful_shutdown()
         if self._server is not None:

@@ -27,7 +27,6 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
@@ -35,12 +34,11 @@ from vae_serve.errors import DeadlineExceeded, Draining
 
 from .metrics import Metrics
 from .runner import INLINE_MAX_ROWS, Admission, TimedGraph, expired
+from .settings import BatchingSettings
 
-__all__ = ["BatchingRunner", "DelayPolicy"]
+__all__ = ["BatchingRunner"]
 
 log = logging.getLogger(__name__)
-
-DelayPolicy = Literal["adaptive", "fixed"]
 
 
 @dataclass
@@ -56,17 +54,15 @@ class BatchingRunner:
         self,
         graph: TimedGraph,
         metrics: Metrics,
-        max_batch_size: int,
-        max_queue_delay_us: int,
-        max_queue_rows: int,
-        delay_policy: DelayPolicy = "adaptive",
+        settings: BatchingSettings,
     ) -> None:
         self.graph = graph
-        self.max_batch_size = max_batch_size
-        self.max_queue_delay = max_queue_delay_us / 1e6
-        self.delay_policy = delay_policy
+        self.max_batch_size = settings.max_batch_size
+        self.max_queue_delay = settings.max_queue_delay_us / 1e6
+        self.delay_policy = settings.queue_delay_policy
         self._queue: deque[_Pending] = deque()
-        self.admission = Admission(graph.label, metrics, max_queue_rows)  # rows waiting or computing alone
+        # Rows waiting, or computing alone.
+        self.admission = Admission(graph.label, metrics, settings.max_queue_rows)
         self._running: list[_Pending] = []  # the batch in ORT now
         self._arrived: asyncio.Event | None = None  # made on first use, on the serving loop
         self._full: asyncio.Event | None = None

@@ -24,14 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     import asyncio
     import logging
 
-    from pydantic_settings import CliApp
-
     from vae_serve.errors import ModelLoadError, ServingError
 
-    from .settings import Settings, SettingsError, ValidationError, describe_error
+    from .settings import SettingsError, ValidationError, describe_error, parse_args
 
     try:
-        settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv)
+        settings = parse_args(sys.argv[1:] if argv is None else argv)
     except (ValidationError, SettingsError) as exc:
         print(f"vae-serve: error: {describe_error(exc)}", file=sys.stderr)
         return 2

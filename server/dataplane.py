@@ -8,22 +8,21 @@ mixes versions within a request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from vae_serve.errors import Draining, InvalidInput, ModelLoadError, TooLarge
 
-from .batching import BatchingRunner, DelayPolicy
+from .batching import BatchingRunner
 from .drain import Activity
 from .metrics import Metrics
 from .model import LoadedModel
 from .runner import InlineRunner, Runner, TimedGraph, trimmer
 from .runtime import Graph
+from .settings import BatchingSettings, LimitSettings, RepositorySettings
 from .validation import check_finite, check_matrix, check_unit_interval
 from .versions import ServedModel, ServedVersions
 
-__all__ = ["DataPlane", "Limits", "ServedModel", "message_floor"]
+__all__ = ["DataPlane", "ServedModel", "message_floor"]
 
 
 # Protobuf framing of one Tensor beyond its float bytes: tags, length prefixes, shape varints.
@@ -33,40 +32,29 @@ _TENSOR_OVERHEAD = 64
 _REPLY_OVERHEAD = 2048
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_batch_size: int = 64  # 1: no batching
-    max_queue_delay_us: int = 2000
-    delay_policy: DelayPolicy = "adaptive"
-    max_queue_rows: int = 16384
-    max_request_rows: int = 8192
-    max_samples: int = 4096
-    max_message_bytes: int = 32 * 1024 * 1024
-    max_concurrent_rpcs: int = 2048
-
-
 class DataPlane:
+    """Takes its settings as the groups `Settings` hands out (`settings.batching`, ...): their
+    defaults and bounds are stated there, once."""
+
     def __init__(
-        self, limits: Limits, metrics: Metrics, keep_versions: int = 2, retire_after_s: float = 10.0
+        self,
+        batching: BatchingSettings,
+        limits: LimitSettings,
+        repository: RepositorySettings,
+        metrics: Metrics,
     ) -> None:
+        self.batching = batching
         self.limits = limits
         self.metrics = metrics
-        self.versions = ServedVersions(keep_versions, retire_after_s)
+        self.versions = ServedVersions(repository)
         self.activity = Activity(limits.max_concurrent_rpcs)
         self.draining = False  # set when shutdown starts; calls are refused later (see drain.py)
 
     def _runner(self, graph: Graph, label: str) -> Runner:
-        timed, lim = TimedGraph(graph, label, self.metrics), self.limits
-        if lim.max_batch_size == 1:
-            return InlineRunner(timed, self.metrics, lim.max_queue_rows)
-        return BatchingRunner(
-            timed,
-            self.metrics,
-            lim.max_batch_size,
-            lim.max_queue_delay_us,
-            lim.max_queue_rows,
-            lim.delay_policy,
-        )
+        timed = TimedGraph(graph, label, self.metrics)
+        if self.batching.max_batch_size == 1:
+            return InlineRunner(timed, self.metrics, self.batching)
+        return BatchingRunner(timed, self.metrics, self.batching)
 
     def serve(self, model: LoadedModel) -> None:
         """Serve `model` too; the highest version answers requests that pin none. Requests in

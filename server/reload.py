@@ -28,7 +28,7 @@ from .dataplane import DataPlane
 from .metrics import Metrics
 from .model import LoadedModel, load_model
 from .repository import MAX_ENTRIES, list_versions, resolve
-from .settings import Settings
+from .settings import RepositorySettings
 
 __all__ = ["RepositoryWatcher"]
 
@@ -68,7 +68,7 @@ def _check_compatible(new: LoadedModel, served: LoadedModel) -> None:
 
 
 class RepositoryWatcher:
-    def __init__(self, settings: Settings, dataplane: DataPlane, metrics: Metrics) -> None:
+    def __init__(self, settings: RepositorySettings, dataplane: DataPlane, metrics: Metrics) -> None:
         self.settings = settings
         self.dataplane = dataplane
         self._loads = metrics.model_loads

@@ -24,6 +24,7 @@ from vae_serve.errors import DeadlineExceeded, Overloaded
 
 from .metrics import Metrics
 from .runtime import Graph
+from .settings import BatchingSettings
 
 __all__ = [
     "INLINE_MAX_ROWS",
@@ -184,9 +185,9 @@ class InlineRunner:
     """No batching, but the same queue bound as the batcher: rows computing now or waiting for the
     worker thread count against `max_queue_rows`."""
 
-    def __init__(self, graph: TimedGraph, metrics: Metrics, max_queue_rows: int) -> None:
+    def __init__(self, graph: TimedGraph, metrics: Metrics, settings: BatchingSettings) -> None:
         self.graph = graph
-        self.admission = Admission(graph.label, metrics, max_queue_rows)
+        self.admission = Admission(graph.label, metrics, settings.max_queue_rows)
 
     async def run(self, x: np.ndarray, deadline: float | None = None) -> list[np.ndarray]:
         self.admission.admit(len(x), deadline)

@@ -1,36 +1,70 @@
-"""Every setting of `vae-serve`, from flags or `VAE_*` environment variables, validated at start.
+"""Every setting of `vae-serve`: flags, `VAE_*` environment variables, a TOML config file, defaults.
 
-Built once by the entry point and passed down; nothing else reads the environment.
+`Settings` is the one parsing surface, flat, so every flag and variable keeps its plain name
+(`--max-batch-size`, `VAE_MAX_BATCH_SIZE`, `max_batch_size = 32` in the file). Precedence: flags,
+then the environment, then `--config` / `VAE_CONFIG`, then the defaults. Each setting (type,
+bounds, default, help) is stated once, in the group it belongs to; `Settings` inherits every
+group, checks how they fit together, and hands each component its group (`settings.batching`,
+`settings.limits`, ...), frozen. The entry point builds it once and passes it down: nothing else
+in the server reads a setting from the environment. (The only variable it touches is one it
+sets, PROMETHEUS_MULTIPROC_DIR, for prometheus_client in workers.py; OpenTelemetry's own `OTEL_*`
+variables are its business and are not restated here.)
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 import ssl
+import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    CliApp,
+    CliSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
-from vae_serve import DEFAULT_REPOSITORY
+from vae_serve import DEFAULT_REPOSITORY, __version__
 
-__all__ = ["MIN_MESSAGE_BYTES", "Settings", "SettingsError", "ValidationError", "describe_error"]
+__all__ = [
+    "MIN_MESSAGE_BYTES",
+    "BatchingSettings",
+    "LimitSettings",
+    "NetworkSettings",
+    "RepositorySettings",
+    "Settings",
+    "SettingsError",
+    "TLSSettings",
+    "ValidationError",
+    "describe_error",
+    "parse_args",
+]
 
 # The API's own messages need this much whatever the model: GetModelInfo's reply carries the
 # model card (a few KB), and one row of the default model is 784 floats (3136 bytes) plus framing.
 # The client refuses a smaller limit too. A model that needs more is refused when it loads.
 MIN_MESSAGE_BYTES = 64 * 1024
+# A config file is a few dozen lines; a bigger one (or a FIFO, a device) is a mistake, not read.
+MAX_CONFIG_BYTES = 1 << 20
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="VAE_",
-        cli_prog_name="vae-serve",
-        cli_kebab_case=True,
-        cli_implicit_flags=True,
-        cli_exit_on_error=False,
-        extra="forbid",
-    )
+class _Group(BaseModel):
+    """A group of settings as one component takes it: frozen, and built from a checked `Settings`
+    (`settings.batching`, ...) so that settings spanning groups were checked together."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NetworkSettings(_Group):
+    """How the server listens and treats connections: the gRPC and metrics endpoints, its
+    processes, and the drain on SIGTERM."""
 
     host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port).")
@@ -38,61 +72,13 @@ class Settings(BaseSettings):
         8002, ge=0, le=65535, description="Prometheus /metrics port (0: any free port)."
     )
     metrics_host: str = Field("0.0.0.0", description="Address the metrics endpoint binds.")
-    model_repository: Path = Field(DEFAULT_REPOSITORY, description="Root of <name>/<version>/ directories.")
-    model: str = Field("fashion-vae", min_length=1, description="Model name in the repository.")
-    model_version: str | None = Field(
-        None,
-        description="Version to serve at start (default: the highest); newer ones found later still load.",
-    )
-    repository_poll_s: float = Field(
-        2.0, ge=0, description="How often to look for new versions in the repository (0: never; SIGHUP: now)."
-    )
-    keep_versions: int = Field(
-        2, ge=1, le=16, description="Versions kept loaded for requests that pin one (the latest included)."
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto: CUDA when it really loads, else CPU; cuda: refuse to start without it."
-    )
-    intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads per graph run (0: ORT decides).")
-    max_batch_size: int = Field(
-        64, ge=1, description="Most rows merged into one ORT run (1: no batching; larger requests run alone)."
-    )
-    max_queue_delay_us: int = Field(
-        2000,
-        ge=0,
-        le=1_000_000,
-        description="Most a partial batch waits for as many requests as the last one merged (0: never wait).",
-    )
-    max_queue_rows: int = Field(
-        16384,
+    workers: int = Field(
+        1,
         ge=1,
-        description="Rows that may wait per graph; beyond, requests get RESOURCE_EXHAUSTED at once.",
+        le=64,
+        description="Serving processes sharing the port (SO_REUSEPORT), each with its own batcher.",
     )
-    queue_delay_policy: Literal["adaptive", "fixed"] = Field(
-        "adaptive",
-        description="adaptive: a partial batch waits only for as many requests as the last one merged; "
-        "fixed: it always waits until full or --max-queue-delay-us.",
-    )
-    max_request_rows: int = Field(
-        8192, ge=1, description="Most rows a request may carry (N, or N*K for posterior samples)."
-    )
-    max_samples: int = Field(
-        4096,
-        ge=1,
-        description="Most samples K one Sample request may ask for (default: 4096, or "
-        "--max-request-rows if lower).",
-    )
-    max_message_bytes: int = Field(
-        32 * 1024 * 1024,  # a full 8192-row Encode (25.7 MB) fits; each byte costs the loop and ~4x in memory
-        le=2**31 - 1,
-        description=f"Largest gRPC message received or sent, in bytes (at least {MIN_MESSAGE_BYTES}).",
-    )
-    max_concurrent_rpcs: int = Field(
-        2048,
-        ge=1,
-        description="Data-plane requests (Encode, Decode, Sample, ModelInfer) handled at once; beyond, "
-        "RESOURCE_EXHAUSTED at once. Health, reflection and model info never count.",
-    )
+    reflection: bool = Field(True, description="Serve gRPC server reflection (switch off in production).")
     max_concurrent_streams: int = Field(
         512, ge=1, le=65535, description="Concurrent calls one client connection (HTTP/2) may carry."
     )
@@ -121,22 +107,164 @@ class Settings(BaseSettings):
         description="Ping an idle client connection this often; one that does not answer within "
         "20 s is closed, freeing what it held.",
     )
-    reflection: bool = Field(True, description="Serve gRPC server reflection (switch off in production).")
-    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS (with --tls-key).")
-    tls_key: Path | None = Field(None, description="PEM private key for --tls-cert.")
-    tls_client_ca: Path | None = Field(None, description="PEM CA bundle: require client certificates (mTLS).")
     drain_grace_s: float = Field(
         10.0,
         ge=0,
         description="Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled.",
     )
-    workers: int = Field(
-        1,
+
+
+class TLSSettings(_Group):
+    """TLS for the gRPC port: off unless a certificate and key are given; mutual with a client CA."""
+
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS (with --tls-key).")
+    tls_key: Path | None = Field(None, description="PEM private key for --tls-cert.")
+    tls_client_ca: Path | None = Field(None, description="PEM CA bundle: require client certificates (mTLS).")
+
+
+class RepositorySettings(_Group):
+    """Which model is served from where, on what device, and how its versions come and go."""
+
+    model_repository: Path = Field(DEFAULT_REPOSITORY, description="Root of <name>/<version>/ directories.")
+    model: str = Field("fashion-vae", min_length=1, description="Model name in the repository.")
+    model_version: str | None = Field(
+        None,
+        description="Version to serve at start (default: the highest); newer ones found later still load.",
+    )
+    repository_poll_s: float = Field(
+        2.0, ge=0, description="How often to look for new versions in the repository (0: never; SIGHUP: now)."
+    )
+    keep_versions: int = Field(
+        2, ge=1, le=16, description="Versions kept loaded for requests that pin one (the latest included)."
+    )
+    retire_after_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Seconds a replaced model version stays loaded for the requests in flight on it "
+        "(then it is closed).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when it really loads, else CPU; cuda: refuse to start without it."
+    )
+    intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads per graph run (0: ORT decides).")
+
+
+class BatchingSettings(_Group):
+    """How requests to one graph are queued and merged into ONNX Runtime runs (batching.py, runner.py)."""
+
+    max_batch_size: int = Field(
+        64, ge=1, description="Most rows merged into one ORT run (1: no batching; larger requests run alone)."
+    )
+    max_queue_delay_us: int = Field(
+        2000,
+        ge=0,
+        le=1_000_000,
+        description="Most a partial batch waits for as many requests as the last one merged (0: never wait).",
+    )
+    queue_delay_policy: Literal["adaptive", "fixed"] = Field(
+        "adaptive",
+        description="adaptive: a partial batch waits only for as many requests as the last one merged; "
+        "fixed: it always waits until full or --max-queue-delay-us.",
+    )
+    max_queue_rows: int = Field(
+        16384,
         ge=1,
-        le=64,
-        description="Serving processes sharing the port (SO_REUSEPORT), each with its own batcher.",
+        description="Rows that may wait per graph; beyond, requests get RESOURCE_EXHAUSTED at once.",
+    )
+
+
+class LimitSettings(_Group):
+    """What one request may ask for, and how many are handled at once (dataplane.py, the gRPC options)."""
+
+    max_request_rows: int = Field(
+        8192, ge=1, description="Most rows a request may carry (N, or N*K for posterior samples)."
+    )
+    max_samples: int = Field(
+        4096,
+        ge=1,
+        description="Most samples K one Sample request may ask for (default: 4096, or "
+        "--max-request-rows if lower).",
+    )
+    max_message_bytes: int = Field(
+        32 * 1024 * 1024,  # a full 8192-row Encode (25.7 MB) fits; each byte costs the loop and ~4x in memory
+        le=2**31 - 1,
+        description=f"Largest gRPC message received or sent, in bytes (at least {MIN_MESSAGE_BYTES}).",
+    )
+    max_concurrent_rpcs: int = Field(
+        2048,
+        ge=1,
+        description="Data-plane requests (Encode, Decode, Sample, ModelInfer) handled at once; beyond, "
+        "RESOURCE_EXHAUSTED at once. Health, reflection and model info never count.",
+    )
+
+
+_G = TypeVar("_G", bound=_Group)
+
+
+# Bases in reverse: pydantic collects fields from the last base first, so --help lists them in groups.
+class Settings(
+    BaseSettings, LimitSettings, BatchingSettings, RepositorySettings, TLSSettings, NetworkSettings
+):
+    """Serve a VAE's encoder and decoder over gRPC (its own API and the Open Inference Protocol)
+    from ONNX Runtime. Every flag is also a VAE_* variable (--max-batch-size: VAE_MAX_BATCH_SIZE)
+    and a key of the --config file (max_batch_size = 32); flags win, then variables, then the file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VAE_",
+        cli_prog_name="vae-serve",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_exit_on_error=False,
+        cli_hide_none_type=True,
+        cli_avoid_json=True,
+        cli_show_env_vars=True,
+        extra="forbid",
+        frozen=False,
+    )
+
+    config: Path | None = Field(
+        None,
+        description="TOML file of settings, keys named as the flags with underscores "
+        "(max_batch_size = 32); flags and VAE_* variables override it.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (put first by CliApp), then arguments, the environment, the config file. No
+        .env or secrets directory: what configures the server is what this module documents."""
+        return init_settings, env_settings, ConfigFileSource(settings_cls)
+
+    @property
+    def network(self) -> NetworkSettings:
+        return self._group(NetworkSettings)
+
+    @property
+    def tls(self) -> TLSSettings:
+        return self._group(TLSSettings)
+
+    @property
+    def repository(self) -> RepositorySettings:
+        return self._group(RepositorySettings)
+
+    @property
+    def batching(self) -> BatchingSettings:
+        return self._group(BatchingSettings)
+
+    @property
+    def limits(self) -> LimitSettings:
+        return self._group(LimitSettings)
+
+    def _group(self, group: type[_G]) -> _G:
+        return group.model_validate({name: getattr(self, name) for name in group.model_fields})
 
     @model_validator(mode="after")
     def _queue_holds_a_batch(self) -> Settings:
@@ -205,6 +333,66 @@ class Settings(BaseSettings):
                 f"and response must fit in a message"
             )
         return self
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """The TOML file named by `--config` or `VAE_CONFIG` (the sources before this one: its path is
+    known by the time it runs). Every key must be a setting and every value valid for it, checked
+    here so that the one-line error names the file and the key, not a flag the operator never gave.
+    TOML, read by the standard library (tomllib): YAML would add PyYAML to the server's dependencies."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        path = self.current_state.get("config")
+        if path is None:
+            return {}
+        path = Path(path)
+        where = f"--config / VAE_CONFIG {path}"
+        if not path.is_file():
+            raise SettingsError(f"{where}: not a readable file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise SettingsError(f"{where}: over {MAX_CONFIG_BYTES} bytes; not a config file")
+        try:
+            data = TomlConfigSettingsSource(self.settings_cls, toml_file=path).toml_data
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{where}: not valid TOML ({exc})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{where}: cannot be read ({exc})") from None
+        fields = self.settings_cls.model_fields
+        for key, value in data.items():
+            if key == "config" or key not in fields:
+                hint = f" (did you mean {key.replace('-', '_')}?)" if key.replace("-", "_") in fields else ""
+                raise SettingsError(f"{path}: {_shown(key)}: not a setting{hint}")
+            field = fields[key]
+            try:
+                TypeAdapter(Annotated[field.annotation, field]).validate_python(value)
+            except ValidationError as exc:
+                message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise SettingsError(f"{path}: {key}: {message} (got {_shown(value, plain=False)})") from None
+        return data
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _shown(value: object, plain: bool = True, limit: int = 80) -> str:
+    """A key (`plain`: as is when it is a plain name) or a value from the file as an error shows
+    it: on one line (TOML keys may hold newlines), and short."""
+    text = value if plain and isinstance(value, str) and _PLAIN.fullmatch(value) else repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def parse_args(args: list[str]) -> Settings:
+    """`vae-serve`'s command line (with --help and --version, which exit 0) over the environment
+    and the config file. Raises ValidationError or SettingsError; describe_error makes them one line."""
+    source = CliSettingsSource(Settings)
+    source.root_parser.description = inspect.cleandoc(Settings.__doc__ or "")
+    source.root_parser.add_argument(
+        "--version", action="version", version=f"vae-serve {__version__}", help="Print the version, exit."
+    )
+    return CliApp.run(Settings, cli_args=args, cli_settings_source=source)
 
 
 def describe_error(exc: ValidationError | SettingsError) -> str:

@@ -1,8 +1,8 @@
 """The model versions being served at once, Triton style: the highest answers requests that name
 no version; the few before it stay loaded for requests that pin one, until retired.
 
-A retired version is closed only after a grace period, so requests that started on it finish
-on it.
+A retired version is closed only after `--retire-after-s` (its own setting, not the drain's
+grace), so requests that started on it finish on it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from vae_serve.errors import ModelNotFound, NotReady, quote
 
 from .model import LoadedModel
 from .runner import Runner
+from .settings import RepositorySettings
 
 __all__ = ["ServedModel", "ServedVersions"]
 
@@ -39,9 +40,9 @@ class ServedModel:
 
 
 class ServedVersions:
-    def __init__(self, keep: int, grace_s: float) -> None:
-        self.keep = keep
-        self.grace_s = grace_s
+    def __init__(self, settings: RepositorySettings) -> None:
+        self.keep = settings.keep_versions
+        self.retire_after_s = settings.retire_after_s
         self._served: dict[str, ServedModel] = {}
         self.latest: ServedModel | None = None
 
@@ -70,9 +71,9 @@ class ServedVersions:
         return self._served[version]
 
     def _retire(self, served: ServedModel) -> None:
-        log.info("retiring version %s after %.1f s", served.version, self.grace_s)
+        log.info("retiring version %s after %.1f s", served.version, self.retire_after_s)
         try:
-            asyncio.get_running_loop().call_later(self.grace_s, served.close)
+            asyncio.get_running_loop().call_later(self.retire_after_s, served.close)
         except RuntimeError:  # no event loop yet (start-up, tests): nothing can be in flight
             served.close()
 

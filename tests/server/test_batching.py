@@ -11,11 +11,12 @@ from support import DEFAULT_MODEL_DIR
 
 from vae_serve.errors import DeadlineExceeded, Draining, Overloaded
 from vae_serve.server.batching import BatchingRunner
-from vae_serve.server.dataplane import DataPlane, Limits
+from vae_serve.server.dataplane import DataPlane
 from vae_serve.server.metrics import Metrics
 from vae_serve.server.model import load_model
 from vae_serve.server.repository import resolve
 from vae_serve.server.runner import InlineRunner, TimedGraph
+from vae_serve.server.settings import BatchingSettings, Settings
 
 L = 32
 
@@ -28,7 +29,8 @@ def model():
 def batcher(model, metrics=None, **kw):
     metrics = metrics or Metrics()
     options = {"max_batch_size": 64, "max_queue_delay_us": 0, "max_queue_rows": 4096, **kw}
-    return BatchingRunner(TimedGraph(model.decoder, "decoder", metrics), metrics, **options), metrics
+    graph = TimedGraph(model.decoder, "decoder", metrics)
+    return BatchingRunner(graph, metrics, BatchingSettings(**options)), metrics
 
 
 def count(metrics, name, **labels):
@@ -151,7 +153,8 @@ def test_requests_above_the_batch_size_run_alone(model):
 
 @pytest.mark.parametrize(("max_batch_size", "kind"), [(1, InlineRunner), (2, BatchingRunner)])
 def test_batch_size_one_takes_the_inline_path(model, max_batch_size, kind):
-    plane = DataPlane(Limits(max_batch_size=max_batch_size), Metrics())
+    s = Settings(max_batch_size=max_batch_size)
+    plane = DataPlane(s.batching, s.limits, s.repository, Metrics())
     plane.serve(model)
     try:
         assert isinstance(plane.current().encoder, kind)
@@ -177,7 +180,8 @@ def test_a_full_batch_leaves_without_waiting_even_when_more_company_is_expected(
 
 def test_encoder_batches_match_unbatched_runs(model):
     metrics = Metrics()
-    runner = BatchingRunner(TimedGraph(model.encoder, "encoder", metrics), metrics, 64, 2000, 4096)
+    settings = BatchingSettings(max_batch_size=64, max_queue_delay_us=2000, max_queue_rows=4096)
+    runner = BatchingRunner(TimedGraph(model.encoder, "encoder", metrics), metrics, settings)
     x = [np.random.default_rng(i).random((2, 784), dtype=np.float32) for i in range(30)]
 
     async def burst():
@@ -214,7 +218,7 @@ def test_a_failing_run_fails_every_caller_in_the_batch(model, monkeypatch):
 
 def test_closing_fails_queued_callers_instead_of_hanging_them(model):
     # The fixed policy holds the batch open, so the callers are still queued when it closes.
-    runner, _ = batcher(model, max_queue_delay_us=5_000_000, delay_policy="fixed")
+    runner, _ = batcher(model, max_queue_delay_us=1_000_000, queue_delay_policy="fixed")
 
     async def scenario():
         waiting = [asyncio.ensure_future(runner.run(latents(1, i))) for i in range(3)]

@@ -19,12 +19,20 @@ from support import DEFAULT_MODEL_DIR, GOOD_DECODER, GOOD_ENCODER, RunningServer
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.errors import DeadlineExceeded, InvalidInput, ModelLoadError, Overloaded
 from vae_serve.server import dataplane
-from vae_serve.server.dataplane import DataPlane, Limits, message_floor
+from vae_serve.server.dataplane import DataPlane, message_floor
 from vae_serve.server.metrics import Metrics
 from vae_serve.server.model import load_model
 from vae_serve.server.repository import resolve
 from vae_serve.server.runner import INLINE_MAX_ROWS, InlineRunner, MemoryTrimmer, TimedGraph
-from vae_serve.server.settings import MIN_MESSAGE_BYTES, Settings, ValidationError, describe_error
+from vae_serve.server.settings import (
+    MIN_MESSAGE_BYTES,
+    BatchingSettings,
+    LimitSettings,
+    RepositorySettings,
+    Settings,
+    ValidationError,
+    describe_error,
+)
 from vae_serve.tensor import to_tensor
 
 L, D = 32, 784
@@ -36,7 +44,11 @@ def model():
 
 
 def plane_for(model, **limits: int) -> DataPlane:
-    plane = DataPlane(Limits(**limits), Metrics())
+    """The groups alone, not `Settings`: some cases hold limits the settings would refuse together,
+    to show the data plane's own checks."""
+    batching = BatchingSettings(**{k: v for k, v in limits.items() if k in BatchingSettings.model_fields})
+    rest = {k: v for k, v in limits.items() if k not in BatchingSettings.model_fields}
+    plane = DataPlane(batching, LimitSettings(**rest), RepositorySettings(), Metrics())
     plane.serve(model)
     return plane
 
@@ -131,7 +143,8 @@ def test_every_accepted_combination_admits_its_largest_requests(samples, rows, q
 def test_unbatched_requests_are_admitted_against_the_queue_bound_and_shed_at_once(model):
     metrics = Metrics()
     rows = INLINE_MAX_ROWS + 1  # runs on the worker thread: the request stays in flight a while
-    runner = InlineRunner(TimedGraph(model.decoder, "decoder", metrics), metrics, max_queue_rows=2 * rows)
+    graph = TimedGraph(model.decoder, "decoder", metrics)
+    runner = InlineRunner(graph, metrics, BatchingSettings(max_queue_rows=2 * rows))
     z = np.zeros((rows, L), np.float32)
 
     async def flood():
@@ -153,7 +166,8 @@ def test_unbatched_requests_are_admitted_against_the_queue_bound_and_shed_at_onc
 @pytest.mark.parametrize("rows", [1, INLINE_MAX_ROWS + 1])  # on the loop, and on the worker thread
 def test_unbatched_rows_are_released_when_the_run_fails(model, monkeypatch, rows):
     metrics = Metrics()
-    runner = InlineRunner(TimedGraph(model.decoder, "decoder", metrics), metrics, max_queue_rows=rows)
+    graph = TimedGraph(model.decoder, "decoder", metrics)
+    runner = InlineRunner(graph, metrics, BatchingSettings(max_queue_rows=rows))
 
     def broken(x):
         raise RuntimeError("ORT exploded")
@@ -174,7 +188,8 @@ def test_unbatched_rows_are_released_when_the_run_fails(model, monkeypatch, rows
 
 def test_unbatched_late_requests_are_counted_and_not_computed(model):
     metrics = Metrics()
-    runner = InlineRunner(TimedGraph(model.decoder, "decoder", metrics), metrics, max_queue_rows=64)
+    graph = TimedGraph(model.decoder, "decoder", metrics)
+    runner = InlineRunner(graph, metrics, BatchingSettings(max_queue_rows=64))
     with pytest.raises(DeadlineExceeded, match="not computed"):
         asyncio.run(runner.run(np.zeros((1, L), np.float32), deadline=time.monotonic() - 1))
     runner.close()
@@ -215,7 +230,8 @@ def test_a_model_whose_replies_do_not_fit_is_refused_when_it_loads(big_card_repo
     model = load_model(resolve(big_card_repository, "m"), "cpu", 1)
     floor = message_floor(model)
     assert floor > 100_000
-    plane = DataPlane(Limits(max_message_bytes=floor - 1), Metrics())
+    s = Settings(max_message_bytes=floor - 1)
+    plane = DataPlane(s.batching, s.limits, s.repository, Metrics())
     with pytest.raises(ModelLoadError, match=rf"--max-message-bytes {floor - 1} is under the {floor} bytes"):
         plane.serve(model)
     assert not plane.loaded

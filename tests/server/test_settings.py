@@ -1,14 +1,48 @@
-"""Settings from flags and VAE_* variables; bad values become one line naming flag and variable."""
+"""Settings from flags, VAE_* variables and a config file; bad values become one line naming flag and
+variable (or file and key); each setting stated once, in the group the components take."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import subprocess
+import sys
+import typing
 
 import pytest
+from support import REPOSITORY
 
-from vae_serve.server.settings import Settings, SettingsError, ValidationError, describe_error
+import vae_serve
+from vae_serve.server import dataplane
+from vae_serve.server.app import VaeServer
+from vae_serve.server.batching import BatchingRunner
+from vae_serve.server.dataplane import DataPlane
+from vae_serve.server.metrics import Metrics
+from vae_serve.server.model import load_model
+from vae_serve.server.reload import RepositoryWatcher
+from vae_serve.server.repository import resolve
+from vae_serve.server.runner import InlineRunner
+from vae_serve.server.settings import (
+    BatchingSettings,
+    LimitSettings,
+    NetworkSettings,
+    RepositorySettings,
+    Settings,
+    SettingsError,
+    TLSSettings,
+    ValidationError,
+    describe_error,
+    parse_args,
+)
+from vae_serve.server.versions import ServedVersions
+
+GROUPS = (NetworkSettings, TLSSettings, RepositorySettings, BatchingSettings, LimitSettings)
+SERVE = [sys.executable, "-m", "vae_serve.server.cli"]
 
 
 def parse(*args: str) -> Settings:
-    from pydantic_settings import CliApp
-
-    return CliApp.run(Settings, cli_args=list(args))
+    return parse_args(list(args))
 
 
 def test_defaults():
@@ -61,3 +95,232 @@ def test_tls_files_must_exist(tmp_path):
     with pytest.raises(ValidationError) as caught:
         parse("--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem"))
     assert "TLS file" in describe_error(caught.value)
+
+
+# The config file: flags > VAE_* > file > defaults.
+
+
+def test_config_file_sits_under_environment_and_flags(tmp_path, monkeypatch):
+    config = tmp_path / "vae.toml"
+    config.write_text('max_batch_size = 32\nport = 6001\nmetrics_port = 6002\nqueue_delay_policy = "fixed"\n')
+    s = parse("--config", str(config))
+    assert (s.max_batch_size, s.port, s.metrics_port, s.queue_delay_policy) == (32, 6001, 6002, "fixed")
+    assert s.max_queue_rows == 16384  # not in the file: the default
+    monkeypatch.setenv("VAE_PORT", "7000")
+    monkeypatch.setenv("VAE_METRICS_PORT", "7001")
+    s = parse("--config", str(config), "--metrics-port", "9000")
+    assert (s.max_batch_size, s.port, s.metrics_port) == (32, 7000, 9000)  # file < env < flag
+    assert s.batching.max_batch_size == 32  # and the groups the components take carry it
+
+
+def test_config_file_from_the_environment(tmp_path, monkeypatch):
+    config = tmp_path / "vae.toml"
+    config.write_text("keep_versions = 3\nretire_after_s = 2.5\n")
+    monkeypatch.setenv("VAE_CONFIG", str(config))
+    assert (parse().keep_versions, Settings().repository.retire_after_s) == (3, 2.5)
+    assert parse("--keep-versions", "4").keep_versions == 4
+
+
+def test_config_file_takes_part_in_cross_checks(tmp_path):
+    """A value from the file counts as given: it is checked with the others, not silently lowered."""
+    config = tmp_path / "vae.toml"
+    config.write_text("max_request_rows = 100\nmax_queue_rows = 100\nmax_batch_size = 8\n")
+    assert parse("--config", str(config)).max_samples == 100  # the default follows the row limit
+    config.write_text("max_request_rows = 100\nmax_queue_rows = 100\nmax_batch_size = 8\nmax_samples = 200\n")
+    with pytest.raises(ValidationError) as caught:
+        parse("--config", str(config))
+    assert "--max-samples 200 exceeds --max-request-rows 100" in describe_error(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("bogus = 1\n", "{path}: bogus: not a setting"),
+        ("max-batch-size = 32\n", "{path}: max-batch-size: not a setting (did you mean max_batch_size?)"),
+        ('config = "other.toml"\n', "{path}: config: not a setting"),
+        ("[server]\nport = 1\n", "{path}: server: not a setting"),
+        (
+            "max_batch_size = 0\n",
+            "{path}: max_batch_size: Input should be greater than or equal to 1 (got 0)",
+        ),
+        ('device = "gpu"\n', "{path}: device: Input should be 'auto', 'cpu' or 'cuda' (got 'gpu')"),
+        ('port = "many"\n', "{path}: port: Input should be a valid integer"),
+        ("max_batch_size = \n", "--config / VAE_CONFIG {path}: not valid TOML"),
+    ],
+)
+def test_bad_config_file_is_one_line_naming_file_and_key(tmp_path, text, message):
+    config = tmp_path / "vae.toml"
+    config.write_text(text)
+    with pytest.raises((ValidationError, SettingsError)) as caught:
+        parse("--config", str(config))
+    line = describe_error(caught.value)
+    assert message.format(path=config) in line
+    assert "\n" not in line
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "huge"])
+def test_config_that_is_no_file_is_refused_unread(tmp_path, kind):
+    path = tmp_path / "vae.toml"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "huge":
+        path.write_text("# padding\n" * 200_000)  # 2 MB: over the bound, never parsed
+    with pytest.raises(SettingsError) as caught:
+        parse("--config", str(path))
+    line = describe_error(caught.value)
+    assert line.startswith(f"--config / VAE_CONFIG {path}: ") and "\n" not in line
+
+
+def test_bad_config_stops_the_command_in_one_line(tmp_path):
+    config = tmp_path / "vae.toml"
+    config.write_text("max_batch_sise = 32\n")
+    done = subprocess.run([*SERVE, "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"vae-serve: error: {config}: max_batch_sise: not a setting"]
+
+
+# --version and --help.
+
+
+def test_version_prints_and_exits_zero():
+    done = subprocess.run([*SERVE, "--version"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"vae-serve {vae_serve.__version__}\n", "")
+    assert vae_serve.__version__ == "0.2.0"
+
+
+def test_help_reads_well(capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse("--help")
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "null" not in text and "{str" not in text and "JSON" not in text
+    for flag in ("--retire-after-s", "--config", "--version", "--max-batch-size", "--no-reflection"):
+        assert flag in text
+    assert "\n    from ONNX" not in text  # the description is dedented
+    for variable in (
+        "VAE_RETIRE_AFTER_S",
+        "VAE_CONFIG",
+        "VAE_MAX_BATCH_SIZE",
+    ):  # each flag names its variable
+        assert variable in text
+
+
+# Each setting stated once: in one group, which the components take.
+
+
+def test_every_setting_is_in_exactly_one_group():
+    grouped = [name for group in GROUPS for name in group.model_fields]
+    assert len(grouped) == len(set(grouped))
+    assert set(Settings.model_fields) == {*grouped, "config", "log_level"}
+    for group in GROUPS:
+        assert issubclass(Settings, group)  # inherited: type, bounds, default and help stated once
+        for name, field in group.model_fields.items():
+            assert Settings.model_fields[name].default == field.default
+
+
+def test_groups_are_frozen_views_of_the_settings():
+    s = parse("--max-batch-size", "7", "--max-request-rows", "300", "--retire-after-s", "1.5")
+    assert s.batching == BatchingSettings(max_batch_size=7)
+    assert s.limits.max_samples == 300  # the cross-check ran on Settings, the group carries its result
+    assert s.repository.retire_after_s == 1.5
+    with pytest.raises(ValidationError):
+        s.batching.max_batch_size = 8  # type: ignore[misc]
+
+
+def test_limits_is_gone_and_components_take_the_groups():
+    assert not hasattr(dataplane, "Limits")
+
+    def takes(cls: type, *groups: type) -> None:
+        hints = typing.get_type_hints(cls.__init__)
+        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        assert [hints[p] for p in params if hints[p] in GROUPS] == list(groups), cls
+        assert all(
+            p.default is inspect.Parameter.empty for p in inspect.signature(cls.__init__).parameters.values()
+        )
+
+    takes(DataPlane, BatchingSettings, LimitSettings, RepositorySettings)
+    takes(BatchingRunner, BatchingSettings)
+    takes(InlineRunner, BatchingSettings)
+    takes(ServedVersions, RepositorySettings)
+    takes(RepositoryWatcher, RepositorySettings)
+
+
+def test_the_server_hands_each_component_its_settings():
+    s = Settings(
+        model_repository=REPOSITORY,
+        max_batch_size=3,
+        max_request_rows=500,
+        max_queue_rows=600,
+        keep_versions=4,
+    )
+    plane = VaeServer(s, Metrics()).dataplane  # built, not started: no port, no model
+    assert plane.batching == s.batching and plane.batching.max_queue_rows == 600
+    assert plane.limits == s.limits and plane.limits.max_request_rows == 500
+    assert plane.versions.keep == 4
+
+
+# A replaced version stays for --retire-after-s, not --drain-grace-s.
+
+
+def _retire_first_of_two(settings: Settings) -> bool:
+    """Serve the default model twice as the same version, so the first is retired: True once it closes."""
+    plane = VaeServer(settings, Metrics()).dataplane
+    version = resolve(REPOSITORY, "fashion-vae")
+
+    async def scenario() -> bool:
+        closed = asyncio.Event()
+        plane.serve(load_model(version, "cpu", 1))
+        first = plane.versions.get()
+        close = first.encoder.close
+
+        def closing() -> None:
+            close()
+            closed.set()
+
+        first.encoder.close = closing  # type: ignore[method-assign]
+        plane.serve(load_model(version, "cpu", 1))
+        assert plane.versions.get() is not first
+        try:
+            await asyncio.wait_for(closed.wait(), 30)  # a hang guard, not a timing bound
+        except TimeoutError:
+            return False
+        finally:
+            plane.close()
+        return True
+
+    return asyncio.run(scenario())
+
+
+def test_a_replaced_version_closes_after_retire_after_s_not_the_drain_grace(caplog):
+    caplog.set_level(logging.INFO, logger="vae_serve.server.versions")
+    s = Settings(model_repository=REPOSITORY, retire_after_s=0, drain_grace_s=3600)
+    assert _retire_first_of_two(s)
+    assert "retiring version 1 after 0.0 s" in caplog.text
+
+
+def test_retire_after_s_is_its_own_setting():
+    s = Settings(model_repository=REPOSITORY, retire_after_s=120, drain_grace_s=0)
+    assert VaeServer(s, Metrics()).dataplane.versions.retire_after_s == 120
+    assert Settings(model_repository=REPOSITORY).retire_after_s == 10.0
+    with pytest.raises(ValidationError):
+        Settings(retire_after_s=-1)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('"a\\nb" = 1\n', "'a\\nb': not a setting"),  # a quoted key may hold a newline: still one line
+        (f'device = "{"m" * 5000}"\n', "(got 'mmmm"),  # a huge value is cut short
+        (f'"{"k" * 5000}" = 1\n', "kkkk...: not a setting"),
+    ],
+)
+def test_hostile_config_keys_and_values_stay_one_short_line(tmp_path, text, shown):
+    config = tmp_path / "vae.toml"
+    config.write_text(text)
+    try:
+        parse("--config", str(config))
+    except (ValidationError, SettingsError) as exc:
+        line = describe_error(exc)
+    else:
+        pytest.fail("accepted")
+    assert shown in line and "\n" not in line and len(line) < 200 + len(str(config))
