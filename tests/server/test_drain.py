@@ -62,7 +62,7 @@ async def _burst_then_sigterm(calls: int, send, prepare=None) -> Counter:
         if prepare is not None:
             await prepare(f"127.0.0.1:{port}")
         outcomes = [asyncio.ensure_future(send(f"127.0.0.1:{port}", i)) for i in range(calls)]
-        await asyncio.sleep(0.05)  # hand the calls to the transport; the server is busy with them
+        assert await outcomes[0] == "OK"  # the burst is on the wire and being served
         proc.send_signal(signal.SIGTERM)
         codes = Counter(await asyncio.gather(*outcomes))
         assert await asyncio.to_thread(proc.wait, 30) == 0

@@ -82,8 +82,10 @@ def test_overload_is_shed_quickly_admitted_work_stays_fast_and_the_server_recove
         assert codes[grpc.StatusCode.RESOURCE_EXHAUSTED] > codes[grpc.StatusCode.OK], codes  # most is shed
         shed = [t for code, t in results if code is grpc.StatusCode.RESOURCE_EXHAUSTED]
         admitted = [t for code, t in results if code is grpc.StatusCode.OK]
-        assert p99(admitted) < 1.0, p99(admitted)  # bounded by the queue, not by the offered load
-        assert p99(shed) < 1.0, p99(shed)
+        # Bounded by the queue, not by the offered load (seconds of it without shedding); 2 s leaves
+        # room for a loaded 2-core machine, where 0.5-1.8 s was seen.
+        assert p99(admitted) < 2.0, p99(admitted)
+        assert p99(shed) < 2.0, p99(shed)
         print(f"overload: p99 admitted {p99(admitted) * 1e3:.0f} ms, shed {p99(shed) * 1e3:.0f} ms")
         growth = rss_mb(proc.pid) - rss_before
         print(f"overload: RSS growth {growth:.1f} MB")
