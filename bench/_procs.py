@@ -1,4 +1,7 @@
-"""Start a server process on a free loopback port and learn the port from its log line."""
+"""Start a server process on a free loopback port and learn the port from its log line.
+
+The one helper for this: the benchmarks use it, and so do the tests (tests/support.py).
+"""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ def start_server(
         if not line and proc.poll() is not None:
             break
     proc.kill()
-    raise RuntimeError("server did not start:\n" + "".join(seen))
+    raise RuntimeError(f"{args[-1] if args else 'server'}: did not start:\n" + "".join(seen))
 
 
 def free_port() -> int:

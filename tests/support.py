@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
-import socket
 import struct
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
+from _procs import free_port as free_port  # re-exported: the tests take it from here
+from _procs import start_server
 from onnx import TensorProto, helper, numpy_helper
 
 from vae_serve.server.app import VaeServer
@@ -56,13 +54,6 @@ class RunningServer:
             self.call(self.server.stop(grace))
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def make_certificates(folder: Path) -> dict[str, Path]:
@@ -124,28 +115,10 @@ def make_certificates(folder: Path) -> dict[str, Path]:
 
 
 def start_vae_serve(*args: str, timeout: float = 60) -> tuple[subprocess.Popen, int]:
-    """A real `vae-serve` process on 127.0.0.1; returns it and the gRPC port from its log."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "vae_serve.server.cli",
-        "--host",
-        "127.0.0.1",
-        "--metrics-host",
-        "127.0.0.1",
-        *args,
-    ]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    deadline, seen = time.monotonic() + timeout, []
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        seen.append(line)
-        if found := re.search(r"serving on 127\.0\.0\.1:(\d+)", line):
-            return proc, int(found.group(1))
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError("vae-serve did not start:\n" + "".join(seen))
+    """A real `vae-serve` process on 127.0.0.1; returns it and the gRPC port from its log. The one
+    way tests and benchmarks start a server (bench/_procs.py)."""
+    cmd = ["-m", "vae_serve.server.cli", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1", *args]
+    return start_server(cmd, pattern=r"serving on 127\.0\.0\.1:(\d+)", timeout=timeout)
 
 
 # A tiny model repository of real ONNX graphs with chosen names and widths (root/m/1/).
