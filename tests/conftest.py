@@ -1,9 +1,12 @@
-"""Shared fixtures: where the real data and the committed default model live."""
+"""Shared fixtures: where the real data and the committed default model live, and one real server
+per test module (127.0.0.1, ephemeral ports) for the client and server tests."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnxruntime as ort
 import pytest
+from support import RunningServer
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +29,10 @@ def direct() -> tuple[ort.InferenceSession, ort.InferenceSession]:
         return ort.InferenceSession(str(DEFAULT_MODEL_DIR / name), providers=["CPUExecutionProvider"])
 
     return session("encoder.onnx"), session("decoder.onnx")
+
+
+@pytest.fixture(scope="module")
+def running() -> Iterator[RunningServer]:
+    server = RunningServer()
+    yield server
+    server.stop()

@@ -12,13 +12,6 @@ from support import RunningServer
 from vae_serve.client import VaeClient
 
 
-@pytest.fixture(scope="module")
-def running() -> Iterator[RunningServer]:
-    server = RunningServer()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def client(running: RunningServer) -> Iterator[VaeClient]:
     with VaeClient(running.target) as c:

@@ -12,13 +12,6 @@ from vae_serve._proto.vae.v1 import vae_pb2_grpc
 
 
 @pytest.fixture(scope="module")
-def running() -> Iterator[RunningServer]:
-    server = RunningServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def channel(running: RunningServer) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(running.target, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
         yield ch
