@@ -26,11 +26,26 @@ def model():
     return load_model(resolve(DEFAULT_MODEL_DIR.parent.parent, "fashion-vae"), "cpu", 1)
 
 
-def batcher(model, metrics=None, **kw):
+def decoder_batcher(model, metrics=None, **kw):
     metrics = metrics or Metrics()
     options = {"max_batch_size": 64, "max_queue_delay_us": 0, "max_queue_rows": 4096, **kw}
     graph = TimedGraph(model.decoder, "decoder", metrics)
     return BatchingRunner(graph, metrics, BatchingSettings(**options)), metrics
+
+
+@pytest.fixture
+def batcher(model):
+    """Make decoder batchers for a test; each is closed when the test ends."""
+    made: list[BatchingRunner] = []
+
+    def make(**kw):
+        runner, metrics = decoder_batcher(model, **kw)
+        made.append(runner)
+        return runner, metrics
+
+    yield make
+    for runner in made:
+        runner.close()
 
 
 def count(metrics, name, **labels):
@@ -44,7 +59,7 @@ def latents(rows: int, seed: int) -> np.ndarray:
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=60))
 def test_every_caller_gets_exactly_its_own_rows(model, sizes):
-    runner, _ = batcher(model, max_batch_size=32)
+    runner, _ = decoder_batcher(model, max_batch_size=32)  # hypothesis: one per example
     inputs = [latents(n, seed) for seed, n in enumerate(sizes)]
 
     async def all_at_once():
@@ -60,14 +75,11 @@ def test_every_caller_gets_exactly_its_own_rows(model, sizes):
         np.testing.assert_allclose(x, alone, atol=1e-6, rtol=0)  # other kernels may run at other batch sizes
 
 
-def test_concurrent_requests_are_merged(model):
-    runner, metrics = batcher(model)
+def test_concurrent_requests_are_merged(model, batcher):
+    runner, metrics = batcher()
 
     async def burst():
-        try:
-            await asyncio.gather(*(runner.run(latents(1, i)) for i in range(200)))
-        finally:
-            runner.close()
+        await asyncio.gather(*(runner.run(latents(1, i)) for i in range(200)))
 
     asyncio.run(burst())
     runs = count(metrics, "vae_serve_batch_size_rows_count", graph="decoder")
@@ -76,16 +88,11 @@ def test_concurrent_requests_are_merged(model):
     assert count(metrics, "vae_serve_queue_duration_seconds_count", graph="decoder") == 200
 
 
-def test_a_full_queue_sheds_at_once(model):
-    runner, metrics = batcher(model, max_batch_size=4, max_queue_rows=8)
+def test_a_full_queue_sheds_at_once(model, batcher):
+    runner, metrics = batcher(max_batch_size=4, max_queue_rows=8)
 
     async def flood():
-        try:
-            return await asyncio.gather(
-                *(runner.run(latents(2, i)) for i in range(40)), return_exceptions=True
-            )
-        finally:
-            runner.close()
+        return await asyncio.gather(*(runner.run(latents(2, i)) for i in range(40)), return_exceptions=True)
 
     results = asyncio.run(flood())
     shed = [r for r in results if isinstance(r, Overloaded)]
@@ -95,25 +102,22 @@ def test_a_full_queue_sheds_at_once(model):
     assert count(metrics, "vae_serve_rejected_total", graph="decoder", reason="queue_full") == len(shed)
 
 
-def test_expired_requests_are_dropped_not_computed(model):
-    runner, metrics = batcher(model)
+def test_expired_requests_are_dropped_not_computed(model, batcher):
+    runner, metrics = batcher()
 
     async def late():
-        try:
-            with pytest.raises(DeadlineExceeded, match="not computed"):
-                await runner.run(latents(3, 0), deadline=time.monotonic() - 0.001)
-            (x,) = await runner.run(latents(3, 1), deadline=time.monotonic() + 10)
-            return x
-        finally:
-            runner.close()
+        with pytest.raises(DeadlineExceeded, match="not computed"):
+            await runner.run(latents(3, 0), deadline=time.monotonic() - 0.001)
+        (x,) = await runner.run(latents(3, 1), deadline=time.monotonic() + 10)
+        return x
 
     assert asyncio.run(late()).shape == (3, 784)
     assert count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder") == 3  # only the live one ran
     assert count(metrics, "vae_serve_rejected_total", graph="decoder", reason="deadline") == 1
 
 
-def test_queue_delay_waits_only_for_company_that_is_likely_to_come(model):
-    runner, _ = batcher(model, max_batch_size=8, max_queue_delay_us=300_000)
+def test_queue_delay_waits_only_for_company_that_is_likely_to_come(model, batcher):
+    runner, _ = batcher(max_batch_size=8, max_queue_delay_us=300_000)
 
     async def timed(n_requests):
         began = time.monotonic()
@@ -121,14 +125,11 @@ def test_queue_delay_waits_only_for_company_that_is_likely_to_come(model):
         return time.monotonic() - began
 
     async def scenario():
-        try:
-            lone = await timed(1)  # nothing suggests company: runs at once
-            await timed(4)  # four merged: four are expected next time
-            deserted = await timed(1)  # waits for the three that never come
-            full = await timed(8)  # a full batch leaves at once
-            return lone, deserted, full
-        finally:
-            runner.close()
+        lone = await timed(1)  # nothing suggests company: runs at once
+        await timed(4)  # four merged: four are expected next time
+        deserted = await timed(1)  # waits for the three that never come
+        full = await timed(8)  # a full batch leaves at once
+        return lone, deserted, full
 
     lone, deserted, full = asyncio.run(scenario())
     assert lone < 0.1
@@ -136,14 +137,11 @@ def test_queue_delay_waits_only_for_company_that_is_likely_to_come(model):
     assert full < 0.2
 
 
-def test_requests_above_the_batch_size_run_alone(model):
-    runner, metrics = batcher(model, max_batch_size=16)
+def test_requests_above_the_batch_size_run_alone(model, batcher):
+    runner, metrics = batcher(max_batch_size=16)
 
     async def big():
-        try:
-            return await runner.run(latents(100, 0))
-        finally:
-            runner.close()
+        return await runner.run(latents(100, 0))
 
     (x,) = asyncio.run(big())
     np.testing.assert_allclose(x, model.decoder.run(latents(100, 0))[0], atol=1e-6)
@@ -163,17 +161,14 @@ def test_batch_size_one_takes_the_inline_path(model, max_batch_size, kind):
         plane.close()
 
 
-def test_a_full_batch_leaves_without_waiting_even_when_more_company_is_expected(model):
-    runner, _ = batcher(model, max_batch_size=8, max_queue_delay_us=500_000)
+def test_a_full_batch_leaves_without_waiting_even_when_more_company_is_expected(model, batcher):
+    runner, _ = batcher(max_batch_size=8, max_queue_delay_us=500_000)
 
     async def scenario():
-        try:
-            await asyncio.gather(*(runner.run(latents(1, i)) for i in range(4)))  # expect 4 next time
-            began = time.monotonic()
-            await runner.run(latents(8, 9))  # one request that fills the batch alone
-            return time.monotonic() - began
-        finally:
-            runner.close()
+        await asyncio.gather(*(runner.run(latents(1, i)) for i in range(4)))  # expect 4 next time
+        began = time.monotonic()
+        await runner.run(latents(8, 9))  # one request that fills the batch alone
+        return time.monotonic() - began
 
     assert asyncio.run(scenario()) < 0.2
 
@@ -185,10 +180,7 @@ def test_encoder_batches_match_unbatched_runs(model):
     x = [np.random.default_rng(i).random((2, 784), dtype=np.float32) for i in range(30)]
 
     async def burst():
-        try:
-            return await asyncio.gather(*(runner.run(rows) for rows in x))
-        finally:
-            runner.close()
+        return await asyncio.gather(*(runner.run(rows) for rows in x))
 
     for rows, (mean, logvar) in zip(x, asyncio.run(burst()), strict=True):
         want_mean, want_logvar = model.encoder.run(rows)
@@ -196,8 +188,8 @@ def test_encoder_batches_match_unbatched_runs(model):
         np.testing.assert_allclose(logvar, want_logvar, atol=1e-6)
 
 
-def test_a_failing_run_fails_every_caller_in_the_batch(model, monkeypatch):
-    runner, _ = batcher(model)
+def test_a_failing_run_fails_every_caller_in_the_batch(model, batcher, monkeypatch):
+    runner, _ = batcher()
 
     def broken(x):
         raise RuntimeError("ORT exploded")
@@ -205,20 +197,15 @@ def test_a_failing_run_fails_every_caller_in_the_batch(model, monkeypatch):
     monkeypatch.setattr(runner.graph, "run", broken)
 
     async def burst():
-        try:
-            return await asyncio.gather(
-                *(runner.run(latents(1, i)) for i in range(5)), return_exceptions=True
-            )
-        finally:
-            runner.close()
+        return await asyncio.gather(*(runner.run(latents(1, i)) for i in range(5)), return_exceptions=True)
 
     results = asyncio.run(burst())
     assert all(isinstance(r, RuntimeError) and "exploded" in str(r) for r in results)
 
 
-def test_closing_fails_queued_callers_instead_of_hanging_them(model):
+def test_closing_fails_queued_callers_instead_of_hanging_them(batcher):
     # The fixed policy holds the batch open, so the callers are still queued when it closes.
-    runner, _ = batcher(model, max_queue_delay_us=1_000_000, queue_delay_policy="fixed")
+    runner, _ = batcher(max_queue_delay_us=1_000_000, queue_delay_policy="fixed")
 
     async def scenario():
         waiting = [asyncio.ensure_future(runner.run(latents(1, i))) for i in range(3)]
