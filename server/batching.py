@@ -134,8 +134,9 @@ class BatchingRunner:
         left = self._queue[0].queued_at + self.max_queue_delay - time.monotonic()
         if left > 0:
             self._full.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), left)
+            with contextlib.suppress(TimeoutError):  # not wait_for: in 3.11 it can drop a cancel
+                async with asyncio.timeout(left):
+                    await self._full.wait()
 
     async def _collect_forever(self) -> None:
         while True:

@@ -144,8 +144,9 @@ class RepositoryWatcher:
                 log.exception("repository scan failed")
             self.scans += 1
             self.wake.clear()
-            if self.settings.repository_poll_s > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self.settings.repository_poll_s)
-            else:
-                await self.wake.wait()
+            poll = self.settings.repository_poll_s
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that comes
+            # as the wait ends, so a stop during a SIGHUP flood never ended the watcher.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll if poll > 0 else None):
+                    await self.wake.wait()
