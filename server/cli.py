@@ -10,7 +10,7 @@ from vae_serve import require_extra
 __all__ = ["LOG_FORMAT", "configure_logging", "main"]
 
 # `request_id`: the call's (x-request-id, or one made up), "-" outside any call.
-LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] [%(request_id)s] %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] [%(process)d] %(name)s: %(message)s"
 
 # What server/ imports beyond the client's dependencies: the `server` extra in pyproject.toml.
 SERVER_MODULES = ("onnxruntime", "grpc_reflection", "prometheus_client", "pydantic", "pydantic_settings")

@@ -64,7 +64,6 @@ def _wrap(handler: Handler[S, Request, Response], work: bool) -> Handler[S, Requ
         token = request_id.set(rid)
         reply_metadata = ((REQUEST_ID_HEADER, rid),)
         try:
-            context.set_trailing_metadata(reply_metadata)
             in_flight = edge.metrics.in_flight_for(method)
             in_flight.inc()
             edge.activity.started()
@@ -77,7 +76,9 @@ def _wrap(handler: Handler[S, Request, Response], work: bool) -> Handler[S, Requ
                     if work:
                         edge.activity.admit()
                         admitted = True
-                    return await handler(self, request, context)
+                    response = await handler(self, request, context)
+                    context.set_trailing_metadata(reply_metadata)  # on failure, abort sends it
+                    return response
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise

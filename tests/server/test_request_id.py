@@ -2,6 +2,7 @@
 in the reply's trailing metadata and is on every log line written inside the call."""
 
 import logging
+import os
 import re
 
 import grpc
@@ -89,10 +90,10 @@ def test_the_log_format_shows_the_id_inside_a_call_and_a_dash_outside():
         add_id.filter(record)
         return formatter.format(record)
 
-    assert "[-] vae_serve.server.x: hello" in line()
+    assert f"INFO [-] [{os.getpid()}] vae_serve.server.x: hello" in line()
     token = request_id.set("req-9")
     try:
-        assert "[req-9] vae_serve.server.x: hello" in line()
+        assert f"INFO [req-9] [{os.getpid()}] vae_serve.server.x: hello" in line()
     finally:
         request_id.reset(token)
     assert "[-]" in line()
