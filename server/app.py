@@ -29,6 +29,7 @@ from vae_serve.errors import ModelLoadError
 from .dataplane import DataPlane
 from .drain import drain
 from .health import HealthServicer
+from .lifecycle import Lifecycle, ServerState
 from .metrics import Metrics, serve_metrics
 from .model import load_model
 from .oip import OIP_SERVICE, OipServicer
@@ -55,8 +56,11 @@ class VaeServer:
         self.network, self.tls, self.repository = settings.network, settings.tls, settings.repository
         self.worker = worker
         self.metrics = metrics or Metrics()
-        self.dataplane = DataPlane(settings.batching, settings.limits, self.repository, self.metrics)
         self.health = HealthServicer()
+        self.state = ServerState(self.health, ("", VAE_SERVICE, OIP_SERVICE))
+        self.dataplane = DataPlane(
+            settings.batching, settings.limits, self.repository, self.metrics, self.state
+        )
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
@@ -163,8 +167,7 @@ class VaeServer:
             raise
         self._server = server
         self._watching = asyncio.create_task(self.watcher.run_forever(), name="repository-watcher")
-        for service in ("", VAE_SERVICE, OIP_SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self.state.serve()
         metrics_port = self.metrics_port or s.metrics_port  # a worker's supervisor serves them
         security = "TLS" if self.tls.tls_cert else "plaintext"
         log.info(
@@ -178,12 +181,16 @@ class VaeServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING at once, finish what was received, then stop within the grace."""
+        if self.state.phase is Lifecycle.STOPPED:
+            return  # stopped already
         grace = self.network.drain_grace_s if grace is None else grace
-        self.dataplane.draining = True  # readiness (OIP ServerReady) false at once, like health
-        await self.health.enter_graceful_shutdown()
-        if self._server is not None:
+        if self.state.phase is Lifecycle.SERVING:
+            await self.state.drain()  # readiness and health NOT_SERVING at once
+        if self._server is not None and self._receive is not None:
             log.info("draining: NOT_SERVING; up to %.1f s for received RPCs", grace)
-            await drain(self._server, self.dataplane.activity, self._receive, grace, self.health.end_watches)
+            await drain(self._server, self.dataplane.activity, self._receive, grace)
+        elif self.state.phase is Lifecycle.LOADING:
+            await self.state.stop()  # never started: nothing to drain
         if self._watching is not None:
             self._watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -7,10 +7,24 @@ import sys
 
 from vae_serve import require_extra
 
-__all__ = ["main"]
+__all__ = ["LOG_FORMAT", "configure_logging", "main"]
+
+# `request_id`: the call's (x-request-id, or one made up), "-" outside any call.
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] [%(process)d] %(name)s: %(message)s"
 
 # What server/ imports beyond the client's dependencies: the `server` extra in pyproject.toml.
 SERVER_MODULES = ("onnxruntime", "grpc_reflection", "prometheus_client", "pydantic", "pydantic_settings")
+
+
+def configure_logging(level: str) -> None:
+    """The process's logging: every line says which request it belongs to (workers inherit it)."""
+    import logging
+
+    from .calls import RequestIdFilter
+
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     require_extra("vae-serve", "server", SERVER_MODULES)
 
     import asyncio
-    import logging
 
     from vae_serve.errors import ModelLoadError, ServingError
 
@@ -33,10 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, SettingsError) as exc:
         print(f"vae-serve: error: {describe_error(exc)}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level)
     try:
         if settings.workers > 1:
             from .workers import StartFailure, run_workers  # before prometheus_client is imported anywhere

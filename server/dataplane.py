@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from vae_serve.errors import Draining, InvalidInput, ModelLoadError, TooLarge
+from vae_serve.errors import InvalidInput, ModelLoadError, TooLarge
 
 from .batching import BatchingRunner
 from .drain import Activity
+from .lifecycle import ServerState
 from .metrics import Metrics
 from .model import LoadedModel
 from .runner import InlineRunner, Runner, TimedGraph, trimmer
@@ -42,13 +43,15 @@ class DataPlane:
         limits: LimitSettings,
         repository: RepositorySettings,
         metrics: Metrics,
+        state: ServerState | None = None,
     ) -> None:
+        """`state`: the server's lifecycle, which readiness and admission read (a bare one if none)."""
         self.batching = batching
         self.limits = limits
         self.metrics = metrics
         self.versions = ServedVersions(repository)
-        self.activity = Activity(limits.max_concurrent_rpcs)
-        self.draining = False  # set when shutdown starts; calls are refused later (see drain.py)
+        self.state = state if state is not None else ServerState()
+        self.activity = Activity(limits.max_concurrent_rpcs, self.state)
 
     def _runner(self, graph: Graph, label: str) -> Runner:
         timed = TimedGraph(graph, label, self.metrics)
@@ -80,13 +83,12 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        """Loaded and taking new work: what health and readiness report."""
-        return self.loaded and not self.draining and not self.activity.refusing
+        """Loaded and SERVING: what readiness reports (health follows the same state)."""
+        return self.loaded and self.state.ready
 
     def current(self, version: str | None = None) -> ServedModel:
         """The model version for a call that is starting now: the one pinned, or the latest."""
-        if self.activity.refusing:
-            raise Draining("server is shutting down; retry on another replica")
+        self.state.admit()
         return self.versions.get(version)
 
     def _check_response_size(self, rows: int, width: int, tensors: int = 1) -> None:

@@ -15,7 +15,9 @@ to a handler: on a busy event loop that can be most of a burst. So the drain run
    told from callers that ignore health and keep sending (both arrive at the pace of the
    senders), so under such load the drain refuses until the grace period ends;
 3. stop the server with whatever is left of the grace period.
-Health reports NOT_SERVING from the first moment, so load balancers move away meanwhile.
+Health reports NOT_SERVING from the first moment, so load balancers move away meanwhile. The
+steps are the lifecycle's DRAINING, REFUSING and STOPPED (server/lifecycle.py): admission here and
+in the data plane reads that one state.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
-from vae_serve.errors import Draining, Overloaded
+from vae_serve.errors import Overloaded
 
+from .lifecycle import Lifecycle, ServerState
 from .registration import ReceiveTimeout
 
 __all__ = ["Activity", "drain"]
@@ -46,10 +48,10 @@ class Activity:
     """Calls in handlers now, how many have ever started, and the admission of data-plane work."""
 
     max_working: int = 2048
+    state: ServerState = field(default_factory=ServerState)  # refuses work from REFUSING on
     in_flight: int = 0
     working: int = 0  # data-plane calls among those in flight
     started_total: int = 0
-    refusing: bool = False
 
     def started(self) -> None:
         self.in_flight += 1
@@ -60,8 +62,7 @@ class Activity:
 
     def admit(self) -> None:
         """Take a data-plane slot (give it back with `release`), or raise why not."""
-        if self.refusing:
-            raise Draining("server is shutting down; retry on another replica")
+        self.state.admit()
         if self.working >= self.max_working:
             raise Overloaded(
                 f"{self.working} requests in progress, the limit (--max-concurrent-rpcs); retry with backoff"
@@ -89,13 +90,15 @@ async def drain(
     activity: Activity,
     receiving: ReceiveTimeout,
     grace: float,
-    before_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """`before_stop`: ends what would otherwise run until gRPC cancels it (health watches)."""
+    """From DRAINING (the caller's `state.drain()`) to STOPPED; from REFUSING (the backlog was
+    already given its time) it goes straight to step 2."""
+    state = activity.state
     began = time.monotonic()
     deadline = began + grace
-    await _until_quiet(activity, receiving, min(deadline, began + BACKLOG_MAX_S), QUIET_S)  # 1. the backlog
-    activity.refusing = True  # 2. new calls get UNAVAILABLE from here on
+    if state.phase is Lifecycle.DRAINING:
+        await _until_quiet(activity, receiving, min(deadline, began + BACKLOG_MAX_S), QUIET_S)  # 1. backlog
+        state.refuse()  # 2. new calls get UNAVAILABLE from here on
     backlog_s = time.monotonic() - began
     refused_from = activity.started_total
     settled = await _until_quiet(activity, receiving, deadline, REFUSED_QUIET_S)
@@ -106,6 +109,5 @@ async def drain(
         time.monotonic() - began - backlog_s,
         "settled" if settled else f"grace over with {activity.in_flight} in flight",
     )
-    if before_stop is not None:
-        await before_stop()
+    await state.stop()  # health watches end here, not cancelled by gRPC at the end of the grace
     await server.stop(max(0.0, deadline - time.monotonic()))  # 3.

@@ -7,19 +7,22 @@ logvar) and `vae_decoder` (z -> x), at the version the server serves.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
 from vae_serve import __version__
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from vae_serve.errors import ModelNotFound, quote
 
+from .calls import deadline_of, pinned_version
 from .dataplane import DataPlane
+from .edge import Edge, control_rpc, data_plane_rpc
+from .model import LoadedModel
 from .oip_codec import infer_response, input_array, wanted_outputs
-from .servicer import deadline_of
-from .status import rpc
 from .versions import ServedModel
 
 __all__ = ["OIP_SERVICE", "OipServicer"]
@@ -27,46 +30,76 @@ __all__ = ["OIP_SERVICE", "OipServicer"]
 OIP_SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
+Outputs = tuple[tuple[np.ndarray, ...], str]  # the output arrays in order, and the version used
+# A data-plane call as OIP makes it: (plane, input, deadline, pinned version) -> outputs.
+OipRun = Callable[[DataPlane, np.ndarray, float | None, str | None], Awaitable[Outputs]]
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    name: str
+    width: Callable[[LoadedModel], int]  # columns of the [-1, width] tensor, from the model served
+
+
 @dataclass(frozen=True)
 class _OipModel:
-    """One model as OIP exposes it: the data-plane method behind it, and each tensor's width
-    (the LoadedModel attribute that gives it)."""
+    """One model as OIP exposes it: the data-plane call behind it, and its tensors."""
 
-    method: str
-    input: tuple[str, str]
-    outputs: tuple[tuple[str, str], ...]
+    run: OipRun
+    input: _Tensor
+    outputs: tuple[_Tensor, ...]
+
+
+async def _encode(plane: DataPlane, x: np.ndarray, deadline: float | None, version: str | None) -> Outputs:
+    mean, logvar, used = await plane.encode(x, deadline, version)
+    return (mean, logvar), used
+
+
+async def _decode(plane: DataPlane, z: np.ndarray, deadline: float | None, version: str | None) -> Outputs:
+    x, used = await plane.decode(z, deadline, version)
+    return (x,), used
+
+
+def _input_dim(model: LoadedModel) -> int:
+    return model.input_dim
+
+
+def _latent_dim(model: LoadedModel) -> int:
+    return model.latent_dim
 
 
 GRAPHS = {
     "vae_encoder": _OipModel(
-        "encode", ("x", "input_dim"), (("mean", "latent_dim"), ("logvar", "latent_dim"))
+        _encode, _Tensor("x", _input_dim), (_Tensor("mean", _latent_dim), _Tensor("logvar", _latent_dim))
     ),
-    "vae_decoder": _OipModel("decode", ("z", "latent_dim"), (("x", "input_dim"),)),
+    "vae_decoder": _OipModel(_decode, _Tensor("z", _latent_dim), (_Tensor("x", _input_dim),)),
 }
 
 
 class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, edge: Edge | None = None) -> None:
+        """`edge`: where the rpc wrapper records and admits; by default the data plane's own."""
         self.dataplane = dataplane
+        self.edge = edge if edge is not None else Edge(dataplane.metrics, dataplane.activity)
 
     def _resolve(self, model: str, version: str) -> ServedModel:
         if model not in GRAPHS:
             raise ModelNotFound(f"no model {quote(model)}; models: {', '.join(GRAPHS)}")
-        return self.dataplane.current(version)
+        return self.dataplane.current(pinned_version(version))
 
-    @rpc("ServerLive")
+    @control_rpc
     async def ServerLive(
         self, request: oip.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> oip.ServerLiveResponse:
         return oip.ServerLiveResponse(live=True)
 
-    @rpc("ServerReady")
+    @control_rpc
     async def ServerReady(
         self, request: oip.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> oip.ServerReadyResponse:
         return oip.ServerReadyResponse(ready=self.dataplane.ready)
 
-    @rpc("ModelReady")
+    @control_rpc
     async def ModelReady(
         self, request: oip.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelReadyResponse:
@@ -75,23 +108,22 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
         self._resolve(request.name, request.version)
         return oip.ModelReadyResponse(ready=True)
 
-    @rpc("ServerMetadata")
+    @control_rpc
     async def ServerMetadata(
         self, request: oip.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> oip.ServerMetadataResponse:
         return oip.ServerMetadataResponse(name="vae-serve", version=__version__, extensions=[])
 
-    @rpc("ModelMetadata")
+    @control_rpc
     async def ModelMetadata(
         self, request: oip.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelMetadataResponse:
         served = self._resolve(request.name, request.version)
         graph = GRAPHS[request.name]
 
-        def meta(tensor: tuple[str, str]) -> oip.ModelMetadataResponse.TensorMetadata:
-            name, width = tensor
-            shape = [-1, getattr(served.model, width)]
-            return oip.ModelMetadataResponse.TensorMetadata(name=name, datatype="FP32", shape=shape)
+        def meta(tensor: _Tensor) -> oip.ModelMetadataResponse.TensorMetadata:
+            shape = [-1, tensor.width(served.model)]
+            return oip.ModelMetadataResponse.TensorMetadata(name=tensor.name, datatype="FP32", shape=shape)
 
         return oip.ModelMetadataResponse(
             name=request.name,
@@ -101,17 +133,17 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
             outputs=[meta(tensor) for tensor in graph.outputs],
         )
 
-    @rpc("ModelInfer", work=True)
+    @data_plane_rpc
     async def ModelInfer(
         self, request: oip.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelInferResponse:
         served = self._resolve(request.model_name, request.model_version)
         graph = GRAPHS[request.model_name]
-        names = tuple(name for name, _ in graph.outputs)
+        names = tuple(tensor.name for tensor in graph.outputs)
         wanted = wanted_outputs(request, request.model_name, names)
-        max_values = self.dataplane.limits.max_request_rows * getattr(served.model, graph.input[1])
-        array = input_array(request, request.model_name, graph.input[0], max_values)
-        run = getattr(self.dataplane, graph.method)  # encode or decode: same validation, batcher, metrics
-        *values, version = await run(array, deadline_of(context), served.version)
+        max_values = self.dataplane.limits.max_request_rows * graph.input.width(served.model)
+        array = input_array(request, request.model_name, graph.input.name, max_values)
+        # encode or decode: the same validation, batcher and metrics as the native API
+        values, version = await graph.run(self.dataplane, array, deadline_of(context), served.version)
         outputs = dict(zip(names, values, strict=True))
         return infer_response(request, request.model_name, version, outputs, wanted)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 
 import grpc
 import numpy as np
@@ -14,8 +13,9 @@ from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.errors import InvalidInput
 from vae_serve.tensor import from_tensor, to_tensor
 
+from .calls import deadline_of, pinned_version
 from .dataplane import DataPlane
-from .status import rpc
+from .edge import Edge, control_rpc, data_plane_rpc
 
 __all__ = ["VAEServicer"]
 
@@ -28,36 +28,37 @@ def _required(message: Message, field: str) -> np.ndarray:
     return from_tensor(getattr(message, field), field)
 
 
-def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
-
-
 def _optional(message: Message, field: str) -> np.ndarray | None:
     return from_tensor(getattr(message, field), field) if message.HasField(field) else None
 
 
 class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, edge: Edge | None = None) -> None:
+        """`edge`: where the rpc wrapper records and admits; by default the data plane's own."""
         self.dataplane = dataplane
+        self.edge = edge if edge is not None else Edge(dataplane.metrics, dataplane.activity)
 
-    @rpc("Encode", work=True)
+    @data_plane_rpc
     async def Encode(
         self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.EncodeResponse:
         x = _required(request, "x")
-        mean, logvar, version = await self.dataplane.encode(x, deadline_of(context), request.model_version)
+        mean, logvar, version = await self.dataplane.encode(
+            x, deadline_of(context), pinned_version(request.model_version)
+        )
         return vae_pb2.EncodeResponse(mean=to_tensor(mean), logvar=to_tensor(logvar), model_version=version)
 
-    @rpc("Decode", work=True)
+    @data_plane_rpc
     async def Decode(
         self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.DecodeResponse:
         z = _required(request, "z")
-        x, version = await self.dataplane.decode(z, deadline_of(context), request.model_version)
+        x, version = await self.dataplane.decode(
+            z, deadline_of(context), pinned_version(request.model_version)
+        )
         return vae_pb2.DecodeResponse(x=to_tensor(x), model_version=version)
 
-    @rpc("Sample", work=True)
+    @data_plane_rpc
     async def Sample(
         self, request: vae_pb2.SampleRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.SampleResponse:
@@ -68,16 +69,19 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
             _optional(request, "logvar"),
             request.decode,
             deadline_of(context),
-            request.model_version,
+            pinned_version(request.model_version),
         )
         x_tensor = _EMPTY if x is None else to_tensor(x)
         return vae_pb2.SampleResponse(z=to_tensor(z), x=x_tensor, model_version=version)
 
-    @rpc("GetModelInfo")
+    @control_rpc
     async def GetModelInfo(
         self, request: vae_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.ModelInfo:
-        model, limits = self.dataplane.current(request.model_version).model, self.dataplane.limits
+        model, limits = (
+            self.dataplane.current(pinned_version(request.model_version)).model,
+            self.dataplane.limits,
+        )
         return vae_pb2.ModelInfo(
             name=model.name,
             version=model.version.version,

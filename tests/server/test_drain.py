@@ -40,18 +40,26 @@ def test_drain_answers_the_burst_then_refuses():
         running.loop.call_soon_threadsafe(running.loop.stop)
 
 
-def test_calls_starting_after_the_backlog_are_refused_with_unavailable(running, stub):
-    activity = running.server.dataplane.activity
-    activity.refusing = True  # where drain() puts the server once the backlog is answered
+def test_calls_starting_after_the_backlog_are_refused_with_unavailable():
+    running = RunningServer()
+    state = running.server.state
     try:
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=5)
-        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
-        assert "shutting down" in caught.value.details()
-        assert not running.server.dataplane.ready
+        with grpc.insecure_channel(running.target) as channel:
+            stub = vae_pb2_grpc.VAEServiceStub(channel)
+            running.call(state.drain())
+            assert stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=5).name == "fashion-vae"
+            state.refuse()  # where drain() puts the server once the backlog is answered
+            for call in (stub.GetModelInfo, stub.Decode):  # control and data-plane calls alike
+                request = (
+                    vae_pb2.GetModelInfoRequest() if call is stub.GetModelInfo else vae_pb2.DecodeRequest()
+                )
+                with pytest.raises(grpc.RpcError) as caught:
+                    call(request, timeout=5)
+                assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+                assert "shutting down" in caught.value.details()
+            assert not running.server.dataplane.ready
     finally:
-        activity.refusing = False
-    assert stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=5).name == "fashion-vae"
+        running.stop()
 
 
 async def _burst_then_sigterm(calls: int, send, prepare=None) -> Counter:

@@ -3,6 +3,7 @@
 import grpc
 import numpy as np
 import pytest
+from support import RunningServer
 
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
@@ -69,18 +70,19 @@ def test_response_has_requested_outputs_in_order_as_raw_bytes():
     assert reply.raw_output_contents[0] == np.ones((1, 2), "<f4").tobytes()
 
 
-def test_readiness_follows_draining(running):
-    with grpc.insecure_channel(running.target) as channel:
-        stub = oip_grpc.GRPCInferenceServiceStub(channel)
-        assert stub.ServerReady(oip.ServerReadyRequest(), timeout=5).ready
-        running.server.dataplane.draining = True
-        try:
+def test_readiness_follows_draining():
+    running = RunningServer()
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = oip_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ServerReady(oip.ServerReadyRequest(), timeout=5).ready
+            assert stub.ModelReady(oip.ModelReadyRequest(name="vae_encoder"), timeout=5).ready
+            running.call(running.server.state.drain())
             assert not stub.ServerReady(oip.ServerReadyRequest(), timeout=5).ready
             assert not stub.ModelReady(oip.ModelReadyRequest(name="vae_encoder"), timeout=5).ready
             assert stub.ServerLive(oip.ServerLiveRequest(), timeout=5).live
-        finally:
-            running.server.dataplane.draining = False
-        assert stub.ModelReady(oip.ModelReadyRequest(name="vae_encoder"), timeout=5).ready
+    finally:
+        running.stop()
 
 
 def test_raw_and_typed_together_are_refused():
