@@ -71,14 +71,14 @@ class VaeServer:
 
     def load(self) -> None:
         s = self.repository
-        version = resolve(s.model_repository, s.model, s.model_version)
-        model = load_model(version, s.device, s.intra_op_threads)
+        files = resolve(s.model_repository, s.model, s.model_version)
+        model = load_model(files, s.device, s.intra_op_threads)
         self.dataplane.serve(model)
         log.info(
             "loaded %s version %s from %s on %s",
             model.name,
-            version.version,
-            version.path,
+            files.version,
+            files.path,
             model.execution_provider,
         )
 

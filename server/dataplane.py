@@ -14,11 +14,11 @@ from vae_serve.errors import InvalidInput, ModelLoadError, TooLarge
 
 from .batching import BatchingRunner
 from .drain import Activity
+from .graph import Graph
 from .lifecycle import ServerState
 from .metrics import Metrics
 from .model import LoadedModel
 from .runner import InlineRunner, Runner, TimedGraph, trimmer
-from .runtime import Graph
 from .settings import BatchingSettings, LimitSettings, RepositorySettings
 from .validation import check_finite, check_matrix, check_unit_interval
 from .versions import ServedModel, ServedVersions
@@ -49,7 +49,7 @@ class DataPlane:
         self.batching = batching
         self.limits = limits
         self.metrics = metrics
-        self.versions = ServedVersions(repository)
+        self.served = ServedVersions(repository)
         self.state = state if state is not None else ServerState()
         self.activity = Activity(limits.max_concurrent_rpcs, self.state)
 
@@ -66,20 +66,20 @@ class DataPlane:
         floor = message_floor(model)
         if self.limits.max_message_bytes < floor:
             raise ModelLoadError(
-                f"{model.version.path}: --max-message-bytes {self.limits.max_message_bytes} is under the "
+                f"{model.files.path}: --max-message-bytes {self.limits.max_message_bytes} is under the "
                 f"{floor} bytes this model needs (its GetModelInfo reply with the card, and one row of "
                 f"its largest request or response)"
             )
         served = ServedModel(
             model, self._runner(model.encoder, "encoder"), self._runner(model.decoder, "decoder")
         )
-        self.versions.add(served)
-        latest = self.versions.latest.model
-        self.metrics.set_model(latest.name, latest.version.version, latest.execution_provider)
+        self.served.add(served)
+        latest = self.served.latest.model
+        self.metrics.set_model(latest.name, latest.version, latest.execution_provider)
 
     @property
     def loaded(self) -> bool:
-        return self.versions.latest is not None
+        return self.served.latest is not None
 
     @property
     def ready(self) -> bool:
@@ -89,7 +89,7 @@ class DataPlane:
     def current(self, version: str | None = None) -> ServedModel:
         """The model version for a call that is starting now: the one pinned, or the latest."""
         self.state.admit()
-        return self.versions.get(version)
+        return self.served.get(version)
 
     def _check_response_size(self, rows: int, width: int, tensors: int = 1) -> None:
         size = 4 * rows * width + _TENSOR_OVERHEAD * tensors
@@ -100,7 +100,7 @@ class DataPlane:
             )
 
     def close(self) -> None:
-        self.versions.close()
+        self.served.close()
 
     async def encode(
         self, x: np.ndarray, deadline: float | None = None, version: str | None = None

@@ -14,15 +14,15 @@ import numpy as np
 
 from vae_serve.errors import ModelLoadError
 
-from .repository import ModelVersion
-from .runtime import Graph, choose_providers
+from .graph import Graph, choose_providers
+from .repository import VersionFiles
 
 __all__ = ["LoadedModel", "load_model"]
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    version: ModelVersion
+    files: VersionFiles
     encoder: Graph
     decoder: Graph
     input_dim: int
@@ -33,7 +33,11 @@ class LoadedModel:
 
     @property
     def name(self) -> str:
-        return self.version.name
+        return self.files.name
+
+    @property
+    def version(self) -> str:
+        return self.files.version
 
 
 def _check_signature(graph: Graph, input_name: str, width: int, outputs: dict[str, int]) -> None:
@@ -67,16 +71,16 @@ def _warm_up(graph: Graph, width: int) -> None:
                 raise ModelLoadError(f"{graph.path}: warm-up produced a wrong or non-finite output")
 
 
-def load_model(version: ModelVersion, device: str, intra_op_threads: int) -> LoadedModel:
+def load_model(files: VersionFiles, device: str, intra_op_threads: int) -> LoadedModel:
     """The version in ONNX Runtime, from the graph bytes its card was verified against."""
-    spec = version.spec
+    spec = files.spec
     input_dim, latent_dim, image_shape = spec.input_dim, spec.latent_dim, tuple(spec.image_shape)
     providers = choose_providers(device)
     encoder = Graph(
-        version.graph("encoder.onnx"), providers, intra_op_threads, device, version.take_graph("encoder.onnx")
+        files.graph("encoder.onnx"), providers, intra_op_threads, device, files.take_graph("encoder.onnx")
     )
     decoder = Graph(
-        version.graph("decoder.onnx"), providers, intra_op_threads, device, version.take_graph("decoder.onnx")
+        files.graph("decoder.onnx"), providers, intra_op_threads, device, files.take_graph("decoder.onnx")
     )
     _check_signature(encoder, "x", input_dim, {"mean": latent_dim, "logvar": latent_dim})
     _check_signature(decoder, "z", latent_dim, {"x": input_dim})
@@ -85,6 +89,6 @@ def load_model(version: ModelVersion, device: str, intra_op_threads: int) -> Loa
     used = {encoder.provider, decoder.provider}
     provider = used.pop() if len(used) == 1 else f"encoder:{encoder.provider},decoder:{decoder.provider}"
     card_strings = {
-        k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in version.card.items()
+        k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in files.card.items()
     }
-    return LoadedModel(version, encoder, decoder, input_dim, latent_dim, image_shape, provider, card_strings)
+    return LoadedModel(files, encoder, decoder, input_dim, latent_dim, image_shape, provider, card_strings)

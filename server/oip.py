@@ -127,7 +127,7 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
 
         return oip.ModelMetadataResponse(
             name=request.name,
-            versions=self.dataplane.versions.versions,
+            versions=self.dataplane.served.loaded,
             platform="onnxruntime_onnx",
             inputs=[meta(graph.input)],
             outputs=[meta(tensor) for tensor in graph.outputs],

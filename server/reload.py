@@ -62,7 +62,7 @@ def _check_compatible(new: LoadedModel, served: LoadedModel) -> None:
     for field in ("input_dim", "latent_dim", "image_shape"):
         if getattr(new, field) != getattr(served, field):
             raise ModelLoadError(
-                f"{new.version.path}: {field} {getattr(new, field)} differs from the served "
+                f"{new.files.path}: {field} {getattr(new, field)} differs from the served "
                 f"version's {getattr(served, field)}; clients would break"
             )
 
@@ -98,9 +98,7 @@ class RepositoryWatcher:
         """Load what is new; returns the versions now served from this scan."""
         loaded = []
         try:
-            candidates = await asyncio.to_thread(
-                self._candidates, int(self.dataplane.versions.latest.version)
-            )
+            candidates = await asyncio.to_thread(self._candidates, int(self.dataplane.served.latest.version))
         except ModelLoadError as exc:  # the model directory itself is unusable: say so once per change
             if str(exc) != self._listing_error:
                 self._listing_error = str(exc)
@@ -116,7 +114,7 @@ class RepositoryWatcher:
                 log.warning(
                     "model version %s rejected, still serving %s: %s",
                     version,
-                    self.dataplane.versions.latest.version,
+                    self.dataplane.served.latest.version,
                     exc,
                 )
             else:
@@ -131,7 +129,7 @@ class RepositoryWatcher:
 
     async def _load(self, version: str) -> None:
         model = await asyncio.to_thread(self._resolve_and_load, version)
-        _check_compatible(model, self.dataplane.versions.latest.model)
+        _check_compatible(model, self.dataplane.served.latest.model)
         self.dataplane.serve(model)
         log.info("now serving %s version %s (%s)", model.name, version, model.execution_provider)
 

@@ -12,7 +12,7 @@ the card describes, so a corrupt, half-copied or hostile version never reaches O
   to `MAX_CARD_BYTES`, a graph to the size its card records or else `MAX_GRAPH_BYTES`.
 - A card is typed (`Card`); a wrong one is one line naming the field.
 - Each graph is read once; those bytes are hashed and are the bytes ONNX Runtime gets
-  (`ModelVersion.take_graph`), and they must hold every weight: external data is refused.
+  (`VersionFiles.take_graph`), and they must hold every weight: external data is refused.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ __all__ = [
     "MAX_CARD_BYTES",
     "MAX_GRAPH_BYTES",
     "Card",
-    "ModelVersion",
+    "VersionFiles",
     "list_versions",
     "resolve",
 ]
@@ -87,7 +87,7 @@ class Card(BaseModel):
 
 
 @dataclass(frozen=True)
-class ModelVersion:
+class VersionFiles:
     name: str
     version: str
     path: Path
@@ -284,7 +284,7 @@ def _read_graph(dir_fd: int, path: Path, filename: str, spec: Card) -> bytes:
     return data
 
 
-def resolve(root: Path, name: str, version: str | None = None) -> ModelVersion:
+def resolve(root: Path, name: str, version: str | None = None) -> VersionFiles:
     """The requested (or highest) version, its card read and its graphs read and verified."""
     if not root.is_dir():
         raise ModelLoadError(f"model repository {root} not found; pass --model-repository")
@@ -300,4 +300,4 @@ def resolve(root: Path, name: str, version: str | None = None) -> ModelVersion:
     with _open_version_dir(path) as dir_fd:
         card, spec = _read_card(dir_fd, path)
         graphs = {filename: _read_graph(dir_fd, path, filename, spec) for filename in GRAPH_FILES}
-    return ModelVersion(name, chosen, path, card, spec, graphs)
+    return VersionFiles(name, chosen, path, card, spec, graphs)

@@ -22,8 +22,8 @@ import numpy as np
 
 from vae_serve.errors import DeadlineExceeded, Overloaded
 
+from .graph import Graph
 from .metrics import Metrics
-from .runtime import Graph
 from .settings import BatchingSettings
 
 __all__ = [

@@ -84,14 +84,14 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
         )
         return vae_pb2.ModelInfo(
             name=model.name,
-            version=model.version.version,
+            version=model.version,
             input_dim=model.input_dim,
             image_shape=model.image_shape,
             latent_dim=model.latent_dim,
             execution_provider=model.execution_provider,
             card=model.card_strings,
             server_id=f"{socket.gethostname()}:{os.getpid()}",  # per call: workers are forked
-            loaded_versions=self.dataplane.versions.versions,
+            loaded_versions=self.dataplane.served.loaded,
             limits=vae_pb2.ServerLimits(
                 max_request_rows=limits.max_request_rows,
                 max_samples=limits.max_samples,

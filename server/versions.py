@@ -32,7 +32,7 @@ class ServedModel:
 
     @property
     def version(self) -> str:
-        return self.model.version.version
+        return self.model.version
 
     def close(self) -> None:
         self.encoder.close()
@@ -47,7 +47,8 @@ class ServedVersions:
         self.latest: ServedModel | None = None
 
     @property
-    def versions(self) -> list[str]:
+    def loaded(self) -> list[str]:
+        """The version strings served, oldest first."""
         return sorted(self._served, key=int)
 
     def add(self, served: ServedModel) -> None:
@@ -55,8 +56,8 @@ class ServedVersions:
         if served.version in self._served:
             self._retire(self._served[served.version])
         self._served[served.version] = served
-        self.latest = self._served[self.versions[-1]]
-        for old in self.versions[: -self.keep]:
+        self.latest = self._served[self.loaded[-1]]
+        for old in self.loaded[: -self.keep]:
             self._retire(self._served.pop(old))
 
     def get(self, version: str | None = None) -> ServedModel:
@@ -66,7 +67,7 @@ class ServedVersions:
             return self.latest
         if version not in self._served:
             raise ModelNotFound(
-                f"model version {quote(version)} is not loaded (loaded: {', '.join(self.versions)})"
+                f"model version {quote(version)} is not loaded (loaded: {', '.join(self.loaded)})"
             )
         return self._served[version]
 

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from vae_serve.server.app import VaeServer
 from vae_serve.server.metrics import Metrics
-from vae_serve.server.repository import ModelVersion, resolve
+from vae_serve.server.repository import VersionFiles, resolve
 from vae_serve.server.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -197,7 +197,7 @@ def write_version(
     latent_dim: int = 2,
     image_shape: tuple = (2, 3),
     **options: object,
-) -> ModelVersion:
+) -> VersionFiles:
     """`write_version_files`, then the version resolved (card read, graphs verified)."""
     path = write_version_files(root, encoder, decoder, input_dim, latent_dim, image_shape, **options)
     return resolve(root, path.parent.name, path.name)

@@ -10,9 +10,9 @@ import pytest
 from support import GOOD_DECODER, GOOD_ENCODER, linear_graph, write_version, write_version_files
 
 from vae_serve.errors import ModelLoadError
+from vae_serve.server.graph import choose_providers
 from vae_serve.server.model import load_model
 from vae_serve.server.repository import resolve
-from vae_serve.server.runtime import choose_providers
 
 
 def test_a_tiny_conforming_model_loads_and_runs(tmp_path):

@@ -121,7 +121,7 @@ def test_an_incompatible_version_is_refused(repo):
             lambda: registry.get_sample_value("vae_serve_model_loads_total", {"result": "rejected"}) == 1
         )
         assert "input_dim 6 differs from the served version's 784" in server.server.watcher.last_rejection
-        assert server.server.dataplane.versions.versions == ["1"]
+        assert server.server.dataplane.served.loaded == ["1"]
     finally:
         server.stop()
 
@@ -132,9 +132,9 @@ def test_versions_present_at_start_do_not_override_a_pinned_start(repo):
     try:
         scans = server.server.watcher.scans
         wait_for(lambda: server.server.watcher.scans >= scans + 3)  # several polls saw version 2
-        assert server.server.dataplane.versions.versions == ["1"]
+        assert server.server.dataplane.served.loaded == ["1"]
         publish(repo, "3", tweak=shift_last_bias)  # a version that appears later does load
-        wait_for(lambda: server.server.dataplane.versions.versions[-1] == "3")
+        wait_for(lambda: server.server.dataplane.served.loaded[-1] == "3")
     finally:
         server.stop()
 
@@ -229,7 +229,7 @@ def test_repository_io_never_stalls_the_event_loop(repo, caplog):
             wait_for(lambda: rejected() == 3, seconds=60)
         assert probe.max_gap_s < LOOP_STALL_BOUND_S, f"event loop stalled {probe.max_gap_s * 1000:.0f} ms"
         assert probe.calls > 10 and not probe.errors
-        assert server.server.dataplane.versions.versions == ["1"]
+        assert server.server.dataplane.served.loaded == ["1"]
         reasons = [r.getMessage() for r in caplog.records if "rejected, still serving 1" in r.getMessage()]
         assert any("2/encoder.onnx: sha256" in r for r in reasons), reasons
         assert any("3/model.json: not a regular file" in r for r in reasons), reasons
@@ -241,15 +241,15 @@ def test_repository_io_never_stalls_the_event_loop(repo, caplog):
 
 def test_one_bad_entry_never_stops_a_scan_and_is_reported_once(repo, caplog):
     server = RunningServer(model_repository=repo, repository_poll_s=0)  # scans when woken only
-    versions = server.server.dataplane.versions
+    versions = server.server.dataplane.served
     try:
         shutil.copytree(DEFAULT_MODEL_DIR, repo / "fashion-vae" / "²")  # int("²") raises
         publish(repo, "2", tweak=shift_last_bias)
         server.loop.call_soon_threadsafe(server.server.watcher.wake.set)
-        wait_for(lambda: versions.versions[-1] == "2")
+        wait_for(lambda: versions.loaded[-1] == "2")
         publish(repo, "3", tweak=shift_last_bias)
         server.loop.call_soon_threadsafe(server.server.watcher.wake.set)
-        wait_for(lambda: versions.versions[-1] == "3")
+        wait_for(lambda: versions.loaded[-1] == "3")
         assert sum("'²'" in r.getMessage() for r in caplog.records) == 1
     finally:
         server.stop()

@@ -281,7 +281,7 @@ def test_start_up_with_bad_entries_serves_the_best_version_and_a_bad_card_is_one
     settings = Settings(model_repository=repo, port=0, metrics_port=0)
     server = VaeServer(settings, Metrics())
     server.load()
-    assert server.dataplane.versions.latest.version == "10"
+    assert server.dataplane.served.latest.version == "10"
     assert "²" in caplog.text
 
     card_path = model_dir / "10" / "model.json"

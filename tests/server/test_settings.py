@@ -257,7 +257,7 @@ def test_the_server_hands_each_component_its_settings():
     plane = VaeServer(s, Metrics()).dataplane  # built, not started: no port, no model
     assert plane.batching == s.batching and plane.batching.max_queue_rows == 600
     assert plane.limits == s.limits and plane.limits.max_request_rows == 500
-    assert plane.versions.keep == 4
+    assert plane.served.keep == 4
 
 
 # A replaced version stays for --retire-after-s, not --drain-grace-s.
@@ -271,7 +271,7 @@ def _retire_first_of_two(settings: Settings) -> bool:
     async def scenario() -> bool:
         closed = asyncio.Event()
         plane.serve(load_model(version, "cpu", 1))
-        first = plane.versions.get()
+        first = plane.served.get()
         close = first.encoder.close
 
         def closing() -> None:
@@ -280,7 +280,7 @@ def _retire_first_of_two(settings: Settings) -> bool:
 
         first.encoder.close = closing  # type: ignore[method-assign]
         plane.serve(load_model(version, "cpu", 1))
-        assert plane.versions.get() is not first
+        assert plane.served.get() is not first
         try:
             await asyncio.wait_for(closed.wait(), 30)  # a hang guard, not a timing bound
         except TimeoutError:
@@ -301,7 +301,7 @@ def test_a_replaced_version_closes_after_retire_after_s_not_the_drain_grace(capl
 
 def test_retire_after_s_is_its_own_setting():
     s = Settings(model_repository=REPOSITORY, retire_after_s=120, drain_grace_s=0)
-    assert VaeServer(s, Metrics()).dataplane.versions.retire_after_s == 120
+    assert VaeServer(s, Metrics()).dataplane.served.retire_after_s == 120
     assert Settings(model_repository=REPOSITORY).retire_after_s == 10.0
     with pytest.raises(ValidationError):
         Settings(retire_after_s=-1)
