@@ -8,6 +8,8 @@ import json
 import struct
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,15 @@ def idx_bytes(array: np.ndarray) -> bytes:
     """An uncompressed IDX file of uint8 `array`, as the original MNIST files are laid out."""
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + array.astype(np.uint8).tobytes()
+
+
+def wait_for(condition: Callable[[], object], what: str = "the condition", seconds: float = 30) -> None:
+    """Wait for a condition of the system by looking at it every few milliseconds; the one such
+    helper. The limit only bounds a hang: a test never depends on how long this takes."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} in {seconds} s"
+        time.sleep(0.005)
 
 
 class RunningServer:

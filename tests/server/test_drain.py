@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import RunningServer, start_vae_serve
+from support import RunningServer, start_vae_serve, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.tensor import to_tensor
@@ -22,8 +22,10 @@ def test_drain_answers_the_burst_then_refuses():
             stub = vae_pb2_grpc.VAEServiceStub(channel)
             health = health_pb2_grpc.HealthStub(channel)
             z = to_tensor(np.random.default_rng(0).standard_normal((256, 32), dtype=np.float32))
+            activity = running.server.dataplane.activity
+            before = activity.started_total
             calls = [stub.Decode.future(vae_pb2.DecodeRequest(z=z), timeout=30) for _ in range(15)]
-            time.sleep(0.05)  # the burst is on the wire: received before the drain begins
+            wait_for(lambda: activity.started_total - before == 15)  # all received before the drain
             began = time.monotonic()
             stopping = asyncio.run_coroutine_threadsafe(running.server.stop(), running.loop)
             status = health.Check(
@@ -88,16 +90,19 @@ def test_sigterm_during_a_burst_answers_or_refuses_every_call_never_cancels(call
     async def run() -> Counter:
         channels: dict[str, list[grpc.aio.Channel]] = {}
 
+        async def prepare(target: str) -> None:  # the burst starts on connected channels
+            channels[target] = [grpc.aio.insecure_channel(target) for _ in range(8)]
+            await asyncio.gather(*(channel.channel_ready() for channel in channels[target]))
+
         async def send(target: str, i: int) -> str:
-            pool = channels.setdefault(target, [grpc.aio.insecure_channel(target) for _ in range(8)])
             try:
-                await pool[i % 8].unary_unary("/vae.v1.VAEService/Decode")(z, timeout=30)
+                await channels[target][i % 8].unary_unary("/vae.v1.VAEService/Decode")(z, timeout=30)
             except grpc.aio.AioRpcError as err:
                 return err.code().name
             return "OK"
 
         try:
-            return await _burst_then_sigterm(calls, send)
+            return await _burst_then_sigterm(calls, send, prepare)
         finally:
             for pool in channels.values():
                 for channel in pool:

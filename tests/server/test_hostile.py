@@ -159,7 +159,13 @@ def test_streams_that_never_send_their_message_hold_nothing_and_time_out(server)
     async def attack() -> Counter:
         channels = [grpc.aio.insecure_channel(server, options=OWN_CONNECTION) for _ in range(20)]  # 128 each
         silent = [ch.stream_unary(path)() for ch in channels for path in (DECODE, CHECK) * 64]
-        await asyncio.sleep(0.2)  # let the headers out: nothing to wait on, they never answer
+        # A connection's frames arrive in order: once a check on it is answered, its silent
+        # streams are open on the server.
+        checks = [
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            for ch in channels
+        ]
+        await asyncio.gather(*checks)
         await _health_and_decode(server)  # 2560 silent streams lock nobody out
         codes = Counter()
         for stream in silent:  # the server frees each after --receive-timeout-s (1 s here)

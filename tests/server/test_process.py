@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import REPOSITORY, start_vae_serve
+from support import REPOSITORY, start_vae_serve, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.tensor import to_tensor
@@ -88,15 +88,31 @@ def test_corrupt_model_names_the_file(tmp_path):
     fails_in_one_line(["--model-repository", str(tmp_path)], "encoder.onnx: sha256")
 
 
+def decode_calls_received(metrics_port: int) -> float:
+    """Decode calls in handlers or answered, from the server's own metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in ("vae_serve_requests_in_flight", "vae_serve_requests_total")
+        and sample.labels.get("method") == "Decode"
+    )
+
+
 def test_sigterm_during_a_burst_fails_no_call():
-    proc, target = start("--drain-grace-s", "20")
+    from support import free_port
+
+    metrics_port = free_port()
+    proc, target = start("--drain-grace-s", "20", "--metrics-port", str(metrics_port))
     try:
         with grpc.insecure_channel(target) as channel:
             stub = vae_pb2_grpc.VAEServiceStub(channel)
             stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=10)
             z = to_tensor(np.random.default_rng(0).standard_normal((256, 32), dtype=np.float32))
             calls = [stub.Decode.future(vae_pb2.DecodeRequest(z=z), timeout=30) for _ in range(15)]
-            time.sleep(0.05)  # the burst is on the wire and being worked through
+            wait_for(lambda: decode_calls_received(metrics_port) == 15, "the whole burst received")
             proc.send_signal(signal.SIGTERM)
             results = [call.result() for call in calls]
             assert all(r.x.shape == [256, 784] for r in results)
@@ -160,11 +176,9 @@ def test_a_dead_worker_is_replaced_and_a_dead_supervisor_takes_its_workers_along
         assert len(first) == 2
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (
-            victim in worker_pids(proc.pid) or len(worker_pids(proc.pid)) < 2
-        ):
-            time.sleep(0.1)
+        wait_for(
+            lambda: victim not in worker_pids(proc.pid) and len(worker_pids(proc.pid)) == 2, "replacement"
+        )
         replaced = worker_pids(proc.pid)
         assert victim not in replaced and len(replaced) == 2
         with grpc.insecure_channel(target) as channel:
@@ -175,10 +189,7 @@ def test_a_dead_worker_is_replaced_and_a_dead_supervisor_takes_its_workers_along
             )
         proc.send_signal(signal.SIGKILL)  # the supervisor dies without a word to its workers
         proc.wait(10)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in replaced):
-            time.sleep(0.1)
-        assert not any(Path(f"/proc/{pid}").exists() for pid in replaced), "orphaned workers still run"
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in replaced), "end of the orphans")
     finally:
         proc.kill()
         proc.wait()
@@ -207,10 +218,7 @@ def test_sigterm_under_steady_load_fails_no_admitted_call():
     try:
         for t in callers:
             t.start()
-        deadline = time.monotonic() + 30
-        while outcomes.get("OK", 0) < 200:  # steady load is under way
-            assert time.monotonic() < deadline, outcomes
-            time.sleep(0.01)
+        wait_for(lambda: outcomes.get("OK", 0) >= 200, "steady load")
         began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from support import RunningServer, free_port, start_vae_serve
+from support import RunningServer, free_port, start_vae_serve, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.tensor import to_tensor
@@ -51,13 +51,6 @@ async def hammer(
 
 
 DECODE_1 = vae_pb2.DecodeRequest(z=to_tensor(np.zeros((1, L), np.float32))).SerializeToString()
-
-
-def wait_until(condition, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def p99(latencies: list[float]) -> float:
@@ -117,7 +110,7 @@ def test_deadline_shorter_than_queue_time_is_dropped_not_computed():
                 stub.Decode(vae_pb2.DecodeRequest.FromString(DECODE_1), timeout=0.1)
             assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
             assert queued() == 1  # its caller gave up; it still waits for the 400 ms batch
-            wait_until(lambda: queued() == 0)  # the batcher took it from the queue
+            wait_for(lambda: queued() == 0)  # the batcher took it from the queue
             assert computed() == before  # the expired request never reached ONNX Runtime
             reply = stub.Decode(vae_pb2.DecodeRequest.FromString(DECODE_1), timeout=5)
             assert reply.x.shape == [1, 784] and computed() == before + 1

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -18,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from loop_probe import LOOP_STALL_BOUND_S, LoopProbe
 from onnx import numpy_helper
-from support import DEFAULT_MODEL_DIR, GOOD_DECODER, GOOD_ENCODER, RunningServer, write_version
+from support import DEFAULT_MODEL_DIR, GOOD_DECODER, GOOD_ENCODER, RunningServer, wait_for, write_version
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.client import VaeClient
@@ -60,13 +59,6 @@ def shift_last_bias(model: onnx.ModelProto) -> None:
 def repo(tmp_path):
     shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "fashion-vae" / "1")
     return tmp_path
-
-
-def wait_for(predicate, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def info(stub, version: str = ""):
