@@ -136,6 +136,7 @@ class DataPlane:
     async def sample(
         self,
         num_samples: int,
+        *,
         seed: int | None = None,
         mean: np.ndarray | None = None,
         logvar: np.ndarray | None = None,

@@ -64,12 +64,12 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
     ) -> vae_pb2.SampleResponse:
         z, x, version = await self.dataplane.sample(
             request.num_samples,
-            request.seed if request.HasField("seed") else None,
-            _optional(request, "mean"),
-            _optional(request, "logvar"),
-            request.decode,
-            deadline_of(context),
-            pinned_version(request.model_version),
+            seed=request.seed if request.HasField("seed") else None,
+            mean=_optional(request, "mean"),
+            logvar=_optional(request, "logvar"),
+            decode=request.decode,
+            deadline=deadline_of(context),
+            version=pinned_version(request.model_version),
         )
         x_tensor = _EMPTY if x is None else to_tensor(x)
         return vae_pb2.SampleResponse(z=to_tensor(z), x=x_tensor, model_version=version)
