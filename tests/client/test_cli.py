@@ -99,6 +99,7 @@ def test_interpolate_between_pictures(vae_client, tmp_path, fashion_mnist_dir, c
     assert np.abs(middle - ends[0]).mean() > 5 and np.abs(middle - ends[1]).mean() > 5
 
 
+@pytest.mark.slow
 def test_encode_decode_npy_round_trip(vae_client, tmp_path, fashion_mnist_dir):
     source = fashion_mnist_dir / "t10k-images-idx3-ubyte.gz"
     mean, logvar, decoded = tmp_path / "mean.npy", tmp_path / "logvar.npy", tmp_path / "x.npy"

@@ -51,6 +51,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
+@pytest.mark.slow
 def test_wheel_contains_every_module_and_the_default_model(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = set()

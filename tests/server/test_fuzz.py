@@ -69,6 +69,7 @@ def test_native_encode_decode(stubs, method, tensor, version):
     logvar=optional_tensors,
     decode=st.booleans(),
 )
+@pytest.mark.slow
 def test_native_sample(stubs, k, seed, mean, logvar, decode):
     _, native, _ = stubs
     fields = {name: t for name, t in (("mean", mean), ("logvar", logvar)) if t is not None}
@@ -97,6 +98,7 @@ oip_inputs = st.builds(
     raw=st.lists(st.binary(max_size=4096), max_size=3),
     outputs=st.lists(st.sampled_from(["x", "mean", "logvar", "q"]), max_size=3),
 )
+@pytest.mark.slow
 def test_oip_model_infer(stubs, model, version, inputs, raw, outputs):
     _, _, inference = stubs
     request = oip.ModelInferRequest(

@@ -195,6 +195,7 @@ def test_a_dead_worker_is_replaced_and_a_dead_supervisor_takes_its_workers_along
         proc.wait()
 
 
+@pytest.mark.slow
 def test_sigterm_under_steady_load_fails_no_admitted_call():
     proc, target = start("--drain-grace-s", "10")
     z = to_tensor(np.zeros((1, 32), np.float32))

@@ -60,6 +60,7 @@ def p99(latencies: list[float]) -> float:
 DECODE_32 = vae_pb2.DecodeRequest(z=to_tensor(np.zeros((32, L), np.float32))).SerializeToString()
 
 
+@pytest.mark.slow
 def test_overload_is_shed_quickly_admitted_work_stays_fast_and_the_server_recovers():
     # 400 callers of 32 rows each against a queue that holds 256 rows: over 10x what it admits.
     flags = ["--max-queue-rows", "256", "--max-batch-size", "128", "--max-request-rows", "64"]

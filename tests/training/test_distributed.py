@@ -7,6 +7,7 @@ import sys
 import pytest
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_ranks_agree(fashion_mnist_dir, tmp_path):
     cmd = [
         sys.executable,

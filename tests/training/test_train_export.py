@@ -76,6 +76,7 @@ def test_resume_from_checkpoint_continues(tiny_data, trained):
     assert evaluate(first, test_x, iwae_k=0).neg_elbo < evaluate(trained[0], test_x, iwae_k=0).neg_elbo
 
 
+@pytest.mark.slow
 def test_export_writes_a_version_that_matches_pytorch(trained, tmp_path):
     model = trained[0]
     path = export.write_version(model, tmp_path, "tiny", "1", {"latent_dim": 8})
