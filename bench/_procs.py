@@ -11,12 +11,20 @@ import subprocess
 import sys
 import time
 
-__all__ = ["free_port", "start_server"]
+__all__ = ["free_port", "start_server", "start_server_ports"]
 
 
 def start_server(
     args: list[str], pattern: str = r"serving on [\d.]+:(\d+)", timeout: float = 60
 ) -> tuple[subprocess.Popen, int]:
+    proc, ports = start_server_ports(args, pattern, timeout)
+    return proc, ports[0]
+
+
+def start_server_ports(
+    args: list[str], pattern: str, timeout: float = 60
+) -> tuple[subprocess.Popen, tuple[int, ...]]:
+    """The process, and every port `pattern`'s groups find in its start-up line."""
     proc = subprocess.Popen([sys.executable, *args], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     seen = []
@@ -24,7 +32,7 @@ def start_server(
         line = proc.stderr.readline()
         seen.append(line)
         if found := re.search(pattern, line):
-            return proc, int(found.group(1))
+            return proc, tuple(int(port) for port in found.groups())
         if not line and proc.poll() is not None:
             break
     proc.kill()

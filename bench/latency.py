@@ -115,6 +115,8 @@ def main() -> None:
         "0",
         "--metrics-port",
         "0",
+        "--http-port",
+        "0",
         "--model-repository",
         str(args.model_dir.parent.parent),
         "--model",

@@ -50,7 +50,7 @@ def ort_throughput(graph: str, rows: int, seconds: float = 2.0) -> float:
 
 def serve(device: str, *flags: str) -> tuple[subprocess.Popen, str]:
     """A vae-serve process on free loopback ports (fixed ones, as workers need them)."""
-    ports = ["--port", str(free_port()), "--metrics-port", str(free_port())]
+    ports = ["--port", str(free_port()), "--metrics-port", str(free_port()), "--http-port", str(free_port())]
     args = ["-m", "vae_serve.server.cli", "--host", "127.0.0.1", "--device", device, *ports, *flags]
     proc, port = start_server(args)
     return proc, f"127.0.0.1:{port}"

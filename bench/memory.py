@@ -108,7 +108,18 @@ def measure(name: str, args: argparse.Namespace) -> list[object]:
         x=to_tensor(np.random.default_rng(0).random((rows, 784), dtype=np.float32))
     ).SerializeToString()
     queue = ["--max-queue-rows", str(max(16384, args.concurrency * rows))]
-    cmd = [*start_as, "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--log-level", "debug"]
+    cmd = [
+        *start_as,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--no-http",
+        "--log-level",
+        "debug",
+    ]
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

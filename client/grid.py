@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["grid_shape", "image_grid", "save_png"]
+__all__ = ["grid_shape", "image_grid", "png_bytes", "save_png"]
 
 
 def grid_shape(count: int, columns: int | None = None) -> tuple[int, int]:
@@ -38,6 +39,13 @@ def image_grid(
     return np.round(canvas * 255).astype(np.uint8)
 
 
+def png_bytes(picture: np.ndarray) -> bytes:
+    """A uint8 greyscale picture as PNG, byte for byte what `save_png` writes."""
+    out = io.BytesIO()
+    Image.fromarray(picture, mode="L").save(out, format="PNG")
+    return out.getvalue()
+
+
 def save_png(picture: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(picture, mode="L").save(path, format="PNG")
+    path.write_bytes(png_bytes(picture))

@@ -25,6 +25,7 @@ __all__ = [
     "InputFileError",
     "load_array",
     "load_images",
+    "read_picture",
 ]
 
 PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -55,17 +56,21 @@ def _grey(img: Image.Image) -> Image.Image:
     return img.convert("L")
 
 
-def _picture(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
+def read_picture(
+    source: Path | BinaryIO, image_shape: tuple[int, ...], label: str, max_pixels: int = MAX_PICTURE_PIXELS
+) -> np.ndarray:
+    """One picture (a file, or an upload's bytes) as a row of `image_shape` grey values in [0, 1];
+    its size is read from the header and checked against `max_pixels` before it is decoded."""
+    path = label
     try:
         with warnings.catch_warnings():  # PIL's bomb warning: the check below refuses it in one line
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path, formats=_PICTURE_FORMATS)
+            img = Image.open(source, formats=_PICTURE_FORMATS)
         with img:
             width, height = img.size  # from the header: nothing is decoded yet
-            if width * height > MAX_PICTURE_PIXELS:
+            if width * height > max_pixels:
                 raise InputFileError(
-                    f"{path}: picture of {width}x{height} pixels is above the limit of "
-                    f"{MAX_PICTURE_PIXELS} pixels (4096x4096)"
+                    f"{path}: picture of {width}x{height} pixels is above the limit of {max_pixels} pixels"
                 )
             grey = _grey(img)
             height, width = image_shape
@@ -186,4 +191,4 @@ def _rows(paths: list[Path], image_shape: tuple[int, ...], input_dim: int, limit
         return _idx(path, input_dim, limit)
     if len(image_shape) != 2:
         raise InputFileError(f"pictures need a 2-D image shape; the model's is {list(image_shape)}")
-    return np.stack([_picture(p, image_shape) for p in paths[:limit]])
+    return np.stack([read_picture(p, image_shape, str(p)) for p in paths[:limit]])

@@ -29,6 +29,9 @@ from vae_serve.errors import ModelLoadError
 from .dataplane import DataPlane
 from .drain import drain
 from .health import HealthServicer
+from .http.app import build_app
+from .http.endpoint import Front
+from .http.serve import HttpServer, bind
 from .lifecycle import Lifecycle, ServerState
 from .metrics import Metrics, serve_metrics
 from .model import load_model
@@ -66,6 +69,8 @@ class VaeServer:
         self._server: grpc.aio.Server | None = None
         self._receive: ReceiveTimeout | None = None
         self._metrics_http: WSGIServer | None = None
+        self.http_port: int | None = None
+        self._http: HttpServer | None = None
         self.watcher = RepositoryWatcher(self.repository, self.dataplane, self.metrics)
         self._watching: asyncio.Task[None] | None = None
 
@@ -157,24 +162,39 @@ class VaeServer:
         if not self.worker:
             self._metrics_http = serve_metrics(self.metrics.registry, s.metrics_host, s.metrics_port)
             self.metrics_port = self._metrics_http.server_address[1]
+        http_socket = None
         try:
+            if self.settings.http:
+                if not self.worker:
+                    check_port_free(self.settings.http_host, self.settings.http_port)
+                http_socket = bind(self.settings.http_server, shared=self.worker)
             server = self._build_server()
             self.port = self._listen(server)
             await server.start()
         except BaseException:
+            if http_socket is not None:
+                http_socket.close()
             self._close_metrics()
             self.port = self.metrics_port = None
             raise
         self._server = server
+        if http_socket is not None:
+            front = Front(self.dataplane, self.metrics, self.dataplane.activity)
+            app = build_app(front, self.settings.http_server)
+            self._http = HttpServer(app, http_socket, self.settings.http_server, s, self.tls)
+            self.http_port = self._http.port
+            await self._http.start()
         self._watching = asyncio.create_task(self.watcher.run_forever(), name="repository-watcher")
         await self.state.serve()
         metrics_port = self.metrics_port or s.metrics_port  # a worker's supervisor serves them
         security = "TLS" if self.tls.tls_cert else "plaintext"
+        http = f"HTTP on {self.settings.http_host}:{self.http_port}" if self._http else "no HTTP"
         log.info(
-            "serving on %s:%d (%s), metrics on http://%s:%s/metrics",
+            "serving on %s:%d (%s), %s, metrics on http://%s:%s/metrics",
             s.host,
             self.port,
             security,
+            http,
             s.metrics_host,
             metrics_port,
         )
@@ -191,6 +211,8 @@ class VaeServer:
             await drain(self._server, self.dataplane.activity, self._receive, grace)
         elif self.state.phase is Lifecycle.LOADING:
             await self.state.stop()  # never started: nothing to drain
+        if self._http is not None:
+            await self._http.stop()  # after the drain: HTTP calls were counted in it too
         if self._watching is not None:
             self._watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):

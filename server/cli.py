@@ -13,7 +13,19 @@ __all__ = ["LOG_FORMAT", "configure_logging", "main"]
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] [%(process)d] %(name)s: %(message)s"
 
 # What server/ imports beyond the client's dependencies: the `server` extra in pyproject.toml.
-SERVER_MODULES = ("onnxruntime", "grpc_reflection", "prometheus_client", "pydantic", "pydantic_settings")
+SERVER_MODULES = (
+    "onnxruntime",
+    "grpc_reflection",
+    "prometheus_client",
+    "pydantic",
+    "pydantic_settings",
+    "fastapi",
+    "uvicorn",
+    "httptools",
+    "orjson",
+    "multipart",
+    "swagger_ui_bundle",
+)
 
 
 def configure_logging(level: str) -> None:

@@ -7,11 +7,7 @@ logvar) and `vae_decoder` (z -> x), at the version the server serves.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
 import grpc
-import numpy as np
 
 from vae_serve import __version__
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
@@ -21,59 +17,13 @@ from vae_serve.errors import ModelNotFound, quote
 from .calls import deadline_of, pinned_version
 from .dataplane import DataPlane
 from .edge import Edge, control_rpc, data_plane_rpc
-from .model import LoadedModel
 from .oip_codec import infer_response, input_array, wanted_outputs
+from .oip_models import GRAPHS, OipTensor
 from .versions import ServedModel
 
 __all__ = ["OIP_SERVICE", "OipServicer"]
 
 OIP_SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-
-
-Outputs = tuple[tuple[np.ndarray, ...], str]  # the output arrays in order, and the version used
-# A data-plane call as OIP makes it: (plane, input, deadline, pinned version) -> outputs.
-OipRun = Callable[[DataPlane, np.ndarray, float | None, str | None], Awaitable[Outputs]]
-
-
-@dataclass(frozen=True)
-class _Tensor:
-    name: str
-    width: Callable[[LoadedModel], int]  # columns of the [-1, width] tensor, from the model served
-
-
-@dataclass(frozen=True)
-class _OipModel:
-    """One model as OIP exposes it: the data-plane call behind it, and its tensors."""
-
-    run: OipRun
-    input: _Tensor
-    outputs: tuple[_Tensor, ...]
-
-
-async def _encode(plane: DataPlane, x: np.ndarray, deadline: float | None, version: str | None) -> Outputs:
-    mean, logvar, used = await plane.encode(x, deadline, version)
-    return (mean, logvar), used
-
-
-async def _decode(plane: DataPlane, z: np.ndarray, deadline: float | None, version: str | None) -> Outputs:
-    x, used = await plane.decode(z, deadline, version)
-    return (x,), used
-
-
-def _input_dim(model: LoadedModel) -> int:
-    return model.input_dim
-
-
-def _latent_dim(model: LoadedModel) -> int:
-    return model.latent_dim
-
-
-GRAPHS = {
-    "vae_encoder": _OipModel(
-        _encode, _Tensor("x", _input_dim), (_Tensor("mean", _latent_dim), _Tensor("logvar", _latent_dim))
-    ),
-    "vae_decoder": _OipModel(_decode, _Tensor("z", _latent_dim), (_Tensor("x", _input_dim),)),
-}
 
 
 class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
@@ -121,7 +71,7 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
         served = self._resolve(request.name, request.version)
         graph = GRAPHS[request.name]
 
-        def meta(tensor: _Tensor) -> oip.ModelMetadataResponse.TensorMetadata:
+        def meta(tensor: OipTensor) -> oip.ModelMetadataResponse.TensorMetadata:
             shape = [-1, tensor.width(served.model)]
             return oip.ModelMetadataResponse.TensorMetadata(name=tensor.name, datatype="FP32", shape=shape)
 

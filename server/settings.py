@@ -36,6 +36,7 @@ from vae_serve import DEFAULT_REPOSITORY, __version__
 __all__ = [
     "MIN_MESSAGE_BYTES",
     "BatchingSettings",
+    "HttpSettings",
     "LimitSettings",
     "NetworkSettings",
     "RepositorySettings",
@@ -111,6 +112,30 @@ class NetworkSettings(_Group):
         10.0,
         ge=0,
         description="Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled.",
+    )
+
+
+class HttpSettings(_Group):
+    """The HTTP front end: KServe v2 REST, the /v1 REST API and its docs, beside gRPC in the same
+    process. TLS (--tls-*) and the receive timeout apply to it as to gRPC."""
+
+    http: bool = Field(True, description="Serve HTTP beside gRPC (--no-http: gRPC only).")
+    http_host: str = Field("0.0.0.0", description="Address the HTTP server binds.")
+    http_port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: any free port).")
+    http_max_connections: int = Field(
+        1024, ge=1, le=65535, description="Open HTTP connections at once; a request beyond gets 503."
+    )
+    http_keep_alive_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Close an HTTP connection idle this long between requests (a proxy in front "
+        "should close its idle ones sooner).",
+    )
+    http_cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins whose web pages may call the HTTP API (CORS), e.g. https://app.example; "
+        "none by default. '*' allows any.",
     )
 
 
@@ -204,7 +229,13 @@ _G = TypeVar("_G", bound=_Group)
 
 # Bases in reverse: pydantic collects fields from the last base first, so --help lists them in groups.
 class Settings(
-    BaseSettings, LimitSettings, BatchingSettings, RepositorySettings, TLSSettings, NetworkSettings
+    BaseSettings,
+    LimitSettings,
+    BatchingSettings,
+    RepositorySettings,
+    TLSSettings,
+    HttpSettings,
+    NetworkSettings,
 ):
     """Serve a VAE's encoder and decoder over gRPC (its own API and the Open Inference Protocol)
     from ONNX Runtime. Every flag is also a VAE_* variable (--max-batch-size: VAE_MAX_BATCH_SIZE)
@@ -248,6 +279,10 @@ class Settings(
         return self._group(NetworkSettings)
 
     @property
+    def http_server(self) -> HttpSettings:
+        return self._group(HttpSettings)
+
+    @property
     def tls(self) -> TLSSettings:
         return self._group(TLSSettings)
 
@@ -277,9 +312,12 @@ class Settings(
 
     @model_validator(mode="after")
     def _workers_need_a_port(self) -> Settings:
-        if self.workers > 1 and (self.port == 0 or self.metrics_port == 0):
+        if self.workers > 1 and (
+            self.port == 0 or self.metrics_port == 0 or (self.http and self.http_port == 0)
+        ):
             raise ValueError(
-                "--workers above 1 needs a fixed --port and --metrics-port (0 would differ per worker)"
+                "--workers above 1 needs a fixed --port, --http-port and --metrics-port "
+                "(0 would differ per worker)"
             )
         return self
 

@@ -1,6 +1,6 @@
-"""The one table from domain error to gRPC status (the rpc wrapper in edge.py applies it).
+"""The one table from domain error to status, gRPC and HTTP (edge.py and http/ apply it).
 
-Anything not in the table is INTERNAL with a generic message: internals never leak.
+Anything not in the table is INTERNAL (500) with a generic message: internals never leak.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from vae_serve.errors import (
     TooLarge,
 )
 
-__all__ = ["STATUS_CODES", "status_for"]
+__all__ = ["HTTP_STATUS", "STATUS_CODES", "http_status_for", "status_for"]
 
 STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
@@ -30,9 +30,30 @@ STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     Draining: grpc.StatusCode.UNAVAILABLE,
 }
 
+# The same errors over HTTP: 413 for a request or response over the message limit, 429 (with
+# Retry-After) for a full queue or too many requests at once, as KServe v2 REST and Triton answer.
+HTTP_STATUS: dict[type[ServingError], int] = {
+    InvalidInput: 400,
+    TooLarge: 413,
+    Overloaded: 429,
+    DeadlineExceeded: 504,
+    ModelNotFound: 404,
+    NotReady: 503,
+    Draining: 503,
+}
+INTERNAL_MESSAGE = "internal error; the server logged the details"
+
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     for cls in type(exc).__mro__:
         if cls in STATUS_CODES:
             return STATUS_CODES[cls], str(exc)
-    return grpc.StatusCode.INTERNAL, "internal error; the server logged the details"
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+def http_status_for(exc: BaseException) -> tuple[int, grpc.StatusCode, str]:
+    """(HTTP status, the gRPC code metrics record it under, message)."""
+    for cls in type(exc).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls], STATUS_CODES[cls], str(exc)
+    return 500, grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE

@@ -295,6 +295,8 @@ def run_workers(settings: Settings) -> int:
 
     try:
         check_port_free(settings.host, settings.port)
+        if settings.http:
+            check_port_free(settings.http_host, settings.http_port)
         resolve(settings.model_repository, settings.model, settings.model_version)  # card + sha256, no ORT
         http = serve_metrics(multiprocess_registry(), settings.metrics_host, settings.metrics_port)
         supervisor = _Supervisor(settings, http)

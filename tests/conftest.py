@@ -1,12 +1,18 @@
 """Shared fixtures: where the real data and the committed default model live, and one real server
 per test module (127.0.0.1, ephemeral ports) for the client and server tests."""
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 from support import RunningServer
+
+# Every server a test starts, in process or not, serves HTTP on loopback at a free port unless the
+# test says otherwise (workers need a fixed one: those tests pass --http-port).
+os.environ.setdefault("VAE_HTTP_HOST", "127.0.0.1")
+os.environ.setdefault("VAE_HTTP_PORT", "0")
 
 
 @pytest.fixture(scope="session")

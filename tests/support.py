@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
+import socket
 import struct
 import subprocess
 import threading
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from _procs import free_port as free_port  # re-exported: the tests take it from here
-from _procs import start_server
+from _procs import start_server, start_server_ports
 from onnx import TensorProto, helper, numpy_helper
 
 from vae_serve.server.app import VaeServer
@@ -132,6 +134,26 @@ def start_vae_serve(*args: str, timeout: float = 60) -> tuple[subprocess.Popen, 
     return start_server(cmd, pattern=r"serving on 127\.0\.0\.1:(\d+)", timeout=timeout)
 
 
+def start_vae_serve_http(*args: str, timeout: float = 60) -> tuple[subprocess.Popen, int, int]:
+    """`start_vae_serve` with HTTP on a free loopback port: the process, its gRPC and HTTP ports."""
+    cmd = ["-m", "vae_serve.server.cli", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1"]
+    cmd += [
+        "--http",
+        "--http-host",
+        "127.0.0.1",
+        "--http-port",
+        "0",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        *args,
+    ]
+    pattern = r"serving on 127\.0\.0\.1:(\d+) .*HTTP on 127\.0\.0\.1:(\d+)"
+    proc, (grpc_port, http_port) = start_server_ports(cmd, pattern, timeout=timeout)
+    return proc, grpc_port, http_port
+
+
 # A tiny model repository of real ONNX graphs with chosen names and widths (root/m/1/).
 def linear_graph(
     path: Path,
@@ -216,3 +238,21 @@ def write_version(
 
 GOOD_ENCODER = {"input_name": "x", "width": 6, "outputs": {"mean": 2, "logvar": 2}}
 GOOD_DECODER = {"input_name": "z", "width": 2, "outputs": {"x": 6}}
+
+
+def read_reply(sock: socket.socket) -> str:
+    """One whole response (head and Content-Length body) as text."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data.decode()
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"content-length: (\d+)", head, re.I)
+    while length and len(body) < int(length.group(1)):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode()

@@ -127,7 +127,7 @@ def test_huge_pictures_are_refused_before_decoding(tmp_path, write_png, size, bi
     assert isinstance(outcome, InputFileError)
     assert str(outcome) == (
         f"{tmp_path / 'big.png'}: picture of {size[0]}x{size[1]} pixels is above the limit of "
-        f"{MAX_PICTURE_PIXELS} pixels (4096x4096)"
+        f"{MAX_PICTURE_PIXELS} pixels"
     )
     assert peak < 1 << 20
 

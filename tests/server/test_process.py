@@ -105,7 +105,9 @@ def test_sigterm_during_a_burst_fails_no_call():
     from support import free_port
 
     metrics_port = free_port()
-    proc, target = start("--drain-grace-s", "20", "--metrics-port", str(metrics_port))
+    proc, target = start(
+        "--drain-grace-s", "20", "--metrics-port", str(metrics_port), "--http-port", str(free_port())
+    )
     try:
         with grpc.insecure_channel(target) as channel:
             stub = vae_pb2_grpc.VAEServiceStub(channel)
@@ -126,7 +128,16 @@ def test_workers_share_the_port_and_all_answer(tmp_path):
     from support import free_port
 
     port, metrics_port = free_port(), free_port()
-    proc, target = start("--workers", "2", "--port", str(port), "--metrics-port", str(metrics_port))
+    proc, target = start(
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+        "--http-port",
+        str(free_port()),
+    )
     try:
         answered: dict[str, int] = {}
         for _ in range(40):  # a new connection each time: the kernel spreads them over the workers
@@ -169,7 +180,16 @@ def test_a_dead_worker_is_replaced_and_a_dead_supervisor_takes_its_workers_along
     from support import free_port
 
     port, metrics_port = free_port(), free_port()
-    proc, target = start("--workers", "2", "--port", str(port), "--metrics-port", str(metrics_port))
+    proc, target = start(
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+        "--http-port",
+        str(free_port()),
+    )
     try:
         read_until(proc, r"all 2 workers ready")  # a death from now on is replaced, not a bad start
         first = worker_pids(proc.pid)

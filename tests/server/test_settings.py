@@ -25,6 +25,7 @@ from vae_serve.server.repository import resolve
 from vae_serve.server.runner import InlineRunner
 from vae_serve.server.settings import (
     BatchingSettings,
+    HttpSettings,
     LimitSettings,
     NetworkSettings,
     RepositorySettings,
@@ -37,7 +38,7 @@ from vae_serve.server.settings import (
 )
 from vae_serve.server.versions import ServedVersions
 
-GROUPS = (NetworkSettings, TLSSettings, RepositorySettings, BatchingSettings, LimitSettings)
+GROUPS = (NetworkSettings, HttpSettings, TLSSettings, RepositorySettings, BatchingSettings, LimitSettings)
 SERVE = [sys.executable, "-m", "vae_serve.server.cli"]
 
 

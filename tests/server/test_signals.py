@@ -193,7 +193,16 @@ def ready_workers(served: Served) -> set[int]:
 
 def test_workers_survive_sighup_from_the_first_moment_to_the_exit():
     port, metrics_port = free_port(), free_port()
-    served = Served("--workers", "2", "--port", str(port), "--metrics-port", str(metrics_port))
+    served = Served(
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+        "--http-port",
+        str(free_port()),
+    )
     try:
         supervisor = served.proc.pid
         poll(lambda: sighup_ignored(supervisor), "SIGHUP ignored")
@@ -216,7 +225,16 @@ def test_workers_survive_sighup_from_the_first_moment_to_the_exit():
 
 def test_a_worker_killed_as_soon_as_it_is_ready_is_replaced_even_under_sighup():
     port, metrics_port = free_port(), free_port()
-    served = Served("--workers", "2", "--port", str(port), "--metrics-port", str(metrics_port))
+    served = Served(
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+        "--http-port",
+        str(free_port()),
+    )
     try:
         supervisor = served.proc.pid
         victim = int(served.wait_for(r"worker (\d+) ready").group(1))
@@ -278,6 +296,8 @@ def test_workers_that_cannot_start_end_the_supervisor_in_one_line(tmp_path):
         str(free_port()),
         "--metrics-port",
         str(free_port()),
+        "--http-port",
+        str(free_port()),
         "--model-repository",
         str(repository),
     ]
@@ -299,6 +319,8 @@ def test_a_replacement_that_cannot_start_is_retried_while_its_sibling_serves(tmp
         str(port),
         "--metrics-port",
         str(metrics_port),
+        "--http-port",
+        str(free_port()),
         "--model-repository",
         str(tmp_path),
     )
@@ -338,7 +360,16 @@ def _can_unshare() -> bool:
 def test_workers_start_when_the_supervisor_is_pid_1():
     """In a container `vae-serve` is PID 1: a worker must not take that for "my supervisor died"."""
     port = free_port()
-    args = ["--workers", "2", "--port", str(port), "--metrics-port", str(free_port())]
+    args = [
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(free_port()),
+        "--http-port",
+        str(free_port()),
+    ]
     served = Served(*args, wrapper=["unshare", "--pid", "--fork"])
     try:
         served.wait_for(r"\[1\] vae_serve\.server\.workers: all 2 workers ready")

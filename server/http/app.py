@@ -1,0 +1,132 @@
+"""The HTTP front end as one ASGI app: KServe v2 REST (kserve.py), the REST API for people
+(people.py), and their OpenAPI document with interactive docs served from the package.
+
+FastAPI for the OpenAPI document and the docs; the routes read their own bodies (within the
+message limit, off the loop when large) instead of FastAPI's body parsing, which reads whole
+bodies of any size. Its default error pages are replaced: every error is `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
+
+from vae_serve import __version__
+from vae_serve.server.settings import HttpSettings
+
+from . import kserve, people
+from .endpoint import Front, error_response
+
+__all__ = ["build_app"]
+
+DOCS_ASSETS = "/docs/assets"
+
+_Route = tuple[str, Any, str, type | None, dict[str, Any] | None]
+
+
+def _body(model: type, *types: str) -> dict[str, Any]:
+    """An `openapi_extra` request body: the JSON schema of `model` (and other media types)."""
+    content: dict[str, Any] = {"application/json": {"schema": model.model_json_schema()}}
+    for media in types:
+        content[media] = {"schema": {"type": "string", "format": "binary"}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+_PICTURES = ("image/png", "image/jpeg", "multipart/form-data")
+_PNG = {"responses": {"200": {"content": {"image/png": {}}}}}
+
+ROUTES: list[_Route] = [
+    ("/v1/model", people.model, "GET", people.ModelReply, None),
+    ("/v1/encode", people.encode, "POST", people.EncodeReply, _body(people.EncodeBody, *_PICTURES)),
+    ("/v1/decode", people.decode, "POST", people.DecodeReply, {**_body(people.DecodeBody), **_PNG}),
+    ("/v1/sample", people.sample, "POST", people.SampleReply, {**_body(people.SampleBody), **_PNG}),
+    ("/v1/sample", people.sample_link, "GET", people.SampleReply, _PNG),
+    (
+        "/v1/reconstruct",
+        people.reconstruct,
+        "POST",
+        people.ReconstructReply,
+        {**_body(people.EncodeBody, *_PICTURES), **_PNG},
+    ),
+]
+
+
+def _takes_request(route: Any) -> Any:
+    """What FastAPI should see of a route: one `Request` argument (no parameters to parse)."""
+    route.__signature__ = inspect.Signature(
+        [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)]
+    )
+    return route
+
+
+def build_app(front: Front, settings: HttpSettings) -> FastAPI:
+    app = FastAPI(
+        title="vae-serve",
+        version=__version__,
+        description="A VAE's encoder and decoder: KServe v2 REST (/v2) and a REST API for people (/v1).",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.front = front
+    for path, route, method, reply, extra in ROUTES:
+        app.add_api_route(
+            path,
+            _takes_request(route),
+            methods=[method],
+            response_model=reply,
+            openapi_extra=extra,
+            tags=["v1"],
+        )
+    for route in kserve.routes():
+        app.add_api_route(
+            route.path,
+            _takes_request(route.endpoint),
+            methods=sorted(route.methods - {"HEAD"}),
+            tags=["KServe v2"],
+        )
+
+    assets = Path(swagger_ui_path)
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="vae-serve API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # else a badge is fetched from swagger.io
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        """Unknown paths and methods: the JSON error every other failure gets, not HTML."""
+        message = {404: f"no route {request.url.path[:128]!r}", 405: f"{request.method} is not allowed here"}
+        return error_response(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+
+    if settings.http_cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.http_cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=[
+                "content-type",
+                "accept",
+                "x-request-id",
+                "x-timeout-ms",
+                "inference-header-content-length",
+            ],
+            expose_headers=["x-request-id", "inference-header-content-length"],
+        )
+    return app

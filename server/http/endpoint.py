@@ -1,0 +1,137 @@
+"""What every HTTP route shares with the gRPC edge (edge.py): a request id, admission of data-plane
+work, the request metrics, and one error table; plus reading a body within the message limit.
+
+A handler raises the domain errors of `vae_serve.errors`; `endpoint` answers them as
+`{"error": "..."}` with the status of `status.HTTP_STATUS`, and anything else as a generic 500
+whose traceback is logged. The metrics record HTTP calls under `http.<Method>` with the gRPC code
+name of the outcome, so one dashboard query covers both front ends.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from vae_serve.errors import InvalidInput, TooLarge
+from vae_serve.server.calls import REQUEST_ID_HEADER, request_id, request_id_from
+from vae_serve.server.drain import Activity
+from vae_serve.server.metrics import Metrics
+from vae_serve.server.status import http_status_for
+
+__all__ = ["Front", "endpoint", "error_response", "json_response", "read_body", "wants_png"]
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = "1"  # for 429 and 503: both mean "come back shortly"
+JSON = "application/json"
+
+
+class Front:
+    """What the routes need, handed to them through `app.state.front`: no globals."""
+
+    def __init__(self, dataplane: Any, metrics: Metrics, activity: Activity) -> None:
+        self.dataplane = dataplane
+        self.metrics = metrics
+        self.activity = activity
+
+
+def json_response(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type=JSON)
+
+
+def error_response(status: int, message: str) -> Response:
+    response = json_response({"error": message}, status)
+    if status in (429, 503):
+        response.headers["retry-after"] = RETRY_AFTER_S
+    return response
+
+
+def wants_png(request: Request) -> bool:
+    """Content negotiation, as far as this API needs it: a PNG when the client accepts one and
+    does not prefer JSON."""
+    accept = request.headers.get("accept", "")
+    return "image/png" in accept and "application/json" not in accept
+
+
+Handler = Callable[[Front, Request], Awaitable[Response]]
+
+
+def endpoint(
+    method: str, work: bool = False
+) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """Wrap a route: `method` names it in metrics (`http.<method>`); `work`: it takes a data-plane
+    slot (--max-concurrent-rpcs), as Encode, Decode, Sample and ModelInfer do over gRPC."""
+    label = f"http.{method}"
+
+    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        @functools.wraps(handler)
+        async def route(request: Request) -> Response:
+            front: Front = request.app.state.front
+            rid = request_id_from(((REQUEST_ID_HEADER, request.headers.get(REQUEST_ID_HEADER)),))
+            token = request_id.set(rid)
+            in_flight = front.metrics.in_flight_for(label)
+            in_flight.inc()
+            front.activity.started()
+            began, code, admitted = time.perf_counter(), grpc.StatusCode.OK, False
+            try:
+                if work:
+                    front.activity.admit()
+                    admitted = True
+                response = await handler(front, request)
+            except ClientDisconnect:
+                code = grpc.StatusCode.CANCELLED
+                response = error_response(400, "the client went away before its request arrived")
+            except Exception as exc:
+                status, code, message = http_status_for(exc)
+                if status == 500:
+                    log.exception("%s failed", label)
+                response = error_response(status, message)
+            finally:
+                if admitted:
+                    front.activity.release()
+                in_flight.dec()
+                front.activity.finished()
+                front.metrics.record_request(label, code.name, time.perf_counter() - began)
+                request_id.reset(token)
+            response.headers[REQUEST_ID_HEADER] = rid
+            return response
+
+        return route
+
+    return wrap
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it is known to exceed `limit`: from Content-Length before
+    a byte is read, or while reading a body sent without one. Compressed bodies are refused: their
+    decompressed size would not be bounded by what was read."""
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding != "identity":
+        raise InvalidInput(f"Content-Encoding {encoding[:32]!r} is not supported; send the body uncompressed")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidInput("Content-Length is not a number")
+        if int(declared) > limit:
+            raise TooLarge(_too_large(int(declared), limit))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(_too_large(size, limit))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"request body of {size}+ bytes is over the {limit}-byte limit (--max-message-bytes); send fewer rows"
+    )

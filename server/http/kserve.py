@@ -1,0 +1,135 @@
+"""KServe v2 REST (the Open Inference Protocol over HTTP), as Triton serves it on its port 8000,
+with its binary tensor data extension: `tritonclient.http` works in JSON and in binary mode.
+
+The same two models as the gRPC OIP (oip_models.py), over the same data plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from vae_serve import __version__
+from vae_serve.errors import InvalidInput, ModelNotFound, quote
+from vae_serve.server.oip_models import GRAPHS, OipModel, OipTensor
+from vae_serve.server.versions import ServedModel
+
+from .endpoint import Front, endpoint, error_response, json_response, read_body
+from .kserve_codec import HEADER_LENGTH, encode_response, parse_request
+
+__all__ = ["OFF_LOOP_BYTES", "TIMEOUT_HEADER", "deadline_from", "routes"]
+
+OFF_LOOP_BYTES = 64 * 1024  # bodies larger than this are parsed, and replies built, on a thread
+TIMEOUT_HEADER = "x-timeout-ms"  # the caller's deadline, as gRPC's grpc-timeout gives it there
+MAX_TIMEOUT_MS = 3_600_000
+
+
+def deadline_from(request: Request, timeout_s: float | None = None) -> float | None:
+    """The call's deadline in time.monotonic() seconds: `X-Timeout-Ms` or Triton's `timeout`
+    parameter, the sooner of the two; None when the caller set neither."""
+    header = request.headers.get(TIMEOUT_HEADER)
+    if header is not None:
+        if not header.isdigit() or not 0 < int(header) <= MAX_TIMEOUT_MS:
+            raise InvalidInput(f"{TIMEOUT_HEADER}: a whole number of milliseconds, 1 to {MAX_TIMEOUT_MS}")
+        timeout_s = min(int(header) / 1e3, timeout_s or float("inf"))
+    return None if timeout_s is None else time.monotonic() + timeout_s
+
+
+def _model(front: Front, request: Request) -> tuple[str, OipModel, ServedModel]:
+    name = request.path_params["model"]
+    if name not in GRAPHS:
+        raise ModelNotFound(f"no model {quote(name)}; models: {', '.join(GRAPHS)}")
+    return name, GRAPHS[name], front.dataplane.current(request.path_params.get("version"))
+
+
+@endpoint("ServerMetadata")
+async def server_metadata(front: Front, request: Request) -> Response:
+    return json_response({"name": "vae-serve", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+
+@endpoint("ServerLive")
+async def live(front: Front, request: Request) -> Response:
+    return Response(status_code=200)
+
+
+@endpoint("ServerReady")
+async def ready(front: Front, request: Request) -> Response:
+    if front.dataplane.ready:
+        return Response(status_code=200)
+    return error_response(503, f"not ready ({front.dataplane.state.phase.name.lower()})")
+
+
+@endpoint("ModelReady")
+async def model_ready(front: Front, request: Request) -> Response:
+    if not front.dataplane.ready:
+        return error_response(503, f"not ready ({front.dataplane.state.phase.name.lower()})")
+    _model(front, request)
+    return Response(status_code=200)
+
+
+@endpoint("ModelMetadata")
+async def model_metadata(front: Front, request: Request) -> Response:
+    name, graph, served = _model(front, request)
+
+    def meta(tensor: OipTensor) -> dict[str, object]:
+        return {"name": tensor.name, "datatype": "FP32", "shape": [-1, tensor.width(served.model)]}
+
+    return json_response(
+        {
+            "name": name,
+            "versions": front.dataplane.served.loaded,
+            "platform": "onnxruntime_onnx",
+            "inputs": [meta(graph.input)],
+            "outputs": [meta(tensor) for tensor in graph.outputs],
+        }
+    )
+
+
+@endpoint("ModelInfer", work=True)
+async def infer(front: Front, request: Request) -> Response:
+    name, graph, served = _model(front, request)
+    plane = front.dataplane
+    body = await read_body(request, plane.limits.max_message_bytes)
+    parse = functools.partial(
+        parse_request,
+        body,
+        request.headers.get(HEADER_LENGTH),
+        name,
+        graph.input.name,
+        tuple(tensor.name for tensor in graph.outputs),
+        plane.limits.max_request_rows * graph.input.width(served.model),
+    )
+    big = len(body) > OFF_LOOP_BYTES
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, which validation refuses
+        parsed = await asyncio.to_thread(parse) if big else parse()
+    del body
+    values, version = await graph.run(
+        plane, parsed.array, deadline_from(request, parsed.timeout_s), served.version
+    )
+    outputs = dict(zip((tensor.name for tensor in graph.outputs), values, strict=True))
+    encode = functools.partial(encode_response, name, version, parsed.id, outputs, parsed.binary)
+    reply, header_length = await asyncio.to_thread(encode) if big or len(values[0]) > 64 else encode()
+    if header_length is None:
+        return Response(reply, media_type="application/json")
+    response = Response(reply, media_type="application/octet-stream")
+    response.headers[HEADER_LENGTH] = str(header_length)
+    return response
+
+
+def routes() -> list[Route]:
+    model = "/v2/models/{model}"
+    version = model + "/versions/{version}"
+    return [
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        *(Route(path, model_metadata, methods=["GET"]) for path in (model, version)),
+        *(Route(path + "/ready", model_ready, methods=["GET"]) for path in (model, version)),
+        *(Route(path + "/infer", infer, methods=["POST"]) for path in (model, version)),
+    ]

@@ -1,0 +1,327 @@
+"""The REST API for people (`/v1`): the native API's calls as JSON, and pictures in and out.
+
+Bodies mirror the native proto (vae.proto), with arrays as nested lists: `{"z": [[...], ...]}`.
+Every route that returns images returns a PNG grid instead when the client sends
+`Accept: image/png` (the grid `vae-client sample -o` writes, byte for byte). Encode and
+reconstruct also take pictures: a PNG or JPEG body, or a multipart form of up to
+`MAX_UPLOADS` files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+
+from vae_serve.client.grid import image_grid, png_bytes
+from vae_serve.client.images import InputFileError, read_picture
+from vae_serve.errors import InvalidInput, TooLarge
+
+from .endpoint import Front, endpoint, json_response, read_body, wants_png
+from .kserve import OFF_LOOP_BYTES, deadline_from
+
+__all__ = [
+    "MAX_UPLOADS",
+    "MAX_UPLOAD_PIXELS",
+    "DecodeBody",
+    "DecodeReply",
+    "EncodeBody",
+    "EncodeReply",
+    "ModelReply",
+    "ReconstructReply",
+    "SampleBody",
+    "SampleReply",
+    "decode",
+    "encode",
+    "model",
+    "reconstruct",
+    "sample",
+    "sample_link",
+]
+
+MAX_UPLOADS = 64  # pictures in one multipart upload
+MAX_UPLOAD_PIXELS = 1024 * 1024  # one picture's width x height, checked before it is decoded
+JSON_BYTES_PER_VALUE = 16  # the most a float32 takes as JSON text ("-1.2345678e-12,")
+PICTURE_TYPES = ("image/png", "image/jpeg")
+
+Rows = list[list[float]]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_version: str | None = Field(None, description="Pin a loaded version; default: the latest.")
+
+
+class EncodeBody(_Body):
+    x: Rows = Field(description="Images as rows of input_dim values in [0, 1].")
+
+
+class DecodeBody(_Body):
+    z: Rows = Field(description="Latent vectors as rows of latent_dim values.")
+
+
+class SampleBody(_Body):
+    num_samples: int = Field(16, ge=1, description="Draws (per row of mean, for posterior draws).")
+    seed: int | None = Field(
+        None, ge=0, lt=2**64, description="Same seed, same draws (gRPC and client alike)."
+    )
+    mean: Rows | None = Field(
+        None, description="Posterior means [N, latent_dim]: draw from N(mean, exp(logvar))."
+    )
+    logvar: Rows | None = Field(None, description="Posterior log-variances, the shape of mean.")
+    decode: bool = Field(True, description="Also decode the draws into images.")
+
+
+class EncodeReply(BaseModel):
+    mean: Rows
+    logvar: Rows
+    model_version: str
+
+
+class DecodeReply(BaseModel):
+    x: Rows
+    model_version: str
+
+
+class SampleReply(BaseModel):
+    z: list[Any] = Field(description="[K, L] prior draws, or [N, K, L] posterior draws.")
+    x: list[Any] | None = Field(description="Their images ([K, D] or [N, K, D]) when decoded.")
+    model_version: str
+
+
+class ReconstructReply(BaseModel):
+    mean: Rows
+    logvar: Rows
+    x: Rows = Field(description="The decoded posterior means: one reconstruction per image.")
+    model_version: str
+
+
+class ModelReply(BaseModel):
+    name: str
+    version: str
+    input_dim: int
+    latent_dim: int
+    image_shape: list[int]
+    execution_provider: str
+    loaded_versions: list[str]
+    card: dict[str, str]
+    server_id: str
+    limits: dict[str, int]
+
+
+B = TypeVar("B", bound=_Body)
+
+
+def _parse(model: type[B], body: bytes) -> B:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"][:3]) or "body"
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise InvalidInput(f"{where}: {first['msg']}{more}") from None
+
+
+async def _off_loop(work: Callable[[], Any], size: int) -> Any:
+    return await asyncio.to_thread(work) if size > OFF_LOOP_BYTES else work()
+
+
+def _rows(values: Rows | None, name: str) -> np.ndarray | None:
+    if values is None:
+        return None
+    if len({len(row) for row in values}) > 1:
+        raise InvalidInput(f"{name}: rows of different lengths")
+    return np.asarray(values, dtype=np.float32).reshape(len(values), -1)
+
+
+def _check_json_reply(front: Front, values: int) -> None:
+    """A JSON reply is text, several times the bytes of its floats: refuse before computing one
+    that would exceed the message limit."""
+    limit = front.dataplane.limits.max_message_bytes
+    if values * JSON_BYTES_PER_VALUE > limit:
+        raise TooLarge(
+            f"the JSON reply would hold {values} values, over what the {limit}-byte message limit "
+            f"allows; send fewer rows (or ask for Accept: image/png)"
+        )
+
+
+def _png(front: Front, images: np.ndarray, columns: int | None = None) -> Response:
+    shape = front.dataplane.current().model.image_shape
+    grid = image_grid(images.reshape(-1, *shape), columns)
+    return Response(png_bytes(grid), media_type="image/png")
+
+
+async def _json_body(front: Front, request: Request, model: type[B]) -> B:
+    body = await read_body(request, front.dataplane.limits.max_message_bytes)
+    return await _off_loop(lambda: _parse(model, body), len(body))
+
+
+async def _pictures(front: Front, request: Request) -> np.ndarray:
+    """The uploaded pictures as rows [N, input_dim]: one PNG or JPEG body, or a multipart form."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await read_body(request, front.dataplane.limits.max_message_bytes)
+    shape = front.dataplane.current().model.image_shape
+    if content_type in PICTURE_TYPES:
+        files = [("upload", body)]
+    else:
+        files = await _form_files(request, body)
+
+    def read_all() -> np.ndarray:
+        try:
+            return np.stack(
+                [read_picture(io.BytesIO(data), shape, name, MAX_UPLOAD_PIXELS) for name, data in files]
+            )
+        except InputFileError as exc:
+            raise InvalidInput(str(exc)) from None
+
+    return await asyncio.to_thread(read_all)  # decoding a picture is never done on the loop
+
+
+async def _form_files(request: Request, body: bytes) -> list[tuple[str, bytes]]:
+    async def replay() -> dict[str, Any]:  # the body already read, within the limit
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form(max_files=MAX_UPLOADS, max_fields=MAX_UPLOADS)
+    try:
+        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+        if not files:
+            raise InvalidInput("expected a PNG or JPEG body, or a multipart form with image files")
+        return [(file.filename or "upload", await file.read()) for file in files]
+    finally:
+        await form.close()
+
+
+def _is_json(request: Request) -> bool:
+    return request.headers.get("content-type", "application/json").split(";")[0].strip() == "application/json"
+
+
+@endpoint("Encode", work=True)
+async def encode(front: Front, request: Request) -> Response:
+    """Posterior mean and log-variance of each image: JSON rows, or uploaded pictures."""
+    if _is_json(request):
+        body = await _json_body(front, request, EncodeBody)
+        x, version = _rows(body.x, "x"), body.model_version
+    else:
+        x, version = await _pictures(front, request), None
+    latent = front.dataplane.current(version).model.latent_dim
+    _check_json_reply(front, 2 * len(x) * latent)
+    mean, logvar, used = await front.dataplane.encode(x, deadline_from(request), version)
+    return json_response({"mean": mean, "logvar": logvar, "model_version": used})
+
+
+@endpoint("Decode", work=True)
+async def decode(front: Front, request: Request) -> Response:
+    body = await _json_body(front, request, DecodeBody)
+    z = _rows(body.z, "z")
+    png = wants_png(request)
+    if not png:
+        _check_json_reply(front, len(z) * front.dataplane.current(body.model_version).model.input_dim)
+    x, used = await front.dataplane.decode(z, deadline_from(request), body.model_version)
+    return _png(front, x) if png else json_response({"x": x, "model_version": used})
+
+
+async def _sample(front: Front, request: Request, body: SampleBody) -> Response:
+    png = wants_png(request)
+    if png and not body.decode:
+        raise InvalidInput("a PNG needs decoded draws: decode must be true")
+    model = front.dataplane.current(body.model_version).model
+    rows = body.num_samples * (1 if body.mean is None else len(body.mean))
+    if not png:
+        _check_json_reply(front, rows * (model.latent_dim + (model.input_dim if body.decode else 0)))
+    z, x, used = await front.dataplane.sample(
+        body.num_samples,
+        seed=body.seed,
+        mean=_rows(body.mean, "mean"),
+        logvar=_rows(body.logvar, "logvar"),
+        decode=body.decode,
+        deadline=deadline_from(request),
+        version=body.model_version,
+    )
+    if png:
+        return _png(front, x)
+    return json_response({"z": z, "x": x, "model_version": used})
+
+
+@endpoint("Sample", work=True)
+async def sample(front: Front, request: Request) -> Response:
+    """Draws from the prior (or, given mean and logvar, the posterior), decoded by default."""
+    return await _sample(front, request, await _json_body(front, request, SampleBody))
+
+
+@endpoint("Sample", work=True)
+async def sample_link(front: Front, request: Request) -> Response:
+    """GET /v1/sample?n=64&seed=7: prior draws for links and curl (add Accept: image/png)."""
+    query = request.query_params
+    unknown = set(query) - {"n", "seed", "decode", "model_version"}
+    if unknown:
+        raise InvalidInput(
+            f"unknown query parameter {sorted(unknown)[0][:32]!r}; use n, seed, decode, model_version"
+        )
+    fields: dict[str, Any] = {"num_samples": query.get("n", "16"), "decode": query.get("decode", "true")}
+    for name in ("seed", "model_version"):
+        if name in query:
+            fields[name] = query[name]
+    try:
+        body = SampleBody.model_validate_strings(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidInput(
+            f"{'.'.join(map(str, first['loc'])).replace('num_samples', 'n')}: {first['msg']}"
+        ) from None
+    return await _sample(front, request, body)
+
+
+@endpoint("Reconstruct", work=True)
+async def reconstruct(front: Front, request: Request) -> Response:
+    """Encode, then decode the posterior means: each image as the model sees it."""
+    if _is_json(request):
+        body = await _json_body(front, request, EncodeBody)
+        x, version = _rows(body.x, "x"), body.model_version
+    else:
+        x, version = await _pictures(front, request), None
+    png = wants_png(request)
+    model = front.dataplane.current(version).model
+    if not png:
+        _check_json_reply(front, len(x) * (2 * model.latent_dim + model.input_dim))
+    deadline = deadline_from(request)
+    mean, logvar, used = await front.dataplane.encode(x, deadline, version)
+    decoded, _ = await front.dataplane.decode(mean, deadline, used)
+    if png:  # originals beside their reconstructions, as `vae-client reconstruct` writes them
+        pairs = np.stack([x, decoded], axis=1).reshape(-1, x.shape[1])
+        return _png(front, pairs, columns=2 * min(len(x), 8))
+    return json_response({"mean": mean, "logvar": logvar, "x": decoded, "model_version": used})
+
+
+@endpoint("GetModelInfo")
+async def model(front: Front, request: Request) -> Response:
+    """What the model is and the limits a request must keep (the native GetModelInfo)."""
+    version = request.query_params.get("model_version")
+    served, limits = front.dataplane.current(version).model, front.dataplane.limits
+    return json_response(
+        {
+            "name": served.name,
+            "version": served.version,
+            "input_dim": served.input_dim,
+            "latent_dim": served.latent_dim,
+            "image_shape": list(served.image_shape),
+            "execution_provider": served.execution_provider,
+            "loaded_versions": front.dataplane.served.loaded,
+            "card": served.card_strings,
+            "server_id": f"{socket.gethostname()}:{os.getpid()}",
+            "limits": {
+                "max_request_rows": limits.max_request_rows,
+                "max_samples": limits.max_samples,
+                "max_message_bytes": limits.max_message_bytes,
+            },
+        }
+    )
