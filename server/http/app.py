@@ -9,6 +9,7 @@ bodies of any size. Its default error pages are replaced: every error is `{"erro
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +89,16 @@ def build_app(front: Front, settings: HttpSettings) -> FastAPI:
             tags=["v1"],
         )
     for route in kserve.routes():
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in re.findall(r"{(\w+)}", route.path)
+        ]
         app.add_api_route(
             route.path,
             _takes_request(route.endpoint),
             methods=sorted(route.methods - {"HEAD"}),
             tags=["KServe v2"],
+            openapi_extra={"parameters": parameters} if parameters else None,
         )
 
     assets = Path(swagger_ui_path)

@@ -26,7 +26,17 @@ from vae_serve.server.drain import Activity
 from vae_serve.server.metrics import Metrics
 from vae_serve.server.status import http_status_for
 
-__all__ = ["Front", "endpoint", "error_response", "json_response", "read_body", "wants_png"]
+from .limits import JSON_BYTES_PER_VALUE, MAX_JSON_BYTES
+
+__all__ = [
+    "Front",
+    "check_json_reply",
+    "endpoint",
+    "error_response",
+    "json_response",
+    "read_body",
+    "wants_png",
+]
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +119,20 @@ def endpoint(
     return wrap
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+def check_json_reply(values: int, instead: str) -> None:
+    """Refuse (413) before computing a JSON reply of `values` numbers over MAX_JSON_BYTES;
+    `instead`: what to ask for instead."""
+    if values * JSON_BYTES_PER_VALUE > MAX_JSON_BYTES:
+        raise TooLarge(
+            f"a JSON reply of {values} values would be over the {MAX_JSON_BYTES}-byte JSON limit; "
+            f"send fewer rows or {instead}"
+        )
+
+
+async def read_body(request: Request, limit: int, what: str = "message limit (--max-message-bytes)") -> bytes:
     """The body, refused (413) as soon as it is known to exceed `limit`: from Content-Length before
     a byte is read, or while reading a body sent without one. Compressed bodies are refused: their
-    decompressed size would not be bounded by what was read."""
+    decompressed size would not be bounded by what was read. `what`: the limit, as errors name it."""
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding != "identity":
         raise InvalidInput(f"Content-Encoding {encoding[:32]!r} is not supported; send the body uncompressed")
@@ -121,17 +141,15 @@ async def read_body(request: Request, limit: int) -> bytes:
         if not declared.isdigit():
             raise InvalidInput("Content-Length is not a number")
         if int(declared) > limit:
-            raise TooLarge(_too_large(int(declared), limit))
+            raise TooLarge(_too_large(int(declared), limit, what))
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise TooLarge(_too_large(size, limit))
+            raise TooLarge(_too_large(size, limit, what))
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _too_large(size: int, limit: int) -> str:
-    return (
-        f"request body of {size}+ bytes is over the {limit}-byte limit (--max-message-bytes); send fewer rows"
-    )
+def _too_large(size: int, limit: int, what: str) -> str:
+    return f"body of {size}+ bytes is over the {limit}-byte {what}; send fewer rows"

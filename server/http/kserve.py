@@ -20,14 +20,17 @@ from vae_serve.errors import InvalidInput, ModelNotFound, quote
 from vae_serve.server.oip_models import GRAPHS, OipModel, OipTensor
 from vae_serve.server.versions import ServedModel
 
-from .endpoint import Front, endpoint, error_response, json_response, read_body
+from .endpoint import Front, check_json_reply, endpoint, error_response, json_response, read_body
 from .kserve_codec import HEADER_LENGTH, encode_response, parse_request
+from .limits import MAX_JSON_BYTES
 
 __all__ = ["OFF_LOOP_BYTES", "TIMEOUT_HEADER", "deadline_from", "routes"]
 
 OFF_LOOP_BYTES = 64 * 1024  # bodies larger than this are parsed, and replies built, on a thread
 TIMEOUT_HEADER = "x-timeout-ms"  # the caller's deadline, as gRPC's grpc-timeout gives it there
 MAX_TIMEOUT_MS = 3_600_000
+JSON_LIMIT = "JSON limit (binary tensor data, with Inference-Header-Content-Length, carries more)"
+BINARY_HINT = "ask for the outputs as binary data (binary_data_output)"
 
 
 def deadline_from(request: Request, timeout_s: float | None = None) -> float | None:
@@ -95,11 +98,15 @@ async def model_metadata(front: Front, request: Request) -> Response:
 async def infer(front: Front, request: Request) -> Response:
     name, graph, served = _model(front, request)
     plane = front.dataplane
-    body = await read_body(request, plane.limits.max_message_bytes)
+    header_length = request.headers.get(HEADER_LENGTH)
+    if header_length is None:  # all JSON
+        body = await read_body(request, MAX_JSON_BYTES, JSON_LIMIT)
+    else:
+        body = await read_body(request, plane.limits.max_message_bytes)
     parse = functools.partial(
         parse_request,
         body,
-        request.headers.get(HEADER_LENGTH),
+        header_length,
         name,
         graph.input.name,
         tuple(tensor.name for tensor in graph.outputs),
@@ -109,6 +116,8 @@ async def infer(front: Front, request: Request) -> Response:
     with np.errstate(over="ignore"):  # values beyond float32 become inf, which validation refuses
         parsed = await asyncio.to_thread(parse) if big else parse()
     del body
+    as_text = sum(not binary for binary in parsed.binary.values())
+    check_json_reply(len(parsed.array) * as_text * graph.outputs[0].width(served.model), BINARY_HINT)
     values, version = await graph.run(
         plane, parsed.array, deadline_from(request, parsed.timeout_s), served.version
     )

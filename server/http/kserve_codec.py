@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from vae_serve.errors import InvalidInput, quote
+from vae_serve.errors import InvalidInput, TooLarge, quote
 from vae_serve.tensor import FLOAT32_LE, MAX_DIM, MAX_RANK
+
+from .limits import MAX_JSON_BYTES
 
 __all__ = ["HEADER_LENGTH", "MAX_ID_CHARS", "InferRequest", "encode_response", "parse_request"]
 
@@ -70,6 +72,8 @@ def _header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], mem
                 f"{len(body)}-byte body"
             )
         end = int(header_length)
+        if end > MAX_JSON_BYTES:
+            raise TooLarge(f"a JSON header of {end} bytes is over the {MAX_JSON_BYTES}-byte JSON limit")
     try:
         header = orjson.loads(memoryview(body)[:end])
     except orjson.JSONDecodeError as exc:

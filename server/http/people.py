@@ -24,10 +24,11 @@ from starlette.responses import Response
 
 from vae_serve.client.grid import image_grid, png_bytes
 from vae_serve.client.images import InputFileError, read_picture
-from vae_serve.errors import InvalidInput, TooLarge
+from vae_serve.errors import InvalidInput
 
-from .endpoint import Front, endpoint, json_response, read_body, wants_png
+from .endpoint import Front, check_json_reply, endpoint, json_response, read_body, wants_png
 from .kserve import OFF_LOOP_BYTES, deadline_from
+from .limits import MAX_JSON_BYTES
 
 __all__ = [
     "MAX_UPLOADS",
@@ -50,7 +51,6 @@ __all__ = [
 
 MAX_UPLOADS = 64  # pictures in one multipart upload
 MAX_UPLOAD_PIXELS = 1024 * 1024  # one picture's width x height, checked before it is decoded
-JSON_BYTES_PER_VALUE = 16  # the most a float32 takes as JSON text ("-1.2345678e-12,")
 PICTURE_TYPES = ("image/png", "image/jpeg")
 
 Rows = list[list[float]]
@@ -145,14 +145,7 @@ def _rows(values: Rows | None, name: str) -> np.ndarray | None:
 
 
 def _check_json_reply(front: Front, values: int) -> None:
-    """A JSON reply is text, several times the bytes of its floats: refuse before computing one
-    that would exceed the message limit."""
-    limit = front.dataplane.limits.max_message_bytes
-    if values * JSON_BYTES_PER_VALUE > limit:
-        raise TooLarge(
-            f"the JSON reply would hold {values} values, over what the {limit}-byte message limit "
-            f"allows; send fewer rows (or ask for Accept: image/png)"
-        )
+    check_json_reply(values, "ask for Accept: image/png")
 
 
 def _png(front: Front, images: np.ndarray, columns: int | None = None) -> Response:
@@ -162,7 +155,7 @@ def _png(front: Front, images: np.ndarray, columns: int | None = None) -> Respon
 
 
 async def _json_body(front: Front, request: Request, model: type[B]) -> B:
-    body = await read_body(request, front.dataplane.limits.max_message_bytes)
+    body = await read_body(request, MAX_JSON_BYTES, "JSON limit")
     return await _off_loop(lambda: _parse(model, body), len(body))
 
 
@@ -236,7 +229,7 @@ async def _sample(front: Front, request: Request, body: SampleBody) -> Response:
         raise InvalidInput("a PNG needs decoded draws: decode must be true")
     model = front.dataplane.current(body.model_version).model
     rows = body.num_samples * (1 if body.mean is None else len(body.mean))
-    if not png:
+    if not png and rows <= front.dataplane.limits.max_request_rows:  # else the data plane says why
         _check_json_reply(front, rows * (model.latent_dim + (model.input_dim if body.decode else 0)))
     z, x, used = await front.dataplane.sample(
         body.num_samples,

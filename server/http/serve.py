@@ -8,6 +8,8 @@ on, and its HTTP/1.1 path costs less per request (bench/). Two things it lacks a
   at a time would hold a connection forever (slowloris). `_DeadlineProtocol` closes a connection
   whose request (headers and body) is not in within `--receive-timeout-s` of its first byte, or of
   the connection opening;
+- a cap on open connections (`--http-max-connections`) that answers the one over it with a JSON
+  503 and closes it, where uvicorn's own limit answers in plain text;
 - start and stop under the server's own lifecycle: no signal handlers of uvicorn's (the server
   has its own), no lifespan, no logging configuration of its own.
 """
@@ -20,6 +22,7 @@ import socket
 import ssl
 from typing import Any
 
+import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -31,14 +34,29 @@ __all__ = ["HttpServer", "bind"]
 log = logging.getLogger(__name__)
 
 
-class _DeadlineProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline on receiving each request."""
+def _too_many_connections(limit: int) -> bytes:
+    body = orjson.dumps({"error": f"over {limit} HTTP connections open (--http-max-connections); retry"})
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+        f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
 
-    receive_timeout_s = 5.0  # set per server by `HttpServer`, from --receive-timeout-s
+
+class _DeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline on receiving each request, and a cap on open
+    connections that answers in JSON, as every other error here does."""
+
+    receive_timeout_s = 5.0  # set per server by `HttpServer`: --receive-timeout-s
+    max_connections = 1024  # and --http-max-connections
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._receipt: asyncio.TimerHandle | None = None
         super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            transport.write(_too_many_connections(self.max_connections))
+            transport.close()
+            return
         self._arm()  # a connection that never sends a byte is closed too
 
     def on_message_begin(self) -> None:
@@ -102,7 +120,9 @@ class HttpServer:
         self, app: Any, sock: socket.socket, http: HttpSettings, network: NetworkSettings, tls: TLSSettings
     ) -> None:
         protocol = type(
-            "DeadlineProtocol", (_DeadlineProtocol,), {"receive_timeout_s": network.receive_timeout_s}
+            "DeadlineProtocol",
+            (_DeadlineProtocol,),
+            {"receive_timeout_s": network.receive_timeout_s, "max_connections": http.http_max_connections},
         )
         config = uvicorn.Config(
             app,
@@ -112,7 +132,6 @@ class HttpServer:
             access_log=False,
             server_header=False,
             date_header=True,
-            limit_concurrency=http.http_max_connections,
             timeout_keep_alive=http.http_keep_alive_s,
             timeout_graceful_shutdown=network.drain_grace_s,
             ssl_certfile=tls.tls_cert,

@@ -1,0 +1,165 @@
+"""The /v1 REST API for people, over real sockets: JSON, pictures in and out, the docs page."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from openapi_spec_validator import validate
+from PIL import Image
+
+from vae_serve.client import VaeClient
+from vae_serve.client.grid import image_grid, png_bytes
+
+L, D = 32, 784
+
+
+def test_model_mirrors_get_model_info(http, http_server):
+    info = http.get("/v1/model").json()
+    with VaeClient(http_server.grpc_target) as client:
+        native = client.model_info()
+    assert (info["name"], info["version"], info["latent_dim"]) == (
+        native.name,
+        native.version,
+        native.latent_dim,
+    )
+    assert info["image_shape"] == [28, 28] and info["limits"]["max_message_bytes"] == 32 << 20
+    assert info["card"] == dict(native.card)
+
+
+def test_encode_and_decode_equal_onnx_runtime(http, direct):
+    x = np.random.default_rng(0).random((3, D), dtype=np.float32)
+    encoded = http.post("/v1/encode", json={"x": x.tolist()}).json()
+    mean, logvar = direct[0].run(["mean", "logvar"], {"x": x})
+    np.testing.assert_allclose(np.array(encoded["mean"]), mean, atol=1e-6)
+    np.testing.assert_allclose(np.array(encoded["logvar"]), logvar, atol=1e-6)
+    decoded = http.post("/v1/decode", json={"z": encoded["mean"], "model_version": "1"}).json()
+    np.testing.assert_allclose(np.array(decoded["x"]), direct[1].run(None, {"z": mean})[0], atol=1e-6)
+    assert decoded["model_version"] == "1"
+
+
+def test_seeds_reproduce_across_grpc_and_rest(http, http_server):
+    with VaeClient(http_server.grpc_target) as client:
+        z, x = client.sample(4, seed=7, decode=True)
+    rest = http.post("/v1/sample", json={"num_samples": 4, "seed": 7}).json()
+    assert np.array_equal(np.array(rest["z"], np.float32), z) and np.array_equal(
+        np.array(rest["x"], np.float32), x
+    )
+    link = http.get("/v1/sample", params={"n": 4, "seed": 7, "decode": "false"}).json()
+    assert np.array_equal(np.array(link["z"], np.float32), z) and link["x"] is None
+
+
+def test_the_png_grid_is_what_vae_client_writes(http, http_server, tmp_path):
+    grid = http.get("/v1/sample", params={"n": 64, "seed": 7}, headers={"Accept": "image/png"})
+    assert grid.status_code == 200 and grid.headers["content-type"] == "image/png"
+    written = tmp_path / "samples.png"
+    cli = [sys.executable, "-m", "vae_serve.client.cli", "--target", http_server.grpc_target]
+    subprocess.run([*cli, "sample", "-n", "64", "--seed", "7", "-o", str(written)], check=True, timeout=60)
+    assert grid.content == written.read_bytes()
+
+
+def test_curl_gets_the_grid(http_server, tmp_path):
+    out = tmp_path / "grid.png"
+    subprocess.run(
+        [
+            "curl",
+            "-sf",
+            "-o",
+            str(out),
+            f"{http_server.url}/v1/sample?n=16&seed=3",
+            "-H",
+            "Accept: image/png",
+        ],
+        check=True,
+        timeout=30,
+    )
+    assert Image.open(out).size == (4 * (56 + 2) + 2,) * 2
+
+
+def _picture(seed: int) -> tuple[np.ndarray, bytes]:
+    pixels = (np.random.default_rng(seed).random((28, 28)) * 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(out, format="PNG")
+    return pixels.reshape(-1).astype(np.float32) / 255, out.getvalue()
+
+
+def test_an_uploaded_picture_encodes_as_its_pixels_do(http, direct):
+    row, png = _picture(1)
+    by_upload = http.post("/v1/encode", content=png, headers={"Content-Type": "image/png"}).json()
+    mean, _ = direct[0].run(["mean", "logvar"], {"x": row[None]})
+    np.testing.assert_allclose(np.array(by_upload["mean"]), mean, atol=1e-6)
+    files = [("file", ("a.png", png, "image/png")), ("file", ("b.png", _picture(2)[1], "image/png"))]
+    by_form = http.post("/v1/encode", files=files).json()
+    assert np.array(by_form["mean"]).shape == (2, L)
+
+
+def test_reconstruct_round_trip_in_json_and_png(http, direct):
+    row, png = _picture(3)
+    rebuilt = http.post("/v1/reconstruct", content=png, headers={"Content-Type": "image/png"}).json()
+    mean, _ = direct[0].run(["mean", "logvar"], {"x": row[None]})
+    np.testing.assert_allclose(np.array(rebuilt["x"]), direct[1].run(None, {"z": mean})[0], atol=1e-5)
+    picture = http.post(
+        "/v1/reconstruct", content=png, headers={"Content-Type": "image/png", "Accept": "image/png"}
+    )
+    pairs = np.stack([row, np.array(rebuilt["x"][0], np.float32)]).reshape(2, 28, 28)
+    assert picture.content == png_bytes(image_grid(pairs, columns=2))
+
+
+HOSTILE_UPLOADS = {
+    "not a picture": (b"GIF89a-not-really", "image/png", "not a readable image"),
+    "a huge picture": (None, "image/png", "above the limit of 1048576 pixels"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_UPLOADS))
+def test_bad_uploads_get_one_line_errors(http, case):
+    body, kind, text = HOSTILE_UPLOADS[case]
+    if body is None:  # 8192 x 8192, a few KB compressed: refused from its header
+        out = io.BytesIO()
+        Image.new("L", (8192, 8192)).save(out, format="PNG")
+        body = out.getvalue()
+    reply = http.post("/v1/encode", content=body, headers={"Content-Type": kind})
+    assert reply.status_code == 400 and text in reply.json()["error"]
+
+
+BAD = {
+    "extra field": ("/v1/decode", {"z": [[0.0] * L], "zz": 1}, "Extra inputs"),
+    "wrong width": ("/v1/decode", {"z": [[0.0] * 3]}, "z"),
+    "ragged rows": ("/v1/decode", {"z": [[0.0] * L, [0.0]]}, "rows of different lengths"),
+    "strings": ("/v1/decode", {"z": [["a"] * L]}, "z.0.0"),
+    "too many samples": ("/v1/sample", {"num_samples": 10**6}, "num_samples"),
+    "negative seed": ("/v1/sample", {"seed": -1}, "seed"),
+    "png without decode": ("/v1/sample", {"decode": False}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_bodies_get_400(http, case):
+    path, body, text = BAD[case]
+    headers = {"Accept": "image/png"} if case == "png without decode" else {}
+    reply = http.post(path, json=body, headers=headers)
+    assert reply.status_code == 400, reply.text
+    assert text is None or text in reply.json()["error"]
+
+
+def test_a_json_reply_over_the_message_limit_is_refused_before_computing(http):
+    reply = http.post("/v1/sample", json={"num_samples": 8192})  # 8192 x 816 values as text
+    assert reply.status_code == 413 and "send fewer rows" in reply.json()["error"]
+    most = http.get("/v1/model").json()["limits"]["max_samples"]
+    assert http.get("/v1/sample", params={"n": most, "decode": "false"}).status_code == 200  # z alone fits
+
+
+def test_the_openapi_document_is_valid_and_the_docs_are_served_from_here(http):
+    spec = http.get("/openapi.json").json()
+    validate(spec)
+    assert {"/v1/encode", "/v1/sample", "/v2/models/{model}/infer"} <= set(spec["paths"])
+    page = http.get("/docs").text
+    urls = re.findall(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)""", page)
+    assert urls and all(url.startswith("/") for url in urls), urls
+    assert "http://" not in page and "https://" not in page
+    for url in urls:
+        assert http.get(url).status_code == 200, url
