@@ -202,7 +202,7 @@ def test_a_body_over_the_message_limit_is_refused_before_it_is_read(http_server)
         )  # and not one byte of the body
         reply = read_reply(sock)
     assert reply.startswith("HTTP/1.1 413"), reply
-    assert "over the 33554432-byte limit" in reply
+    assert "over the 33554432-byte message limit (--max-message-bytes)" in reply
 
 
 def test_the_request_id_is_echoed_or_made(http):
