@@ -197,8 +197,8 @@ def test_a_body_over_the_message_limit_is_refused_before_it_is_read(http_server)
     host, port = http_server.address.split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
-            b"POST /v2/models/vae_decoder/infer HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: 10\r\n"
-            b"Content-Length: 999999999\r\n\r\n"
+            b"POST /v2/models/vae_decoder/infer HTTP/1.1\r\nHost: x\r\n"
+            b"Inference-Header-Content-Length: 10\r\nContent-Length: 999999999\r\n\r\n"
         )  # and not one byte of the body
         reply = read_reply(sock)
     assert reply.startswith("HTTP/1.1 413"), reply

@@ -1,0 +1,124 @@
+"""The HTTP port through the server's lifecycle and its settings: drain on SIGTERM, TLS and mutual
+TLS from the same files as gRPC, CORS only for origins named, --no-http."""
+
+from __future__ import annotations
+
+import signal
+import ssl
+import threading
+from collections import Counter
+
+import httpx
+import pytest
+from support import make_certificates, start_server, start_vae_serve_http, wait_for
+
+Z = {"z": [[0.0] * 32]}
+
+
+@pytest.mark.slow
+def test_sigterm_under_http_load_fails_no_admitted_request_and_readiness_turns_503():
+    proc, _, port = start_vae_serve_http("--drain-grace-s", "5")
+    url = f"http://127.0.0.1:{port}"
+    outcomes: Counter[str] = Counter()
+    lock, stop = threading.Lock(), threading.Event()
+
+    def caller() -> None:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    key = str(client.post("/v1/decode", json=Z).status_code)
+                except httpx.TransportError:
+                    key = "not connected"  # the port has closed: never admitted
+                with lock:
+                    outcomes[key] += 1
+
+    callers = [threading.Thread(target=caller) for _ in range(4)]
+    try:
+        for thread in callers:
+            thread.start()
+        wait_for(lambda: outcomes["200"] >= 200, "steady load")
+        proc.send_signal(signal.SIGTERM)
+        with httpx.Client(base_url=url, timeout=5) as probe:
+            assert probe.get("/v2/health/ready").status_code == 503  # at once
+        assert proc.wait(timeout=20) == 0
+    finally:
+        stop.set()
+        for thread in callers:
+            thread.join(15)
+        proc.kill()
+        proc.wait()
+    assert set(outcomes) <= {"200", "503", "not connected"}, outcomes
+    print(f"SIGTERM under HTTP load: {dict(outcomes)}")
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+def _tls_server(certs, *extra: str):
+    args = ["--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"]), *extra]
+    return start_vae_serve_http(*args)
+
+
+def test_tls_and_mutual_tls_cover_http_too(certificates):
+    certs = certificates
+    proc, _, port = _tls_server(certs)
+    try:
+        trusted = ssl.create_default_context(cafile=str(certs["ca.pem"]))
+        assert httpx.get(f"https://127.0.0.1:{port}/v2", verify=trusted).status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.get(f"http://127.0.0.1:{port}/v2")  # plaintext on a TLS port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    proc, _, port = _tls_server(certs, "--tls-client-ca", str(certs["ca.pem"]))
+    try:
+        anonymous = ssl.create_default_context(cafile=str(certs["ca.pem"]))
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"https://127.0.0.1:{port}/v2", verify=anonymous)
+        known = ssl.create_default_context(cafile=str(certs["ca.pem"]))
+        known.load_cert_chain(certs["client.pem"], certs["client.key"])
+        assert httpx.get(f"https://127.0.0.1:{port}/v2", verify=known).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_cors_only_for_the_origins_named():
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    proc, _, port = start_vae_serve_http("--http-cors-origins", '["https://app.example"]')
+    try:
+        allowed = httpx.options(f"http://127.0.0.1:{port}/v1/decode", headers=preflight)
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        other = httpx.options(
+            f"http://127.0.0.1:{port}/v1/decode", headers={**preflight, "Origin": "https://evil"}
+        )
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    proc, _, port = start_vae_serve_http()
+    try:
+        plain = httpx.get(f"http://127.0.0.1:{port}/v2", headers={"Origin": "https://app.example"})
+        assert plain.status_code == 200 and "access-control-allow-origin" not in plain.headers
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_no_http_serves_grpc_only():
+    cmd = [
+        "-m",
+        "vae_serve.server.cli",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--no-http",
+    ]
+    proc, _ = start_server(cmd, pattern=r"serving on 127\.0\.0\.1:(\d+) \(plaintext\), no HTTP,")
+    proc.terminate()
+    proc.wait(30)
