@@ -40,10 +40,11 @@ USER 10001
 # /models starts with the bundled model; mount a volume there to serve (and hot-load) others.
 ENV VAE_HOST=0.0.0.0 \
     VAE_PORT=50051 \
+    VAE_HTTP_PORT=8000 \
     VAE_METRICS_PORT=8002 \
     VAE_MODEL_REPOSITORY=/models \
     VAE_DRAIN_GRACE_S=10
-EXPOSE 50051 8002
+EXPOSE 50051 8000 8002
 
 HEALTHCHECK --interval=10s --timeout=4s --start-period=30s --retries=3 \
     CMD ["vae-client", "--target", "127.0.0.1:50051", "--timeout", "3", "--retries", "0", "health"]

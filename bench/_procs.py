@@ -6,6 +6,7 @@ The one helper for this: the benchmarks use it, and so do the tests (tests/suppo
 from __future__ import annotations
 
 import re
+import selectors
 import socket
 import subprocess
 import sys
@@ -28,14 +29,17 @@ def start_server_ports(
     proc = subprocess.Popen([sys.executable, *args], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     seen = []
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        seen.append(line)
-        if found := re.search(pattern, line):
-            return proc, tuple(int(port) for port in found.groups())
-        if not line and proc.poll() is not None:
-            break
+    with selectors.DefaultSelector() as waiting:  # a silent process cannot block past the deadline
+        waiting.register(proc.stderr, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0 and waiting.select(left):
+            line = proc.stderr.readline()
+            seen.append(line)
+            if found := re.search(pattern, line):
+                return proc, tuple(int(port) for port in found.groups())
+            if not line and proc.poll() is not None:
+                break
     proc.kill()
+    proc.wait()
     raise RuntimeError(f"{args[-1] if args else 'server'}: did not start:\n" + "".join(seen))
 
 

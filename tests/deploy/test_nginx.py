@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,24 +23,34 @@ from vae_serve.client import VaeClient
 TEMPLATE = REPO_ROOT / "deploy" / "nginx" / "templates" / "vae-serve.conf.template"
 
 
-def requests_served(metrics_port: int) -> float:
+def requests_served(metrics_port: int, protocol: str = "grpc") -> float:
+    """Requests answered OK by a replica, over gRPC or over HTTP (methods named http.*)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     family = next(f for f in text_string_to_metric_families(text) if f.name == "vae_serve_requests")
     return sum(
-        s.value for s in family.samples if s.name == "vae_serve_requests_total" and s.labels["code"] == "OK"
+        s.value
+        for s in family.samples
+        if s.name == "vae_serve_requests_total"
+        and s.labels["code"] == "OK"
+        and s.labels["method"].startswith("http.") == (protocol == "http")
     )
 
 
-def start_nginx(folder: Path, upstreams: list[int]) -> tuple[subprocess.Popen, int]:
+def start_nginx(
+    folder: Path, upstreams: list[int], http_upstreams: list[int]
+) -> tuple[subprocess.Popen, int, int]:
     """nginx in the foreground with the template rendered as compose's nginx image would."""
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     if nginx is None:
         pytest.fail("nginx not found: `make test` installs Debian's nginx")
-    port = free_port()
+    port, http_port = free_port(), free_port()
     site = string.Template(TEMPLATE.read_text()).substitute(
         GRPC_UPSTREAM_1=f"127.0.0.1:{upstreams[0]}",
         GRPC_UPSTREAM_2=f"127.0.0.1:{upstreams[1]}",
         NGINX_GRPC_PORT=port,
+        HTTP_UPSTREAM_1=f"127.0.0.1:{http_upstreams[0]}",
+        HTTP_UPSTREAM_2=f"127.0.0.1:{http_upstreams[1]}",
+        NGINX_HTTP_PORT=http_port,
     )
     (folder / "vae-serve.conf").write_text(site)
     temp = " ".join(
@@ -57,7 +68,7 @@ def start_nginx(folder: Path, upstreams: list[int]) -> tuple[subprocess.Popen, i
         try:
             with VaeClient(f"127.0.0.1:{port}", timeout=1, retries=0) as probe:
                 probe.health()
-            return proc, port
+            return proc, port, http_port
         except Exception:  # not listening yet
             time.sleep(0.05)
     proc.kill()
@@ -66,22 +77,29 @@ def start_nginx(folder: Path, upstreams: list[int]) -> tuple[subprocess.Popen, i
 
 @pytest.fixture
 def topology(tmp_path):
-    replicas = []
-    for _ in range(2):
-        metrics = free_port()
-        proc, port = start_vae_serve("--port", str(free_port()), "--metrics-port", str(metrics))
-        replicas.append((proc, port, metrics))
-    nginx, port = start_nginx(tmp_path, [p for _, p, _ in replicas])
-    yield replicas, f"127.0.0.1:{port}"
-    nginx.send_signal(signal.SIGQUIT)
-    nginx.wait(10)
-    for proc, _, _ in replicas:
-        proc.kill()
-        proc.wait()
+    replicas, http_ports = [], []
+    try:
+        for _ in range(2):
+            metrics, http_port = free_port(), free_port()
+            proc, port = start_vae_serve(
+                "--port", str(free_port()), "--metrics-port", str(metrics), "--http-port", str(http_port)
+            )
+            replicas.append((proc, port, metrics))
+            http_ports.append(http_port)
+        nginx, port, http_port = start_nginx(tmp_path, [p for _, p, _ in replicas], http_ports)
+        try:
+            yield replicas, f"127.0.0.1:{port}", f"http://127.0.0.1:{http_port}"
+        finally:
+            nginx.send_signal(signal.SIGQUIT)
+            nginx.wait(10)
+    finally:  # a failed start must not leave a replica behind
+        for proc, _, _ in replicas:
+            proc.kill()
+            proc.wait()
 
 
 def test_both_replicas_serve_and_a_killed_one_loses_no_request(topology):
-    replicas, target = topology
+    replicas, target, _ = topology
     before = [requests_served(m) for _, _, m in replicas]
     x = np.random.default_rng(0).random((4, 784), dtype=np.float32)
     with VaeClient(target) as client:
@@ -115,3 +133,18 @@ def test_both_replicas_serve_and_a_killed_one_loses_no_request(topology):
     assert all(np.array_equal(r, want) for r in results)
     survivor_metrics = replicas[1][2]
     assert requests_served(survivor_metrics) > after[1] + 150  # it took over the dead replica's share
+
+
+def test_http_is_balanced_too_and_a_killed_replica_loses_no_request(topology):
+    replicas, _, url = topology
+    body = {"z": np.random.default_rng(1).standard_normal((2, 32)).tolist()}
+    with httpx.Client(base_url=url, timeout=10) as client:
+        want = client.post("/v1/decode", json=body).json()["x"]
+        for _ in range(40):
+            assert client.post("/v1/decode", json=body).status_code == 200
+        served = [requests_served(m, "http") for _, _, m in replicas]
+        assert all(n >= 10 for n in served), served  # round robin
+        replicas[0][0].send_signal(signal.SIGKILL)  # no drain
+        replies = [client.post("/v1/decode", json=body) for _ in range(60)]
+    assert [r.status_code for r in replies] == [200] * 60
+    assert all(r.json()["x"] == want for r in replies)
