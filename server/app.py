@@ -32,8 +32,9 @@ from .health import HealthServicer
 from .http.app import build_app
 from .http.endpoint import Front
 from .http.serve import HttpServer, bind
+from .http.stats import Stats
 from .lifecycle import Lifecycle, ServerState
-from .metrics import Metrics, serve_metrics
+from .metrics import Metrics, multiprocess_registry, serve_metrics
 from .model import load_model
 from .oip import OIP_SERVICE, OipServicer
 from .registration import ReceiveTimeout, add_service, register
@@ -179,7 +180,8 @@ class VaeServer:
             raise
         self._server = server
         if http_socket is not None:
-            front = Front(self.dataplane, self.metrics, self.dataplane.activity)
+            registry = multiprocess_registry() if self.worker else self.metrics.registry
+            front = Front(self.dataplane, self.metrics, self.dataplane.activity, Stats(registry))
             app = build_app(front, self.settings.http_server)
             self._http = HttpServer(app, http_socket, self.settings.http_server, s, self.tls)
             self.http_port = self._http.port

@@ -53,6 +53,7 @@ _PNG = {"responses": {"200": {"content": {"image/png": {}}}}}
 
 ROUTES: list[_Route] = [
     ("/v1/model", people.model, "GET", people.ModelReply, None),
+    ("/v1/stats", people.stats, "GET", people.StatsReply, None),
     ("/v1/encode", people.encode, "POST", people.EncodeReply, _body(people.EncodeBody, *_PICTURES)),
     ("/v1/decode", people.decode, "POST", people.DecodeReply, {**_body(people.DecodeBody), **_PNG}),
     ("/v1/sample", people.sample, "POST", people.SampleReply, {**_body(people.SampleBody), **_PNG}),

@@ -27,6 +27,7 @@ from vae_serve.server.metrics import Metrics
 from vae_serve.server.status import http_status_for
 
 from .limits import JSON_BYTES_PER_VALUE, MAX_JSON_BYTES
+from .stats import Stats
 
 __all__ = [
     "Front",
@@ -47,10 +48,11 @@ JSON = "application/json"
 class Front:
     """What the routes need, handed to them through `app.state.front`: no globals."""
 
-    def __init__(self, dataplane: Any, metrics: Metrics, activity: Activity) -> None:
+    def __init__(self, dataplane: Any, metrics: Metrics, activity: Activity, stats: Stats) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self.activity = activity
+        self.stats = stats
 
 
 def json_response(content: Any, status: int = 200) -> Response:

@@ -41,12 +41,14 @@ __all__ = [
     "ReconstructReply",
     "SampleBody",
     "SampleReply",
+    "StatsReply",
     "decode",
     "encode",
     "model",
     "reconstruct",
     "sample",
     "sample_link",
+    "stats",
 ]
 
 MAX_UPLOADS = 64  # pictures in one multipart upload
@@ -104,6 +106,19 @@ class ReconstructReply(BaseModel):
     logvar: Rows
     x: Rows = Field(description="The decoded posterior means: one reconstruction per image.")
     model_version: str
+
+
+class MethodStats(BaseModel):
+    requests: float
+    per_second: float | None
+    errors: float
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+class StatsReply(BaseModel):
+    window_s: float = Field(description="The span the figures cover (up to the last minute).")
+    methods: dict[str, MethodStats] = Field(description="By method: gRPC RPCs, and http.* routes.")
 
 
 class ModelReply(BaseModel):
@@ -318,3 +333,10 @@ async def model(front: Front, request: Request) -> Response:
             },
         }
     )
+
+
+@endpoint("Stats")
+async def stats(front: Front, request: Request) -> Response:
+    """Request rate, errors and p50 / p99 per method over the last minute, from the server's own
+    histograms (every worker's, with --workers)."""
+    return json_response(await front.stats.report())
