@@ -238,10 +238,10 @@ def test_a_worker_killed_as_soon_as_it_is_ready_is_replaced_even_under_sighup():
     try:
         supervisor = served.proc.pid
         victim = int(served.wait_for(r"worker (\d+) ready").group(1))
+        first = children(supervisor)  # both first workers, listed before the supervisor can replace one
         os.kill(victim, signal.SIGKILL)
         flood = Flood(supervisor)
         # The replacement gets SIGHUP straight from the test too, from the moment it exists.
-        first = children(supervisor) | {victim}
         newcomer = poll(lambda: next(iter(children(supervisor) - first), None), "a replacement worker")
         flood.add(newcomer)
         served.wait_until(
