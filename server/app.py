@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
@@ -180,12 +181,20 @@ class VaeServer:
             raise
         self._server = server
         if http_socket is not None:
-            registry = multiprocess_registry() if self.worker else self.metrics.registry
-            front = Front(self.dataplane, self.metrics, self.dataplane.activity, Stats(registry))
-            app = build_app(front, self.settings.http_server)
-            self._http = HttpServer(app, http_socket, self.settings.http_server, s, self.tls)
+            try:
+                registry = multiprocess_registry() if self.worker else self.metrics.registry
+                front = Front(self.dataplane, self.metrics, self.dataplane.activity, Stats(registry))
+                app = build_app(front, self.settings.http_server)
+                self._http = HttpServer(app, http_socket, self.settings.http_server, s, self.tls)
+                await self._http.start()
+            except BaseException:  # nothing of a server that did not start stays up
+                http_socket.close()
+                await server.stop(0)
+                self._server = self._http = None
+                self._close_metrics()
+                self.port = self.metrics_port = None
+                raise
             self.http_port = self._http.port
-            await self._http.start()
         self._watching = asyncio.create_task(self.watcher.run_forever(), name="repository-watcher")
         await self.state.serve()
         metrics_port = self.metrics_port or s.metrics_port  # a worker's supervisor serves them
@@ -206,6 +215,7 @@ class VaeServer:
         if self.state.phase is Lifecycle.STOPPED:
             return  # stopped already
         grace = self.network.drain_grace_s if grace is None else grace
+        began = time.monotonic()
         if self.state.phase is Lifecycle.SERVING:
             await self.state.drain()  # readiness and health NOT_SERVING at once
         if self._server is not None and self._receive is not None:
@@ -214,7 +224,7 @@ class VaeServer:
         elif self.state.phase is Lifecycle.LOADING:
             await self.state.stop()  # never started: nothing to drain
         if self._http is not None:
-            await self._http.stop()  # after the drain: HTTP calls were counted in it too
+            await self._http.stop(grace - (time.monotonic() - began))  # HTTP calls were counted in the drain
         if self._watching is not None:
             self._watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -144,7 +144,9 @@ def build_app(front: Front, settings: HttpSettings) -> ASGIApp:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         """Unknown paths and methods: the JSON error every other failure gets, not HTML."""
         message = {404: f"no route {request.url.path[:128]!r}", 405: f"{request.method} is not allowed here"}
-        return error_response(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+        response = error_response(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+        response.headers.update(exc.headers or {})  # Allow, on a 405
+        return response
 
     served: ASGIApp = _Api(api, app)
     if settings.http_cors_origins:

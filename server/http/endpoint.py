@@ -9,6 +9,7 @@ name of the outcome, so one dashboard query covers both front ends.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -26,7 +27,7 @@ from vae_serve.server.drain import Activity
 from vae_serve.server.metrics import Metrics
 from vae_serve.server.status import http_status_for
 
-from .limits import JSON_BYTES_PER_VALUE, MAX_JSON_BYTES
+from .limits import JSON_BYTES_PER_VALUE, MAX_JSON_BYTES, is_count
 from .stats import Stats
 
 __all__ = [
@@ -77,10 +78,11 @@ Handler = Callable[[Front, Request], Awaitable[Response]]
 
 
 def endpoint(
-    method: str, work: bool = False
+    method: str, work: bool = False, probe: bool = False
 ) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
     """Wrap a route: `method` names it in metrics (`http.<method>`); `work`: it takes a data-plane
-    slot (--max-concurrent-rpcs), as Encode, Decode, Sample and ModelInfer do over gRPC."""
+    slot (--max-concurrent-rpcs), as Encode, Decode, Sample and ModelInfer do over gRPC; `probe`:
+    a health check, which the drain does not wait for (as gRPC health checks are not counted)."""
     label = f"http.{method}"
 
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -91,13 +93,17 @@ def endpoint(
             token = request_id.set(rid)
             in_flight = front.metrics.in_flight_for(label)
             in_flight.inc()
-            front.activity.started()
+            if not probe:
+                front.activity.started()
             began, code, admitted = time.perf_counter(), grpc.StatusCode.OK, False
             try:
                 if work:
                     front.activity.admit()
                     admitted = True
                 response = await handler(front, request)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
             except ClientDisconnect:
                 code = grpc.StatusCode.CANCELLED
                 response = error_response(400, "the client went away before its request arrived")
@@ -110,10 +116,13 @@ def endpoint(
                 if admitted:
                     front.activity.release()
                 in_flight.dec()
-                front.activity.finished()
+                if not probe:
+                    front.activity.finished()
                 front.metrics.record_request(label, code.name, time.perf_counter() - began)
                 request_id.reset(token)
             response.headers[REQUEST_ID_HEADER] = rid
+            if not front.dataplane.state.ready:  # draining: send keep-alive clients elsewhere
+                response.headers["connection"] = "close"
             return response
 
         return route
@@ -140,7 +149,7 @@ async def read_body(request: Request, limit: int, what: str = "message limit (--
         raise InvalidInput(f"Content-Encoding {encoding[:32]!r} is not supported; send the body uncompressed")
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not is_count(declared):
             raise InvalidInput("Content-Length is not a number")
         if int(declared) > limit:
             raise TooLarge(_too_large(int(declared), limit, what))

@@ -22,7 +22,7 @@ from vae_serve.server.versions import ServedModel
 
 from .endpoint import Front, check_json_reply, endpoint, error_response, json_response, read_body
 from .kserve_codec import HEADER_LENGTH, encode_response, parse_request
-from .limits import MAX_JSON_BYTES
+from .limits import MAX_JSON_BYTES, is_count
 
 __all__ = ["OFF_LOOP_BYTES", "TIMEOUT_HEADER", "deadline_from", "routes"]
 
@@ -38,7 +38,7 @@ def deadline_from(request: Request, timeout_s: float | None = None) -> float | N
     parameter, the sooner of the two; None when the caller set neither."""
     header = request.headers.get(TIMEOUT_HEADER)
     if header is not None:
-        if not header.isdigit() or not 0 < int(header) <= MAX_TIMEOUT_MS:
+        if not is_count(header) or not 0 < int(header) <= MAX_TIMEOUT_MS:
             raise InvalidInput(f"{TIMEOUT_HEADER}: a whole number of milliseconds, 1 to {MAX_TIMEOUT_MS}")
         timeout_s = min(int(header) / 1e3, timeout_s or float("inf"))
     return None if timeout_s is None else time.monotonic() + timeout_s
@@ -56,19 +56,19 @@ async def server_metadata(front: Front, request: Request) -> Response:
     return json_response({"name": "vae-serve", "version": __version__, "extensions": ["binary_tensor_data"]})
 
 
-@endpoint("ServerLive")
+@endpoint("ServerLive", probe=True)
 async def live(front: Front, request: Request) -> Response:
     return Response(status_code=200)
 
 
-@endpoint("ServerReady")
+@endpoint("ServerReady", probe=True)
 async def ready(front: Front, request: Request) -> Response:
     if front.dataplane.ready:
         return Response(status_code=200)
     return error_response(503, f"not ready ({front.dataplane.state.phase.name.lower()})")
 
 
-@endpoint("ModelReady")
+@endpoint("ModelReady", probe=True)
 async def model_ready(front: Front, request: Request) -> Response:
     if not front.dataplane.ready:
         return error_response(503, f"not ready ({front.dataplane.state.phase.name.lower()})")

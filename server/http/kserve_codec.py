@@ -18,9 +18,9 @@ import numpy as np
 import orjson
 
 from vae_serve.errors import InvalidInput, TooLarge, quote
-from vae_serve.tensor import FLOAT32_LE, MAX_DIM, MAX_RANK
+from vae_serve.tensor import FLOAT32_LE, MAX_DIM
 
-from .limits import MAX_JSON_BYTES
+from .limits import MAX_JSON_BYTES, is_count
 
 __all__ = ["HEADER_LENGTH", "MAX_ID_CHARS", "InferRequest", "encode_response", "parse_request"]
 
@@ -55,8 +55,8 @@ def _flag(parameters: dict[str, Any], key: str, what: str) -> bool:
 
 def _shape(tensor: dict[str, Any], name: str) -> tuple[int, ...]:
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or len(shape) > MAX_RANK:
-        raise InvalidInput(f"input {name!r}: shape must be a list of at most {MAX_RANK} sizes")
+    if not isinstance(shape, list) or len(shape) != 2:
+        raise InvalidInput(f"input {name!r}: shape must be [rows, columns]")
     if not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape):
         raise InvalidInput(f"input {name!r}: shape {quote(str(shape))} is not a valid tensor shape")
     return tuple(shape)
@@ -66,7 +66,7 @@ def _header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], mem
     """The JSON header and the binary section after it."""
     end = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not is_count(header_length) or int(header_length) > len(body):
             raise InvalidInput(
                 f"Inference-Header-Content-Length {quote(header_length)} is not a length within the "
                 f"{len(body)}-byte body"

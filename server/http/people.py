@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -28,7 +29,7 @@ from vae_serve.errors import InvalidInput
 
 from .endpoint import Front, check_json_reply, endpoint, json_response, read_body, wants_png
 from .kserve import OFF_LOOP_BYTES, deadline_from
-from .limits import MAX_JSON_BYTES
+from .limits import MAX_JSON_BYTES, MAX_UPLOAD_BYTES
 
 __all__ = [
     "MAX_UPLOADS",
@@ -59,7 +60,7 @@ Rows = list[list[float]]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     model_version: str | None = Field(None, description="Pin a loaded version; default: the latest.")
 
@@ -154,19 +155,21 @@ async def _off_loop(work: Callable[[], Any], size: int) -> Any:
 def _rows(values: Rows | None, name: str) -> np.ndarray | None:
     if values is None:
         return None
+    if not values:
+        raise InvalidInput(f"{name}: needs at least one row")
     if len({len(row) for row in values}) > 1:
         raise InvalidInput(f"{name}: rows of different lengths")
     return np.asarray(values, dtype=np.float32).reshape(len(values), -1)
 
 
-def _check_json_reply(front: Front, values: int) -> None:
-    check_json_reply(values, "ask for Accept: image/png")
+def _check_json_reply(front: Front, values: int, instead: str = "ask for Accept: image/png") -> None:
+    check_json_reply(values, instead)
 
 
-def _png(front: Front, images: np.ndarray, columns: int | None = None) -> Response:
-    shape = front.dataplane.current().model.image_shape
-    grid = image_grid(images.reshape(-1, *shape), columns)
-    return Response(png_bytes(grid), media_type="image/png")
+async def _png(images: np.ndarray, shape: tuple[int, ...], columns: int | None = None) -> Response:
+    """A PNG grid of `images` (made on a thread: 4096 images take most of a second)."""
+    grid = await asyncio.to_thread(lambda: png_bytes(image_grid(images.reshape(-1, *shape), columns)))
+    return Response(grid, media_type="image/png")
 
 
 async def _json_body(front: Front, request: Request, model: type[B]) -> B:
@@ -177,7 +180,7 @@ async def _json_body(front: Front, request: Request, model: type[B]) -> B:
 async def _pictures(front: Front, request: Request) -> np.ndarray:
     """The uploaded pictures as rows [N, input_dim]: one PNG or JPEG body, or a multipart form."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await read_body(request, front.dataplane.limits.max_message_bytes)
+    body = await read_body(request, MAX_UPLOAD_BYTES, "picture upload limit")
     shape = front.dataplane.current().model.image_shape
     if content_type in PICTURE_TYPES:
         files = [("upload", body)]
@@ -199,7 +202,10 @@ async def _form_files(request: Request, body: bytes) -> list[tuple[str, bytes]]:
     async def replay() -> dict[str, Any]:  # the body already read, within the limit
         return {"type": "http.request", "body": body, "more_body": False}
 
-    form = await Request(request.scope, replay).form(max_files=MAX_UPLOADS, max_fields=MAX_UPLOADS)
+    try:
+        form = await Request(request.scope, replay).form(max_files=MAX_UPLOADS, max_fields=MAX_UPLOADS)
+    except HTTPException as exc:  # Starlette's word for a malformed or oversized form
+        raise InvalidInput(f"multipart form: {str(exc.detail)[:200]}") from None
     try:
         files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
         if not files:
@@ -210,7 +216,8 @@ async def _form_files(request: Request, body: bytes) -> list[tuple[str, bytes]]:
 
 
 def _is_json(request: Request) -> bool:
-    return request.headers.get("content-type", "application/json").split(";")[0].strip() == "application/json"
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    return kind == "application/json"
 
 
 @endpoint("Encode", work=True)
@@ -222,7 +229,7 @@ async def encode(front: Front, request: Request) -> Response:
     else:
         x, version = await _pictures(front, request), None
     latent = front.dataplane.current(version).model.latent_dim
-    _check_json_reply(front, 2 * len(x) * latent)
+    _check_json_reply(front, 2 * len(x) * latent, "encode in several requests")
     mean, logvar, used = await front.dataplane.encode(x, deadline_from(request), version)
     return json_response({"mean": mean, "logvar": logvar, "model_version": used})
 
@@ -232,10 +239,11 @@ async def decode(front: Front, request: Request) -> Response:
     body = await _json_body(front, request, DecodeBody)
     z = _rows(body.z, "z")
     png = wants_png(request)
+    model = front.dataplane.current(body.model_version).model
     if not png:
-        _check_json_reply(front, len(z) * front.dataplane.current(body.model_version).model.input_dim)
+        _check_json_reply(front, len(z) * model.input_dim)
     x, used = await front.dataplane.decode(z, deadline_from(request), body.model_version)
-    return _png(front, x) if png else json_response({"x": x, "model_version": used})
+    return await _png(x, model.image_shape) if png else json_response({"x": x, "model_version": used})
 
 
 async def _sample(front: Front, request: Request, body: SampleBody) -> Response:
@@ -256,7 +264,7 @@ async def _sample(front: Front, request: Request, body: SampleBody) -> Response:
         version=body.model_version,
     )
     if png:
-        return _png(front, x)
+        return await _png(x, model.image_shape)
     return json_response({"z": z, "x": x, "model_version": used})
 
 
@@ -306,7 +314,7 @@ async def reconstruct(front: Front, request: Request) -> Response:
     decoded, _ = await front.dataplane.decode(mean, deadline, used)
     if png:  # originals beside their reconstructions, as `vae-client reconstruct` writes them
         pairs = np.stack([x, decoded], axis=1).reshape(-1, x.shape[1])
-        return _png(front, pairs, columns=2 * min(len(x), 8))
+        return await _png(pairs, model.image_shape, columns=2 * min(len(x), 8))
     return json_response({"mean": mean, "logvar": logvar, "x": decoded, "model_version": used})
 
 

@@ -1,15 +1,16 @@
 """The HTTP port: uvicorn serving the ASGI app on the gRPC server's own event loop.
 
-uvicorn (with httptools) was picked over hypercorn for this: it is the stack FastAPI is measured
-on, and its HTTP/1.1 path costs less per request (bench/). Two things it lacks are added here:
+uvicorn with httptools: it starts on a running loop over a socket it is given, and its
+HTTP/1.1 path is cheap (bench/rest.py: ~95 us of server CPU per request for the floor, about
+10k requests/s on one core). Hypercorn (HTTP/2 as well) was not measured. What uvicorn lacks
+is added here:
 
 - a deadline for receiving a request. uvicorn's keep-alive timeout only covers the idle time
   between requests, and every byte resets it, so a client trickling its headers or body one byte
-  at a time would hold a connection forever (slowloris). `_DeadlineProtocol` closes a connection
-  whose request (headers and body) is not in within `--receive-timeout-s` of its first byte, or of
-  the connection opening;
-- a cap on open connections (`--http-max-connections`) that answers the one over it with a JSON
-  503 and closes it, where uvicorn's own limit answers in plain text;
+  at a time would hold a connection forever (slowloris);
+- a bound on the request line and headers (httptools has none);
+- a cap on open connections (`--http-max-connections`) that answers in JSON, where uvicorn's
+  own limit answers in plain text;
 - start and stop under the server's own lifecycle: no signal handlers of uvicorn's (the server
   has its own), no lifespan, no logging configuration of its own.
 """
@@ -22,6 +23,7 @@ import socket
 import ssl
 from typing import Any
 
+import httptools
 import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -34,42 +36,101 @@ __all__ = ["HttpServer", "bind"]
 log = logging.getLogger(__name__)
 
 
-def _too_many_connections(limit: int) -> bytes:
-    body = orjson.dumps({"error": f"over {limit} HTTP connections open (--http-max-connections); retry"})
+MAX_HEAD_BYTES = 64 * 1024  # a request line and headers; httptools itself sets no limit
+STATUS_TEXT = {400: "Bad Request", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+
+
+def _refusal(status: int, message: str) -> bytes:
+    """A whole JSON error response that closes the connection, written before any app runs."""
+    body = orjson.dumps({"error": message})
+    retry = "retry-after: 1\r\n" if status == 503 else ""
     head = (
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+        f"HTTP/1.1 {status} {STATUS_TEXT[status]}\r\ncontent-type: application/json\r\n{retry}"
         f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
 
+class _HeadTooLarge(Exception):
+    pass
+
+
 class _DeadlineProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline on receiving each request, and a cap on open
-    connections that answers in JSON, as every other error here does."""
+    """uvicorn's httptools protocol with a deadline on receiving each request, a bound on its
+    head, and a cap on open connections, each refusal answered in JSON as every other error is.
+
+    The deadline runs from a connection's first byte between requests (or its opening) until
+    the request's body is complete; it is not armed while a request is being answered, so a
+    pipelined request waits for its predecessor without being cut off. A connection closed for
+    slowness, or kept alive past its time, is aborted: a client that stops reading cannot hold
+    its reply's memory and its slot by never draining the socket.
+    """
 
     receive_timeout_s = 5.0  # set per server by `HttpServer`: --receive-timeout-s
     max_connections = 1024  # and --http-max-connections
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._receipt: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
-            transport.write(_too_many_connections(self.max_connections))
-            transport.close()
+            limit = self.max_connections
+            self._refuse(503, f"over {limit} HTTP connections open (--http-max-connections); retry")
             return
         self._arm()  # a connection that never sends a byte is closed too
 
+    def data_received(self, data: bytes) -> None:
+        if self.cycle is None or self.cycle.response_complete:  # between requests: a new one begins
+            self._arm()
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades are not served here")
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge) or self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(431, f"request line and headers over {MAX_HEAD_BYTES} bytes")
+            else:
+                self._refuse(400, "not a valid HTTP/1.1 request")
+
     def on_message_begin(self) -> None:
+        self._head_bytes = 0
         super().on_message_begin()
-        self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
+        super().on_header(name, value)
 
     def on_message_complete(self) -> None:
         self._disarm()
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.cycle is not None and not self.cycle.response_complete and self.cycle.more_body:
+            self._arm()  # a pipelined request started now, its body still on the way
+
+    def timeout_keep_alive_handler(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge  # httptools stops parsing and raises HttpParserCallbackError
+
+    def _refuse(self, status: int, message: str) -> None:
+        self._disarm()
+        self.transport.write(_refusal(status, message))
+        self.transport.close()
 
     def _arm(self) -> None:
         if self._receipt is None:
@@ -83,9 +144,9 @@ class _DeadlineProtocol(HttpToolsProtocol):
     def _too_slow(self) -> None:
         self._receipt = None
         log.info(
-            "closing an HTTP connection whose request took over %.1f s to arrive", self.receive_timeout_s
+            "aborting an HTTP connection whose request took over %.1f s to arrive", self.receive_timeout_s
         )
-        self.transport.close()
+        self.transport.abort()
 
 
 def bind(settings: HttpSettings, shared: bool) -> socket.socket:
@@ -131,7 +192,7 @@ class HttpServer:
             log_config=None,
             access_log=False,
             server_header=False,
-            date_header=True,
+            date_header=False,  # uvicorn refreshes it only in a main loop this server does not run
             timeout_keep_alive=http.http_keep_alive_s,
             timeout_graceful_shutdown=network.drain_grace_s,
             ssl_certfile=tls.tls_cert,
@@ -140,6 +201,8 @@ class HttpServer:
             ssl_cert_reqs=ssl.CERT_REQUIRED if tls.tls_client_ca else ssl.CERT_NONE,
         )
         config.load()
+        if config.ssl is not None:
+            config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
         self._server = uvicorn.Server(config)
         self._sock = sock
         self.port: int = sock.getsockname()[1]
@@ -148,8 +211,10 @@ class HttpServer:
         self._server.lifespan = self._server.config.lifespan_class(self._server.config)
         await self._server.startup(sockets=[self._sock])
 
-    async def stop(self) -> None:
-        """Close the port and idle connections; requests still running get the drain's grace."""
+    async def stop(self, grace: float) -> None:
+        """Close the port and idle connections; requests still running get `grace` seconds (what
+        the drain left of --drain-grace-s)."""
+        self._server.config.timeout_graceful_shutdown = max(grace, 0.0)
         if self._server.started:
             await self._server.shutdown(sockets=[self._sock])
         else:

@@ -50,6 +50,38 @@ def test_a_slow_sender_is_cut_off_and_others_are_served(server):
         sock.close()
 
 
+def trickles_for(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server takes a blank line every 0.2 s for `seconds` without closing."""
+    began = time.monotonic()
+    try:
+        while time.monotonic() - began < seconds:
+            sock.sendall(b"\r\n")
+            time.sleep(0.2)  # the attacker's pace, not a wait for the server
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True
+
+
+def test_blank_lines_after_a_request_do_not_keep_a_connection(server):
+    """The parser skips blank lines between requests, so no new request ever begins: the
+    deadline counts from the first byte after the answer, and the connection is closed."""
+    _, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_reply(sock).startswith("HTTP/1.1 200")
+        began = time.monotonic()
+        assert not trickles_for(sock, 10)
+        assert time.monotonic() - began < 5  # --receive-timeout-s 1 here
+
+
+def test_a_huge_head_gets_a_json_431(server):
+    _, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+        reply = read_reply(sock)
+    assert reply.startswith("HTTP/1.1 431") and "request line and headers over 65536 bytes" in reply
+
+
 def test_one_connection_over_the_cap_gets_a_json_503(server):
     _, port = server
     held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(64)]

@@ -166,6 +166,16 @@ BAD = {
     "huge float": (_z(data=[1e39] * L), {}, 400, "z"),
     "gzip body": (_z(), {"Content-Encoding": "gzip"}, 400, "Content-Encoding"),
     "bad timeout header": (_z(), {"X-Timeout-Ms": "soon"}, 400, "x-timeout-ms"),
+    "a superscript digit for a timeout": (_z(), {"X-Timeout-Ms": "²".encode("latin-1")}, 400, "x-timeout-ms"),
+    "a superscript digit for a length": (
+        _z(),
+        {"Inference-Header-Content-Length": "²".encode("latin-1")},
+        400,
+        "not a length",
+    ),
+    "a 5000-digit length": (_z(), {"Inference-Header-Content-Length": "9" * 5000}, 400, "not a length"),
+    "a shape of rank 0": (_z(shape=(), data=[0.5]), {}, 400, "shape must be [rows, columns]"),
+    "a shape of rank 1": (_z(shape=(32,), data=[0.5] * 32), {}, 400, "shape must be [rows, columns]"),
 }
 
 
@@ -191,6 +201,7 @@ def test_lookup_errors_are_404_and_unknown_routes_are_json(http):
     assert lost.status_code == 404 and lost.json() == {"error": "no route '/v2/nowhere'"}
     wrong = http.get("/v2/models/vae_decoder/infer")
     assert wrong.status_code == 405 and "GET is not allowed" in wrong.json()["error"]
+    assert wrong.headers["allow"] == "POST"
 
 
 def test_a_body_over_the_message_limit_is_refused_before_it_is_read(http_server):

@@ -109,6 +109,14 @@ def test_reconstruct_round_trip_in_json_and_png(http, direct):
     assert picture.content == png_bytes(image_grid(pairs, columns=2))
 
 
+def test_malformed_multipart_forms_get_400(http):
+    no_boundary = http.post("/v1/encode", content=b"--x\r\n", headers={"Content-Type": "multipart/form-data"})
+    assert no_boundary.status_code == 400 and "multipart form" in no_boundary.json()["error"]
+    files = [("file", (f"{i}.png", b"x", "image/png")) for i in range(65)]
+    too_many = http.post("/v1/encode", files=files)
+    assert too_many.status_code == 400 and "multipart form" in too_many.json()["error"]
+
+
 HOSTILE_UPLOADS = {
     "not a picture": (b"GIF89a-not-really", "image/png", "not a readable image"),
     "a huge picture": (None, "image/png", "above the limit of 1048576 pixels"),
@@ -134,6 +142,10 @@ BAD = {
     "too many samples": ("/v1/sample", {"num_samples": 10**6}, "num_samples"),
     "negative seed": ("/v1/sample", {"seed": -1}, "seed"),
     "png without decode": ("/v1/sample", {"decode": False}, None),
+    "no rows": ("/v1/decode", {"z": []}, "needs at least one row"),
+    "no rows to encode": ("/v1/encode", {"x": []}, "needs at least one row"),
+    "numbers as strings": ("/v1/decode", {"z": [["0.5"] * L]}, "z.0.0"),
+    "booleans": ("/v1/decode", {"z": [[True] * L]}, "z.0.0"),
 }
 
 
