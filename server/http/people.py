@@ -220,14 +220,19 @@ def _is_json(request: Request) -> bool:
     return kind == "application/json"
 
 
+async def _images_in(front: Front, request: Request) -> tuple[np.ndarray, str | None]:
+    """The images of an encode or reconstruct request, and the version it pins: JSON rows, or
+    uploaded pictures (which pin none)."""
+    if _is_json(request):
+        body = await _json_body(front, request, EncodeBody)
+        return _rows(body.x, "x"), body.model_version
+    return await _pictures(front, request), None
+
+
 @endpoint("Encode", work=True)
 async def encode(front: Front, request: Request) -> Response:
     """Posterior mean and log-variance of each image: JSON rows, or uploaded pictures."""
-    if _is_json(request):
-        body = await _json_body(front, request, EncodeBody)
-        x, version = _rows(body.x, "x"), body.model_version
-    else:
-        x, version = await _pictures(front, request), None
+    x, version = await _images_in(front, request)
     latent = front.dataplane.current(version).model.latent_dim
     _check_json_reply(front, 2 * len(x) * latent, "encode in several requests")
     mean, logvar, used = await front.dataplane.encode(x, deadline_from(request), version)
@@ -300,11 +305,7 @@ async def sample_link(front: Front, request: Request) -> Response:
 @endpoint("Reconstruct", work=True)
 async def reconstruct(front: Front, request: Request) -> Response:
     """Encode, then decode the posterior means: each image as the model sees it."""
-    if _is_json(request):
-        body = await _json_body(front, request, EncodeBody)
-        x, version = _rows(body.x, "x"), body.model_version
-    else:
-        x, version = await _pictures(front, request), None
+    x, version = await _images_in(front, request)
     png = wants_png(request)
     model = front.dataplane.current(version).model
     if not png:
