@@ -117,6 +117,9 @@ class VaeServer:
                 ("grpc.max_connection_idle_ms", int(s.max_connection_idle_s * ms) or _NEVER_MS),
                 ("grpc.max_connection_age_ms", int(s.max_connection_age_s * ms) or _NEVER_MS),
                 ("grpc.max_connection_age_grace_ms", int(s.max_connection_age_grace_s * ms)),
+                # A connection's TLS and HTTP/2 handshake gets the receive deadline too (gRPC's
+                # default is 120 s), so silent connections do not pile up.
+                ("grpc.server_handshake_timeout_ms", int(s.receive_timeout_s * ms)),
                 # gRPC shares ports by default: a second server would silently split the traffic.
                 # Workers share it on purpose; their supervisor checked it was free.
                 ("grpc.so_reuseport", 1 if self.worker else 0),

@@ -2,13 +2,13 @@
 
 uvicorn with httptools: it starts on a running loop over a socket it is given, and its
 HTTP/1.1 path is cheap (bench/rest.py: ~95 us of server CPU per request for the floor, about
-10k requests/s on one core). Hypercorn (HTTP/2 as well) was not measured. What uvicorn lacks
-is added here:
+10k requests/s on one core). What uvicorn lacks is added here:
 
 - a deadline for receiving a request. uvicorn's keep-alive timeout only covers the idle time
   between requests, and every byte resets it, so a client trickling its headers or body one byte
   at a time would hold a connection forever (slowloris);
 - a bound on the request line and headers (httptools has none);
+- a deadline on the TLS handshake (the receive timeout), which uvicorn leaves at asyncio's 60 s;
 - a cap on open connections (`--http-max-connections`) that answers in JSON, where uvicorn's
   own limit answers in plain text;
 - start and stop under the server's own lifecycle: no signal handlers of uvicorn's (the server
@@ -205,11 +205,28 @@ class HttpServer:
             config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
         self._server = uvicorn.Server(config)
         self._sock = sock
+        self._receive_timeout_s = network.receive_timeout_s
         self.port: int = sock.getsockname()[1]
 
     async def start(self) -> None:
-        self._server.lifespan = self._server.config.lifespan_class(self._server.config)
-        await self._server.startup(sockets=[self._sock])
+        """What `uvicorn.Server.startup` does for a given socket, plus a TLS handshake deadline:
+        uvicorn passes none, so asyncio's 60 s default would let silent connections pile up
+        before the receive deadline (armed once the handshake is done) could reach them."""
+        server, config = self._server, self._server.config
+        server.lifespan = config.lifespan_class(config)  # "off": its shutdown does nothing
+
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=server.server_state, app_state=server.lifespan.state
+            )
+
+        loop = asyncio.get_running_loop()
+        handshake = {"ssl_handshake_timeout": self._receive_timeout_s} if config.ssl is not None else {}
+        listener = await loop.create_server(
+            protocol, sock=self._sock, ssl=config.ssl, backlog=config.backlog, **handshake
+        )
+        server.servers = [listener]
+        server.started = True
 
     async def stop(self, grace: float) -> None:
         """Close the port and idle connections; requests still running get `grace` seconds (what

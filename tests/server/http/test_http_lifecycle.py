@@ -3,9 +3,12 @@ TLS from the same files as gRPC, CORS only for origins named, --no-http."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
 import ssl
 import threading
+import time
 from collections import Counter
 
 import httpx
@@ -80,6 +83,29 @@ def test_tls_and_mutual_tls_cover_http_too(certificates):
         known = ssl.create_default_context(cafile=str(certs["ca.pem"]))
         known.load_cert_chain(certs["client.pem"], certs["client.key"])
         assert httpx.get(f"https://127.0.0.1:{port}/v2", verify=known).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _closed_after(port: int, limit_s: float) -> float:
+    """Seconds until the server closes a connection that sends nothing (no TLS hello)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=limit_s) as silent:
+        start = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):  # a reset is closed too
+            assert silent.recv(1) == b""
+        return time.monotonic() - start
+
+
+def test_a_silent_tls_connection_is_closed_at_the_receive_deadline_on_both_ports(certificates):
+    """asyncio's TLS handshake timeout is 60 s and gRPC's 120 s: without a deadline of our own, a
+    client opening connections and never saying hello holds sockets and memory for that long."""
+    proc, grpc_port, http_port = _tls_server(certificates, "--receive-timeout-s", "1")
+    try:
+        for port in (http_port, grpc_port):
+            assert 0.5 <= _closed_after(port, limit_s=30) < 20  # 1 s, or 60/120 without the bound
+        trusted = ssl.create_default_context(cafile=str(certificates["ca.pem"]))
+        assert httpx.get(f"https://127.0.0.1:{http_port}/v2", verify=trusted).status_code == 200
     finally:
         proc.terminate()
         proc.wait(30)
