@@ -2,12 +2,15 @@
 httptools) answering every POST with a canned reply of the size vae-serve would send, without
 parsing the request or running a model.
 
-    python bench/_http_echo.py --port 8100
+    python bench/_http_echo.py --port 8100 [--stack hypercorn]
+
+`--stack hypercorn` serves the same router from Hypercorn instead (bench/http_stack.py compares them).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
 import numpy as np
@@ -48,13 +51,24 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--input-dim", type=int, default=784)
+    parser.add_argument("--stack", choices=["uvicorn", "hypercorn"], default="uvicorn")
     args = parser.parse_args()
     print(f"echo serving on {args.host}:{args.port}", file=sys.stderr, flush=True)
-    uvicorn.run(
-        app(args.input_dim),
-        host=args.host,
-        port=args.port,
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-    )
+    if args.stack == "hypercorn":
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config
+
+        config = Config()
+        config.bind = [f"{args.host}:{args.port}"]
+        config.loglevel = "WARNING"
+        config.keep_alive_max_requests = 1 << 30  # its default closes every 1000th: not what is measured
+        asyncio.run(serve(app(args.input_dim), config))
+    else:
+        uvicorn.run(
+            app(args.input_dim),
+            host=args.host,
+            port=args.port,
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+        )
