@@ -2,9 +2,12 @@
 httptools) answering every POST with a canned reply of the size vae-serve would send, without
 parsing the request or running a model.
 
-    python bench/_http_echo.py --port 8100 [--stack hypercorn]
+    python bench/_http_echo.py --port 8100 [--stack hypercorn] [--compute decoder.onnx]
 
-`--stack hypercorn` serves the same router from Hypercorn instead (bench/http_stack.py compares them).
+`--stack hypercorn` serves the same router from Hypercorn instead (bench/http_stack.py compares
+them). `--compute GRAPH` also runs that graph on one row per request before answering, as a
+server without batching must: the floor plus compute, the best a front end on this stack can do
+without merging requests.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import uvicorn
@@ -22,6 +26,18 @@ from starlette.routing import Route, Router
 from vae_serve.server.http.kserve_codec import encode_response
 
 
+def _graph(path: str) -> Callable[[], object]:
+    """One batch-1 run of the graph at `path` (its first input, zeros), on one thread as the server's."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    first = session.get_inputs()[0]
+    feed = {first.name: np.zeros((1, first.shape[1]), np.float32)}
+    return lambda: session.run(None, feed)
+
+
 def canned(rows: int, input_dim: int) -> dict[str, tuple[bytes, int | None]]:
     x = {"x": np.full((rows, input_dim), 0.123456, np.float32)}
     return {
@@ -30,11 +46,14 @@ def canned(rows: int, input_dim: int) -> dict[str, tuple[bytes, int | None]]:
     }
 
 
-def app(input_dim: int) -> Router:
+def app(input_dim: int, compute: str | None = None) -> Router:
     replies = {rows: canned(rows, input_dim) for rows in (1, 256)}
+    run = _graph(compute) if compute else None
 
     async def infer(request: Request) -> Response:
         body = await request.body()  # read, as the server must, but not parsed
+        if run is not None:
+            run()
         binary = "inference-header-content-length" in request.headers
         rows = 256 if len(body) > 16384 else 1
         reply, header = replies[rows]["binary" if binary else "json"]
@@ -52,6 +71,7 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--input-dim", type=int, default=784)
     parser.add_argument("--stack", choices=["uvicorn", "hypercorn"], default="uvicorn")
+    parser.add_argument("--compute", help="an ONNX graph to run on one row per request")
     args = parser.parse_args()
     print(f"echo serving on {args.host}:{args.port}", file=sys.stderr, flush=True)
     if args.stack == "hypercorn":
@@ -62,10 +82,10 @@ if __name__ == "__main__":
         config.bind = [f"{args.host}:{args.port}"]
         config.loglevel = "WARNING"
         config.keep_alive_max_requests = 1 << 30  # its default closes every 1000th: not what is measured
-        asyncio.run(serve(app(args.input_dim), config))
+        asyncio.run(serve(app(args.input_dim, args.compute), config))
     else:
         uvicorn.run(
-            app(args.input_dim),
+            app(args.input_dim, args.compute),
             host=args.host,
             port=args.port,
             http="httptools",

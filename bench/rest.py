@@ -3,7 +3,9 @@
 
     python bench/rest.py [--duration 5] [--repeats 3]
 
-The floor is the same HTTP stack answering a canned reply of the right size (bench/_http_echo.py).
+The floor is the same HTTP stack answering a canned reply of the right size (bench/_http_echo.py);
+"floor + compute" is that floor also running the decoder on each request's row, as a server
+without batching must: what the front end would reach if it cost nothing beyond the floor.
 The client is a lean asyncio HTTP/1.1 generator (one kept-alive connection per caller, requests
 built once, replies read by Content-Length and not parsed), so it costs the same against both.
 Each scenario runs `--repeats` times, alternating server and floor; the table gives the median
@@ -111,21 +113,29 @@ def main() -> None:
     try:
         server, (_, port) = start_server_ports(serve, r"serving on [\d.]+:(\d+) .*HTTP on [\d.]+:(\d+)")
         procs.append(server)
-        echo_port = free_port()
+        echo_port, compute_port = free_port(), free_port()
         echo_args = [str(ROOT / "bench" / "_http_echo.py"), "--port", str(echo_port)]
         procs.append(start_server(echo_args, r"echo serving on [\d.]+:(\d+)")[0])
+        compute_args = [str(ROOT / "bench" / "_http_echo.py"), "--port", str(compute_port)]
+        compute_args += ["--compute", str(DECODER)]
+        procs.append(start_server(compute_args, r"echo serving on [\d.]+:(\d+)")[0])
         for binary in (False, True):
             kind = "binary" if binary else "JSON"
             for concurrency in (1, 8, 32):
-                ratios, served, floors, p50s = [], [], [], []
+                ratios, served, floors, p50s, computed, to_computed = [], [], [], [], [], []
                 for _ in range(args.repeats):
                     got, p50 = load(port, request(port, 1, binary), concurrency, args.duration)
                     floor, floor_p50 = load(
                         echo_port, request(echo_port, 1, binary), concurrency, args.duration
                     )
+                    with_compute = load(
+                        compute_port, request(compute_port, 1, binary), concurrency, args.duration
+                    )[0]
                     ratios.append(got / floor)
+                    to_computed.append(got / with_compute)
                     served.append(got)
                     floors.append(floor)
+                    computed.append(with_compute)
                     p50s.append((p50, floor_p50))
                 median = statistics.median(ratios)
                 p50, floor_p50 = statistics.median(p[0] for p in p50s), statistics.median(p[1] for p in p50s)
@@ -136,6 +146,9 @@ def main() -> None:
                         f"{statistics.median(served):.0f}",
                         f"{statistics.median(floors):.0f}",
                         f"{median:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})",
+                        f"{statistics.median(computed):.0f}",
+                        f"{statistics.median(to_computed):.2f}x"
+                        f" ({min(to_computed):.2f}-{max(to_computed):.2f})",
                         f"{p50 * 1e3:.2f} / {floor_p50 * 1e3:.2f}",
                     ]
                 )
@@ -154,6 +167,8 @@ def main() -> None:
                     f"{ort_rows:.0f} (in-process ORT)",
                     f"{got / ort_rows:.2f}x",
                     "-",
+                    "-",
+                    "-",
                 ]
             )
     finally:
@@ -165,7 +180,9 @@ def main() -> None:
         "concurrency",
         "vae-serve req/s",
         "floor req/s",
-        "ratio (median, spread)",
+        "vs floor (median, spread)",
+        "floor + compute req/s",
+        "vs floor + compute",
         "p50 ms: vae-serve / floor",
     ]
     print(markdown_table(headers, rows))
