@@ -18,8 +18,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -28,6 +26,7 @@ from vae_serve.client.images import InputFileError, read_picture
 from vae_serve.errors import InvalidInput
 
 from .endpoint import Front, check_json_reply, endpoint, json_response, read_body, wants_png
+from .forms import form_files
 from .kserve import OFF_LOOP_BYTES, deadline_from
 from .limits import MAX_JSON_BYTES, MAX_UPLOAD_BYTES
 
@@ -179,15 +178,13 @@ async def _json_body(front: Front, request: Request, model: type[B]) -> B:
 
 async def _pictures(front: Front, request: Request) -> np.ndarray:
     """The uploaded pictures as rows [N, input_dim]: one PNG or JPEG body, or a multipart form."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = request.headers.get("content-type", "")
     body = await read_body(request, MAX_UPLOAD_BYTES, "picture upload limit")
     shape = front.dataplane.current().model.image_shape
-    if content_type in PICTURE_TYPES:
-        files = [("upload", body)]
-    else:
-        files = await _form_files(request, body)
+    single = content_type.split(";")[0].strip().lower() in PICTURE_TYPES
 
     def read_all() -> np.ndarray:
+        files = [("upload", body)] if single else form_files(body, content_type, MAX_UPLOADS)
         try:
             return np.stack(
                 [read_picture(io.BytesIO(data), shape, name, MAX_UPLOAD_PIXELS) for name, data in files]
@@ -195,24 +192,7 @@ async def _pictures(front: Front, request: Request) -> np.ndarray:
         except InputFileError as exc:
             raise InvalidInput(str(exc)) from None
 
-    return await asyncio.to_thread(read_all)  # decoding a picture is never done on the loop
-
-
-async def _form_files(request: Request, body: bytes) -> list[tuple[str, bytes]]:
-    async def replay() -> dict[str, Any]:  # the body already read, within the limit
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await Request(request.scope, replay).form(max_files=MAX_UPLOADS, max_fields=MAX_UPLOADS)
-    except HTTPException as exc:  # Starlette's word for a malformed or oversized form
-        raise InvalidInput(f"multipart form: {str(exc.detail)[:200]}") from None
-    try:
-        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-        if not files:
-            raise InvalidInput("expected a PNG or JPEG body, or a multipart form with image files")
-        return [(file.filename or "upload", await file.read()) for file in files]
-    finally:
-        await form.close()
+    return await asyncio.to_thread(read_all)  # neither forms nor pictures are parsed on the loop
 
 
 def _is_json(request: Request) -> bool:
