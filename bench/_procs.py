@@ -11,22 +11,24 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 __all__ = ["free_port", "start_server", "start_server_ports"]
 
 
 def start_server(
-    args: list[str], pattern: str = r"serving on [\d.]+:(\d+)", timeout: float = 60
+    args: list[str], pattern: str = r"serving on [\d.]+:(\d+)", timeout: float = 60, **popen: Any
 ) -> tuple[subprocess.Popen, int]:
-    proc, ports = start_server_ports(args, pattern, timeout)
+    proc, ports = start_server_ports(args, pattern, timeout, **popen)
     return proc, ports[0]
 
 
 def start_server_ports(
-    args: list[str], pattern: str, timeout: float = 60
+    args: list[str], pattern: str, timeout: float = 60, **popen: Any
 ) -> tuple[subprocess.Popen, tuple[int, ...]]:
-    """The process, and every port `pattern`'s groups find in its start-up line."""
-    proc = subprocess.Popen([sys.executable, *args], stderr=subprocess.PIPE, text=True)
+    """The process, and every port `pattern`'s groups find in its start-up line. `popen`: more
+    arguments for subprocess.Popen (env, cwd)."""
+    proc = subprocess.Popen([sys.executable, *args], stderr=subprocess.PIPE, text=True, **popen)
     deadline = time.monotonic() + timeout
     seen = []
     with selectors.DefaultSelector() as waiting:  # a silent process cannot block past the deadline

@@ -1,0 +1,160 @@
+"""Two builds of vae-serve side by side: a git revision (the base) against the working tree, or
+the working tree against itself under other flags or environment, measured alternately by the
+same client.
+
+    python bench/compare.py --base HEAD~1                      # did the last commit cost anything?
+    python bench/compare.py --env OTEL_TRACES_EXPORTER=console  # ...the same code, tracing on
+    python bench/compare.py --base main --flags "--workers 2" --concurrency 128
+
+Each pair runs the base, then the candidate (or the reverse, alternating), closed loop over gRPC
+(bench/loadgen.py, batch-1 Decode by default); the table gives, per concurrency, the medians and
+the spread of the ratio candidate / base for requests/s and for the server's CPU time per
+request (user + system, of the whole process tree, from /proc). CPU per request is the steadier
+figure on a shared machine. The base is checked out with `git worktree` into a temporary folder
+and imported from there (its `vae_serve` package laid out as an install would); the venv is the
+working tree's, so dependencies are the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from _procs import free_port, start_server
+from _table import markdown_table
+from loadgen import LoadSpec, run_load
+
+ROOT = Path(__file__).resolve().parent.parent
+# package-dir in pyproject.toml: where each part of `vae_serve` lives in a checkout
+LAYOUT = {"server": "server", "client": "client", "training": "training", "models": "models"}
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _checkout(revision: str, stack: ExitStack) -> Path:
+    """`revision` in a temporary worktree, as an importable `vae_serve` (a PYTHONPATH entry)."""
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vae-base-")))
+    tree = folder / "tree"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), revision], check=True
+    )
+    stack.callback(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)])
+    package = folder / "path" / "vae_serve"
+    package.mkdir(parents=True)
+    for item in (tree / "vae_serve").iterdir():
+        (package / item.name).symlink_to(item)
+    for name, source in LAYOUT.items():
+        (package / name).symlink_to(tree / source)
+    return folder / "path"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system time of `pid` and every descendant still running."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        todo += [int(child) for child in children]
+    return total
+
+
+def _serve(flags: list[str], env: dict[str, str], stack: ExitStack) -> tuple[int, str]:
+    ports = ["--port", str(free_port()), "--metrics-port", str(free_port()), "--no-http"]
+    args = [
+        "-m",
+        "vae_serve.server.cli",
+        "--host",
+        "127.0.0.1",
+        "--metrics-host",
+        "127.0.0.1",
+        *ports,
+        *flags,
+    ]
+    proc, port = start_server(args, env=env, cwd=tempfile.gettempdir())  # not ROOT: its vae_serve/ would win
+    stack.callback(lambda: (proc.terminate(), proc.wait(30)))
+    return proc.pid, f"127.0.0.1:{port}"
+
+
+def _measure(pid: int, spec: LoadSpec) -> tuple[float, float]:
+    """(requests/s, server CPU microseconds per request) of one closed-loop run."""
+    before = _cpu_seconds(pid)
+    result = run_load(spec)
+    spent = _cpu_seconds(pid) - before  # the warm-up's CPU too: the same share on both sides
+    calls = result.requests * (spec.warmup + spec.duration) / spec.duration
+    return result.throughput, spent / max(calls, 1) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", help="git revision of the base build (default: the working tree)")
+    parser.add_argument("--flags", default="", help="server flags for both builds")
+    parser.add_argument("--candidate-flags", default="", help="server flags for the candidate only")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the candidate only")
+    parser.add_argument("--method", default="Decode")
+    parser.add_argument("--concurrency", default="1,32", help="comma-separated")
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=3.0)
+    args = parser.parse_args()
+    if not args.base and not args.env and not args.candidate_flags:
+        parser.error("nothing to compare: give --base, --env or --candidate-flags")
+    rows = []
+    with ExitStack() as stack:
+        base_env = dict(os.environ)
+        if args.base:
+            base_env["PYTHONPATH"] = str(_checkout(args.base, stack))
+        candidate_env = {**os.environ, **dict(item.split("=", 1) for item in args.env)}
+        flags = shlex.split(args.flags)
+        servers = {
+            "base": _serve(flags, base_env, stack),
+            "candidate": _serve(flags + shlex.split(args.candidate_flags), candidate_env, stack),
+        }
+        for concurrency in (int(c) for c in args.concurrency.split(",")):
+            got: dict[str, list[tuple[float, float]]] = {"base": [], "candidate": []}
+            for i in range(args.pairs):
+                for name in ("base", "candidate") if i % 2 == 0 else ("candidate", "base"):
+                    pid, target = servers[name]
+                    spec = LoadSpec(target, args.method, concurrency=concurrency, duration=args.duration)
+                    got[name].append(_measure(pid, spec))
+            rate = [c[0] / b[0] for b, c in zip(got["base"], got["candidate"], strict=True)]
+            cpu = [c[1] / b[1] for b, c in zip(got["base"], got["candidate"], strict=True)]
+            rows.append(
+                [
+                    args.method,
+                    concurrency,
+                    f"{statistics.median(r for r, _ in got['base']):.0f}",
+                    f"{statistics.median(r for r, _ in got['candidate']):.0f}",
+                    f"{statistics.median(rate):.3f} ({min(rate):.2f}-{max(rate):.2f})",
+                    f"{statistics.median(c for _, c in got['base']):.0f}",
+                    f"{statistics.median(c for _, c in got['candidate']):.0f}",
+                    f"{statistics.median(cpu):.3f} ({min(cpu):.2f}-{max(cpu):.2f})",
+                ]
+            )
+    what = f"base {args.base or 'working tree'}, candidate working tree"
+    what += "".join(f" {e}" for e in args.env) + (f" {args.candidate_flags}" if args.candidate_flags else "")
+    print(f"{what}; {args.pairs} pairs of {args.duration:g} s")
+    headers = [
+        "method",
+        "concurrency",
+        "base req/s",
+        "candidate req/s",
+        "req/s ratio (median, spread)",
+        "base CPU us/req",
+        "candidate CPU us/req",
+        "CPU ratio (median, spread)",
+    ]
+    print(markdown_table(headers, rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
