@@ -11,16 +11,17 @@ from the settings and the version served, the statistics from the metrics every 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from vae_serve.errors import ModelNotFound, Unsupported, quote
+from vae_serve.errors import ModelLoadError, ModelNotFound, Unsupported, quote
 
 from .calls import pinned_version
 from .dataplane import DataPlane
 from .graph import CUDA
-from .oip_models import GRAPHS, OipModel
+from .oip_models import GRAPHS, OipModel, OipTensor
 from .repository import list_versions
 from .statistics import GraphStatistics, graph_statistics
 from .versions import ServedModel
@@ -31,6 +32,10 @@ __all__ = ["EXTENSIONS", "TritonExtensions", "model_control_refused"]
 # it includes load and unload, which are refused (model control is the repository watcher's).
 EXTENSIONS = ("model_configuration", "statistics")
 READY, UNAVAILABLE = "READY", "UNAVAILABLE"
+OLDER = "not served: older than the versions kept (--keep-versions) or the one pinned at start"
+NEWER = "not served: rejected, still loading, or beside the one pinned at start (the log says which)"
+
+log = logging.getLogger(__name__)
 
 
 def model_control_refused(action: str) -> Unsupported:
@@ -66,7 +71,7 @@ class TritonExtensions:
         oip_model, served = self._model(name, version)
         plane = self.dataplane
 
-        def tensor(t: Any) -> dict[str, Any]:
+        def tensor(t: OipTensor) -> dict[str, Any]:
             return {"name": t.name, "data_type": "TYPE_FP32", "dims": [t.width(served.model)]}
 
         graph = getattr(served.model, oip_model.graph)
@@ -110,7 +115,11 @@ class TritonExtensions:
         """Every version of both models: READY when served, else UNAVAILABLE with why. The
         repository is listed off the event loop."""
         s = self.repository
-        on_disk = await asyncio.to_thread(list_versions, s.model_repository, s.model)
+        try:
+            on_disk = await asyncio.to_thread(list_versions, s.model_repository, s.model)
+        except ModelLoadError as exc:  # the directory is unusable now: what is served still is
+            log.warning("repository index: %s", exc)
+            on_disk = []
         served = self.dataplane.served.loaded
         latest = int(served[-1]) if served else -1
         entries = []
@@ -118,9 +127,9 @@ class TritonExtensions:
             if version in served:
                 state, reason = READY, ""
             elif int(version) < latest:
-                state, reason = UNAVAILABLE, "not served: older than the versions kept (--keep-versions)"
+                state, reason = UNAVAILABLE, OLDER
             else:
-                state, reason = UNAVAILABLE, "not served: rejected or not loaded yet (see the log)"
+                state, reason = UNAVAILABLE, NEWER
             if state == READY or not ready_only:
                 entries += [
                     {"name": name, "version": version, "state": state, "reason": reason} for name in GRAPHS
