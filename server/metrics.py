@@ -123,10 +123,11 @@ class Metrics:
             ["graph", "version", "result"],
             registry=r,
         )
-        self.request_compute = Counter(
-            "vae_serve_graph_request_compute_seconds_total",
-            "ONNX Runtime time summed per request: a run that served k requests adds k times its "
-            "duration (Triton's compute_infer), by graph and model version.",
+        self.shared_compute = Counter(
+            "vae_serve_shared_compute_seconds_total",
+            "ONNX Runtime time counted again for each request past the first that a run served (k "
+            "requests: k-1 times its duration); added to the run time, Triton's per-request "
+            "compute_infer. By graph and model version.",
             ["graph", "version"],
             registry=r,
         )

@@ -154,8 +154,8 @@ trimmer = MemoryTrimmer()  # one per process: the heap is
 class TimedGraph:
     """A graph of one model version, with its run metrics and one worker thread of its own.
 
-    Each run is timed once; that time feeds the run histograms and Triton's per-request compute
-    statistics (a run that served `requests` requests counts its time once for each of them)."""
+    Each run is timed once; that time feeds the run histograms and, for a run that served several
+    requests, Triton's per-request compute statistics (which count its time once per request)."""
 
     def __init__(self, graph: Graph, label: str, metrics: Metrics, version: str) -> None:
         self.graph = graph
@@ -163,7 +163,7 @@ class TimedGraph:
         self.version = version
         self._compute = metrics.compute_duration.labels(label, version)
         self._rows = metrics.batch_size.labels(label, version)
-        self._per_request = metrics.request_compute.labels(label, version)
+        self._shared = metrics.shared_compute.labels(label, version)
         self._last_run = metrics.last_run.labels(label, version)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{label}")
 
@@ -173,7 +173,8 @@ class TimedGraph:
         took = time.perf_counter() - began
         self._compute.observe(took)
         self._rows.observe(len(x))
-        self._per_request.inc(took * requests)
+        if requests > 1:
+            self._shared.inc(took * (requests - 1))
         self._last_run.set(time.time())
         return outputs
 

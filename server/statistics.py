@@ -1,9 +1,10 @@
 """Triton's per-model statistics (its ModelStatistics extension), kept as Prometheus metrics.
 
 They are recorded where the time is already measured, so a request costs one more observation
-(`CountedRunner`: success or fail, admission to result) and a run two more (runner.TimedGraph:
-its time once per request it served, and when it ended); the run and queue histograms already
-there supply execution count, rows and queue time. Kept as metrics, they are merged across
+(`CountedRunner`: success or fail, admission to result) and a run one more (runner.TimedGraph:
+when it ended; a run that served several requests also counts its time again for each request
+past the first); the run and queue histograms already there supply execution count, rows,
+compute and queue time. Kept as metrics, they are merged across
 `--workers` processes like every other metric: `graph_statistics` reads them back from a
 registry (with workers, every worker's files: file I/O, so call it off the event loop).
 
@@ -59,7 +60,8 @@ class GraphStatistics:
     failures: float = 0.0
     fail_s: float = 0.0
     queue_s: float = 0.0
-    compute_s: float = 0.0  # per request: a run's time once for each request it served
+    run_s: float = 0.0  # each run's time, once
+    shared_s: float = 0.0  # each run's time again for each request past its first
     runs: float = 0.0
     rows: float = 0.0
     last_run: float = 0.0  # Unix time; 0: never
@@ -86,7 +88,7 @@ class GraphStatistics:
                 "fail": duration(self.failures, self.fail_s),
                 "queue": duration(done, self.queue_s),
                 "compute_input": duration(done, 0.0),
-                "compute_infer": duration(done, self.compute_s),
+                "compute_infer": duration(done, self.run_s + self.shared_s),
                 "compute_output": duration(done, 0.0),
                 "cache_hit": duration(0, 0.0),
                 "cache_miss": duration(0, 0.0),
@@ -102,7 +104,8 @@ _FIELDS = {
     ("vae_serve_graph_request_duration_seconds_count", "fail"): "failures",
     ("vae_serve_graph_request_duration_seconds_sum", "fail"): "fail_s",
     ("vae_serve_queue_duration_seconds_sum", None): "queue_s",
-    ("vae_serve_graph_request_compute_seconds_total", None): "compute_s",
+    ("vae_serve_inference_duration_seconds_sum", None): "run_s",
+    ("vae_serve_shared_compute_seconds_total", None): "shared_s",
     ("vae_serve_inference_duration_seconds_count", None): "runs",
     ("vae_serve_batch_size_rows_sum", None): "rows",
 }
