@@ -100,3 +100,10 @@ def test_statistics_routes_are_read_only_and_404_for_unknown_models(http):
     assert http.get("/v2/models/nope/stats").status_code == 404
     assert http.get("/v2/models/nope/config").status_code == 404
     assert http.post("/v2/models/stats").status_code == 405
+
+
+def test_the_openapi_document_lists_the_extension_routes(http):
+    paths = set(http.get("/openapi.json").json()["paths"])
+    wanted = {"/v2/models/{model}/config", "/v2/models/{model}/versions/{version}/stats"}
+    wanted |= {"/v2/models/stats", "/v2/repository/index", "/v2/repository/models/{model}/load"}
+    assert wanted <= paths, wanted - paths
