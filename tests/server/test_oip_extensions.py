@@ -132,6 +132,8 @@ def test_statistics_are_merged_across_workers():
     args += ["--metrics-port", str(free_port()), "--http-port", str(free_port())]
     proc, _ = start_vae_serve(*args)
     try:
+        while "all 2 workers ready" not in (line := proc.stderr.readline()):  # both listen now
+            assert line, f"the server ended: {proc.wait()}"
         n, rows = 12, 2
         got = triton(
             f"127.0.0.1:{port}",
