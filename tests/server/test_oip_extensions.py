@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from support import REPOSITORY, free_port, start_vae_serve
+
+from vae_serve._proto.vae.v1 import vae_pb2
+from vae_serve.tensor import to_tensor
 
 CALLS = Path(__file__).with_name("tritonclient_calls.py")
 W, L = 784, 32
@@ -123,6 +127,18 @@ def test_statistics_without_a_model_cover_both(running):
     ]
 
 
+def test_the_native_api_runs_the_same_graphs_and_counts_too(running, stub):
+    """Decode and a decoded Sample over the native API are runs of vae_decoder."""
+    read = {"model": "vae_decoder", "name": "z", "width": L, "rows": 1, "n": 0}
+    before = only(triton(running.target, "statistics", **read)["after"])
+    stub.Decode(vae_pb2.DecodeRequest(z=to_tensor(np.zeros((3, L), np.float32))), timeout=10)
+    stub.Sample(vae_pb2.SampleRequest(num_samples=5, seed=1, decode=True), timeout=10)
+    stub.Sample(vae_pb2.SampleRequest(num_samples=5, seed=1), timeout=10)  # no decoding: no run
+    after = only(triton(running.target, "statistics", **read)["after"])
+    assert number(after, "inference_count") - number(before, "inference_count") == 3 + 5
+    assert number(after, "execution_count") - number(before, "execution_count") == 2
+
+
 @pytest.mark.slow
 def test_statistics_are_merged_across_workers():
     """Every request and every reading on a new connection, so the kernel spreads them over both
@@ -148,6 +164,7 @@ def test_statistics_are_merged_across_workers():
         for reading in got["readings"]:
             assert number(only(reading), "inference_count") == n * rows
             assert number(only(reading), "inference_stats", "success", "count") == n
+            assert number(only(reading), "execution_count") == n
         assert number(only(got["before"]), "inference_count") == 0
     finally:
         proc.terminate()
