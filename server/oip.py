@@ -131,10 +131,10 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: oip.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> oip.RepositoryModelLoadResponse:
-        raise model_control_refused("load")
+        raise model_control_refused()
 
     @control_rpc
     async def RepositoryModelUnload(
         self, request: oip.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> oip.RepositoryModelUnloadResponse:
-        raise model_control_refused("unload")
+        raise model_control_refused()

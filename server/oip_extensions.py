@@ -38,11 +38,12 @@ NEWER = "not served: rejected, still loading, or beside the one pinned at start 
 log = logging.getLogger(__name__)
 
 
-def model_control_refused(action: str) -> Unsupported:
-    """Load and unload are not served: versions come and go through the repository."""
+def model_control_refused() -> Unsupported:
+    """Load and unload are not served: versions come and go through the repository. The message
+    begins as Triton's does when model control is off, which tools built on Triton recognize."""
     return Unsupported(
-        f"explicit model {action} is not available: vae-serve loads new versions from its repository "
-        f"itself (every --repository-poll-s, or on SIGHUP); publish a version directory there"
+        "explicit model load / unload is not allowed: vae-serve loads new versions from its "
+        "repository itself (every --repository-poll-s, or on SIGHUP); publish a version directory there"
     )
 
 

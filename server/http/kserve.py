@@ -166,12 +166,12 @@ async def repository_index(front: Front, request: Request) -> Response:
 
 @endpoint("RepositoryModelLoad")
 async def repository_load(front: Front, request: Request) -> Response:
-    raise model_control_refused("load")
+    raise model_control_refused()
 
 
 @endpoint("RepositoryModelUnload")
 async def repository_unload(front: Front, request: Request) -> Response:
-    raise model_control_refused("unload")
+    raise model_control_refused()
 
 
 def routes() -> list[Route]:

@@ -119,5 +119,5 @@ def test_config_without_batching_has_no_dynamic_batching(model):
 
 
 def test_model_control_is_unsupported():
-    refused = model_control_refused("load")
+    refused = model_control_refused()
     assert isinstance(refused, Unsupported) and "SIGHUP" in str(refused)
