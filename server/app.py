@@ -38,6 +38,7 @@ from .lifecycle import Lifecycle, ServerState
 from .metrics import Metrics, multiprocess_registry, serve_metrics
 from .model import load_model
 from .oip import OIP_SERVICE, OipServicer
+from .oip_extensions import TritonExtensions
 from .registration import ReceiveTimeout, add_service, register
 from .reload import RepositoryWatcher
 from .repository import resolve
@@ -74,6 +75,9 @@ class VaeServer:
         self.http_port: int | None = None
         self._http: HttpServer | None = None
         self.watcher = RepositoryWatcher(self.repository, self.dataplane, self.metrics)
+        # What statistics are read from: with workers, every worker's metrics files, merged.
+        self.merged_registry = multiprocess_registry() if worker else self.metrics.registry
+        self.extensions = TritonExtensions(self.dataplane, self.network.workers, self.merged_registry)
         self._watching: asyncio.Task[None] | None = None
 
     def load(self) -> None:
@@ -131,7 +135,7 @@ class VaeServer:
         )
         add_service(
             server,
-            OipServicer(self.dataplane),
+            OipServicer(self.dataplane, extensions=self.extensions),
             oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
             timeout,
         )
@@ -185,8 +189,8 @@ class VaeServer:
         self._server = server
         if http_socket is not None:
             try:
-                registry = multiprocess_registry() if self.worker else self.metrics.registry
-                front = Front(self.dataplane, self.metrics, self.dataplane.activity, Stats(registry))
+                stats = Stats(self.merged_registry)
+                front = Front(self.dataplane, self.metrics, self.dataplane.activity, stats, self.extensions)
                 app = build_app(front, self.settings.http_server)
                 self._http = HttpServer(app, http_socket, self.settings.http_server, s, self.tls)
                 await self._http.start()

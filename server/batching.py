@@ -69,7 +69,7 @@ class BatchingRunner:
         self._expected = 1  # requests the last batch merged: as many are likely on their way again
         self._collector: asyncio.Task[None] | None = None
         self._closed = False
-        self._queue_time = metrics.queue_duration.labels(graph.label)
+        self._queue_time = metrics.queue_duration.labels(graph.label, graph.version)
         self._late = self.admission.late
 
     @property
@@ -154,9 +154,9 @@ class BatchingRunner:
         self._running = batch
         try:
             if len(merged) <= INLINE_MAX_ROWS:
-                outputs = self.graph.run(merged)  # cheaper than a thread hop at this size (bench/)
+                outputs = self.graph.run(merged, len(batch))  # cheaper than a thread hop here (bench/)
             else:
-                outputs = await self.graph.run_off_loop(merged)
+                outputs = await self.graph.run_off_loop(merged, requests=len(batch))
         except Exception as exc:  # ORT failed: every caller in the batch gets the error
             log.exception("%s batch of %d rows failed", self.graph.label, len(merged))
             self._fail(batch, exc)

@@ -20,6 +20,7 @@ from .metrics import Metrics
 from .model import LoadedModel
 from .runner import InlineRunner, Runner, TimedGraph, trimmer
 from .settings import BatchingSettings, LimitSettings, RepositorySettings
+from .statistics import CountedRunner
 from .validation import check_finite, check_matrix, check_unit_interval
 from .versions import ServedModel, ServedVersions
 
@@ -48,16 +49,19 @@ class DataPlane:
         """`state`: the server's lifecycle, which readiness and admission read (a bare one if none)."""
         self.batching = batching
         self.limits = limits
+        self.repository = repository
         self.metrics = metrics
         self.served = ServedVersions(repository)
         self.state = state if state is not None else ServerState()
         self.activity = Activity(limits.max_concurrent_rpcs, self.state)
 
-    def _runner(self, graph: Graph, label: str) -> Runner:
-        timed = TimedGraph(graph, label, self.metrics)
+    def _runner(self, graph: Graph, label: str, version: str) -> CountedRunner:
+        timed = TimedGraph(graph, label, self.metrics, version)
         if self.batching.max_batch_size == 1:
-            return InlineRunner(timed, self.metrics, self.batching)
-        return BatchingRunner(timed, self.metrics, self.batching)
+            runner: Runner = InlineRunner(timed, self.metrics, self.batching)
+        else:
+            runner = BatchingRunner(timed, self.metrics, self.batching)
+        return CountedRunner(runner, self.metrics, label, version)
 
     def serve(self, model: LoadedModel) -> None:
         """Serve `model` too; the highest version answers requests that pin none. Requests in
@@ -71,7 +75,9 @@ class DataPlane:
                 f"its largest request or response)"
             )
         served = ServedModel(
-            model, self._runner(model.encoder, "encoder"), self._runner(model.decoder, "decoder")
+            model,
+            self._runner(model.encoder, "encoder", model.version),
+            self._runner(model.decoder, "decoder", model.version),
         )
         self.served.add(served)
         latest = self.served.latest.model

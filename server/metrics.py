@@ -13,7 +13,15 @@ import socket
 import threading
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    make_wsgi_app,
+    multiprocess,
+)
 
 from vae_serve.errors import ModelLoadError
 
@@ -75,22 +83,22 @@ class Metrics:
         )
         self.compute_duration = Histogram(
             "vae_serve_inference_duration_seconds",
-            "ONNX Runtime run time, by graph.",
-            ["graph"],
+            "ONNX Runtime run time, by graph and model version.",
+            ["graph", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
             "vae_serve_batch_size_rows",
-            "Rows per ONNX Runtime run, by graph.",
-            ["graph"],
+            "Rows per ONNX Runtime run, by graph and model version.",
+            ["graph", "version"],
             buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.queue_duration = Histogram(
             "vae_serve_queue_duration_seconds",
-            "Time a request waited in the batcher's queue, by graph.",
-            ["graph"],
+            "Time a request waited in the batcher's queue, by graph and model version.",
+            ["graph", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -106,6 +114,29 @@ class Metrics:
             "Requests shed by the batcher, by graph and reason.",
             ["graph", "reason"],
             registry=r,
+        )
+        # Triton's per-model statistics (statistics.py reads them back), beside the run metrics above.
+        self.graph_requests = Summary(
+            "vae_serve_graph_request_duration_seconds",
+            "Requests a graph's runner answered, and their time from admission to result (queue and "
+            "compute), by graph, model version and result (success, fail).",
+            ["graph", "version", "result"],
+            registry=r,
+        )
+        self.shared_compute = Counter(
+            "vae_serve_shared_compute_seconds_total",
+            "ONNX Runtime time counted again for each request past the first that a run served (k "
+            "requests: k-1 times its duration); added to the run time, Triton's per-request "
+            "compute_infer. By graph and model version.",
+            ["graph", "version"],
+            registry=r,
+        )
+        self.last_run = Gauge(
+            "vae_serve_graph_last_run_timestamp_seconds",
+            "When a graph's last ONNX Runtime run ended (Unix time), by graph and model version.",
+            ["graph", "version"],
+            registry=r,
+            multiprocess_mode="max",
         )
         self.model_loads = Counter(
             "vae_serve_model_loads_total",

@@ -8,16 +8,19 @@ logvar) and `vae_decoder` (z -> x), at the version the server serves.
 from __future__ import annotations
 
 import grpc
+from google.protobuf import json_format
 
 from vae_serve import __version__
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from vae_serve._proto.inference import model_config_pb2 as oip_config
 from vae_serve.errors import ModelNotFound, quote
 
 from .calls import deadline_of, pinned_version
 from .dataplane import DataPlane
 from .edge import Edge, control_rpc, data_plane_rpc
 from .oip_codec import infer_response, input_array, wanted_outputs
+from .oip_extensions import EXTENSIONS, TritonExtensions, model_control_refused
 from .oip_models import GRAPHS, OipTensor
 from .versions import ServedModel
 
@@ -27,10 +30,14 @@ OIP_SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, edge: Edge | None = None) -> None:
-        """`edge`: where the rpc wrapper records and admits; by default the data plane's own."""
+    def __init__(
+        self, dataplane: DataPlane, edge: Edge | None = None, extensions: TritonExtensions | None = None
+    ) -> None:
+        """`edge`: where the rpc wrapper records and admits; by default the data plane's own.
+        `extensions`: Triton's, by default over this process's metrics alone."""
         self.dataplane = dataplane
         self.edge = edge if edge is not None else Edge(dataplane.metrics, dataplane.activity)
+        self.extensions = extensions if extensions is not None else TritonExtensions(dataplane)
 
     def _resolve(self, model: str, version: str) -> ServedModel:
         if model not in GRAPHS:
@@ -62,7 +69,7 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: oip.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> oip.ServerMetadataResponse:
-        return oip.ServerMetadataResponse(name="vae-serve", version=__version__, extensions=[])
+        return oip.ServerMetadataResponse(name="vae-serve", version=__version__, extensions=EXTENSIONS)
 
     @control_rpc
     async def ModelMetadata(
@@ -97,3 +104,37 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
         values, version = await graph.run(self.dataplane, array, deadline_of(context), served.version)
         outputs = dict(zip(names, values, strict=True))
         return infer_response(request, request.model_name, version, outputs, wanted)
+
+    @control_rpc
+    async def ModelConfig(
+        self, request: oip.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ModelConfigResponse:
+        config = self.extensions.config(request.name, request.version)
+        return oip.ModelConfigResponse(config=json_format.ParseDict(config, oip_config.ModelConfig()))
+
+    @control_rpc
+    async def ModelStatistics(
+        self, request: oip.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ModelStatisticsResponse:
+        stats = await self.extensions.statistics(request.name, request.version)
+        return oip.ModelStatisticsResponse(model_stats=[oip.ModelStatistics(**s) for s in stats])
+
+    @control_rpc
+    async def RepositoryIndex(
+        self, request: oip.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> oip.RepositoryIndexResponse:
+        entries = await self.extensions.index(request.ready)
+        index = oip.RepositoryIndexResponse.ModelIndex
+        return oip.RepositoryIndexResponse(models=[index(**entry) for entry in entries])
+
+    @control_rpc
+    async def RepositoryModelLoad(
+        self, request: oip.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> oip.RepositoryModelLoadResponse:
+        raise model_control_refused()
+
+    @control_rpc
+    async def RepositoryModelUnload(
+        self, request: oip.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> oip.RepositoryModelUnloadResponse:
+        raise model_control_refused()

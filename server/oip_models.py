@@ -27,9 +27,11 @@ class OipTensor:
 
 @dataclass(frozen=True)
 class OipModel:
-    """One model as OIP exposes it: the data-plane call behind it, and its tensors."""
+    """One model as OIP exposes it: the data-plane call behind it, the graph that call runs
+    (`encoder` or `decoder`: its label in the metrics, its attribute of LoadedModel), and its tensors."""
 
     run: OipRun
+    graph: str
     input: OipTensor
     outputs: tuple[OipTensor, ...]
 
@@ -55,8 +57,9 @@ def _latent_dim(model: LoadedModel) -> int:
 GRAPHS = {
     "vae_encoder": OipModel(
         _encode,
+        "encoder",
         OipTensor("x", _input_dim),
         (OipTensor("mean", _latent_dim), OipTensor("logvar", _latent_dim)),
     ),
-    "vae_decoder": OipModel(_decode, OipTensor("z", _latent_dim), (OipTensor("x", _input_dim),)),
+    "vae_decoder": OipModel(_decode, "decoder", OipTensor("z", _latent_dim), (OipTensor("x", _input_dim),)),
 }

@@ -152,30 +152,43 @@ trimmer = MemoryTrimmer()  # one per process: the heap is
 
 
 class TimedGraph:
-    """A graph with its compute-time and batch-size metrics, and one worker thread of its own."""
+    """A graph of one model version, with its run metrics and one worker thread of its own.
 
-    def __init__(self, graph: Graph, label: str, metrics: Metrics) -> None:
+    Each run is timed once; that time feeds the run histograms and, for a run that served several
+    requests, Triton's per-request compute statistics (which count its time once per request)."""
+
+    def __init__(self, graph: Graph, label: str, metrics: Metrics, version: str) -> None:
         self.graph = graph
         self.label = label
-        self._compute = metrics.compute_duration.labels(label)
-        self._rows = metrics.batch_size.labels(label)
+        self.version = version
+        self._compute = metrics.compute_duration.labels(label, version)
+        self._rows = metrics.batch_size.labels(label, version)
+        self._shared = metrics.shared_compute.labels(label, version)
+        self._last_run = metrics.last_run.labels(label, version)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{label}")
 
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
+    def run(self, x: np.ndarray, requests: int = 1) -> list[np.ndarray]:
         began = time.perf_counter()
         outputs = self.graph.run(x)
-        self._compute.observe(time.perf_counter() - began)
+        took = time.perf_counter() - began
+        self._compute.observe(took)
         self._rows.observe(len(x))
+        if requests > 1:
+            self._shared.inc(took * (requests - 1))
+        self._last_run.set(time.time())
         return outputs
 
-    async def run_off_loop(self, x: np.ndarray, deadline: float | None = None) -> list[np.ndarray]:
+    async def run_off_loop(
+        self, x: np.ndarray, deadline: float | None = None, requests: int = 1
+    ) -> list[np.ndarray]:
         """On the worker thread; a deadline that passes while waiting for the thread means no compute."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._run_before, x, deadline)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._run_before, x, deadline, requests)
 
-    def _run_before(self, x: np.ndarray, deadline: float | None) -> list[np.ndarray]:
+    def _run_before(self, x: np.ndarray, deadline: float | None, requests: int) -> list[np.ndarray]:
         if expired(deadline):
             raise DeadlineExceeded("deadline passed while waiting for the worker thread; not computed")
-        return self.run(x)
+        return self.run(x, requests)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -16,6 +16,7 @@ from vae_serve.errors import (
     Overloaded,
     ServingError,
     TooLarge,
+    Unsupported,
 )
 
 __all__ = ["HTTP_STATUS", "STATUS_CODES", "http_status_for", "status_for"]
@@ -28,6 +29,7 @@ STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     NotReady: grpc.StatusCode.UNAVAILABLE,
     Draining: grpc.StatusCode.UNAVAILABLE,
+    Unsupported: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 # The same errors over HTTP: 413 for a request or response over the message limit, 429 (with
@@ -40,6 +42,7 @@ HTTP_STATUS: dict[type[ServingError], int] = {
     ModelNotFound: 404,
     NotReady: 503,
     Draining: 503,
+    Unsupported: 501,
 }
 INTERNAL_MESSAGE = "internal error; the server logged the details"
 

@@ -16,6 +16,7 @@ __all__ = [
     "Overloaded",
     "ServingError",
     "TooLarge",
+    "Unsupported",
     "quote",
 ]
 
@@ -50,6 +51,10 @@ class NotReady(ServingError):
 
 class Draining(ServingError):
     """The server is shutting down and takes no new work (UNAVAILABLE: retry elsewhere)."""
+
+
+class Unsupported(ServingError):
+    """The server does not offer this operation, by design (UNIMPLEMENTED: do not retry)."""
 
 
 class ModelLoadError(Exception):

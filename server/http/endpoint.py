@@ -49,11 +49,14 @@ JSON = "application/json"
 class Front:
     """What the routes need, handed to them through `app.state.front`: no globals."""
 
-    def __init__(self, dataplane: Any, metrics: Metrics, activity: Activity, stats: Stats) -> None:
+    def __init__(
+        self, dataplane: Any, metrics: Metrics, activity: Activity, stats: Stats, extensions: Any
+    ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self.activity = activity
         self.stats = stats
+        self.extensions = extensions  # Triton's (oip_extensions.TritonExtensions)
 
 
 def json_response(content: Any, status: int = 200) -> Response:

@@ -11,12 +11,14 @@ import functools
 import time
 
 import numpy as np
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from vae_serve import __version__
 from vae_serve.errors import InvalidInput, ModelNotFound, quote
+from vae_serve.server.oip_extensions import EXTENSIONS, model_control_refused
 from vae_serve.server.oip_models import GRAPHS, OipModel, OipTensor
 from vae_serve.server.versions import ServedModel
 
@@ -31,6 +33,7 @@ TIMEOUT_HEADER = "x-timeout-ms"  # the caller's deadline, as gRPC's grpc-timeout
 MAX_TIMEOUT_MS = 3_600_000
 JSON_LIMIT = "JSON limit (binary tensor data, with Inference-Header-Content-Length, carries more)"
 BINARY_HINT = "ask for the outputs as binary data (binary_data_output)"
+MAX_INDEX_BODY = 1024  # a repository index request says at most {"ready": true}
 
 
 def deadline_from(request: Request, timeout_s: float | None = None) -> float | None:
@@ -53,7 +56,8 @@ def _model(front: Front, request: Request) -> tuple[str, OipModel, ServedModel]:
 
 @endpoint("ServerMetadata")
 async def server_metadata(front: Front, request: Request) -> Response:
-    return json_response({"name": "vae-serve", "version": __version__, "extensions": ["binary_tensor_data"]})
+    extensions = ["binary_tensor_data", *EXTENSIONS]
+    return json_response({"name": "vae-serve", "version": __version__, "extensions": extensions})
 
 
 @endpoint("ServerLive", probe=True)
@@ -131,6 +135,45 @@ async def infer(front: Front, request: Request) -> Response:
     return response
 
 
+@endpoint("ModelConfig")
+async def model_config(front: Front, request: Request) -> Response:
+    params = request.path_params
+    return json_response(front.extensions.config(params["model"], params.get("version")))
+
+
+@endpoint("ModelStatistics")
+async def model_statistics(front: Front, request: Request) -> Response:
+    params = request.path_params
+    stats = await front.extensions.statistics(params.get("model", ""), params.get("version", ""))
+    return json_response({"model_stats": stats})
+
+
+@endpoint("RepositoryIndex")
+async def repository_index(front: Front, request: Request) -> Response:
+    """Triton's body is optional: `{"ready": true}` lists only the versions ready for inference."""
+    body = await read_body(request, MAX_INDEX_BODY, "repository index limit")
+    ready = False
+    if body.strip():
+        try:
+            options = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise InvalidInput('body: not JSON; send {} or {"ready": true}') from None
+        ready = options.get("ready", False) if isinstance(options, dict) else None
+        if not isinstance(ready, bool):
+            raise InvalidInput('body: a JSON object whose "ready", if given, is true or false')
+    return json_response(await front.extensions.index(ready))
+
+
+@endpoint("RepositoryModelLoad")
+async def repository_load(front: Front, request: Request) -> Response:
+    raise model_control_refused()
+
+
+@endpoint("RepositoryModelUnload")
+async def repository_unload(front: Front, request: Request) -> Response:
+    raise model_control_refused()
+
+
 def routes() -> list[Route]:
     model = "/v2/models/{model}"
     version = model + "/versions/{version}"
@@ -138,7 +181,13 @@ def routes() -> list[Route]:
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2/models/stats", model_statistics, methods=["GET"]),  # before /v2/models/{model}
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", repository_unload, methods=["POST"]),
         *(Route(path, model_metadata, methods=["GET"]) for path in (model, version)),
         *(Route(path + "/ready", model_ready, methods=["GET"]) for path in (model, version)),
         *(Route(path + "/infer", infer, methods=["POST"]) for path in (model, version)),
+        *(Route(path + "/config", model_config, methods=["GET"]) for path in (model, version)),
+        *(Route(path + "/stats", model_statistics, methods=["GET"]) for path in (model, version)),
     ]

@@ -29,7 +29,7 @@ def model():
 def decoder_batcher(model, metrics=None, **kw):
     metrics = metrics or Metrics()
     options = {"max_batch_size": 64, "max_queue_delay_us": 0, "max_queue_rows": 4096, **kw}
-    graph = TimedGraph(model.decoder, "decoder", metrics)
+    graph = TimedGraph(model.decoder, "decoder", metrics, model.version)
     return BatchingRunner(graph, metrics, BatchingSettings(**options)), metrics
 
 
@@ -82,10 +82,10 @@ def test_concurrent_requests_are_merged(model, batcher):
         await asyncio.gather(*(runner.run(latents(1, i)) for i in range(200)))
 
     asyncio.run(burst())
-    runs = count(metrics, "vae_serve_batch_size_rows_count", graph="decoder")
-    assert count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder") == 200
+    runs = count(metrics, "vae_serve_batch_size_rows_count", graph="decoder", version="1")
+    assert count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder", version="1") == 200
     assert runs <= 200 / 8  # 200 concurrent single rows took at most 25 runs, not 200
-    assert count(metrics, "vae_serve_queue_duration_seconds_count", graph="decoder") == 200
+    assert count(metrics, "vae_serve_queue_duration_seconds_count", graph="decoder", version="1") == 200
 
 
 def test_a_full_queue_sheds_at_once(model, batcher):
@@ -112,7 +112,9 @@ def test_expired_requests_are_dropped_not_computed(model, batcher):
         return x
 
     assert asyncio.run(late()).shape == (3, 784)
-    assert count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder") == 3  # only the live one ran
+    assert (
+        count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder", version="1") == 3
+    )  # only the live one ran
     assert count(metrics, "vae_serve_rejected_total", graph="decoder", reason="deadline") == 1
 
 
@@ -151,7 +153,7 @@ def test_a_deserted_partial_batch_leaves_after_the_queue_delay(model, batcher):
         return time.monotonic() - began
 
     assert asyncio.run(scenario()) >= 0.29  # a lower bound: a loaded machine only makes it longer
-    assert count(metrics, "vae_serve_batch_size_rows_count", graph="decoder") == 2
+    assert count(metrics, "vae_serve_batch_size_rows_count", graph="decoder", version="1") == 2
 
 
 def test_requests_above_the_batch_size_run_alone(model, batcher):
@@ -162,8 +164,8 @@ def test_requests_above_the_batch_size_run_alone(model, batcher):
 
     (x,) = asyncio.run(big())
     np.testing.assert_allclose(x, model.decoder.run(latents(100, 0))[0], atol=1e-6)
-    assert count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder") == 100
-    assert count(metrics, "vae_serve_queue_duration_seconds_count", graph="decoder") == 0
+    assert count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder", version="1") == 100
+    assert count(metrics, "vae_serve_queue_duration_seconds_count", graph="decoder", version="1") == 0
 
 
 @pytest.mark.parametrize(("max_batch_size", "kind"), [(1, InlineRunner), (2, BatchingRunner)])
@@ -172,8 +174,8 @@ def test_batch_size_one_takes_the_inline_path(model, max_batch_size, kind):
     plane = DataPlane(s.batching, s.limits, s.repository, Metrics())
     plane.serve(model)
     try:
-        assert isinstance(plane.current().encoder, kind)
-        assert isinstance(plane.current().decoder, kind)
+        assert isinstance(plane.current().encoder.runner, kind)
+        assert isinstance(plane.current().decoder.runner, kind)
     finally:
         plane.close()
 
@@ -191,7 +193,7 @@ def test_a_full_batch_leaves_without_waiting_even_when_more_company_is_expected(
 def test_encoder_batches_match_unbatched_runs(model):
     metrics = Metrics()
     settings = BatchingSettings(max_batch_size=64, max_queue_delay_us=2000, max_queue_rows=4096)
-    runner = BatchingRunner(TimedGraph(model.encoder, "encoder", metrics), metrics, settings)
+    runner = BatchingRunner(TimedGraph(model.encoder, "encoder", metrics, model.version), metrics, settings)
     x = [np.random.default_rng(i).random((2, 784), dtype=np.float32) for i in range(30)]
 
     async def burst():
@@ -206,7 +208,7 @@ def test_encoder_batches_match_unbatched_runs(model):
 def test_a_failing_run_fails_every_caller_in_the_batch(model, batcher, monkeypatch):
     runner, _ = batcher()
 
-    def broken(x):
+    def broken(x, requests=1):
         raise RuntimeError("ORT exploded")
 
     monkeypatch.setattr(runner.graph, "run", broken)

@@ -67,7 +67,7 @@ def test_prior_samples_over_the_row_limit_are_invalid_not_computed(model, batch,
     try:
         with pytest.raises(InvalidInput, match="num_samples: 4096 samples exceed the limit of 256 rows"):
             asyncio.run(plane.sample(4096, seed=0, decode=decode))
-        assert count(plane.metrics, "vae_serve_batch_size_rows_count", graph="decoder") == 0
+        assert count(plane.metrics, "vae_serve_batch_size_rows_count", graph="decoder", version="1") == 0
         assert count(plane.metrics, "vae_serve_rejected_total", graph="decoder", reason="queue_full") == 0
         z, x, _ = asyncio.run(plane.sample(256, seed=0, decode=decode))  # at the limit: served
         assert z.shape == (256, L) and (x is None or x.shape == (256, D))
@@ -143,7 +143,7 @@ def test_every_accepted_combination_admits_its_largest_requests(samples, rows, q
 def test_unbatched_requests_are_admitted_against_the_queue_bound_and_shed_at_once(model):
     metrics = Metrics()
     rows = INLINE_MAX_ROWS + 1  # runs on the worker thread: the request stays in flight a while
-    graph = TimedGraph(model.decoder, "decoder", metrics)
+    graph = TimedGraph(model.decoder, "decoder", metrics, model.version)
     runner = InlineRunner(graph, metrics, BatchingSettings(max_queue_rows=2 * rows))
     z = np.zeros((rows, L), np.float32)
 
@@ -166,7 +166,7 @@ def test_unbatched_requests_are_admitted_against_the_queue_bound_and_shed_at_onc
 @pytest.mark.parametrize("rows", [1, INLINE_MAX_ROWS + 1])  # on the loop, and on the worker thread
 def test_unbatched_rows_are_released_when_the_run_fails(model, monkeypatch, rows):
     metrics = Metrics()
-    graph = TimedGraph(model.decoder, "decoder", metrics)
+    graph = TimedGraph(model.decoder, "decoder", metrics, model.version)
     runner = InlineRunner(graph, metrics, BatchingSettings(max_queue_rows=rows))
 
     def broken(x):
@@ -188,19 +188,19 @@ def test_unbatched_rows_are_released_when_the_run_fails(model, monkeypatch, rows
 
 def test_unbatched_late_requests_are_counted_and_not_computed(model):
     metrics = Metrics()
-    graph = TimedGraph(model.decoder, "decoder", metrics)
+    graph = TimedGraph(model.decoder, "decoder", metrics, model.version)
     runner = InlineRunner(graph, metrics, BatchingSettings(max_queue_rows=64))
     with pytest.raises(DeadlineExceeded, match="not computed"):
         asyncio.run(runner.run(np.zeros((1, L), np.float32), deadline=time.monotonic() - 1))
     runner.close()
     assert count(metrics, "vae_serve_rejected_total", graph="decoder", reason="deadline") == 1
-    assert count(metrics, "vae_serve_batch_size_rows_count", graph="decoder") == 0
+    assert count(metrics, "vae_serve_batch_size_rows_count", graph="decoder", version="1") == 0
 
 
 def test_the_data_plane_gives_the_unbatched_runners_the_queue_bound(model):
     plane = plane_for(model, max_batch_size=1, max_queue_rows=300, max_request_rows=300, max_samples=300)
     try:
-        for runner in (plane.current().encoder, plane.current().decoder):
+        for runner in (plane.current().encoder.runner, plane.current().decoder.runner):
             assert isinstance(runner, InlineRunner) and runner.admission.max_rows == 300
     finally:
         plane.close()

@@ -13,6 +13,7 @@ import pytest
 
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from vae_serve._proto.inference import model_config_pb2 as oip_config
 
 CALLS = Path(__file__).with_name("tritonclient_calls.py")
 L = 32
@@ -109,16 +110,47 @@ def test_lookup_errors(running):
     assert got["unknown_version"].startswith("StatusCode.NOT_FOUND")
 
 
+# The KServe spec's messages are whole; Triton's extension messages are kept in part (trimmed).
+SPEC_MESSAGES = (
+    "ServerLiveResponse",
+    "ServerReadyResponse",
+    "ModelReadyRequest",
+    "ModelReadyResponse",
+    "ServerMetadataResponse",
+    "ModelMetadataRequest",
+    "ModelMetadataResponse",
+    "ModelInferRequest",
+    "ModelInferResponse",
+    "InferParameter",
+    "InferTensorContents",
+)
+
+
 def test_wire_compatible_with_tritonclient_messages(running):
+    """Every field of ours is tritonclient's (number, name, type); the spec's messages have all of theirs."""
     theirs = triton(running, "descriptor")
 
     def describe(d) -> dict:
         return {
             "fields": sorted(
-                [f.number, f.name, f.type, f.message_type.name if f.message_type else ""] for f in d.fields
+                [f.number, f.name, f.type, (f.message_type or f.enum_type).name if f.type in (11, 14) else ""]
+                for f in d.fields
             ),
             "nested": {n.name: describe(n) for n in d.nested_types},
+            "enums": {e.name: sorted([v.number, v.name] for v in e.values) for e in d.enum_types},
         }
 
-    for name, their in theirs.items():
-        assert describe(oip.DESCRIPTOR.message_types_by_name[name]) == their, name
+    def within(ours: dict, their: dict, where: str) -> None:
+        assert all(f in their["fields"] for f in ours["fields"]), where
+        for name, nested in ours["nested"].items():
+            within(nested, their["nested"][name], f"{where}.{name}")
+        for name, values in ours["enums"].items():
+            assert all(v in their["enums"][name] for v in values), f"{where}.{name}"
+
+    for file in (oip.DESCRIPTOR, oip_config.DESCRIPTOR):
+        for name, message in file.message_types_by_name.items():
+            within(describe(message), theirs["messages"][name], name)
+        for name, enum in file.enum_types_by_name.items():
+            assert all([v.number, v.name] in theirs["enums"][name] for v in enum.values), name
+    for name in SPEC_MESSAGES:
+        assert describe(oip.DESCRIPTOR.message_types_by_name[name]) == theirs["messages"][name], name

@@ -98,7 +98,10 @@ def test_deadline_shorter_than_queue_time_is_dropped_not_computed():
     registry = server.server.metrics.registry
 
     def computed() -> float:
-        return registry.get_sample_value("vae_serve_batch_size_rows_count", {"graph": "decoder"}) or 0.0
+        return (
+            registry.get_sample_value("vae_serve_batch_size_rows_count", {"graph": "decoder", "version": "1"})
+            or 0.0
+        )
 
     def queued() -> float:
         return registry.get_sample_value("vae_serve_queue_rows", {"graph": "decoder"}) or 0.0

@@ -14,6 +14,7 @@ EXPECTED = {
     errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
     errors.NotReady: grpc.StatusCode.UNAVAILABLE,
     errors.Draining: grpc.StatusCode.UNAVAILABLE,
+    errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 

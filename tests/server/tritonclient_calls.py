@@ -76,37 +76,97 @@ def errors(client: triton.InferenceServerClient) -> dict:
     }
 
 
+def _status(call) -> str:
+    try:
+        call()
+    except InferenceServerException as exc:
+        return f"{exc.status()} {exc.message()}"
+    return "OK"
+
+
+def extensions(client: triton.InferenceServerClient) -> dict:
+    """Triton's configuration and repository extensions, and their refusals, as tools call them."""
+    models = ("vae_encoder", "vae_decoder")
+    return {
+        "server": client.get_server_metadata(as_json=True),
+        "config": {m: client.get_model_config(m, as_json=True)["config"] for m in models},
+        "pinned": client.get_model_config("vae_decoder", "1", as_json=True)["config"]["name"],
+        "index": client.get_model_repository_index(as_json=True).get("models", []),
+        "errors": {
+            "config_unknown_model": _status(lambda: client.get_model_config("vae_other")),
+            "config_unknown_version": _status(lambda: client.get_model_config("vae_encoder", "9")),
+            "stats_unknown_model": _status(lambda: client.get_inference_statistics("vae_other")),
+            "stats_unknown_version": _status(lambda: client.get_inference_statistics("vae_decoder", "9")),
+            "load": _status(lambda: client.load_model("vae_encoder")),
+            "unload": _status(lambda: client.unload_model("vae_encoder")),
+        },
+    }
+
+
+def statistics(
+    client: triton.InferenceServerClient,
+    model: str,
+    name: str,
+    width: int,
+    rows: int,
+    n: int,
+    fresh: bool = False,
+) -> dict:
+    """Statistics before and after `n` requests of `rows` rows each, one after the other. `fresh`:
+    each request and each of several readings on a new connection (with workers, spread over them)."""
+
+    def connect() -> triton.InferenceServerClient:
+        if not fresh:
+            return client
+        own_pool = [("grpc.use_local_subchannel_pool", 1)]  # else channels share one connection
+        return triton.InferenceServerClient(sys.argv[1], channel_args=own_pool)
+
+    before = client.get_inference_statistics(model, as_json=True)
+    array = np.full((rows, width), 0.5, dtype=np.float32)
+    for _ in range(n):
+        tensor = triton.InferInput(name, [rows, width], "FP32")
+        tensor.set_data_from_numpy(array)
+        connect().infer(model, [tensor])
+    readings = [connect().get_inference_statistics(model, as_json=True) for _ in range(8 if fresh else 1)]
+    return {"before": before, "after": readings[-1], "readings": readings}
+
+
 def descriptor(_client: object) -> dict:
-    """Field numbers, names and types of the messages vae-serve implements, as tritonclient has them."""
-    from tritonclient.grpc import service_pb2
+    """Field numbers, names and types of every message tritonclient has (Triton's service and
+    model configuration), and its enums' values: what vae-serve's messages must agree with."""
+    from tritonclient.grpc import model_config_pb2, service_pb2
 
     def describe(d) -> dict:
         return {
             "fields": sorted(
-                (f.number, f.name, f.type, f.message_type.name if f.message_type else "") for f in d.fields
+                (f.number, f.name, f.type, (f.message_type or f.enum_type).name if f.type in (11, 14) else "")
+                for f in d.fields
             ),
             "nested": {n.name: describe(n) for n in d.nested_types},
+            "enums": {e.name: sorted((v.number, v.name) for v in e.values) for e in d.enum_types},
         }
 
-    names = [
-        "ServerLiveResponse",
-        "ServerReadyResponse",
-        "ModelReadyRequest",
-        "ModelReadyResponse",
-        "ServerMetadataResponse",
-        "ModelMetadataRequest",
-        "ModelMetadataResponse",
-        "ModelInferRequest",
-        "ModelInferResponse",
-        "InferParameter",
-        "InferTensorContents",
-    ]
-    return {n: describe(service_pb2.DESCRIPTOR.message_types_by_name[n]) for n in names}
+    files = (service_pb2.DESCRIPTOR, model_config_pb2.DESCRIPTOR)
+    return {
+        "messages": {n: describe(d) for f in files for n, d in f.message_types_by_name.items()},
+        "enums": {
+            n: sorted((v.number, v.name) for v in e.values)
+            for f in files
+            for n, e in f.enum_types_by_name.items()
+        },
+    }
 
 
 if __name__ == "__main__":
     target, scenario = sys.argv[1], sys.argv[2]
     kwargs = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-    scenarios = {"health": health, "infer": infer, "errors": errors, "descriptor": descriptor}
+    scenarios = {
+        "health": health,
+        "infer": infer,
+        "errors": errors,
+        "descriptor": descriptor,
+        "extensions": extensions,
+        "statistics": statistics,
+    }
     with triton.InferenceServerClient(target) as client:
         print(json.dumps(scenarios[scenario](client, **kwargs)))

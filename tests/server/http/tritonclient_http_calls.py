@@ -51,7 +51,48 @@ def infer(client: httpclient.InferenceServerClient, args: dict) -> dict:
     }
 
 
+def _status(call) -> str:
+    try:
+        call()
+    except InferenceServerException as exc:
+        return f"{exc.status()} {exc.message()}"
+    return "OK"
+
+
+def extensions(client: httpclient.InferenceServerClient, _args: dict) -> dict:
+    """Triton's configuration and repository extensions, and their refusals, as tools call them."""
+    models = ("vae_encoder", "vae_decoder")
+    return {
+        "config": {m: client.get_model_config(m) for m in models},
+        "pinned": client.get_model_config("vae_decoder", "1")["name"],
+        "index": client.get_model_repository_index(),
+        "errors": {
+            "config_unknown_model": _status(lambda: client.get_model_config("vae_other")),
+            "stats_unknown_version": _status(lambda: client.get_inference_statistics("vae_decoder", "9")),
+            "load": _status(lambda: client.load_model("vae_encoder")),
+            "unload": _status(lambda: client.unload_model("vae_encoder")),
+        },
+    }
+
+
+def statistics(client: httpclient.InferenceServerClient, args: dict) -> dict:
+    """Statistics before and after `n` requests of `rows` rows each, one after the other."""
+    model, rows, width = args["model"], args["rows"], args["width"]
+    before = client.get_inference_statistics(model)
+    array = np.full((rows, width), 0.5, dtype=np.float32)
+    for _ in range(args["n"]):
+        tensor = httpclient.InferInput(args["name"], [rows, width], "FP32")
+        tensor.set_data_from_numpy(array)
+        client.infer(model, [tensor])
+    return {
+        "before": before,
+        "after": client.get_inference_statistics(model),
+        "all": client.get_inference_statistics(),
+    }
+
+
 if __name__ == "__main__":
     url, scenario, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     with httpclient.InferenceServerClient(url) as client:
-        print(json.dumps({"health": health, "infer": infer}[scenario](client, args)))
+        scenarios = {"health": health, "infer": infer, "extensions": extensions, "statistics": statistics}
+        print(json.dumps(scenarios[scenario](client, args)))

@@ -1,0 +1,138 @@
+"""Triton's extensions that its tools call, for both OIP front ends (gRPC oip.py, HTTP kserve.py):
+model configuration, statistics, and the repository index (read-only).
+
+Each answer is built once, as the JSON Triton's HTTP endpoint returns (its protobuf JSON mapping,
+field names as in the .proto, integers as numbers); the gRPC front end parses the same dict into
+Triton's messages. Everything stated is what the server really does: the configuration comes
+from the settings and the version served, the statistics from the metrics every run records
+(statistics.py), the index from the versions served and the repository on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from vae_serve.errors import ModelLoadError, ModelNotFound, Unsupported, quote
+
+from .calls import pinned_version
+from .dataplane import DataPlane
+from .graph import CUDA
+from .oip_models import GRAPHS, OipModel, OipTensor
+from .repository import list_versions
+from .statistics import GraphStatistics, graph_statistics
+from .versions import ServedModel
+
+__all__ = ["EXTENSIONS", "TritonExtensions", "model_control_refused"]
+
+# Triton's names for the extensions served here (ServerMetadata lists them). Not `model_repository`:
+# it includes load and unload, which are refused (model control is the repository watcher's).
+EXTENSIONS = ("model_configuration", "statistics")
+READY, UNAVAILABLE = "READY", "UNAVAILABLE"
+OLDER = "not served: older than the versions kept (--keep-versions) or the one pinned at start"
+NEWER = "not served: rejected, still loading, or beside the one pinned at start (the log says which)"
+
+log = logging.getLogger(__name__)
+
+
+def model_control_refused() -> Unsupported:
+    """Load and unload are not served: versions come and go through the repository. The message
+    begins as Triton's does when model control is off, which tools built on Triton recognize."""
+    return Unsupported(
+        "explicit model load / unload is not allowed: vae-serve loads new versions from its "
+        "repository itself (every --repository-poll-s, or on SIGHUP); publish a version directory there"
+    )
+
+
+class TritonExtensions:
+    """`workers`: serving processes (each runs one instance of every graph). `registry`: where the
+    statistics are read, with workers the one that merges every worker's files."""
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        workers: int = 1,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.dataplane = dataplane
+        self.repository = dataplane.repository
+        self.workers = workers
+        self.registry = registry if registry is not None else dataplane.metrics.registry
+
+    def _model(self, name: str, version: str | None) -> tuple[OipModel, ServedModel]:
+        if name not in GRAPHS:
+            raise ModelNotFound(f"no model {quote(name)}; models: {', '.join(GRAPHS)}")
+        return GRAPHS[name], self.dataplane.current(pinned_version(version or ""))
+
+    def config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Triton's ModelConfig of one model, at the version given or the latest."""
+        oip_model, served = self._model(name, version)
+        plane = self.dataplane
+
+        def tensor(t: OipTensor) -> dict[str, Any]:
+            return {"name": t.name, "data_type": "TYPE_FP32", "dims": [t.width(served.model)]}
+
+        graph = getattr(served.model, oip_model.graph)
+        config: dict[str, Any] = {
+            "name": name,
+            "platform": "onnxruntime_onnx",
+            "backend": "onnxruntime",
+            "version_policy": {"latest": {"num_versions": self.repository.keep_versions}},
+            # What one request may carry: larger than --max-batch-size runs alone, still accepted.
+            "max_batch_size": plane.limits.max_request_rows,
+            "input": [{**tensor(oip_model.input), "format": "FORMAT_NONE"}],
+            "output": [tensor(t) for t in oip_model.outputs],
+            "instance_group": [
+                {
+                    "name": f"{name}_0",
+                    "kind": "KIND_GPU" if graph.provider == CUDA else "KIND_CPU",
+                    "count": self.workers,
+                }
+            ],
+        }
+        batching = plane.batching
+        if batching.max_batch_size > 1:
+            config["dynamic_batching"] = {
+                "preferred_batch_size": [batching.max_batch_size],
+                "max_queue_delay_microseconds": batching.max_queue_delay_us,
+            }
+        return config
+
+    async def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        """Triton's ModelStatistics of one model (or every model, name ""), per version served
+        (or the one given), counted by every worker. The metrics are read off the event loop."""
+        wanted: list[tuple[str, str]] = []
+        for model in [name] if name else list(GRAPHS):
+            _, served = self._model(model, version)
+            versions = [served.version] if version else self.dataplane.served.loaded
+            wanted += [(model, v) for v in versions]
+        found = await asyncio.to_thread(graph_statistics, self.registry)
+        return [found.get((GRAPHS[m].graph, v), GraphStatistics()).triton(m, v) for m, v in wanted]
+
+    async def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every version of both models: READY when served, else UNAVAILABLE with why. The
+        repository is listed off the event loop."""
+        s = self.repository
+        try:
+            on_disk = await asyncio.to_thread(list_versions, s.model_repository, s.model)
+        except ModelLoadError as exc:  # the directory is unusable now: what is served still is
+            log.warning("repository index: %s", exc)
+            on_disk = []
+        served = self.dataplane.served.loaded
+        latest = int(served[-1]) if served else -1
+        entries = []
+        for version in sorted(set(on_disk) | set(served), key=int):
+            if version in served:
+                state, reason = READY, ""
+            elif int(version) < latest:
+                state, reason = UNAVAILABLE, OLDER
+            else:
+                state, reason = UNAVAILABLE, NEWER
+            if state == READY or not ready_only:
+                entries += [
+                    {"name": name, "version": version, "state": state, "reason": reason} for name in GRAPHS
+                ]
+        return entries
