@@ -120,6 +120,8 @@ def test_playground_in_a_browser(browser, tmp_path):
         wait_for(lambda: len(_canvases(browser, "interpolation")) == 8, "interpolation steps")
 
         assert _hosts_requested(browser) == {f"127.0.0.1:{port}"}  # no CDN, fonts or anything else
+        whole_page = "return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight"
+        browser.set_window_size(1200, browser.execute_script(whole_page))
         screenshot = tmp_path / "playground.png"
         browser.save_screenshot(str(screenshot))
         print(f"screenshot: {screenshot}")
