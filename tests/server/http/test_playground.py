@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -17,6 +16,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from support import start_vae_serve_http, wait_for
+
+from vae_serve.server.http.page import FOLDER
 
 PAGE_PIXELS = """
 const canvas = arguments[0];
@@ -41,7 +42,8 @@ def browser() -> Iterator[webdriver.Chrome]:
     options.binary_location = binary
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,960"):
         options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
+    # every request the page makes, and its console (a CSP violation or a script error lands there)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     chrome = webdriver.Chrome(options=options, service=Service(executable_path=driver))
     try:
         yield chrome
@@ -120,6 +122,7 @@ def test_playground_in_a_browser(browser, tmp_path):
         wait_for(lambda: len(_canvases(browser, "interpolation")) == 8, "interpolation steps")
 
         assert _hosts_requested(browser) == {f"127.0.0.1:{port}"}  # no CDN, fonts or anything else
+        assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
         whole_page = "return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight"
         browser.set_window_size(1200, browser.execute_script(whole_page))
         screenshot = tmp_path / "playground.png"
@@ -180,7 +183,7 @@ def test_no_playground_serves_the_apis_alone():
 
 
 def test_the_package_holds_every_file_the_page_names():
-    folder = Path(__import__("vae_serve.server.http.page", fromlist=["FOLDER"]).FOLDER)
+    folder = FOLDER
     html = (folder / "index.html").read_text()
     for name in ("main.js", "style.css", "favicon.svg"):
         assert f"/playground/{name}" in html
