@@ -74,7 +74,9 @@ def test_playground_in_a_browser(browser, tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         browser.get(url + "/")
-        test_id = lambda name: browser.find_element(By.CSS_SELECTOR, f"[data-testid='{name}']")  # noqa: E731
+
+        def test_id(name: str) -> object:
+            return browser.find_element(By.CSS_SELECTOR, f"[data-testid='{name}']")
 
         # Sample: the asked number of images, none blank, the grid `vae-client sample --seed` gets.
         wait_for(lambda: len(_canvases(browser, "sample-grid")) == 16, "first grid")
