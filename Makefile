@@ -22,7 +22,8 @@ $(BIN)/.dev: pyproject.toml $(BIN)/.runtime
 serve: $(BIN)/.runtime
 	$(BIN)/vae-serve
 
-# What the tests need from Debian: the data, and the real tools the deployment is checked with.
+# What the tests need from Debian: the data, the real tools the deployment is checked with, and
+# the browser the playground is tested in (headless Chromium and its Selenium driver).
 system-deps:
 	@missing=""; \
 	[ -d $(DATA_DIR) ] || missing="$$missing dataset-fashion-mnist"; \
@@ -30,6 +31,8 @@ system-deps:
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \

@@ -27,6 +27,7 @@ __all__ = ["main"]
 T = TypeVar("T")
 
 _PROGRESS_ROWS = 512  # rows per step of the progress bar on long runs
+_CARD_VALUE_CHARS = 200  # `info` shows longer card values in brief
 _OUTPUT_FILE = click.Path(path_type=Path, dir_okay=False)
 _SEED = click.IntRange(0, 2**64 - 1)
 _IMAGE_INPUTS = click.option(
@@ -176,8 +177,9 @@ def info(ctx: click.Context) -> None:
     click.echo(f"health:    {status}")
     click.echo(f"limits:    {m.max_request_rows} rows, {m.max_samples} samples, {m.max_message_bytes} B/msg")
     click.echo("card:")
-    for key, value in sorted(m.card.items()):
-        click.echo(f"  {key}: {value}")
+    for key, value in sorted(m.card.items()):  # long values (principal_directions) in brief
+        shown = value if len(value) <= _CARD_VALUE_CHARS else f"{value[:60]}... ({len(value)} characters)"
+        click.echo(f"  {key}: {shown}")
 
 
 @main.command()

@@ -67,6 +67,16 @@ class GraphFile(BaseModel):
     bytes: int | None = Field(None, ge=0, le=MAX_GRAPH_BYTES)
 
 
+class PrincipalDirections(BaseModel):
+    """Directions of the latent space the card records (training/directions.py); the playground's
+    latent pad moves along them. Checked against latent_dim, as the page relies on their widths."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=False)
+    mean: list[float] = Field(max_length=MAX_WIDTH)
+    std: list[Annotated[float, Field(ge=0)]] = Field(min_length=1, max_length=64)
+    vectors: list[list[float]] = Field(min_length=1, max_length=64)
+
+
 class Card(BaseModel):
     """The fields of model.json the server relies on, strictly typed; the rest is metadata."""
 
@@ -75,6 +85,7 @@ class Card(BaseModel):
     latent_dim: Width
     image_shape: list[Width] = Field(min_length=1, max_length=8)
     files: dict[str, GraphFile] = Field(max_length=64)
+    principal_directions: PrincipalDirections | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Card:
@@ -83,6 +94,13 @@ class Card(BaseModel):
                 raise ValueError(f"no sha256 for {name}")
         if math.prod(self.image_shape) != self.input_dim:
             raise ValueError(f"image_shape {self.image_shape} != input_dim {self.input_dim}")
+        directions = self.principal_directions
+        if directions is not None:
+            widths = {len(directions.mean), *(len(v) for v in directions.vectors)}
+            if widths != {self.latent_dim} or len(directions.std) != len(directions.vectors):
+                raise ValueError(
+                    "principal_directions: mean and vectors need latent_dim values, std one per vector"
+                )
         return self
 
 

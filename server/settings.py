@@ -132,6 +132,9 @@ class HttpSettings(_Group):
         description="Close an HTTP connection idle this long between requests (a proxy in front "
         "should close its idle ones sooner).",
     )
+    playground: bool = Field(
+        True, description="Serve the web playground at / (--no-playground: the HTTP APIs alone)."
+    )
     http_cors_origins: list[str] = Field(
         default_factory=list,
         description="Origins whose web pages may call the HTTP API (CORS), e.g. https://app.example; "

@@ -25,7 +25,8 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from .data import DEFAULT_DATA_DIR, DatasetError, load_images  # noqa: E402
-from .evaluate import Evaluation, evaluate  # noqa: E402
+from .directions import principal_directions  # noqa: E402
+from .evaluate import Evaluation, evaluate, posterior_means  # noqa: E402
 from .export import VERSION_RULE, ExportError, claim_version, write_version  # noqa: E402
 from .model import VAE, VAEConfig  # noqa: E402
 from .train import (  # noqa: E402
@@ -121,6 +122,7 @@ def _load(
 
 def _card(
     evaluation: Evaluation,
+    directions: dict[str, object],
     recipe: Recipe,
     model: VAE,
     image_shape: list[int],
@@ -142,6 +144,7 @@ def _card(
         "test_neg_elbo_nats": round(evaluation.neg_elbo, 3),
         "test_iwae_nll_nats": round(evaluation.iwae_nll, 3),
         "iwae_k": evaluation.iwae_k,
+        "principal_directions": directions,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "exporter": f"torch.onnx.export(dynamo=True) torch {torch.__version__}",
         "versions": {
@@ -282,7 +285,18 @@ def main(
                 result.iwae_nll,
             )
             if export and target is not None:
-                card = _card(result, recipe, model, image_shape, data_dir, len(train_x), len(test_x), seconds)
+                directions = principal_directions(posterior_means(model, test_x))
+                card = _card(
+                    result,
+                    directions,
+                    recipe,
+                    model,
+                    image_shape,
+                    data_dir,
+                    len(train_x),
+                    len(test_x),
+                    seconds,
+                )
                 path = write_version(model, model_repository, name, target.name, card, seed)
                 log.info("wrote %s", path)
 

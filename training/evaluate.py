@@ -1,16 +1,18 @@
-"""Test-set figures: the single-sample -ELBO and the importance-weighted bound on -log p(x)."""
+"""Test-set figures: the single-sample -ELBO, the importance-weighted bound on -log p(x), and the
+posterior means the card's principal directions are computed from."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .loss import neg_elbo, reconstruction_nll
 from .model import VAE
 
-__all__ = ["Evaluation", "evaluate", "iwae_nll"]
+__all__ = ["Evaluation", "evaluate", "iwae_nll", "posterior_means"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -36,6 +38,17 @@ def iwae_nll(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator) ->
     log_qz = _log_normal(z, mean, logvar)
     log_w = log_px_z + log_pz - log_qz
     return -(torch.logsumexp(log_w, dim=0) - math.log(k))
+
+
+@torch.no_grad()
+def posterior_means(model: VAE, images: torch.Tensor, batch_size: int = 500) -> np.ndarray:
+    """The encoder's means of `images` [N, D] as float32 [N, L] on the CPU."""
+    model.eval()
+    return (
+        torch.cat([model.encode(images[s : s + batch_size])[0] for s in range(0, len(images), batch_size)])
+        .cpu()
+        .numpy()
+    )
 
 
 @torch.no_grad()

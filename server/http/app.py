@@ -1,5 +1,6 @@
 """The HTTP front end as one ASGI app: KServe v2 REST (kserve.py), the REST API for people
-(people.py), and their OpenAPI document with interactive docs served from the package.
+(people.py), their OpenAPI document with interactive docs served from the package, and the web
+playground at `/` (page.py).
 
 FastAPI describes every route (the OpenAPI document, the docs page) and answers what no route
 matches, with `{"error": "..."}` instead of its default pages. The API routes themselves are
@@ -30,7 +31,7 @@ from swagger_ui_bundle import swagger_ui_path
 from vae_serve import __version__
 from vae_serve.server.settings import HttpSettings
 
-from . import kserve, people
+from . import kserve, page, people
 from .endpoint import Front, error_response
 
 __all__ = ["build_app"]
@@ -139,6 +140,9 @@ def build_app(front: Front, settings: HttpSettings) -> ASGIApp:
             swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
             swagger_ui_parameters={"validatorUrl": None},  # else a badge is fetched from swagger.io
         )
+
+    if settings.playground:
+        page.mount(app)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:

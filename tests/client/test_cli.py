@@ -42,6 +42,8 @@ def test_info_and_health(vae_client):
         "test_neg_elbo_nats: 236",
     ):
         assert expected in done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) < 200  # the principal directions in brief
+    assert "principal_directions: {" in done.stdout and " characters)" in done.stdout
     health = vae_client("health")
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
 

@@ -27,6 +27,8 @@ LAYOUT = {
     "training": "vae_serve/training",
     "models": "vae_serve/models",
 }
+# Files the package must carry: code, the bundled model, and the web playground's page and assets.
+PACKAGED = {".py", ".onnx", ".json", ".html", ".js", ".css", ".svg"}
 # What a client install must not hold: the server extra.
 SERVER_ONLY = {
     "onnxruntime",
@@ -52,12 +54,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_wheel_contains_every_module_and_the_default_model(wheel):
+def test_wheel_contains_every_module_the_default_model_and_the_playground(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = set()
     for folder, target in LAYOUT.items():
         for path in (REPO_ROOT / folder).rglob("*"):
-            if path.suffix in {".py", ".onnx", ".json"} and "__pycache__" not in path.parts:
+            if path.suffix in PACKAGED and "__pycache__" not in path.parts:
                 expected.add(f"{target}/{path.relative_to(REPO_ROOT / folder).as_posix()}")
     missing = expected - names
     assert not missing, sorted(missing)

@@ -2,10 +2,14 @@
 
 import hashlib
 import json
+import shutil
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 from support import DEFAULT_MODEL_DIR
+
+from vae_serve.training.directions import COUNT, card_with_directions
 
 CARD = json.loads((DEFAULT_MODEL_DIR / "model.json").read_text())
 
@@ -43,3 +47,16 @@ def test_card_meets_the_quality_bar():
     assert CARD["training_seconds"] <= 15 * 60
     assert (CARD["input_dim"], CARD["image_shape"], CARD["test_images"]) == (784, [28, 28], 10000)
     assert max(CARD["parity_max_abs_diff"].values()) <= 1e-5
+
+
+def test_card_principal_directions_are_orthonormal_and_what_the_script_recomputes(tmp_path):
+    recorded = CARD["principal_directions"]
+    vectors = np.array(recorded["vectors"])
+    assert vectors.shape == (COUNT, CARD["latent_dim"])
+    assert np.allclose(vectors @ vectors.T, np.eye(COUNT), atol=1e-4)  # unit norm, orthogonal
+    assert recorded["std"] == sorted(recorded["std"], reverse=True)
+    for name in ("model.json", "encoder.onnx"):
+        shutil.copy(DEFAULT_MODEL_DIR / name, tmp_path / name)
+    recomputed = card_with_directions(tmp_path)["principal_directions"]
+    for key in ("mean", "std", "vectors"):
+        assert np.allclose(recomputed[key], recorded[key], atol=1e-4), key

@@ -94,6 +94,19 @@ def test_card_without_checksum(repo):
         resolve(repo, "fashion-vae")
 
 
+def test_card_principal_directions_must_fit_the_latent_width(repo):
+    card_path = repo / "fashion-vae" / "10" / "model.json"
+    card = json.loads(card_path.read_text())
+    latent = card["latent_dim"]
+    card["principal_directions"] = {"mean": [0.0] * latent, "std": [1.0], "vectors": [[1.0] * (latent - 1)]}
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="principal_directions: mean and vectors need latent_dim values"):
+        resolve(repo, "fashion-vae")
+    card["principal_directions"]["vectors"] = [[1.0] + [0.0] * (latent - 1)]
+    card_path.write_text(json.dumps(card))
+    assert resolve(repo, "fashion-vae").spec.principal_directions.std == [1.0]
+
+
 # Hostile repositories: every entry, card and graph is bounded and typed before any work is done.
 
 

@@ -5,6 +5,7 @@ import logging
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -141,3 +142,25 @@ def test_no_version_fits_after_the_largest(repository):
     result = invoke_train("--model-repository", str(repository))
     assert result.exit_code == 1, result.output
     assert "no version after" in one_error_line(result)
+
+
+@pytest.mark.slow
+def test_published_card_records_the_principal_directions(fashion_mnist_dir, tmp_path):
+    """A whole run (tiny): the card carries the test set's principal directions, which the
+    server's card schema accepts and the exported encoder reproduces."""
+    import json
+
+    from vae_serve.server.repository import Card
+    from vae_serve.training.directions import card_with_directions
+
+    args = ["--data-dir", str(fashion_mnist_dir), "--model-repository", str(tmp_path), "--limit", "256"]
+    args += ["--epochs", "1", "--hidden", "32", "--latent-dim", "4", "--iwae-k", "0"]
+    result = invoke_train(*args, "--checkpoint", str(tmp_path / "last.pt"))
+    assert result.exit_code == 0, result.output
+    version = tmp_path / "fashion-vae" / "1"
+    card = json.loads((version / "model.json").read_text())
+    directions = Card.model_validate(card).principal_directions
+    assert len(directions.vectors) == 4 and len(directions.mean) == 4
+    # the same directions from the ONNX encoder as from PyTorch, over the same 256 test images
+    again = card_with_directions(version, fashion_mnist_dir, limit=256)["principal_directions"]
+    assert np.allclose(np.abs(again["vectors"]), np.abs(directions.vectors), atol=1e-3)
