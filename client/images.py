@@ -77,6 +77,8 @@ def read_picture(
             if grey.size != (width, height):
                 grey = grey.resize((width, height), Image.Resampling.BILINEAR)
             return np.asarray(grey, dtype=np.float32).reshape(-1) / 255.0
+    except UnidentifiedImageError:  # its message names the source object, e.g. <_io.BytesIO at 0x...>
+        raise InputFileError(f"{path}: not a readable image (not {' or '.join(_PICTURE_FORMATS)})") from None
     except (
         OSError,
         ValueError,
@@ -85,7 +87,6 @@ def read_picture(
         IndexError,
         TypeError,
         MemoryError,
-        UnidentifiedImageError,
         Image.DecompressionBombError,
     ) as exc:
         raise InputFileError(f"{path}: not a readable image ({exc})") from None

@@ -119,6 +119,7 @@ def test_malformed_multipart_forms_get_400(http):
 
 HOSTILE_UPLOADS = {
     "not a picture": (b"GIF89a-not-really", "image/png", "not a readable image"),
+    "no known format": (b"plain text, not an image", "image/png", "not a readable image"),
     "a huge picture": (None, "image/png", "above the limit of 1048576 pixels"),
 }
 
@@ -132,6 +133,7 @@ def test_bad_uploads_get_one_line_errors(http, case):
         body = out.getvalue()
     reply = http.post("/v1/encode", content=body, headers={"Content-Type": kind})
     assert reply.status_code == 400 and text in reply.json()["error"]
+    assert "object at 0x" not in reply.json()["error"]  # no Python reprs reach a client
 
 
 BAD = {
