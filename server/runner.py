@@ -22,6 +22,7 @@ import numpy as np
 
 from vae_serve.errors import DeadlineExceeded, Overloaded
 
+from . import tracing
 from .graph import Graph
 from .metrics import Metrics
 from .settings import BatchingSettings
@@ -157,6 +158,7 @@ class TimedGraph:
     def __init__(self, graph: Graph, label: str, metrics: Metrics) -> None:
         self.graph = graph
         self.label = label
+        self.provider = graph.provider
         self._compute = metrics.compute_duration.labels(label)
         self._rows = metrics.batch_size.labels(label)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{label}")
@@ -192,9 +194,10 @@ class InlineRunner:
     async def run(self, x: np.ndarray, deadline: float | None = None) -> list[np.ndarray]:
         self.admission.admit(len(x), deadline)
         try:
-            if len(x) <= INLINE_MAX_ROWS:
-                return self.graph.run(x)
-            return await self.graph.run_off_loop(x, deadline)
+            with tracing.compute_span(self.graph.label, self.graph.provider, len(x)):
+                if len(x) <= INLINE_MAX_ROWS:
+                    return self.graph.run(x)
+                return await self.graph.run_off_loop(x, deadline)
         finally:
             self.admission.release(len(x))
 
