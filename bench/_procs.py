@@ -23,10 +23,11 @@ def start_server(
 
 
 def start_server_ports(
-    args: list[str], pattern: str, timeout: float = 60
+    args: list[str], pattern: str, timeout: float = 60, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen, tuple[int, ...]]:
-    """The process, and every port `pattern`'s groups find in its start-up line."""
-    proc = subprocess.Popen([sys.executable, *args], stderr=subprocess.PIPE, text=True)
+    """The process, and every port `pattern`'s groups find in its start-up line. `env`: its
+    environment (default: this process's)."""
+    proc = subprocess.Popen([sys.executable, *args], stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + timeout
     seen = []
     with selectors.DefaultSelector() as waiting:  # a silent process cannot block past the deadline

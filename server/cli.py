@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from vae_serve import require_extra
 
 if TYPE_CHECKING:
+    import logging
+
     from .settings import LogSettings
 
-__all__ = ["LOG_FORMAT", "configure_logging", "main"]
+__all__ = ["LOG_FORMAT", "configure_logging", "log_handler", "main"]
 
 # `request_id`: the call's (x-request-id, or one made up), "-" outside any call.
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] [%(process)d] %(name)s: %(message)s"
@@ -40,14 +42,23 @@ SERVER_MODULES = (
 
 def configure_logging(settings: LogSettings) -> None:
     """The process's logging (workers inherit it): every line says which request it belongs to;
-    `--log-format json` writes one JSON object a line, with the trace and span ids inside a
-    traced call; `--access-log` adds a line per request."""
+    `--access-log` adds a line per request."""
     import logging
 
     from . import observe
+
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[log_handler(settings)], force=True)
+    observe.set_access_log(settings.access_log)
+
+
+def log_handler(settings: LogSettings, stream: TextIO | None = None) -> logging.Handler:
+    """A handler writing to `stream` (stderr) in `--log-format`: text, or one JSON object a line
+    with the trace and span ids inside a traced call."""
+    import logging
+
     from .calls import RequestIdFilter
 
-    handler = logging.StreamHandler()
+    handler = logging.StreamHandler(stream)
     if settings.log_format == "json":
         from pythonjsonlogger.orjson import OrjsonFormatter
 
@@ -55,8 +66,7 @@ def configure_logging(settings: LogSettings) -> None:
     else:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.addFilter(RequestIdFilter())
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
-    observe.set_access_log(settings.access_log)
+    return handler
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,12 +100,18 @@ def end(
     if call._current is not None:
         _current.reset(call._current)
     exemplar = None
+    if _access_log:  # first: inside the call's span, so the line carries its trace id
+        _write_access(call, code.name, seconds, http_status)
     if call.span is not None:
         span = call.span
         span.set_attributes(
-            {"vae.model": call.model, "vae.model_version": call.version, "vae.rows": call.rows}
+            {
+                "vae.model": call.model,
+                "vae.model_version": call.version,
+                "vae.rows": call.rows,
+                "rpc.grpc.status_code": code.value[0],
+            }
         )
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
         if http_status is not None:
             span.set_attribute("http.response.status_code", http_status)
         if code in _SERVER_ERRORS:
@@ -115,8 +121,6 @@ def end(
         sampled = span.get_span_context()
         if sampled.trace_flags.sampled:
             exemplar = {"trace_id": format_trace_id(sampled.trace_id)}
-    if _access_log:
-        _write_access(call, code.name, seconds, http_status)
     return exemplar
 
 
