@@ -16,9 +16,12 @@ __all__ = ["free_port", "start_server", "start_server_ports"]
 
 
 def start_server(
-    args: list[str], pattern: str = r"serving on [\d.]+:(\d+)", timeout: float = 60
+    args: list[str],
+    pattern: str = r"serving on [\d.]+:(\d+)",
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, int]:
-    proc, ports = start_server_ports(args, pattern, timeout)
+    proc, ports = start_server_ports(args, pattern, timeout, env)
     return proc, ports[0]
 
 
