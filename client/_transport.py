@@ -125,16 +125,15 @@ class ClientOptions:
 
 def trace_metadata(options: ClientOptions) -> tuple[tuple[str, str], ...] | None:
     """The W3C trace context a call sends: the caller's active OpenTelemetry span's, else the
-    options' `traceparent`, else none. The client does not depend on OpenTelemetry: a caller with an
+    options' `traceparent`, else none. The client never imports OpenTelemetry: a caller with an
     active span has imported its API already, and only then is it used."""
-    if "opentelemetry.trace" in sys.modules:
-        from opentelemetry.trace import get_current_span
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-        if get_current_span().get_span_context().is_valid:
-            carrier: dict[str, str] = {}
-            TraceContextTextMapPropagator().inject(carrier)
-            return tuple(carrier.items())
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is not None:
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            parent = f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"
+            state = span.trace_state.to_header() if span.trace_state else ""
+            return (("traceparent", parent), ("tracestate", state)) if state else (("traceparent", parent),)
     return (("traceparent", options.traceparent),) if options.traceparent else None
 
 

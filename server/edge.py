@@ -2,7 +2,8 @@
 
 It gives each call its request id, admits data-plane work, answers with the status the one table
 in status.py gives an exception, and records the call's metrics (latency and count by method and
-final code, in-flight gauge), so every front end gets identical error handling and observability.
+final code, in-flight gauge) and, when on, its span and access-log line (observe.py), so every
+front end gets identical error handling and observability.
 Unexpected exceptions are logged with their traceback (and the request id) and reach the client
 only as INTERNAL with a generic message: internals never leak.
 

@@ -1,5 +1,6 @@
 """What every HTTP route shares with the gRPC edge (edge.py): a request id, admission of data-plane
-work, the request metrics, and one error table; plus reading a body within the message limit.
+work, the request metrics, its span and access line (observe.py), and one error table; plus
+reading a body within the message limit.
 
 A handler raises the domain errors of `vae_serve.errors`; `endpoint` answers them as
 `{"error": "..."}` with the status of `status.HTTP_STATUS`, and anything else as a generic 500

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from _procs import start_server_ports
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from support import REPOSITORY, wait_for
+from support import REPOSITORY, free_port, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.tensor import to_tensor
@@ -190,3 +190,25 @@ def test_hostile_request_ids_are_replaced_and_never_written(served, stub):
     )
     text = "".join(served.lines)
     assert "z" * 200 not in text and "evil" not in text
+
+
+def test_each_worker_traces_with_its_own_provider(receiver):
+    """--workers 2: the supervisor forks before any tracer exists; each worker makes its own."""
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}"}  # alone: otlp
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "50"
+    ports = [str(free_port()) for _ in range(3)]
+    args = ["-m", "vae_serve.server.cli", "--model-repository", str(REPOSITORY), "--host", "127.0.0.1"]
+    args += ["--port", ports[0], "--metrics-host", "127.0.0.1", "--metrics-port", ports[1]]
+    args += ["--http-host", "127.0.0.1", "--http-port", ports[2], "--workers", "2"]
+    proc, _ = start_server_ports(args, r"all (2) workers ready", env=env)
+    trace = "7" * 32
+    try:
+        for _ in range(20):  # a connection each: the kernel spreads them over both workers
+            with grpc.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
+                decode(vae_pb2_grpc.VAEServiceStub(channel), (("traceparent", f"00-{trace}-{PARENT}-01"),))
+        wait_for(lambda: len([s for s in receiver.in_trace(trace) if s.name == "Decode"]) == 20, "20 calls")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    pids = {r["process.pid"].int_value for r, s in receiver.spans if s.trace_id.hex() == trace}
+    assert len(pids) == 2 and proc.pid not in pids
