@@ -36,7 +36,6 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
-    Span,
     SpanContext,
     SpanKind,
     Status,
@@ -53,7 +52,6 @@ __all__ = [
     "check",
     "compute_span",
     "configure",
-    "end",
     "extract",
     "queued",
     "shutdown",
@@ -82,13 +80,15 @@ def configure(processor: SpanProcessor | None = None) -> None:
     Call once per process, after any fork."""
     global tracer, _provider
     shutdown()
+    if _disabled():
+        return
     try:
         processors = [processor] if processor is not None else [BatchSpanProcessor(e) for e in _exporters()]
     except TracingError:
         raise
     except Exception as exc:  # an exporter refusing its variables (a malformed endpoint, headers)
         raise TracingError(f"tracing: {exc} (check OTEL_EXPORTER_OTLP_*)") from None
-    if not processors or os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    if not processors:
         return
     pid = os.getpid()
     resource = Resource.create({"process.pid": pid, "service.instance.id": f"{socket.gethostname()}:{pid}"})
@@ -103,7 +103,12 @@ def configure(processor: SpanProcessor | None = None) -> None:
 def check() -> None:
     """Raise TracingError now if the OTEL_* variables name an exporter this install lacks (the
     supervisor checks once, before its workers each make theirs)."""
-    _exporter_classes()
+    if not _disabled():
+        _exporter_classes()
+
+
+def _disabled() -> bool:
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"  # the SDK's off switch
 
 
 def _exporters() -> list[SpanExporter]:
@@ -150,12 +155,6 @@ def extract(carrier: Mapping[str, str] | Iterable[tuple[str, object]] | None) ->
     return _W3C.extract(plain) if plain else Context()
 
 
-def end(span: Span, error: BaseException | None = None) -> None:
-    if error is not None:
-        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-    span.end()
-
-
 def queued() -> tuple[SpanContext, int] | None:
     """Taken when a request joins a batcher's queue: its call's span and the time, for `waited`."""
     return None if tracer is None else (get_current_span().get_span_context(), time.time_ns())
@@ -173,7 +172,9 @@ def waited(mark: tuple[SpanContext, int], graph: str, rows: int, error: BaseExce
         attributes=attributes,
         start_time=began,
     )
-    end(span, error)
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+    span.end()
 
 
 def compute_span(
