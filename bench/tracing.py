@@ -5,6 +5,7 @@ differ only in their revision or their environment, measured in one run, alterna
     python bench/tracing.py --rounds 7 --duration 5
     python bench/tracing.py --arm old=v0.2.0 --arm new=.           # any two revisions
     python bench/tracing.py --arm a=. --arm b=.,VAE_MAX_BATCH_SIZE=1   # any two environments
+    python bench/tracing.py --off-path      # ns a request spends in the tracing hooks, tracing off
 
 An arm is `NAME=REV[,VAR=VALUE...]`: REV "." is this working tree, anything else a git revision,
 checked out into a temporary worktree and run from there; the variables are added to that
@@ -110,6 +111,27 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def off_path_ns(calls: int = 1_000_000) -> float:
+    """What the tracing and access-log hooks add to one request when both are off: every call a
+    request makes into them (edge or endpoint, data plane, batcher, runner), timed in a loop."""
+    import timeit
+
+    from vae_serve.server import observe, tracing
+    from vae_serve.server.calls import request_id
+
+    metadata = (("x-request-id", "abc"),)
+
+    def one_request() -> None:
+        observe.begin("Decode", metadata, str, "grpc")
+        observe.note("fashion-vae", "1", 1)
+        tracing.queued()
+        request_id.get()  # the batcher's queue entry keeps it for its error line
+        with tracing.compute_span("decoder", "CPUExecutionProvider", 1):
+            pass
+
+    return min(timeit.repeat(one_request, number=calls, repeat=5)) / calls * 1e9
+
+
 def parse_arm(text: str) -> tuple[str, str, dict[str, str]]:
     name, _, spec = text.partition("=")
     rev, *variables = spec.split(",")
@@ -126,7 +148,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of one run per arm")
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per run")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--off-path", action="store_true", help="time the hooks with tracing off, and stop")
     a = parser.parse_args()
+    if a.off_path:
+        print(f"tracing and access-log hooks, both off: {off_path_ns():.0f} ns per request")
+        return
     texts = a.arm or [
         f"before tracing={before_tracing()}",
         "tracing off=.",
