@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import threading
 from concurrent import futures
@@ -188,8 +189,18 @@ def test_hostile_request_ids_are_replaced_and_never_written(served, stub):
     wait_for(
         lambda: served.access(given) and served.access(reply.headers["x-request-id"]), "both access lines"
     )
+    # Control characters, which httpx will not send.
+    with socket.create_connection(("127.0.0.1", served.http_port), timeout=10) as raw:
+        raw.sendall(
+            b"GET /v1/model HTTP/1.1\r\nhost: x\r\nx-request-id: ctl\x1b[31m\x7fid\r\n"
+            b"traceparent: 00-\x01\x02\r\nconnection: close\r\n\r\n"
+        )
+        answer = b"".join(iter(lambda: raw.recv(65536), b""))
+    assert answer.startswith((b"HTTP/1.1 200", b"HTTP/1.1 400"))  # served with its own id, or refused
+    decode(stub, (("x-request-id", "after-the-attack"),))  # still serving
+    wait_for(lambda: served.access("after-the-attack"), "the next call's access line")
     text = "".join(served.lines)
-    assert "z" * 200 not in text and "evil" not in text
+    assert "z" * 200 not in text and "evil" not in text and "\x1b" not in text and "\x7f" not in text
 
 
 def test_each_worker_traces_with_its_own_provider(receiver):
@@ -206,9 +217,11 @@ def test_each_worker_traces_with_its_own_provider(receiver):
         for _ in range(20):  # a connection each: the kernel spreads them over both workers
             with grpc.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
                 decode(vae_pb2_grpc.VAEServiceStub(channel), (("traceparent", f"00-{trace}-{PARENT}-01"),))
-        wait_for(lambda: len([s for s in receiver.in_trace(trace) if s.name == "Decode"]) == 20, "20 calls")
+        calls = lambda: {s.span_id for s in receiver.in_trace(trace) if s.name == "Decode"}  # noqa: E731
+        wait_for(lambda: len(calls()) == 20, "the 20 calls' spans")  # by id: a retried export repeats some
     finally:
         proc.terminate()
-        proc.communicate(timeout=30)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
     pids = {r["process.pid"].int_value for r, s in receiver.spans if s.trace_id.hex() == trace}
     assert len(pids) == 2 and proc.pid not in pids
