@@ -5,6 +5,7 @@ The one helper for this: the benchmarks use it, and so do the tests (tests/suppo
 
 from __future__ import annotations
 
+import os
 import re
 import selectors
 import socket
@@ -30,15 +31,24 @@ def start_server_ports(
     arguments for subprocess.Popen (env, cwd)."""
     proc = subprocess.Popen([sys.executable, *args], stderr=subprocess.PIPE, text=True, **popen)
     deadline = time.monotonic() + timeout
-    seen = []
+    seen, line = [], bytearray()
+    # A byte at a time, below proc.stderr's buffer: a buffered readline can take in the line after
+    # the one it returns, and select() would then wait for data already read (two lines written
+    # together, as a loaded machine delivers them). Whatever follows the start-up line stays unread.
+    fd = proc.stderr.fileno()
     with selectors.DefaultSelector() as waiting:  # a silent process cannot block past the deadline
-        waiting.register(proc.stderr, selectors.EVENT_READ)
+        waiting.register(fd, selectors.EVENT_READ)
         while (left := deadline - time.monotonic()) > 0 and waiting.select(left):
-            line = proc.stderr.readline()
-            seen.append(line)
-            if found := re.search(pattern, line):
+            byte = os.read(fd, 1)
+            line += byte
+            if byte and byte != b"\n":
+                continue
+            text = line.decode(errors="replace")
+            seen.append(text)
+            line.clear()
+            if found := re.search(pattern, text):
                 return proc, tuple(int(port) for port in found.groups())
-            if not line and proc.poll() is not None:
+            if not byte and proc.poll() is not None:
                 break
     proc.kill()
     proc.wait()

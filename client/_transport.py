@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,9 +32,11 @@ __all__ = [
     "connect_failure",
     "from_rpc_error",
     "open_channel",
+    "trace_metadata",
 ]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 class VaeServeError(Exception):
@@ -69,6 +72,9 @@ class ClientOptions:
     model_version: str = ""  # pin every call to this loaded version; empty: the server's latest
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
+    # W3C trace context to continue when the caller has no active OpenTelemetry span (vae-client:
+    # the TRACEPARENT variable); a call inside an active span continues that span's trace instead.
+    traceparent: str = ""
 
     def __post_init__(self) -> None:
         for name in ("timeout", "connect_timeout", "backoff_initial", "backoff_max"):
@@ -81,6 +87,11 @@ class ClientOptions:
             raise ValueError(f"retries must be an integer >= 0, got {self.retries!r}")
         if self.max_message_bytes < 64 * 1024:
             raise ValueError(f"max_message_bytes must be at least 65536, got {self.max_message_bytes}")
+        if self.traceparent and not _TRACEPARENT.fullmatch(self.traceparent):
+            raise ValueError(
+                "traceparent must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>), "
+                f"got {self.traceparent[:80]!r}"
+            )
         if (self.certificate_chain is None) != (self.private_key is None):
             raise ValueError("certificate_chain and private_key go together")
         for name in ("root_certificates", "certificate_chain", "private_key"):
@@ -110,6 +121,20 @@ class ClientOptions:
         return grpc.ssl_channel_credentials(
             read(self.root_certificates), read(self.private_key), read(self.certificate_chain)
         )
+
+
+def trace_metadata(options: ClientOptions) -> tuple[tuple[str, str], ...] | None:
+    """The W3C trace context a call sends: the caller's active OpenTelemetry span's, else the
+    options' `traceparent`, else none. The client never imports OpenTelemetry: a caller with an
+    active span has imported its API already, and only then is it used."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is not None:
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            parent = f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"
+            state = span.trace_state.to_header() if span.trace_state else ""
+            return (("traceparent", parent), ("tracestate", state)) if state else (("traceparent", parent),)
+    return (("traceparent", options.traceparent),) if options.traceparent else None
 
 
 def pinned(request: object, options: ClientOptions) -> object:

@@ -135,6 +135,12 @@ def _save_grid(images: np.ndarray, image_shape: tuple[int, ...], output: Path, c
     "--retries", type=click.IntRange(min=0), default=5, help="Retries while the server is unavailable."
 )
 @click.option("--model-version", default="", help="Pin a loaded model version [default: the latest].")
+@click.option(
+    "--traceparent",
+    envvar="TRACEPARENT",
+    default="",
+    help="W3C trace context the calls continue (OpenTelemetry's variable) [env TRACEPARENT].",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -146,6 +152,7 @@ def main(
     key_file: Path | None,
     retries: int,
     model_version: str,
+    traceparent: str,
 ) -> None:
     """Encode, sample and decode with a vae-serve server; pictures are written as PNG grids."""
     with _errors():
@@ -158,6 +165,7 @@ def main(
             certificate_chain=cert_file,
             private_key=key_file,
             model_version=model_version,
+            traceparent=traceparent,
         )
     ctx.obj = ctx.with_resource(client)
 

@@ -14,7 +14,7 @@ from vae_serve._proto.vae.v1 import vae_pb2
 
 from ._base import BaseClient, SampleCall
 from ._requests import ModelInfo, merge_decode, merge_encode, merge_sample
-from ._transport import pinned
+from ._transport import pinned, trace_metadata
 
 __all__ = ["VaeClient"]
 
@@ -29,12 +29,14 @@ class VaeClient(BaseClient):
     def _call(self, method: Callable[..., Reply], request: object) -> Reply:
         """One request within the deadline, retried with backoff while the server is UNAVAILABLE."""
         attempts = self._attempts()
+        metadata = trace_metadata(self.options)
         while True:
             try:
                 reply = method(
                     pinned(request, self.options),
                     timeout=attempts.timeout(),
                     wait_for_ready=attempts.retrying,
+                    metadata=metadata,
                 )
                 attempts.succeeded()
                 return reply

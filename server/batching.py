@@ -23,15 +23,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+from opentelemetry.trace import SpanContext
 
 from vae_serve.errors import DeadlineExceeded, Draining
 
+from . import tracing
+from .calls import request_id
 from .metrics import Metrics
 from .runner import INLINE_MAX_ROWS, Admission, TimedGraph, expired
 from .settings import BatchingSettings
@@ -47,6 +51,8 @@ class _Pending:
     future: asyncio.Future[list[np.ndarray]]
     deadline: float | None
     queued_at: float = field(default_factory=time.monotonic)
+    request_id: str = field(default_factory=request_id.get)  # for the batch's error line
+    traced: tuple[SpanContext, int] | None = None  # its call's span and when it joined (tracing on)
 
 
 class BatchingRunner:
@@ -88,15 +94,19 @@ class BatchingRunner:
         self._admit(len(x), deadline)
         if len(x) > self.max_batch_size:
             try:
-                return await self.graph.run_off_loop(x, deadline)
+                with tracing.compute_span(self.graph.label, self.graph.provider, len(x)):
+                    return await self.graph.run_off_loop(x, deadline)
             finally:
                 self._release(len(x))
         if self._collector is None:
             self._arrived, self._full = asyncio.Event(), asyncio.Event()
-            self._collector = asyncio.create_task(self._collect_forever(), name=f"batcher-{self.graph.label}")
+            # In a context of its own: not the first caller's (its request id, its span).
+            self._collector = asyncio.create_task(
+                self._collect_forever(), name=f"batcher-{self.graph.label}", context=contextvars.Context()
+            )
             self._collector.add_done_callback(self._collector_ended)
         future: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(x, future, deadline))
+        self._queue.append(_Pending(x, future, deadline, traced=tracing.queued()))
         self._arrived.set()
         if self._queued_rows >= self.max_batch_size or (
             self.delay_policy == "adaptive" and len(self._queue) >= self._expected
@@ -114,9 +124,14 @@ class BatchingRunner:
                 continue
             if expired(item.deadline):
                 self._late.inc()
-                item.future.set_exception(DeadlineExceeded("deadline passed while queued; not computed"))
+                late = DeadlineExceeded("deadline passed while queued; not computed")
+                if item.traced is not None:
+                    tracing.waited(item.traced, self.graph.label, len(item.x), late)
+                item.future.set_exception(late)
                 continue
             self._queue_time.observe(now - item.queued_at)
+            if item.traced is not None:
+                tracing.waited(item.traced, self.graph.label, len(item.x))
             batch.append(item)
             rows += len(item.x)
         return batch
@@ -152,13 +167,16 @@ class BatchingRunner:
     async def _run_batch(self, batch: list[_Pending]) -> None:
         merged = batch[0].x if len(batch) == 1 else np.concatenate([item.x for item in batch])
         self._running = batch
+        requests = [item.traced[0] for item in batch if item.traced is not None]
         try:
-            if len(merged) <= INLINE_MAX_ROWS:
-                outputs = self.graph.run(merged, len(batch))  # cheaper than a thread hop here (bench/)
-            else:
-                outputs = await self.graph.run_off_loop(merged, requests=len(batch))
+            with tracing.compute_span(self.graph.label, self.graph.provider, len(merged), requests):
+                if len(merged) <= INLINE_MAX_ROWS:
+                    outputs = self.graph.run(merged, len(batch))  # cheaper than a thread hop here (bench/)
+                else:
+                    outputs = await self.graph.run_off_loop(merged, requests=len(batch))
         except Exception as exc:  # ORT failed: every caller in the batch gets the error
-            log.exception("%s batch of %d rows failed", self.graph.label, len(merged))
+            ids = " ".join(item.request_id for item in batch)
+            log.exception("%s batch of %d rows failed (requests %s)", self.graph.label, len(merged), ids)
             self._fail(batch, exc)
             return
         finally:

@@ -12,6 +12,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import grpc
+from opentelemetry.trace import format_span_id, format_trace_id, get_current_span
 
 __all__ = [
     "REQUEST_ID_HEADER",
@@ -54,8 +55,12 @@ def request_id_from(metadata: Iterable[tuple[str, Any]] | None) -> str:
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds `request_id` to every record (the current call's, or "-"), for `%(request_id)s`."""
+    """Adds `request_id` to every record (the current call's, or "-"), for `%(request_id)s`; and
+    inside a traced call `trace_id` and `span_id` (which JSON lines carry)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
+        span = get_current_span().get_span_context()
+        if span.is_valid:
+            record.trace_id, record.span_id = format_trace_id(span.trace_id), format_span_id(span.span_id)
         return True

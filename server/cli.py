@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import signal
 import sys
+from typing import TYPE_CHECKING, TextIO
 
 from vae_serve import require_extra
 
-__all__ = ["LOG_FORMAT", "configure_logging", "main"]
+if TYPE_CHECKING:
+    import logging
+
+    from .settings import LogSettings
+
+__all__ = ["LOG_FORMAT", "configure_logging", "log_handler", "main"]
 
 # `request_id`: the call's (x-request-id, or one made up), "-" outside any call.
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] [%(process)d] %(name)s: %(message)s"
+# --log-format json: these, a "timestamp", and whatever a line adds (request_id; trace_id and
+# span_id inside a traced call; the access log's fields).
+JSON_FIELDS = ["levelname", "name", "message", "process"]
+JSON_RENAMED = {"levelname": "level", "name": "logger"}
 
 # What server/ imports beyond the client's dependencies: the `server` extra in pyproject.toml.
 SERVER_MODULES = (
@@ -25,18 +35,38 @@ SERVER_MODULES = (
     "orjson",
     "multipart",
     "swagger_ui_bundle",
+    "opentelemetry",
+    "pythonjsonlogger",
 )
 
 
-def configure_logging(level: str) -> None:
-    """The process's logging: every line says which request it belongs to (workers inherit it)."""
+def configure_logging(settings: LogSettings) -> None:
+    """The process's logging (workers inherit it): every line says which request it belongs to;
+    `--access-log` adds a line per request."""
+    import logging
+
+    from . import observe
+
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[log_handler(settings)], force=True)
+    observe.set_access_log(settings.access_log)
+
+
+def log_handler(settings: LogSettings, stream: TextIO | None = None) -> logging.Handler:
+    """A handler writing to `stream` (stderr) in `--log-format`: text, or one JSON object a line
+    with the trace and span ids inside a traced call."""
     import logging
 
     from .calls import RequestIdFilter
 
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RequestIdFilter())
+    handler = logging.StreamHandler(stream)
+    if settings.log_format == "json":
+        from pythonjsonlogger.orjson import OrjsonFormatter
+
+        handler.setFormatter(OrjsonFormatter(JSON_FIELDS, rename_fields=JSON_RENAMED, timestamp=True))
+    else:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(RequestIdFilter())
+    return handler
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, SettingsError) as exc:
         print(f"vae-serve: error: {describe_error(exc)}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.logs)
+    from . import tracing
+
+    try:
+        tracing.check()
+    except tracing.TracingError as exc:
+        print(f"vae-serve: error: {exc}", file=sys.stderr)
+        return 2
     try:
         if settings.workers > 1:
             from .workers import StartFailure, run_workers  # before prometheus_client is imported anywhere
@@ -70,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         from .app import run
 
-        asyncio.run(run(settings))
+        tracing.configure()  # workers make their own, after the fork
+        try:
+            asyncio.run(run(settings))
+        finally:
+            tracing.shutdown()  # what is buffered goes out before the exit
     except (ModelLoadError, ServingError) as exc:
         print(f"vae-serve: error: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from .graph import Graph
 from .lifecycle import ServerState
 from .metrics import Metrics
 from .model import LoadedModel
+from .observe import note
 from .runner import InlineRunner, Runner, TimedGraph, trimmer
 from .settings import BatchingSettings, LimitSettings, RepositorySettings
 from .statistics import CountedRunner
@@ -117,6 +118,7 @@ class DataPlane:
         model = served.model
         try:
             check_matrix(x, "x", model.input_dim, self.limits.max_request_rows)
+            note(model.name, served.version, len(x))
             check_unit_interval(x, "x")
             self._check_response_size(len(x), 2 * model.latent_dim, tensors=2)
             mean, logvar = await served.encoder.run(x, deadline)
@@ -131,6 +133,7 @@ class DataPlane:
         model = served.model
         try:
             check_matrix(z, "z", model.latent_dim, self.limits.max_request_rows)
+            note(model.name, served.version, len(z))
             check_finite(z, "z")
             self._check_response_size(len(z), model.input_dim)
             (x,) = await served.decoder.run(z, deadline)
@@ -169,6 +172,7 @@ class DataPlane:
             else:
                 z = self._posterior(mean, logvar, k, latent, rng)
             rows = z.size // latent
+            note(model.name, served.version, rows)
             self._check_response_size(rows, latent + (model.input_dim if decode else 0), tensors=2)
             moved += z.nbytes
             if not decode:

@@ -2,7 +2,8 @@
 
 It gives each call its request id, admits data-plane work, answers with the status the one table
 in status.py gives an exception, and records the call's metrics (latency and count by method and
-final code, in-flight gauge), so every front end gets identical error handling and observability.
+final code, in-flight gauge) and, when on, its span and access-log line (observe.py), so every
+front end gets identical error handling and observability.
 Unexpected exceptions are logged with their traceback (and the request id) and reach the client
 only as INTERNAL with a generic message: internals never leak.
 
@@ -24,6 +25,7 @@ from typing import Protocol, TypeVar
 
 import grpc
 
+from . import observe
 from .calls import REQUEST_ID_HEADER, request_id, request_id_from
 from .drain import Activity
 from .metrics import Metrics
@@ -60,9 +62,11 @@ def _wrap(handler: Handler[S, Request, Response], work: bool) -> Handler[S, Requ
     @functools.wraps(handler)
     async def wrapper(self: S, request: Request, context: grpc.aio.ServicerContext) -> Response:
         edge = self.edge
-        rid = request_id_from(context.invocation_metadata())
+        metadata = context.invocation_metadata()
+        rid = request_id_from(metadata)
         token = request_id.set(rid)
         reply_metadata = ((REQUEST_ID_HEADER, rid),)
+        call = observe.begin(method, metadata, context.peer, "grpc")
         try:
             in_flight = edge.metrics.in_flight_for(method)
             in_flight.inc()
@@ -92,7 +96,9 @@ def _wrap(handler: Handler[S, Request, Response], work: bool) -> Handler[S, Requ
                     edge.activity.release()
                 in_flight.dec()
                 edge.activity.finished()
-                edge.metrics.record_request(method, code.name, time.perf_counter() - began)
+                seconds = time.perf_counter() - began
+                exemplar = None if call is None else observe.end(call, code, seconds)
+                edge.metrics.record_request(method, code.name, seconds, exemplar)
             # abort raises, and its exception lands in a reference cycle with this frame, freed only
             # by the cyclic GC: without this the request (up to --max-message-bytes) lives as long.
             del request

@@ -159,13 +159,17 @@ class Metrics:
             child = self._in_flight_children[method] = self.in_flight.labels(method)
         return child
 
-    def record_request(self, method: str, code: str, seconds: float) -> None:
-        """Latency and count of one finished RPC (label children cached: this is the hot path)."""
+    def record_request(
+        self, method: str, code: str, seconds: float, exemplar: dict[str, str] | None = None
+    ) -> None:
+        """Latency and count of one finished RPC (label children cached: this is the hot path).
+        `exemplar`: a sampled call's `{"trace_id": ...}`, kept on its latency bucket and shown in
+        the OpenMetrics format only (multiprocess mode drops exemplars: single-process servers only)."""
         children = self._request_children.get((method, code))
         if children is None:
             children = (self.request_duration.labels(method, code), self.requests.labels(method, code))
             self._request_children[(method, code)] = children
-        children[0].observe(seconds)
+        children[0].observe(seconds, exemplar)
         children[1].inc()
 
     def set_model(self, name: str, version: str, provider: str) -> None:

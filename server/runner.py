@@ -22,6 +22,7 @@ import numpy as np
 
 from vae_serve.errors import DeadlineExceeded, Overloaded
 
+from . import tracing
 from .graph import Graph
 from .metrics import Metrics
 from .settings import BatchingSettings
@@ -161,6 +162,7 @@ class TimedGraph:
         self.graph = graph
         self.label = label
         self.version = version
+        self.provider = graph.provider
         self._compute = metrics.compute_duration.labels(label, version)
         self._rows = metrics.batch_size.labels(label, version)
         self._shared = metrics.shared_compute.labels(label, version)
@@ -205,9 +207,10 @@ class InlineRunner:
     async def run(self, x: np.ndarray, deadline: float | None = None) -> list[np.ndarray]:
         self.admission.admit(len(x), deadline)
         try:
-            if len(x) <= INLINE_MAX_ROWS:
-                return self.graph.run(x)
-            return await self.graph.run_off_loop(x, deadline)
+            with tracing.compute_span(self.graph.label, self.graph.provider, len(x)):
+                if len(x) <= INLINE_MAX_ROWS:
+                    return self.graph.run(x)
+                return await self.graph.run_off_loop(x, deadline)
         finally:
             self.admission.release(len(x))
 

@@ -38,6 +38,7 @@ __all__ = [
     "BatchingSettings",
     "HttpSettings",
     "LimitSettings",
+    "LogSettings",
     "NetworkSettings",
     "RepositorySettings",
     "Settings",
@@ -227,12 +228,30 @@ class LimitSettings(_Group):
     )
 
 
+class LogSettings(_Group):
+    """What the process logs and how (cli.configure_logging). Traces are configured by
+    OpenTelemetry's own OTEL_* variables (tracing.py), not here."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as text, or json: one object a line, with the trace and span ids "
+        "inside a traced request.",
+    )
+    access_log: bool = Field(
+        False,
+        description="Log one line per request: method, model, version, rows, status, duration, peer, "
+        "request id.",
+    )
+
+
 _G = TypeVar("_G", bound=_Group)
 
 
 # Bases in reverse: pydantic collects fields from the last base first, so --help lists them in groups.
 class Settings(
     BaseSettings,
+    LogSettings,
     LimitSettings,
     BatchingSettings,
     RepositorySettings,
@@ -262,7 +281,6 @@ class Settings(
         description="TOML file of settings, keys named as the flags with underscores "
         "(max_batch_size = 32); flags and VAE_* variables override it.",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
     @classmethod
     def settings_customise_sources(
@@ -300,6 +318,10 @@ class Settings(
     @property
     def limits(self) -> LimitSettings:
         return self._group(LimitSettings)
+
+    @property
+    def logs(self) -> LogSettings:
+        return self._group(LogSettings)
 
     def _group(self, group: type[_G]) -> _G:
         return group.model_validate({name: getattr(self, name) for name in group.model_fields})

@@ -77,13 +77,17 @@ def _worker(settings: Settings, supervisor: int, report: int, inherited: list[in
             raise SystemExit(1)
         from vae_serve.errors import ModelLoadError, ServingError
 
+        from . import tracing
         from .app import run
 
         try:
+            tracing.configure()  # its own provider and export thread, its pid in the resource
             asyncio.run(run(settings, worker=True, on_ready=lambda: _report(report, _READY)))
-        except (ModelLoadError, ServingError) as exc:
+        except (ModelLoadError, ServingError, tracing.TracingError) as exc:
             _report(report, _ERROR + str(exc).encode(errors="replace"))  # the supervisor says it, once
             code = 1
+        finally:
+            tracing.shutdown()  # os._exit skips atexit: what is buffered goes out here
     except BaseException:
         log.exception("worker %d crashed", os.getpid())
         code = 1

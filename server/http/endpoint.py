@@ -1,5 +1,6 @@
 """What every HTTP route shares with the gRPC edge (edge.py): a request id, admission of data-plane
-work, the request metrics, and one error table; plus reading a body within the message limit.
+work, the request metrics, its span and access line (observe.py), and one error table; plus
+reading a body within the message limit.
 
 A handler raises the domain errors of `vae_serve.errors`; `endpoint` answers them as
 `{"error": "..."}` with the status of `status.HTTP_STATUS`, and anything else as a generic 500
@@ -22,6 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from vae_serve.errors import InvalidInput, TooLarge
+from vae_serve.server import observe
 from vae_serve.server.calls import REQUEST_ID_HEADER, request_id, request_id_from
 from vae_serve.server.drain import Activity
 from vae_serve.server.metrics import Metrics
@@ -42,6 +44,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+CLIENT_CLOSED = 499  # what the access log and span say of a call cancelled before its answer (nginx's)
 RETRY_AFTER_S = "1"  # for 429 and 503: both mean "come back shortly"
 JSON = "application/json"
 
@@ -94,11 +97,12 @@ def endpoint(
             front: Front = request.app.state.front
             rid = request_id_from(((REQUEST_ID_HEADER, request.headers.get(REQUEST_ID_HEADER)),))
             token = request_id.set(rid)
+            call = observe.begin(label, request.headers, functools.partial(_peer, request), "http")
             in_flight = front.metrics.in_flight_for(label)
             in_flight.inc()
             if not probe:
                 front.activity.started()
-            began, code, admitted = time.perf_counter(), grpc.StatusCode.OK, False
+            began, code, admitted, response = time.perf_counter(), grpc.StatusCode.OK, False, None
             try:
                 if work:
                     front.activity.admit()
@@ -121,7 +125,10 @@ def endpoint(
                 in_flight.dec()
                 if not probe:
                     front.activity.finished()
-                front.metrics.record_request(label, code.name, time.perf_counter() - began)
+                seconds = time.perf_counter() - began
+                http_status = CLIENT_CLOSED if response is None else response.status_code
+                exemplar = None if call is None else observe.end(call, code, seconds, http_status)
+                front.metrics.record_request(label, code.name, seconds, exemplar)
                 request_id.reset(token)
             response.headers[REQUEST_ID_HEADER] = rid
             if not front.dataplane.state.ready:  # draining: send keep-alive clients elsewhere
@@ -131,6 +138,11 @@ def endpoint(
         return route
 
     return wrap
+
+
+def _peer(request: Request) -> str:
+    client = request.client
+    return "-" if client is None else f"{client.host}:{client.port}"
 
 
 def check_json_reply(values: int, instead: str) -> None:

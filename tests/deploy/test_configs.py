@@ -36,11 +36,15 @@ def test_compose_files_are_valid(files):
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     services = config["services"]
-    assert {"vae-server-1", "vae-server-2", "nginx", "prometheus", "grafana", "trainer"} <= set(services)
+    assert {"vae-server-1", "vae-server-2", "nginx", "prometheus", "grafana", "trainer", "jaeger"} <= set(
+        services
+    )
     for name in ("vae-server-1", "vae-server-2"):
         server = services[name]
         assert server["environment"]["VAE_REFLECTION"] == "false"
         assert "vae-client" in server["healthcheck"]["test"]
+        assert server["environment"]["OTEL_TRACES_EXPORTER"] == "otlp"  # tracing is off unless set
+        assert server["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
     assert services["nginx"]["depends_on"]["vae-server-1"]["condition"] == "service_healthy"
     if "docker-compose.gpu.yml" in files:
         device = services["vae-server-1"]["deploy"]["resources"]["reservations"]["devices"][0]
@@ -134,3 +138,21 @@ def test_model_volume_is_writable_by_the_image_user():
     server, trainer = (REPO_ROOT / "Dockerfile").read_text(), (DEPLOY / "train.Dockerfile").read_text()
     assert "chown -R 10001:10001 /models" in server and "USER 10001" in server
     assert "chown 10001:10001 /models" in trainer and "USER 10001" in trainer
+
+
+def test_traces_go_to_jaeger_and_grafana_links_exemplars_to_them():
+    config = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    jaeger, prometheus = config["services"]["jaeger"], config["services"]["prometheus"]
+    assert jaeger["image"].startswith("jaegertracing/all-in-one:") and "16686:16686" in jaeger["ports"]
+    assert jaeger["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert "--enable-feature=exemplar-storage" in prometheus["command"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    sources = {}
+    for path in (DEPLOY / "grafana" / "provisioning" / "datasources").glob("*.yml"):
+        sources |= {s["uid"]: s for s in yaml.safe_load(path.read_text())["datasources"]}
+    assert sources["jaeger"]["type"] == "jaeger" and sources["jaeger"]["url"] == "http://jaeger:16686"
+    (link,) = sources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert link == {"name": "trace_id", "datasourceUid": "jaeger"}  # the label metrics.py writes
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "vae-serve.json").read_text())
+    targets = [t for p in dashboard["panels"] for t in p["targets"]]
+    assert any(t.get("exemplar") and "request_duration" in t["expr"] for t in targets)

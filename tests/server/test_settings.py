@@ -27,6 +27,7 @@ from vae_serve.server.settings import (
     BatchingSettings,
     HttpSettings,
     LimitSettings,
+    LogSettings,
     NetworkSettings,
     RepositorySettings,
     Settings,
@@ -38,7 +39,15 @@ from vae_serve.server.settings import (
 )
 from vae_serve.server.versions import ServedVersions
 
-GROUPS = (NetworkSettings, HttpSettings, TLSSettings, RepositorySettings, BatchingSettings, LimitSettings)
+GROUPS = (
+    NetworkSettings,
+    HttpSettings,
+    TLSSettings,
+    RepositorySettings,
+    BatchingSettings,
+    LimitSettings,
+    LogSettings,
+)
 SERVE = [sys.executable, "-m", "vae_serve.server.cli"]
 
 
@@ -212,7 +221,7 @@ def test_help_reads_well(capsys):
 def test_every_setting_is_in_exactly_one_group():
     grouped = [name for group in GROUPS for name in group.model_fields]
     assert len(grouped) == len(set(grouped))
-    assert set(Settings.model_fields) == {*grouped, "config", "log_level"}
+    assert set(Settings.model_fields) == {*grouped, "config"}
     for group in GROUPS:
         assert issubclass(Settings, group)  # inherited: type, bounds, default and help stated once
         for name, field in group.model_fields.items():
