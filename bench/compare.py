@@ -10,9 +10,8 @@ Each pair runs the base, then the candidate (or the reverse, alternating), close
 (bench/loadgen.py, batch-1 Decode by default); the table gives, per concurrency, the medians and
 the spread of the ratio candidate / base for requests/s and for the server's CPU time per
 request (user + system, of the whole process tree, from /proc). CPU per request is the steadier
-figure on a shared machine. The base is checked out with `git worktree` into a temporary folder
-and imported from there (its `vae_serve` package laid out as an install would); the venv is the
-working tree's, so dependencies are the same.
+figure on a shared machine. The base revision is imported from a temporary checkout
+(bench/_revisions.py); the venv, so every dependency, is the working tree's.
 """
 
 from __future__ import annotations
@@ -21,37 +20,17 @@ import argparse
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
 from _procs import free_port, start_server
+from _revisions import importable
 from _table import markdown_table
 from loadgen import LoadSpec, run_load
 
-ROOT = Path(__file__).resolve().parent.parent
-# package-dir in pyproject.toml: where each part of `vae_serve` lives in a checkout
-LAYOUT = {"server": "server", "client": "client", "training": "training", "models": "models"}
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _checkout(revision: str, stack: ExitStack) -> Path:
-    """`revision` in a temporary worktree, as an importable `vae_serve` (a PYTHONPATH entry)."""
-    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vae-base-")))
-    tree = folder / "tree"
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), revision], check=True
-    )
-    stack.callback(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)])
-    package = folder / "path" / "vae_serve"
-    package.mkdir(parents=True)
-    for item in (tree / "vae_serve").iterdir():
-        (package / item.name).symlink_to(item)
-    for name, source in LAYOUT.items():
-        (package / name).symlink_to(tree / source)
-    return folder / "path"
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -112,7 +91,7 @@ def main() -> None:
     with ExitStack() as stack:
         base_env = dict(os.environ)
         if args.base:
-            base_env["PYTHONPATH"] = str(_checkout(args.base, stack))
+            base_env["PYTHONPATH"] = str(importable(args.base, stack))
         candidate_env = {**os.environ, **dict(item.split("=", 1) for item in args.env)}
         flags = shlex.split(args.flags)
         servers = {

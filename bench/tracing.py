@@ -29,10 +29,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from _procs import free_port, start_server
+from _revisions import ROOT, importable
 from _table import markdown_table
 from loadgen import LoadSpec, run_load
 
-ROOT = Path(__file__).resolve().parent.parent
 ON_AT_ONE = (
     "OTEL_TRACES_EXPORTER=otlp,OTEL_TRACES_SAMPLER=parentbased_traceidratio,OTEL_TRACES_SAMPLER_ARG=1.0"
 )
@@ -52,26 +52,8 @@ def before_tracing() -> str:
 
 
 def _tree(rev: str, stack: contextlib.ExitStack) -> Path:
-    """A directory from which `import vae_serve` gives revision `rev`: its checkout, laid out as the
-    installed package is (pyproject's package-dir), ahead of this venv's editable install."""
-    if rev == ".":
-        return ROOT
-    temp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vae-bench-")))
-    checkout = temp / "checkout"
-    subprocess.run(["git", "worktree", "add", "--detach", str(checkout), rev], cwd=ROOT, check=True)
-    stack.callback(subprocess.run, ["git", "worktree", "remove", "--force", str(checkout)], cwd=ROOT)
-    package = temp / "path" / "vae_serve"
-    package.mkdir(parents=True)
-    for entry in (checkout / "vae_serve").iterdir():
-        (package / entry.name).symlink_to(entry)
-    for name, folder in (
-        ("server", "server"),
-        ("client", "client"),
-        ("training", "training"),
-        ("models", "models"),
-    ):
-        (package / name).symlink_to(checkout / folder)
-    return temp / "path"
+    """A directory from which `import vae_serve` gives revision `rev` ("." the working tree)."""
+    return ROOT if rev == "." else importable(rev, stack)
 
 
 def _serve(path: Path, extra: dict[str, str]) -> tuple[subprocess.Popen, str]:
@@ -80,7 +62,7 @@ def _serve(path: Path, extra: dict[str, str]) -> tuple[subprocess.Popen, str]:
         env["PYTHONPATH"] = os.pathsep.join([str(path), env.get("PYTHONPATH", "")])
     ports = ["--port", str(free_port()), "--metrics-port", str(free_port()), "--http-port", str(free_port())]
     args = ["-m", "vae_serve.server.cli", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1", *ports]
-    proc, port = start_server(args, env=env)
+    proc, port = start_server(args, env=env, cwd=tempfile.gettempdir())  # see bench/_revisions.py
     return proc, f"127.0.0.1:{port}"
 
 
