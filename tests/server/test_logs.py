@@ -64,7 +64,7 @@ class _Broken:
 def test_a_failed_batch_names_every_request_it_served(caplog):
     metrics = Metrics()
     waits = BatchingSettings(queue_delay_policy="fixed", max_queue_delay_us=200_000)
-    runner = BatchingRunner(TimedGraph(_Broken(), "decoder", metrics), metrics, waits)
+    runner = BatchingRunner(TimedGraph(_Broken(), "decoder", metrics, "1"), metrics, waits)
 
     async def call(rid: str) -> None:
         request_id.set(rid)

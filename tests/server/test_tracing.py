@@ -158,7 +158,7 @@ def test_a_merged_batch_runs_under_its_first_sampled_request_and_links_to_all(sp
     model = load_model(resolve(REPOSITORY, "fashion-vae"), "cpu", 1)
     metrics = Metrics()
     waits = BatchingSettings(queue_delay_policy="fixed", max_queue_delay_us=200_000)  # for all three
-    runner = BatchingRunner(TimedGraph(model.decoder, "decoder", metrics), metrics, waits)
+    runner = BatchingRunner(TimedGraph(model.decoder, "decoder", metrics, model.version), metrics, waits)
     callers = TracerProvider().get_tracer("callers")  # not the server's: their spans are not exported
 
     async def request(index: int) -> None:
@@ -186,7 +186,9 @@ def test_a_merged_batch_runs_under_its_first_sampled_request_and_links_to_all(sp
 def test_an_unbatched_run_is_a_child_of_its_call(spans):
     model = load_model(resolve(REPOSITORY, "fashion-vae"), "cpu", 1)
     metrics = Metrics()
-    runner = InlineRunner(TimedGraph(model.decoder, "decoder", metrics), metrics, BatchingSettings())
+    runner = InlineRunner(
+        TimedGraph(model.decoder, "decoder", metrics, model.version), metrics, BatchingSettings()
+    )
     with tracing.tracer.start_as_current_span("call") as call:
         asyncio.run(runner.run(np.zeros((2, 32), np.float32)))
     runner.close()
