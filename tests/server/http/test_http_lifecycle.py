@@ -97,6 +97,7 @@ def _closed_after(port: int, limit_s: float) -> float:
         return time.monotonic() - start
 
 
+@pytest.mark.slow
 def test_a_silent_tls_connection_is_closed_at_the_receive_deadline_on_both_ports(certificates):
     """asyncio's TLS handshake timeout is 60 s and gRPC's 120 s: without a deadline of our own, a
     client opening connections and never saying hello holds sockets and memory for that long."""
