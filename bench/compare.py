@@ -7,10 +7,11 @@ same client.
     python bench/compare.py --base main --flags "--workers 2" --concurrency 128
 
 Each pair runs the base, then the candidate (or the reverse, alternating), closed loop over gRPC
-(bench/loadgen.py, batch-1 Decode by default); the table gives, per concurrency, the medians and
-the spread of the ratio candidate / base for requests/s and for the server's CPU time per
-request (user + system, of the whole process tree, from /proc). CPU per request is the steadier
-figure on a shared machine. The base revision is imported from a temporary checkout
+(bench/loadgen.py, batch-1 Decode by default; `--rate` for Poisson arrivals instead); the table
+gives, per load, the medians and the spread of the ratio candidate / base for requests/s and for
+the server's CPU time per request (user + system, of the whole process tree, from /proc), and
+both sides' median p50, p99 and p99/p50. CPU per request is the steadier figure on a shared
+machine. The base revision is imported from a temporary checkout
 (bench/_revisions.py); the venv, so every dependency, is the working tree's.
 """
 
@@ -65,13 +66,18 @@ def _serve(flags: list[str], env: dict[str, str], stack: ExitStack) -> tuple[int
     return proc.pid, f"127.0.0.1:{port}"
 
 
-def _measure(pid: int, spec: LoadSpec) -> tuple[float, float]:
-    """(requests/s, server CPU microseconds per request) of one closed-loop run."""
+def _measure(pid: int, spec: LoadSpec) -> tuple[float, float, float, float]:
+    """(requests/s, server CPU microseconds per request, p50 ms, p99 ms) of one run."""
     before = _cpu_seconds(pid)
     result = run_load(spec)
     spent = _cpu_seconds(pid) - before  # the warm-up's CPU too: the same share on both sides
     calls = result.requests * (spec.warmup + spec.duration) / spec.duration
-    return result.throughput, spent / max(calls, 1) * 1e6
+    return (
+        result.throughput,
+        spent / max(calls, 1) * 1e6,
+        result.percentile(50) * 1e3,
+        result.percentile(99) * 1e3,
+    )
 
 
 def main() -> None:
@@ -82,6 +88,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the candidate only")
     parser.add_argument("--method", default="Decode")
     parser.add_argument("--concurrency", default="1,32", help="comma-separated")
+    parser.add_argument("--rate", type=float, default=0.0, help="open loop: Poisson arrivals per second")
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--duration", type=float, default=3.0)
     args = parser.parse_args()
@@ -98,25 +105,31 @@ def main() -> None:
             "base": _serve(flags, base_env, stack),
             "candidate": _serve(flags + shlex.split(args.candidate_flags), candidate_env, stack),
         }
-        for concurrency in (int(c) for c in args.concurrency.split(",")):
-            got: dict[str, list[tuple[float, float]]] = {"base": [], "candidate": []}
+        loads = [f"rate {args.rate:g}/s"] if args.rate else [f"c={c}" for c in args.concurrency.split(",")]
+        for load in loads:
+            shape = {"rate": args.rate} if args.rate else {"concurrency": int(load[2:])}
+            got: dict[str, list[tuple[float, float, float, float]]] = {"base": [], "candidate": []}
             for i in range(args.pairs):
                 for name in ("base", "candidate") if i % 2 == 0 else ("candidate", "base"):
                     pid, target = servers[name]
-                    spec = LoadSpec(target, args.method, concurrency=concurrency, duration=args.duration)
+                    spec = LoadSpec(target, args.method, duration=args.duration, **shape)
                     got[name].append(_measure(pid, spec))
             rate = [c[0] / b[0] for b, c in zip(got["base"], got["candidate"], strict=True)]
             cpu = [c[1] / b[1] for b, c in zip(got["base"], got["candidate"], strict=True)]
+            tail = {name: [r[3] / r[2] for r in runs] for name, runs in got.items()}
             rows.append(
                 [
                     args.method,
-                    concurrency,
-                    f"{statistics.median(r for r, _ in got['base']):.0f}",
-                    f"{statistics.median(r for r, _ in got['candidate']):.0f}",
+                    load,
+                    f"{statistics.median(r[0] for r in got['base']):.0f}",
+                    f"{statistics.median(r[0] for r in got['candidate']):.0f}",
                     f"{statistics.median(rate):.3f} ({min(rate):.2f}-{max(rate):.2f})",
-                    f"{statistics.median(c for _, c in got['base']):.0f}",
-                    f"{statistics.median(c for _, c in got['candidate']):.0f}",
+                    f"{statistics.median(r[1] for r in got['base']):.0f}",
+                    f"{statistics.median(r[1] for r in got['candidate']):.0f}",
                     f"{statistics.median(cpu):.3f} ({min(cpu):.2f}-{max(cpu):.2f})",
+                    " / ".join(f"{statistics.median(r[2] for r in got[n]):.2f}" for n in got),
+                    " / ".join(f"{statistics.median(r[3] for r in got[n]):.2f}" for n in got),
+                    " / ".join(f"{statistics.median(tail[n]):.1f}" for n in got),
                 ]
             )
     what = f"base {args.base or 'working tree'}, candidate working tree"
@@ -124,13 +137,16 @@ def main() -> None:
     print(f"{what}; {args.pairs} pairs of {args.duration:g} s")
     headers = [
         "method",
-        "concurrency",
+        "load",
         "base req/s",
         "candidate req/s",
         "req/s ratio (median, spread)",
         "base CPU us/req",
         "candidate CPU us/req",
         "CPU ratio (median, spread)",
+        "p50 ms: base / candidate",
+        "p99 ms: base / candidate",
+        "p99 / p50: base / candidate",
     ]
     print(markdown_table(headers, rows))
 

@@ -13,7 +13,7 @@ server's environment. An arm that sets OTEL_TRACES_EXPORTER=otlp exports to a si
 its own (bench/_otlp_sink.py) unless it names an endpoint. Every server runs the whole time; each
 round loads every arm once, in an order that alternates, and the table gives each arm's median
 throughput and the median of its per-round ratio to the first arm. The default "before" is the
-parent of the commit that added server/tracing.py.
+parent of the commit (on main: the merge) that added server/tracing.py.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ ON_AT_ONE = (
 
 def before_tracing() -> str:
     added = subprocess.run(
-        ["git", "log", "--diff-filter=A", "--format=%H", "--", "server/tracing.py"],
+        # --first-parent: on main, the merge that brought tracing in, so "before" has all the rest
+        ["git", "log", "--first-parent", "--diff-filter=A", "--format=%H", "--", "server/tracing.py"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -42,3 +42,17 @@ def running() -> Iterator[RunningServer]:
     server = RunningServer()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def spans():
+    """The server's tracing on, into memory, for one test; off again after."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from vae_serve.server import tracing
+
+    exporter = InMemorySpanExporter()
+    tracing.configure(SimpleSpanProcessor(exporter))
+    yield exporter
+    tracing.shutdown()

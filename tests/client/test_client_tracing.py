@@ -9,24 +9,13 @@ import sys
 import numpy as np
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import format_trace_id
 from support import wait_for
 
 from vae_serve.client import AsyncVaeClient, VaeClient
-from vae_serve.server import tracing
 
 TRACE = "2" * 32
 TRACEPARENT = f"00-{TRACE}-{'3' * 16}-01"
-
-
-@pytest.fixture
-def server_spans():
-    exporter = InMemorySpanExporter()
-    tracing.configure(SimpleSpanProcessor(exporter))
-    yield exporter
-    tracing.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +28,21 @@ def server_span(exporter, name):
     return next(s for s in exporter.get_finished_spans() if s.name == name)
 
 
-def test_a_call_inside_the_callers_span_continues_its_trace(running, server_spans, callers):
+def test_a_call_inside_the_callers_span_continues_its_trace(running, spans, callers):
     with VaeClient(running.target) as client, callers.start_as_current_span("caller") as caller:
         client.decode(np.zeros((1, 32), np.float32))
-    decode = server_span(server_spans, "Decode")
+    decode = server_span(spans, "Decode")
     assert decode.context.trace_id == caller.get_span_context().trace_id
     assert decode.parent.span_id == caller.get_span_context().span_id
 
 
-def test_a_call_outside_any_span_sends_no_trace_context(running, server_spans):
+def test_a_call_outside_any_span_sends_no_trace_context(running, spans):
     with VaeClient(running.target) as client:
         client.decode(np.zeros((1, 32), np.float32))
-    assert server_span(server_spans, "Decode").parent is None
+    assert server_span(spans, "Decode").parent is None
 
 
-def test_the_asyncio_client_continues_the_callers_trace(running, server_spans, callers):
+def test_the_asyncio_client_continues_the_callers_trace(running, spans, callers):
     async def call() -> int:
         async with AsyncVaeClient(running.target) as client:
             with callers.start_as_current_span("caller") as caller:
@@ -61,10 +50,10 @@ def test_the_asyncio_client_continues_the_callers_trace(running, server_spans, c
                 return caller.get_span_context().trace_id
 
     trace_id = asyncio.run(call())
-    assert server_span(server_spans, "Decode").context.trace_id == trace_id
+    assert server_span(spans, "Decode").context.trace_id == trace_id
 
 
-def test_vae_client_continues_the_trace_in_traceparent(running, server_spans):
+def test_vae_client_continues_the_trace_in_traceparent(running, spans):
     env = {**os.environ, "TRACEPARENT": TRACEPARENT}
     done = subprocess.run(
         [sys.executable, "-m", "vae_serve.client.cli", "--target", running.target, "info"],
@@ -74,7 +63,7 @@ def test_vae_client_continues_the_trace_in_traceparent(running, server_spans):
         env=env,
     )
     assert done.returncode == 0, done.stderr
-    assert format_trace_id(server_span(server_spans, "GetModelInfo").context.trace_id) == TRACE
+    assert format_trace_id(server_span(spans, "GetModelInfo").context.trace_id) == TRACE
 
 
 def test_a_malformed_traceparent_is_refused_by_the_client():

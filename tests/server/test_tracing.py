@@ -8,8 +8,6 @@ import httpx
 import numpy as np
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, format_trace_id
 from support import REPOSITORY, RunningServer, wait_for
 
@@ -26,15 +24,6 @@ from vae_serve.tensor import to_tensor
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
 TRACEPARENT = f"00-{TRACE}-{PARENT}-01"
-
-
-@pytest.fixture
-def spans():
-    """Tracing on, into memory, for one test; off again after."""
-    exporter = InMemorySpanExporter()
-    tracing.configure(SimpleSpanProcessor(exporter))
-    yield exporter
-    tracing.shutdown()
 
 
 @pytest.fixture(scope="module")
