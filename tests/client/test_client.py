@@ -134,8 +134,10 @@ def test_retries_until_a_late_server_comes_up():
     began = time.monotonic()
     try:
         # A client that has never reached its server gives up after `connect_timeout`; this one
-        # is told to wait for a server that is known to be on its way.
-        options = {"retries": 12, "backoff_initial": 0.05, "backoff_max": 0.5, "connect_timeout": 30}
+        # is told to wait for a server that is known to be on its way. Full jitter makes the
+        # retries' total wait random: 40 of them wait ~9 s on average, a margin a loaded machine
+        # needs (12, ~2.4 s on average, once ran out before the server was up in a clean CI run).
+        options = {"retries": 40, "backoff_initial": 0.05, "backoff_max": 0.5, "connect_timeout": 30}
         with VaeClient(f"127.0.0.1:{port}", **options) as patient:
             assert patient.model_info().name == "fashion-vae"
         assert time.monotonic() - began >= 1.0
