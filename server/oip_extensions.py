@@ -61,6 +61,10 @@ class TritonExtensions:
         self.repository = dataplane.repository
         self.workers = workers
         self.registry = registry if registry is not None else dataplane.metrics.registry
+        # One read of the metrics files or the repository at a time, however many callers ask: a
+        # flood of statistics or index requests waits here, not in the worker threads that
+        # large bodies and pictures are parsed on (as /v1/stats does).
+        self._reading = asyncio.Lock()
 
     def _model(self, name: str, version: str | None) -> tuple[OipModel, ServedModel]:
         if name not in GRAPHS:
@@ -109,7 +113,8 @@ class TritonExtensions:
             _, served = self._model(model, version)
             versions = [served.version] if version else self.dataplane.served.loaded
             wanted += [(model, v) for v in versions]
-        found = await asyncio.to_thread(graph_statistics, self.registry)
+        async with self._reading:
+            found = await asyncio.to_thread(graph_statistics, self.registry)
         return [found.get((GRAPHS[m].graph, v), GraphStatistics()).triton(m, v) for m, v in wanted]
 
     async def index(self, ready_only: bool = False) -> list[dict[str, str]]:
@@ -117,7 +122,8 @@ class TritonExtensions:
         repository is listed off the event loop."""
         s = self.repository
         try:
-            on_disk = await asyncio.to_thread(list_versions, s.model_repository, s.model)
+            async with self._reading:
+                on_disk = await asyncio.to_thread(list_versions, s.model_repository, s.model)
         except ModelLoadError as exc:  # the directory is unusable now: what is served still is
             log.warning("repository index: %s", exc)
             on_disk = []

@@ -121,3 +121,36 @@ def test_config_without_batching_has_no_dynamic_batching(model):
 def test_model_control_is_unsupported():
     refused = model_control_refused()
     assert isinstance(refused, Unsupported) and "SIGHUP" in str(refused)
+
+
+def test_a_flood_of_statistics_and_index_requests_reads_one_at_a_time(model, monkeypatch):
+    """Each read runs on the worker threads that large bodies and pictures share: a flood of
+    requests must queue on the event loop, not take every thread."""
+    from vae_serve.server import oip_extensions
+
+    reading, most = 0, 0
+
+    def counted(real):
+        def read(*args):
+            nonlocal reading, most
+            reading += 1
+            most = max(most, reading)
+            try:
+                return real(*args)
+            finally:
+                reading -= 1
+
+        return read
+
+    monkeypatch.setattr(oip_extensions, "graph_statistics", counted(oip_extensions.graph_statistics))
+    monkeypatch.setattr(oip_extensions, "list_versions", counted(oip_extensions.list_versions))
+    ext = extensions_for(model)
+    try:
+
+        async def flood() -> None:
+            await asyncio.gather(*(ext.statistics() for _ in range(20)), *(ext.index() for _ in range(20)))
+
+        asyncio.run(flood())
+        assert most == 1
+    finally:
+        ext.dataplane.close()
