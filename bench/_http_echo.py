@@ -2,10 +2,10 @@
 httptools) answering every POST with a canned reply of the size vae-serve would send, without
 parsing the request or running a model.
 
-    python bench/_http_echo.py --port 8100 [--stack hypercorn] [--compute decoder.onnx]
+    python bench/_http_echo.py --port 8100 [--stack hypercorn] [--compute models/fashion-vae/1]
 
 `--stack hypercorn` serves the same router from Hypercorn instead (bench/http_stack.py compares
-them). `--compute GRAPH` also runs that graph on one row per request before answering, as a
+them). `--compute MODEL_DIR` also runs its decoder on one row per request before answering, as a
 server without batching must: the floor plus compute, the best a front end on this stack can do
 without merging requests.
 """
@@ -15,27 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import uvicorn
+from _echo import graph_runs
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
 
 from vae_serve.server.http.kserve_codec import encode_response
-
-
-def _graph(path: str) -> Callable[[], object]:
-    """One batch-1 run of the graph at `path` (its first input, zeros), on one thread as the server's."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    first = session.get_inputs()[0]
-    feed = {first.name: np.zeros((1, first.shape[1]), np.float32)}
-    return lambda: session.run(None, feed)
 
 
 def canned(rows: int, input_dim: int) -> dict[str, tuple[bytes, int | None]]:
@@ -46,9 +35,9 @@ def canned(rows: int, input_dim: int) -> dict[str, tuple[bytes, int | None]]:
     }
 
 
-def app(input_dim: int, compute: str | None = None) -> Router:
+def app(input_dim: int, compute: Path | None = None) -> Router:
     replies = {rows: canned(rows, input_dim) for rows in (1, 256)}
-    run = _graph(compute) if compute else None
+    run = graph_runs(compute)["Decode"] if compute else None  # the gRPC echo's, decoder.onnx
 
     async def infer(request: Request) -> Response:
         body = await request.body()  # read, as the server must, but not parsed
@@ -71,7 +60,7 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--input-dim", type=int, default=784)
     parser.add_argument("--stack", choices=["uvicorn", "hypercorn"], default="uvicorn")
-    parser.add_argument("--compute", help="an ONNX graph to run on one row per request")
+    parser.add_argument("--compute", type=Path, help="a model version folder: run its decoder too")
     args = parser.parse_args()
     print(f"echo serving on {args.host}:{args.port}", file=sys.stderr, flush=True)
     if args.stack == "hypercorn":

@@ -117,7 +117,7 @@ def main() -> None:
         echo_args = [str(ROOT / "bench" / "_http_echo.py"), "--port", str(echo_port)]
         procs.append(start_server(echo_args, r"echo serving on [\d.]+:(\d+)")[0])
         compute_args = [str(ROOT / "bench" / "_http_echo.py"), "--port", str(compute_port)]
-        compute_args += ["--compute", str(DECODER)]
+        compute_args += ["--compute", str(DECODER.parent)]
         procs.append(start_server(compute_args, r"echo serving on [\d.]+:(\d+)")[0])
         for binary in (False, True):
             kind = "binary" if binary else "JSON"
