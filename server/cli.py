@@ -77,8 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     # A client-only install has this command but not what it imports: say so in one line.
     require_extra("vae-serve", "server", SERVER_MODULES)
 
-    import asyncio
-
     from vae_serve.errors import ModelLoadError, ServingError
 
     from .settings import SettingsError, ValidationError, describe_error, parse_args
@@ -105,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             except StartFailure as exc:
                 print(f"vae-serve: error: {exc}", file=sys.stderr)
                 return 1
+        from . import busy_poll
         from .app import run
 
         tracing.configure()  # workers make their own, after the fork
         try:
-            asyncio.run(run(settings))
+            busy_poll.run(run(settings), settings.network.busy_poll_us)
         finally:
             tracing.shutdown()  # what is buffered goes out before the exit
     except (ModelLoadError, ServingError) as exc:

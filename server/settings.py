@@ -114,6 +114,13 @@ class NetworkSettings(_Group):
         ge=0,
         description="Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled.",
     )
+    busy_poll_us: int = Field(
+        500,
+        ge=0,
+        le=10_000,
+        description="Microseconds the event loop may poll for the next call before it sleeps "
+        "(adapting to the traffic's gaps): cuts a lone request's latency on VMs (0: never poll).",
+    )
 
 
 class HttpSettings(_Group):

@@ -21,7 +21,6 @@ A SIGHUP never kills a worker: it ignores SIGHUP from its fork until its handler
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import ctypes
@@ -77,12 +76,13 @@ def _worker(settings: Settings, supervisor: int, report: int, inherited: list[in
             raise SystemExit(1)
         from vae_serve.errors import ModelLoadError, ServingError
 
-        from . import tracing
+        from . import busy_poll, tracing
         from .app import run
 
         try:
             tracing.configure()  # its own provider and export thread, its pid in the resource
-            asyncio.run(run(settings, worker=True, on_ready=lambda: _report(report, _READY)))
+            served = run(settings, worker=True, on_ready=lambda: _report(report, _READY))
+            busy_poll.run(served, settings.network.busy_poll_us)
         except (ModelLoadError, ServingError, tracing.TracingError) as exc:
             _report(report, _ERROR + str(exc).encode(errors="replace"))  # the supervisor says it, once
             code = 1
