@@ -97,12 +97,22 @@ def test_sparse_traffic_shrinks_the_window_to_nothing_and_a_sequential_client_gr
     assert windows == pytest.approx([GROW_START / US, 40, 80, 160, 320, 320])
 
 
-def test_a_timer_due_before_the_window_ends_is_kept(script):
+def test_the_window_stops_at_its_maximum(script):
+    selector = BusyPollSelector(max_us=500)
+    selector.window = 0.0
+    windows = []
+    for _ in range(7):  # calls 450 us apart: the window grows past them, to 500 and no further
+        script.after(450 * US)
+        selector.select(None)
+        windows.append(selector.window / US)
+    assert windows == pytest.approx([GROW_START / US, 40, 80, 160, 320, 500, 500])
+
+
+def test_a_timer_due_before_the_window_ends_is_polled_up_to(script):
     selector = BusyPollSelector(max_us=500)
     assert selector.select(50 * US) == []
     assert script.now == pytest.approx(50 * US, abs=2 * POLL_COST)
     assert script.sleeps == []  # the whole timeout went on polling
-    assert selector.window == pytest.approx(500 * US)  # a timer says nothing about the traffic
 
 
 def test_the_sleep_after_polling_keeps_the_callers_timeout(script):
@@ -111,6 +121,14 @@ def test_the_sleep_after_polling_keeps_the_callers_timeout(script):
     assert script.now == pytest.approx(10e-3)
     assert script.sleeps == [pytest.approx(10e-3 - 500 * US, abs=POLL_COST)]
     assert selector.window == pytest.approx(250 * US)  # slept long: sparse traffic
+
+
+def test_a_timer_ending_a_sleep_says_nothing_about_the_traffic(script):
+    selector = BusyPollSelector(max_us=2000)
+    selector.window = 20 * US
+    assert selector.select(1.5e-3) == []
+    assert script.sleeps == [pytest.approx(1.48e-3, abs=POLL_COST)]
+    assert selector.window == pytest.approx(20 * US)
 
 
 def test_a_real_selector_reports_a_ready_socket():
