@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.0, help="open loop: Poisson arrivals per second")
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--channels", type=int, default=4, help="connections per load process")
+    parser.add_argument("--processes", type=int, default=1, help="load generator processes")
     args = parser.parse_args()
     if not args.base and not args.env and not args.candidate_flags:
         parser.error("nothing to compare: give --base, --env or --candidate-flags")
@@ -112,7 +114,14 @@ def main() -> None:
             for i in range(args.pairs):
                 for name in ("base", "candidate") if i % 2 == 0 else ("candidate", "base"):
                     pid, target = servers[name]
-                    spec = LoadSpec(target, args.method, duration=args.duration, **shape)
+                    spec = LoadSpec(
+                        target,
+                        args.method,
+                        duration=args.duration,
+                        channels=args.channels,
+                        processes=args.processes,
+                        **shape,
+                    )
                     got[name].append(_measure(pid, spec))
             rate = [c[0] / b[0] for b, c in zip(got["base"], got["candidate"], strict=True)]
             cpu = [c[1] / b[1] for b, c in zip(got["base"], got["candidate"], strict=True)]

@@ -3,8 +3,10 @@
     python bench/loadgen.py --target 127.0.0.1:50051 --method Decode --rows 1 --concurrency 32
     python bench/loadgen.py --target 127.0.0.1:50051 --method Decode --rate 800 --duration 10
 
-Requests are serialized once and sent as raw bytes over several grpc.aio channels (one HTTP/2
-connection each), and replies are not parsed, so the generator spends its CPU on the transport
+Requests are serialized once and sent as raw bytes over several grpc.aio channels, one HTTP/2
+connection each (each channel has its own subchannel pool: by default gRPC lets every channel to
+one target share a single connection, which would also send all the load to one `--workers`
+process), and replies are not parsed, so the generator spends its CPU on the transport
 only: the same load costs the same whether it hits vae-serve or the echo floor. `--processes N`
 splits the load over N processes (on this 2-core machine, 1 is usually best).
 """
@@ -113,6 +115,7 @@ class _Run:
         options = [
             ("grpc.max_receive_message_length", 256 << 20),
             ("grpc.max_send_message_length", 256 << 20),
+            ("grpc.use_local_subchannel_pool", 1),  # a connection of its own
         ]
         self.channels = [grpc.aio.insecure_channel(spec.target, options) for _ in range(spec.channels)]
         self.calls = [ch.unary_unary(_path(spec.method)) for ch in self.channels]  # bytes in, bytes out

@@ -86,7 +86,11 @@ class PeakSampler(threading.Thread):
 
 
 async def burst(target: str, payload: bytes, concurrency: int, limit: int) -> dict[str, int]:
-    options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+    options = [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.use_local_subchannel_pool", 1),  # else the channels share one connection
+    ]
     # One channel per caller: one HTTP/2 connection each, as independent clients would send them.
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(concurrency)]
     try:
