@@ -119,7 +119,8 @@ class NetworkSettings(_Group):
         ge=0,
         le=10_000,
         description="Microseconds the event loop may poll for the next call before it sleeps "
-        "(adapting to the traffic's gaps): cuts a lone request's latency on VMs (0: never poll).",
+        "(adapting to the traffic's gaps): cuts a lone request's latency on VMs (0: never poll; "
+        "the default is 0 with several --workers).",
     )
 
 
@@ -351,6 +352,15 @@ class Settings(
                 "--workers above 1 needs a fixed --port, --http-port and --metrics-port "
                 "(0 would differ per worker)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _one_loop_polls(self) -> Settings:
+        """Several workers' loops polling take the cores from each other and from the clients
+        (bench/compare.py, 2 workers against 1 on 2 cores at c=128: 0.88x polling, 1.13x not),
+        so unless it is asked for, workers do not poll."""
+        if self.workers > 1 and "busy_poll_us" not in self.model_fields_set:
+            self.busy_poll_us = 0
         return self
 
     @model_validator(mode="after")

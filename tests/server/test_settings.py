@@ -237,6 +237,15 @@ def test_groups_are_frozen_views_of_the_settings():
         s.batching.max_batch_size = 8  # type: ignore[misc]
 
 
+def test_one_process_polls_and_several_workers_do_not_unless_asked(monkeypatch):
+    ports = ("--port", "6000", "--metrics-port", "6001", "--http-port", "6002")
+    assert parse().network.busy_poll_us == 500
+    assert parse("--workers", "2", *ports).network.busy_poll_us == 0
+    assert parse("--workers", "2", *ports, "--busy-poll-us", "300").network.busy_poll_us == 300
+    monkeypatch.setenv("VAE_BUSY_POLL_US", "200")
+    assert parse("--workers", "2", *ports).network.busy_poll_us == 200
+
+
 def test_limits_is_gone_and_components_take_the_groups():
     assert not hasattr(dataplane, "Limits")
 
