@@ -5,7 +5,7 @@ vCPU again goes through the hypervisor: tens to hundreds of microseconds before 
 A sequential gRPC client pays it several times a call: grpc.aio's poller thread hands the loop
 four events per unary call (bench/compare.py: p50 at concurrency 1 1.09 ms without polling,
 0.83 ms with, at 1.02x the server CPU per request). So, as the kernel's haltpoll
-governor does for a guest's idle vCPU (switched off on many hosts), the loop's selector first
+governor does for a guest's idle vCPU (switched off on this VM), the loop's selector first
 polls without blocking for up to a window of time, and only then sleeps.
 
 The window adapts to the gaps between events, as haltpoll's does: when the loop slept and an
