@@ -233,3 +233,91 @@ def test_closing_fails_queued_callers_instead_of_hanging_them(batcher):
 
     results = asyncio.run(scenario())
     assert all(isinstance(r, Draining) for r in results), results
+
+
+def where_batches_ran(runner: BatchingRunner, monkeypatch) -> list[str]:
+    """The names of the tasks each ORT run of `runner` ran in, in order."""
+    tasks: list[str] = []
+    real = runner.graph.run
+
+    def run(x, requests=1):
+        tasks.append(asyncio.current_task().get_name())
+        return real(x, requests)
+
+    monkeypatch.setattr(runner.graph, "run", run)
+    return tasks
+
+
+def test_a_lone_request_runs_itself_and_company_goes_to_the_collector(model, batcher, monkeypatch):
+    runner, metrics = batcher(max_queue_delay_us=1_000_000)
+    tasks = where_batches_ran(runner, monkeypatch)
+
+    async def scenario():
+        await runner.run(latents(1, 0))  # starts the collector, which runs it
+        while not runner._idle:
+            await asyncio.sleep(0)
+        lone = asyncio.create_task(runner.run(latents(1, 1)), name="lone caller")
+        (x,) = await lone
+        pair = [asyncio.create_task(runner.run(latents(1, i)), name=f"caller {i}") for i in (2, 3)]
+        await asyncio.gather(*pair)
+        return x
+
+    x = asyncio.run(scenario())
+    np.testing.assert_allclose(x, model.decoder.run(latents(1, 1))[0], atol=1e-6)
+    assert tasks == ["batcher-decoder", "lone caller", "batcher-decoder"]  # the pair merged in one run
+    assert count(metrics, "vae_serve_queue_duration_seconds_count", graph="decoder", version="1") == 4
+    assert runner.admission.rows == 0
+
+
+def test_a_lone_request_waits_when_company_is_expected(model, batcher, monkeypatch):
+    runner, _ = batcher(max_batch_size=8, max_queue_delay_us=1_000_000)
+    tasks = where_batches_ran(runner, monkeypatch)
+
+    async def scenario():
+        await asyncio.gather(*(runner.run(latents(1, i)) for i in range(4)))  # four are expected next
+        while not runner._idle:
+            await asyncio.sleep(0)
+        return await done_without_waiting(runner.run(latents(1, 5)))
+
+    assert asyncio.run(scenario()) is False
+    assert tasks == ["batcher-decoder", "batcher-decoder"]
+
+
+def test_a_lone_request_cancelled_before_its_run_frees_its_rows(model, batcher, monkeypatch):
+    runner, _ = batcher()
+    tasks = where_batches_ran(runner, monkeypatch)
+
+    async def scenario():
+        await runner.run(latents(1, 0))
+        while not runner._idle:
+            await asyncio.sleep(0)
+        lone = asyncio.create_task(runner.run(latents(3, 1)))
+        while runner.admission.rows == 0:  # queued, yielding its one turn
+            await asyncio.sleep(0)
+        lone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await lone
+        freed = runner.admission.rows == 0  # at once, not when the next request comes
+        (x,) = await runner.run(latents(2, 2))
+        return freed, x
+
+    freed, x = asyncio.run(scenario())
+    assert freed and x.shape == (2, 784)
+    assert len(tasks) == 2  # the cancelled one never ran
+
+
+def test_a_lone_request_whose_deadline_passes_in_the_queue_is_not_computed(model, batcher, monkeypatch):
+    runner, _ = batcher()
+    tasks = where_batches_ran(runner, monkeypatch)
+
+    async def scenario():
+        await runner.run(latents(1, 0))
+        while not runner._idle:
+            await asyncio.sleep(0)
+        # Admitted in time (runner.expired), past its deadline when its turn comes (batching.expired).
+        monkeypatch.setattr("vae_serve.server.batching.expired", lambda deadline: deadline is not None)
+        with pytest.raises(DeadlineExceeded, match="while queued"):
+            await runner.run(latents(1, 1), deadline=time.monotonic() + 60)
+
+    asyncio.run(scenario())
+    assert len(tasks) == 1 and runner.admission.rows == 0
