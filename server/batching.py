@@ -11,8 +11,12 @@ their turn fail with `DeadlineExceeded` and are never computed. A request above
 
 How long a partial batch waits for company (at most `max_queue_delay_us`):
 - "fixed": always, until the batch is full or the delay is over (0: run what is queued now);
-- "adaptive" (default): only for as many requests as the last batch merged, so a lone request
-  never waits, and a steady load leaves as soon as its usual company is in.
+- "adaptive" (default): only for as many requests as the largest batch of the last MEMORY_DELAYS
+  delays merged, so a lone request never waits, and a steady load leaves as soon as its usual
+  company is in. (Remembering only the last batch, as this did before, let batches shrink under
+  load: a small batch set a small target, which the next met early, and so on. Under Poisson
+  arrivals at half the peak the loop then ran small batches at 80% busy, and p99 was 4-5x p50;
+  with the window it is ~1.9x, and closed loops at concurrency 8-128 serve 1.12-1.27x more.)
 The wait is what makes batching pay on this stack: gRPC hands a busy event loop one call per
 turn, and only a loop that waits takes them in bulk (bench/ measured 1.6-1.7x throughput at
 concurrency 32). asyncio timers round up to about a millisecond, so "now" uses no timer: the
@@ -42,9 +46,30 @@ from .metrics import Metrics
 from .runner import INLINE_MAX_ROWS, Admission, TimedGraph, expired
 from .settings import BatchingSettings
 
-__all__ = ["BatchingRunner"]
+__all__ = ["MEMORY_DELAYS", "BatchingRunner", "RecentMax"]
 
 log = logging.getLogger(__name__)
+
+MEMORY_DELAYS = 10  # the adaptive wait remembers batches this many queue delays back (bench/: 4 was unsteady)
+
+
+class RecentMax:
+    """The largest value noted in the last `span` seconds, 1 when none: a sliding-window maximum
+    (a deque of decreasing values, O(1) amortized per note)."""
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self._window: deque[tuple[float, int]] = deque()
+
+    def note(self, value: int, now: float) -> None:
+        while self._window and self._window[-1][1] <= value:
+            self._window.pop()  # never the maximum again: `value` is newer and as large
+        self._window.append((now, value))
+
+    def get(self, now: float) -> int:
+        while self._window and self._window[0][0] < now - self.span:
+            self._window.popleft()
+        return self._window[0][1] if self._window else 1
 
 
 @dataclass
@@ -74,7 +99,8 @@ class BatchingRunner:
         self._running: list[_Pending] = []  # the batch in ORT now
         self._arrived: asyncio.Event | None = None  # made on first use, on the serving loop
         self._full: asyncio.Event | None = None
-        self._expected = 1  # requests the last batch merged: as many are likely on their way again
+        # Requests the recent batches merged, at most: as many are likely on their way again.
+        self._company = RecentMax(MEMORY_DELAYS * self.max_queue_delay)
         self._collector: asyncio.Task[None] | None = None
         self._idle = False  # the collector waits for a request: a lone one may run itself (_alone)
         self._closed = False
@@ -119,7 +145,7 @@ class BatchingRunner:
         """Wake the collector, and end its wait for company when the batch is as full as expected."""
         self._arrived.set()
         if self._queued_rows >= self.max_batch_size or (
-            self.delay_policy == "adaptive" and len(self._queue) >= self._expected
+            self.delay_policy == "adaptive" and len(self._queue) >= self._company.get(time.monotonic())
         ):
             self._full.set()
 
@@ -146,7 +172,7 @@ class BatchingRunner:
             return await item.future
         batch = self._take_batch()  # [item], or none when its deadline passed (its future says so)
         if batch:
-            self._expected = 1
+            self._company.note(1, time.monotonic())
             await self._run_batch(batch)  # inline: a batch this small never leaves the loop
         return item.future.result()
 
@@ -175,7 +201,7 @@ class BatchingRunner:
     def _waits_for_company(self) -> bool:
         if self.max_queue_delay <= 0 or self._queued_rows >= self.max_batch_size:
             return False
-        return self.delay_policy == "fixed" or len(self._queue) < self._expected
+        return self.delay_policy == "fixed" or len(self._queue) < self._company.get(time.monotonic())
 
     async def _fill(self) -> None:
         """Let calls that already arrived join, then wait for company as the policy says."""
@@ -201,7 +227,7 @@ class BatchingRunner:
             await self._fill()
             batch = self._take_batch()
             if batch:
-                self._expected = len(batch)
+                self._company.note(len(batch), time.monotonic())
                 await self._run_batch(batch)
 
     async def _run_batch(self, batch: list[_Pending]) -> None:

@@ -197,12 +197,12 @@ class BatchingSettings(_Group):
         2000,
         ge=0,
         le=1_000_000,
-        description="Most a partial batch waits for as many requests as the last one merged (0: never wait).",
+        description="Most a partial batch waits for company (0: never wait).",
     )
     queue_delay_policy: Literal["adaptive", "fixed"] = Field(
         "adaptive",
-        description="adaptive: a partial batch waits only for as many requests as the last one merged; "
-        "fixed: it always waits until full or --max-queue-delay-us.",
+        description="adaptive: a partial batch waits only for as many requests as the largest batch of "
+        "the last ten delays merged; fixed: it always waits until full or --max-queue-delay-us.",
     )
     max_queue_rows: int = Field(
         16384,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from support import DEFAULT_MODEL_DIR
 
 from vae_serve.errors import DeadlineExceeded, Draining, Overloaded
-from vae_serve.server.batching import BatchingRunner
+from vae_serve.server.batching import MEMORY_DELAYS, BatchingRunner, RecentMax
 from vae_serve.server.dataplane import DataPlane
 from vae_serve.server.metrics import Metrics
 from vae_serve.server.model import load_model
@@ -141,6 +141,35 @@ def test_queue_delay_waits_only_for_company_that_is_likely_to_come(model, batche
         return lone, deserted, full
 
     assert asyncio.run(scenario()) == (True, False, True)
+
+
+def test_a_smaller_batch_does_not_lower_the_company_waited_for(model, batcher):
+    """Under Poisson arrivals a batch that got less company than usual must not make the next one
+    leave with as little: the wait remembers the largest batch of the last MEMORY_DELAYS delays."""
+    runner, metrics = batcher(max_batch_size=8, max_queue_delay_us=200_000)  # remembers 2 s
+
+    async def scenario():
+        await asyncio.gather(*(runner.run(latents(1, i)) for i in range(4)))  # a batch of four
+        await asyncio.gather(*(runner.run(latents(1, i)) for i in range(2)))  # two: waits out the delay
+        return await done_without_waiting(*(runner.run(latents(1, i)) for i in range(2)))
+
+    assert asyncio.run(scenario()) is False  # two again: still waiting for four
+    assert count(metrics, "vae_serve_batch_size_rows_count", graph="decoder", version="1") == 3
+
+
+def test_recent_max_is_the_largest_value_within_its_span():
+    recent = RecentMax(span=1.0)
+    assert recent.get(now=0.0) == 1  # nothing noted: a lone request expects no company
+    recent.note(4, now=0.0)
+    recent.note(2, now=0.5)
+    assert recent.get(now=0.9) == 4
+    assert recent.get(now=1.2) == 2  # the 4 is older than the span
+    recent.note(3, now=1.3)
+    recent.note(1, now=1.4)
+    assert recent.get(now=1.45) == 3
+    assert recent.get(now=2.35) == 1
+    assert recent.get(now=9.0) == 1  # all gone
+    assert MEMORY_DELAYS >= 1
 
 
 def test_a_deserted_partial_batch_leaves_after_the_queue_delay(model, batcher):
