@@ -16,7 +16,7 @@ How long a partial batch waits for company (at most `max_queue_delay_us`):
   company is in. (Remembering only the last batch, as this did before, let batches shrink under
   load: a small batch set a small target, which the next met early, and so on. Under Poisson
   arrivals at half the peak the loop then ran small batches at 80% busy, and p99 was 4-5x p50;
-  with the window it is ~1.9x, and closed loops at concurrency 8-128 serve 1.12-1.27x more.)
+  with the window it is ~1.9x, and closed loops at concurrency 8-128 serve 1.06-1.14x more.)
 The wait is what makes batching pay on this stack: gRPC hands a busy event loop one call per
 turn, and only a loop that waits takes them in bulk (bench/ measured 1.6-1.7x throughput at
 concurrency 32). asyncio timers round up to about a millisecond, so "now" uses no timer: the
