@@ -72,7 +72,7 @@ class RecentMax:
         return self._window[0][1] if self._window else 1
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: `in` and `remove` on the queue never compare arrays
 class _Pending:
     x: np.ndarray
     future: asyncio.Future[list[np.ndarray]]
@@ -151,7 +151,7 @@ class BatchingRunner:
 
     def _only(self, item: _Pending) -> bool:
         """`item` is all that is queued, the collector is idle, and it is small enough for the loop."""
-        alone = self._idle and len(self._queue) == 1 and self._queue[0] is item
+        alone = self._idle and not self._closed and len(self._queue) == 1 and self._queue[0] is item
         return alone and len(item.x) <= INLINE_MAX_ROWS
 
     async def _alone(self, item: _Pending) -> list[np.ndarray]:
@@ -266,6 +266,8 @@ class BatchingRunner:
             log.error("%s batcher stopped", self.graph.label, exc_info=task.exception())
         self._closed = True
         self._fail([*self._running, *self._queue], Draining(f"{self.graph.label} batcher stopped; retry"))
+        for item in self._queue:  # the running batch's rows were released when it was taken
+            self._release(len(item.x))
         self._queue.clear()
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from vae_serve.server.dataplane import DataPlane
 from vae_serve.server.metrics import Metrics
 from vae_serve.server.model import load_model
 from vae_serve.server.repository import resolve
-from vae_serve.server.runner import InlineRunner, TimedGraph
+from vae_serve.server.runner import INLINE_MAX_ROWS, InlineRunner, TimedGraph
 from vae_serve.server.settings import BatchingSettings, Settings
 
 L = 32
@@ -165,9 +165,9 @@ def test_recent_max_is_the_largest_value_within_its_span():
     assert recent.get(now=0.9) == 4
     assert recent.get(now=1.2) == 2  # the 4 is older than the span
     recent.note(3, now=1.3)
-    recent.note(1, now=1.4)
+    recent.note(2, now=1.4)
     assert recent.get(now=1.45) == 3
-    assert recent.get(now=2.35) == 1
+    assert recent.get(now=2.35) == 2  # the 3 is gone, the 2 after it not yet
     assert recent.get(now=9.0) == 1  # all gone
     assert MEMORY_DELAYS >= 1
 
@@ -262,6 +262,16 @@ def test_closing_fails_queued_callers_instead_of_hanging_them(batcher):
 
     results = asyncio.run(scenario())
     assert all(isinstance(r, Draining) for r in results), results
+    assert runner.admission.rows == 0  # their rows no longer count as waiting
+
+
+async def until(condition, turns: int = 1000) -> None:
+    """Yield to the loop until `condition()` holds; fail (not hang) if it never does."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not reached")
 
 
 def where_batches_ran(runner: BatchingRunner, monkeypatch) -> list[str]:
@@ -283,8 +293,7 @@ def test_a_lone_request_runs_itself_and_company_goes_to_the_collector(model, bat
 
     async def scenario():
         await runner.run(latents(1, 0))  # starts the collector, which runs it
-        while not runner._idle:
-            await asyncio.sleep(0)
+        await until(lambda: runner._idle)
         lone = asyncio.create_task(runner.run(latents(1, 1)), name="lone caller")
         (x,) = await lone
         pair = [asyncio.create_task(runner.run(latents(1, i)), name=f"caller {i}") for i in (2, 3)]
@@ -304,8 +313,7 @@ def test_a_lone_request_waits_when_company_is_expected(model, batcher, monkeypat
 
     async def scenario():
         await asyncio.gather(*(runner.run(latents(1, i)) for i in range(4)))  # four are expected next
-        while not runner._idle:
-            await asyncio.sleep(0)
+        await until(lambda: runner._idle)
         return await done_without_waiting(runner.run(latents(1, 5)))
 
     assert asyncio.run(scenario()) is False
@@ -318,11 +326,9 @@ def test_a_lone_request_cancelled_before_its_run_frees_its_rows(model, batcher, 
 
     async def scenario():
         await runner.run(latents(1, 0))
-        while not runner._idle:
-            await asyncio.sleep(0)
+        await until(lambda: runner._idle)
         lone = asyncio.create_task(runner.run(latents(3, 1)))
-        while runner.admission.rows == 0:  # queued, yielding its one turn
-            await asyncio.sleep(0)
+        await until(lambda: runner.admission.rows > 0)  # queued, yielding its one turn
         lone.cancel()
         with pytest.raises(asyncio.CancelledError):
             await lone
@@ -341,12 +347,51 @@ def test_a_lone_request_whose_deadline_passes_in_the_queue_is_not_computed(model
 
     async def scenario():
         await runner.run(latents(1, 0))
-        while not runner._idle:
-            await asyncio.sleep(0)
+        await until(lambda: runner._idle)
         # Admitted in time (runner.expired), past its deadline when its turn comes (batching.expired).
         monkeypatch.setattr("vae_serve.server.batching.expired", lambda deadline: deadline is not None)
         with pytest.raises(DeadlineExceeded, match="while queued"):
             await runner.run(latents(1, 1), deadline=time.monotonic() + 60)
+
+    asyncio.run(scenario())
+    assert len(tasks) == 1 and runner.admission.rows == 0
+
+
+def test_a_lone_request_too_big_for_the_loop_goes_to_the_collector(model, batcher, monkeypatch):
+    """Above INLINE_MAX_ROWS a batch runs on the worker thread: only the collector may run it, so
+    that one batch at a time stays true."""
+    runner, _ = batcher(max_batch_size=128)
+    tasks: list[str] = []
+    real = runner.graph.run_off_loop
+
+    async def run_off_loop(x, deadline=None, requests=1):
+        tasks.append(asyncio.current_task().get_name())
+        return await real(x, deadline, requests)
+
+    monkeypatch.setattr(runner.graph, "run_off_loop", run_off_loop)
+
+    async def scenario():
+        await runner.run(latents(1, 0))
+        await until(lambda: runner._idle)
+        (x,) = await asyncio.create_task(runner.run(latents(INLINE_MAX_ROWS + 1, 1)), name="big caller")
+        return x
+
+    assert asyncio.run(scenario()).shape == (INLINE_MAX_ROWS + 1, 784)
+    assert tasks == ["batcher-decoder"]
+
+
+def test_a_lone_request_in_its_turn_when_the_batcher_closes_is_not_computed(model, batcher, monkeypatch):
+    runner, _ = batcher()
+    tasks = where_batches_ran(runner, monkeypatch)
+
+    async def scenario():
+        await runner.run(latents(1, 0))
+        await until(lambda: runner._idle)
+        lone = asyncio.create_task(runner.run(latents(1, 1)))
+        await until(lambda: runner.admission.rows > 0)
+        runner.close()
+        with pytest.raises(Draining):
+            await lone
 
     asyncio.run(scenario())
     assert len(tasks) == 1 and runner.admission.rows == 0
