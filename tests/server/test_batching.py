@@ -274,6 +274,12 @@ async def until(condition, turns: int = 1000) -> None:
     raise AssertionError("condition not reached")
 
 
+async def started_and_idle(runner: BatchingRunner) -> None:
+    """One request through, so the collector exists, and then idle: where the lone path starts."""
+    await runner.run(latents(1, 0))
+    await until(lambda: runner._idle)
+
+
 def where_batches_ran(runner: BatchingRunner, monkeypatch) -> list[str]:
     """The names of the tasks each ORT run of `runner` ran in, in order."""
     tasks: list[str] = []
@@ -325,8 +331,7 @@ def test_a_lone_request_cancelled_before_its_run_frees_its_rows(model, batcher, 
     tasks = where_batches_ran(runner, monkeypatch)
 
     async def scenario():
-        await runner.run(latents(1, 0))
-        await until(lambda: runner._idle)
+        await started_and_idle(runner)
         lone = asyncio.create_task(runner.run(latents(3, 1)))
         await until(lambda: runner.admission.rows > 0)  # queued, yielding its one turn
         lone.cancel()
@@ -346,8 +351,7 @@ def test_a_lone_request_whose_deadline_passes_in_the_queue_is_not_computed(model
     tasks = where_batches_ran(runner, monkeypatch)
 
     async def scenario():
-        await runner.run(latents(1, 0))
-        await until(lambda: runner._idle)
+        await started_and_idle(runner)
         # Admitted in time (runner.expired), past its deadline when its turn comes (batching.expired).
         monkeypatch.setattr("vae_serve.server.batching.expired", lambda deadline: deadline is not None)
         with pytest.raises(DeadlineExceeded, match="while queued"):
@@ -371,8 +375,7 @@ def test_a_lone_request_too_big_for_the_loop_goes_to_the_collector(model, batche
     monkeypatch.setattr(runner.graph, "run_off_loop", run_off_loop)
 
     async def scenario():
-        await runner.run(latents(1, 0))
-        await until(lambda: runner._idle)
+        await started_and_idle(runner)
         (x,) = await asyncio.create_task(runner.run(latents(INLINE_MAX_ROWS + 1, 1)), name="big caller")
         return x
 
@@ -385,8 +388,7 @@ def test_a_lone_request_in_its_turn_when_the_batcher_closes_is_not_computed(mode
     tasks = where_batches_ran(runner, monkeypatch)
 
     async def scenario():
-        await runner.run(latents(1, 0))
-        await until(lambda: runner._idle)
+        await started_and_idle(runner)
         lone = asyncio.create_task(runner.run(latents(1, 1)))
         await until(lambda: runner.admission.rows > 0)
         runner.close()
