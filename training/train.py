@@ -31,6 +31,7 @@ __all__ = [
     "Checkpoint",
     "DistContext",
     "TrainingDiverged",
+    "launched_distributed",
     "parameter_digest",
     "setup_distributed",
     "train",
@@ -59,10 +60,16 @@ class DistContext:
         return self.rank == 0
 
 
+def launched_distributed() -> bool:
+    """Whether torchrun (or another launcher that sets WORLD_SIZE) started this process as one of
+    several ranks."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def setup_distributed(device: str) -> DistContext:
     """Join the torchrun process group when launched by torchrun; otherwise a single process."""
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+    if not launched_distributed():
         return DistContext(device=torch.device("cuda" if use_cuda else "cpu"))
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -164,3 +164,30 @@ def test_published_card_records_the_principal_directions(fashion_mnist_dir, tmp_
     # the same directions from the ONNX encoder as from PyTorch, over the same 256 test images
     again = card_with_directions(version, fashion_mnist_dir, limit=256)["principal_directions"]
     assert np.allclose(np.abs(again["vectors"]), np.abs(directions.vectors), atol=1e-3)
+
+
+# What a torchrun rank runs, with a teardown step of its own that says whether it ran.
+AS_LAUNCHED = """
+import atexit, sys
+atexit.register(lambda: print("interpreter teardown ran", file=sys.stderr))
+from vae_serve.training.cli import entry
+sys.argv[0] = "vae-train"
+entry()
+"""
+
+
+@pytest.mark.parametrize(("world_size", "teardown"), [("2", False), ("1", True)])
+@pytest.mark.parametrize(
+    ("args", "status", "shown"),
+    [(["--help"], 0, "Usage: vae-train"), (["--epochs", "-1"], 2, "Invalid value for '--epochs'")],
+)
+def test_a_rank_ends_without_the_interpreters_teardown(tmp_path, world_size, teardown, args, status, shown):
+    """Under torchrun the interpreter's teardown is where gloo's worker thread can abort a
+    finished rank (see `entry`): a rank skips it, keeping its exit status and every line it
+    wrote; a lone process ends as usual."""
+    env = {"PATH": "/usr/bin:/bin", "WORLD_SIZE": world_size}
+    cmd = [sys.executable, "-c", AS_LAUNCHED, *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert done.returncode == status, done.stderr
+    assert shown in done.stdout + done.stderr
+    assert ("interpreter teardown ran" in done.stderr) is teardown

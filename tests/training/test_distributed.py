@@ -51,16 +51,13 @@ def test_two_process_torchrun_ranks_agree(fashion_mnist_dir, tmp_path):
 # the collective rank 0 never reaches. The real `vae-train` runs, with only the publishing replaced
 # by one that fails as a full disk or a broken exporter would.
 FAILING_PUBLISH = """
-import sys
-
-import pytest
 from vae_serve.training import cli
 
 def publish(*_args, **_kwargs):
     raise {error}
 
 cli.write_version = publish
-sys.exit(cli.main())
+cli.entry()
 """
 
 
