@@ -280,6 +280,14 @@ async def started_and_idle(runner: BatchingRunner) -> None:
     await until(lambda: runner._idle)
 
 
+async def lone_in_its_turn(runner: BatchingRunner) -> asyncio.Task:
+    """A lone request, queued and yielding its one turn of the loop before it runs itself."""
+    await started_and_idle(runner)
+    lone = asyncio.create_task(runner.run(latents(1, 1)))
+    await until(lambda: runner.admission.rows > 0)
+    return lone
+
+
 def where_batches_ran(runner: BatchingRunner, monkeypatch) -> list[str]:
     """The names of the tasks each ORT run of `runner` ran in, in order."""
     tasks: list[str] = []
@@ -331,9 +339,7 @@ def test_a_lone_request_cancelled_before_its_run_frees_its_rows(model, batcher, 
     tasks = where_batches_ran(runner, monkeypatch)
 
     async def scenario():
-        await started_and_idle(runner)
-        lone = asyncio.create_task(runner.run(latents(3, 1)))
-        await until(lambda: runner.admission.rows > 0)  # queued, yielding its one turn
+        lone = await lone_in_its_turn(runner)
         lone.cancel()
         with pytest.raises(asyncio.CancelledError):
             await lone
@@ -388,9 +394,7 @@ def test_a_lone_request_in_its_turn_when_the_batcher_closes_is_not_computed(mode
     tasks = where_batches_ran(runner, monkeypatch)
 
     async def scenario():
-        await started_and_idle(runner)
-        lone = asyncio.create_task(runner.run(latents(1, 1)))
-        await until(lambda: runner.admission.rows > 0)
+        lone = await lone_in_its_turn(runner)
         runner.close()
         with pytest.raises(Draining):
             await lone
