@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 VAE_SERVICE = vae_pb2.DESCRIPTOR.services_by_name["VAEService"].full_name
 _NEVER_MS = 2**31 - 1  # gRPC's "no limit" for its millisecond options
+_UNLIMITED = 2**31 - 1  # the largest count a gRPC option takes
 
 
 class VaeServer:
@@ -128,6 +129,14 @@ class VaeServer:
                 # gRPC shares ports by default: a second server would silently split the traffic.
                 # Workers share it on purpose; their supervisor checked it was free.
                 ("grpc.so_reuseport", 1 if self.worker else 0),
+                # Calls the transport has received but no handler has taken yet wait in gRPC's
+                # queue; past 1000 of them (a burst over several connections) gRPC cancels new ones
+                # at random, and every one past 3000, as CANCELLED, which clients do not retry.
+                # Every received call reaches a handler instead, to be answered or refused
+                # (RESOURCE_EXHAUSTED over --max-concurrent-rpcs, UNAVAILABLE while draining); a
+                # connection still carries at most max_concurrent_streams of them.
+                ("grpc.server.max_pending_requests", _UNLIMITED),
+                ("grpc.server.max_pending_requests_hard_limit", _UNLIMITED),
             ],
         )
         timeout = self._receive = ReceiveTimeout(s.receive_timeout_s)

@@ -5,7 +5,8 @@ ModelInfer) up to `--max-concurrent-rpcs`: control calls (model info, readiness,
 reflection) never take a slot, so a client holding many cannot lock anyone out of them.
 
 gRPC's own `server.stop(grace)` cancels calls that reached the transport but were not yet handed
-to a handler: on a busy event loop that can be most of a burst. So the drain runs in three steps:
+to a handler: on a busy event loop that can be most of a burst (while serving, gRPC would also
+cancel those past its limit of 1000 waiting, which app.py lifts). So the drain runs in three steps:
 1. keep serving until the server is quiet (nothing in flight, and nothing started while the
    event loop sat idle for QUIET_S: the transport's backlog is then all answered), for at most
    BACKLOG_MAX_S while calls keep coming;

@@ -142,3 +142,68 @@ def test_the_async_client_sees_no_cancelled_call_in_a_drain():
     print(f"AsyncVaeClient, burst of 1500 then SIGTERM: {dict(codes)}")
     assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
     assert codes["OK"] > 0
+
+
+async def _burst_over_connections(port: int, calls: int, connections: int, during=None) -> Counter:
+    """`calls` one-row Decodes spread over `connections` TCP connections (channels with their own
+    subchannel pool: channels otherwise share one connection); `during` runs once they are issued.
+    The final status of each."""
+    request = vae_pb2.DecodeRequest(z=to_tensor(np.zeros((1, 32), np.float32))).SerializeToString()
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(connections)]
+    try:
+        await asyncio.gather(*(channel.channel_ready() for channel in channels))
+        decodes = [channel.unary_unary("/vae.v1.VAEService/Decode") for channel in channels]
+
+        async def send(i: int) -> str:
+            try:
+                await decodes[i % connections](request, timeout=30)
+            except grpc.aio.AioRpcError as err:
+                return err.code().name
+            return "OK"
+
+        outcomes = [asyncio.ensure_future(send(i)) for i in range(calls)]
+        if during is not None:
+            await during()
+        return Counter(await asyncio.gather(*outcomes))
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+@pytest.mark.slow
+def test_a_burst_over_several_connections_is_answered_whole():
+    """Over several connections a burst piles up more received calls than gRPC lets wait for a
+    handler by default; none of them is cancelled, each is answered."""
+    proc, port = start_vae_serve("--port", "0", "--metrics-port", "0")
+    try:
+        codes = asyncio.run(_burst_over_connections(port, 2000, 4))
+    finally:
+        proc.kill()
+        proc.wait()
+    print(f"burst of 2000 over 4 connections: {dict(codes)}")
+    assert codes == Counter(OK=2000), codes
+
+
+@pytest.mark.slow
+def test_sigterm_just_after_a_burst_over_several_connections_answers_or_refuses_every_call():
+    grace = 20.0
+    proc, port = start_vae_serve("--port", "0", "--metrics-port", "0", "--drain-grace-s", str(grace))
+    signalled: list[float] = []
+
+    async def sigterm() -> None:
+        await asyncio.sleep(0.05)  # the caller's timing, not synchronisation: SIGTERM 50 ms into the burst
+        proc.send_signal(signal.SIGTERM)
+        signalled.append(time.monotonic())
+
+    try:
+        codes = asyncio.run(_burst_over_connections(port, 2000, 4, during=sigterm))
+        assert proc.wait(grace + 30) == 0
+        exit_s = time.monotonic() - signalled[0]
+    finally:
+        proc.kill()
+        proc.wait()
+    print(f"burst of 2000 over 4 connections, SIGTERM after 50 ms: {dict(codes)}, exit in {exit_s:.2f} s")
+    assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
+    assert codes["OK"] > 0 and codes.total() == 2000
+    assert exit_s < grace
