@@ -14,8 +14,10 @@ variables are its business and are not restated here.)
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import ssl
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -28,7 +30,6 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
-    TomlConfigSettingsSource,
 )
 
 from vae_serve import DEFAULT_REPOSITORY, __version__
@@ -68,12 +69,18 @@ class NetworkSettings(_Group):
     """How the server listens and treats connections: the gRPC and metrics endpoints, its
     processes, and the drain on SIGTERM."""
 
-    host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
+    host: str = Field(
+        "0.0.0.0",
+        description="Address the gRPC server binds; HTTP and metrics too, unless --http-host / "
+        "--metrics-host say otherwise.",
+    )
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port).")
     metrics_port: int = Field(
         8002, ge=0, le=65535, description="Prometheus /metrics port (0: any free port)."
     )
-    metrics_host: str = Field("0.0.0.0", description="Address the metrics endpoint binds.")
+    metrics_host: str | None = Field(
+        None, description="Address the metrics endpoint binds (default: --host's)."
+    )
     workers: int = Field(
         1,
         ge=1,
@@ -129,10 +136,14 @@ class HttpSettings(_Group):
     process. TLS (--tls-*) and the receive timeout apply to it as to gRPC."""
 
     http: bool = Field(True, description="Serve HTTP beside gRPC (--no-http: gRPC only).")
-    http_host: str = Field("0.0.0.0", description="Address the HTTP server binds.")
+    http_host: str | None = Field(None, description="Address the HTTP server binds (default: --host's).")
     http_port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: any free port).")
     http_max_connections: int = Field(
-        1024, ge=1, le=65535, description="Open HTTP connections at once; a request beyond gets 503."
+        1024,
+        ge=1,
+        le=65535,
+        description="Open HTTP connections at once; beyond, the oldest owing no answer is closed, "
+        "and a newcomer gets 503 only when every connection is being answered.",
     )
     http_keep_alive_s: float = Field(
         5.0,
@@ -335,6 +346,15 @@ class Settings(
         return group.model_validate({name: getattr(self, name) for name in group.model_fields})
 
     @model_validator(mode="after")
+    def _every_port_on_host(self) -> Settings:
+        """An operator who keeps gRPC on loopback means the other ports too; a given address wins."""
+        if self.http_host is None:
+            self.http_host = self.host
+        if self.metrics_host is None:
+            self.metrics_host = self.host
+        return self
+
+    @model_validator(mode="after")
     def _queue_holds_a_batch(self) -> Settings:
         if self.max_queue_rows < max(self.max_batch_size, self.max_request_rows):
             raise ValueError(
@@ -432,14 +452,19 @@ class ConfigFileSource(PydanticBaseSettingsSource):
         where = f"--config / VAE_CONFIG {path}"
         if not path.is_file():
             raise SettingsError(f"{where}: not a readable file")
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise SettingsError(f"{where}: over {MAX_CONFIG_BYTES} bytes; not a config file")
         try:
-            data = TomlConfigSettingsSource(self.settings_cls, toml_file=path).toml_data
+            text = _read_bounded(path).decode()
+            data = tomllib.loads(text)
+        except _TooLarge:
+            raise SettingsError(f"{where}: over {MAX_CONFIG_BYTES} bytes; not a config file") from None
+        except UnicodeDecodeError as exc:
+            raise SettingsError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{where}: not valid TOML ({exc})") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"{where}: cannot be read ({exc})") from None
+        except RecursionError:  # tomllib parses arrays and inline tables recursively
+            raise SettingsError(f"{where}: nested too deeply") from None
+        except OSError as exc:
+            raise SettingsError(f"{where}: cannot be read ({exc.strerror or exc})") from None
         fields = self.settings_cls.model_fields
         for key, value in data.items():
             if key == "config" or key not in fields:
@@ -452,6 +477,26 @@ class ConfigFileSource(PydanticBaseSettingsSource):
                 message = exc.errors()[0]["msg"].removeprefix("Value error, ")
                 raise SettingsError(f"{path}: {key}: {message} (got {_shown(value, plain=False)})") from None
         return data
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, read no further than MAX_CONFIG_BYTES: its size as stat gives it can be
+    wrong (a /proc file says 0) or out of date. Opened without blocking, so that a FIFO put in its
+    place after the check is refused, not waited on."""
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+        status = os.fstat(file.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        if status.st_size > MAX_CONFIG_BYTES:
+            raise _TooLarge
+        data = file.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise _TooLarge
+    return data
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.-]+")

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ipaddress
 import logging
+import os
 import subprocess
 import sys
 import typing
+from pathlib import Path
 
 import pytest
-from support import REPOSITORY
+from support import REPOSITORY, start_server_ports
 
 import vae_serve
 from vae_serve.server import dataplane
@@ -101,6 +104,67 @@ def test_bad_values_are_one_line(args, message):
     assert "\n" not in line
 
 
+# --http-host and --metrics-host follow --host unless given.
+
+
+@pytest.fixture
+def no_host_variables(monkeypatch):
+    for name in ("VAE_HOST", "VAE_HTTP_HOST", "VAE_METRICS_HOST"):  # tests/conftest.py sets one
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_http_and_metrics_listen_where_grpc_does_unless_told(no_host_variables, tmp_path):
+    s = parse()
+    assert (s.host, s.http_host, s.metrics_host) == ("0.0.0.0",) * 3
+    s = parse("--host", "127.0.0.1")
+    assert (s.http_host, s.metrics_host) == ("127.0.0.1", "127.0.0.1")
+    assert (s.http_server.http_host, s.network.metrics_host) == ("127.0.0.1", "127.0.0.1")
+    s = parse("--host", "127.0.0.1", "--http-host", "0.0.0.0", "--metrics-host", "::1")
+    assert (s.host, s.http_host, s.metrics_host) == ("127.0.0.1", "0.0.0.0", "::1")
+    no_host_variables.setenv("VAE_HOST", "127.0.0.2")
+    assert (parse().http_host, parse().metrics_host) == ("127.0.0.2", "127.0.0.2")
+    no_host_variables.setenv("VAE_METRICS_HOST", "0.0.0.0")
+    assert (parse().http_host, parse().metrics_host) == ("127.0.0.2", "0.0.0.0")
+    assert parse("--host", "127.0.0.3").metrics_host == "0.0.0.0"  # given, though under the flag
+    no_host_variables.delenv("VAE_HOST")
+    no_host_variables.delenv("VAE_METRICS_HOST")
+    config = tmp_path / "vae.toml"
+    config.write_text('host = "127.0.0.4"\n')
+    assert parse("--config", str(config)).http_host == "127.0.0.4"
+    config.write_text('host = "127.0.0.4"\nhttp_host = "0.0.0.0"\n')
+    assert parse("--config", str(config), "--host", "127.0.0.5").http_host == "0.0.0.0"
+    assert Settings(host="127.0.0.6").http_server.http_host == "127.0.0.6"
+
+
+def _listening(port: int) -> set[str]:
+    """The addresses something listens on at TCP `port`, from /proc/net (IPv4-mapped IPv6
+    addresses as IPv4, as gRPC binds them)."""
+    found = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path("/proc/net", table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state != "0A" or int(hex_port, 16) != port:
+                continue
+            raw = b"".join(bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8))
+            ip = ipaddress.ip_address(raw)
+            found.add(str(getattr(ip, "ipv4_mapped", None) or ip))
+    return found
+
+
+def test_host_alone_keeps_every_port_on_that_address(no_host_variables):
+    ports = ("--port", "0", "--http-port", "0", "--metrics-port", "0")
+    pattern = r"serving on \S+:(\d+) .*HTTP on \S+:(\d+), metrics on http://\S+:(\d+)"
+    proc, found = start_server_ports(["-m", "vae_serve.server.cli", "--host", "127.0.0.1", *ports], pattern)
+    try:
+        for port in found:
+            assert _listening(port) == {"127.0.0.1"}, port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def test_tls_files_must_exist(tmp_path):
     with pytest.raises(ValidationError) as caught:
         parse("--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem"))
@@ -179,6 +243,66 @@ def test_config_that_is_no_file_is_refused_unread(tmp_path, kind):
         parse("--config", str(path))
     line = describe_error(caught.value)
     assert line.startswith(f"--config / VAE_CONFIG {path}: ") and "\n" not in line
+
+
+DEEP = 2000
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"port = " + b"[" * DEEP + b"]" * DEEP + b"\n", "nested too deeply"),
+        (b"port = " + b"{a = " * DEEP + b"1" + b"}" * DEEP + b"\n", "nested too deeply"),
+        (b"a" + b".a" * DEEP + b" = 1\n", "not a setting"),  # dotted keys: deep, without recursion
+        (b"port = 1\n# \xff\xfe\n", "not UTF-8 text"),
+        (b"\x00\x01\x02 binary", "not valid TOML"),
+    ],
+    ids=["deep arrays", "deep inline tables", "deep dotted keys", "not UTF-8", "binary"],
+)
+def test_an_unreadable_config_is_one_line(tmp_path, content, says):
+    config = tmp_path / "vae.toml"
+    config.write_bytes(content)
+    with pytest.raises(SettingsError) as caught:
+        parse("--config", str(config))
+    line = describe_error(caught.value)
+    assert says in line and "\n" not in line and len(line) < 300 + len(str(config))
+
+
+def test_a_deeply_nested_value_that_parses_is_one_short_line(tmp_path):
+    config = tmp_path / "vae.toml"
+    config.write_text("port = " + "[" * 200 + "]" * 200 + "\n")
+    with pytest.raises(SettingsError) as caught:
+        parse("--config", str(config))
+    line = describe_error(caught.value)
+    assert line.startswith(f"{config}: port: ") and "\n" not in line and len(line) < 200 + len(str(config))
+
+
+def test_a_config_is_read_no_further_than_its_bound(tmp_path, monkeypatch):
+    """A file whose size says less than it holds (a /proc file says 0; a growing one, what it had)
+    is still not read whole."""
+    config = tmp_path / "vae.toml"
+    config.write_text("# padding\n" * 200_000)  # 2 MB
+    real_fstat = os.fstat
+
+    def says_empty(fd: int) -> os.stat_result:
+        fields = list(real_fstat(fd))
+        fields[6] = 0  # st_size
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(os, "fstat", says_empty)
+    with pytest.raises(SettingsError) as caught:
+        parse("--config", str(config))
+    assert "over 1048576 bytes" in describe_error(caught.value)
+
+
+def test_a_deep_config_stops_the_command_in_one_line(tmp_path):
+    config = tmp_path / "vae.toml"
+    config.write_text("port = " + "[" * DEEP + "]" * DEEP + "\n")
+    done = subprocess.run([*SERVE, "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"vae-serve: error: --config / VAE_CONFIG {config}: nested too deeply"
+    ]
 
 
 def test_bad_config_stops_the_command_in_one_line(tmp_path):
