@@ -17,6 +17,7 @@ from vae_serve.errors import (
     ServingError,
     TooLarge,
     Unsupported,
+    UnsupportedMediaType,
 )
 
 __all__ = ["HTTP_STATUS", "STATUS_CODES", "http_status_for", "status_for"]
@@ -30,10 +31,12 @@ STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     NotReady: grpc.StatusCode.UNAVAILABLE,
     Draining: grpc.StatusCode.UNAVAILABLE,
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+    UnsupportedMediaType: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 # The same errors over HTTP: 413 for a request or response over the message limit, 429 (with
-# Retry-After) for a full queue or too many requests at once, as KServe v2 REST and Triton answer.
+# Retry-After) for a full queue or too many requests at once, as KServe v2 REST and Triton answer;
+# 415 for a body of a type the route does not take.
 HTTP_STATUS: dict[type[ServingError], int] = {
     InvalidInput: 400,
     TooLarge: 413,
@@ -43,6 +46,7 @@ HTTP_STATUS: dict[type[ServingError], int] = {
     NotReady: 503,
     Draining: 503,
     Unsupported: 501,
+    UnsupportedMediaType: 415,
 }
 INTERNAL_MESSAGE = "internal error; the server logged the details"
 

@@ -17,6 +17,7 @@ __all__ = [
     "ServingError",
     "TooLarge",
     "Unsupported",
+    "UnsupportedMediaType",
     "quote",
 ]
 
@@ -55,6 +56,10 @@ class Draining(ServingError):
 
 class Unsupported(ServingError):
     """The server does not offer this operation, by design (UNIMPLEMENTED: do not retry)."""
+
+
+class UnsupportedMediaType(ServingError):
+    """The request's body is of a type this call does not take (INVALID_ARGUMENT; HTTP 415)."""
 
 
 class ModelLoadError(Exception):

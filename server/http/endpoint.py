@@ -2,6 +2,10 @@
 work, the request metrics, its span and access line (observe.py), and one error table; plus
 reading a body within the message limit.
 
+A route names the types of body it takes (`bodies`); one of any other type is refused (415)
+before the handler runs, so that a web page cannot make the server compute with the bodies a
+browser sends anywhere without a CORS preflight (text/plain, a form).
+
 A handler raises the domain errors of `vae_serve.errors`; `endpoint` answers them as
 `{"error": "..."}` with the status of `status.HTTP_STATUS`, and anything else as a generic 500
 whose traceback is logged. The metrics record HTTP calls under `http.<Method>` with the gRPC code
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,7 +27,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from vae_serve.errors import InvalidInput, TooLarge
+from vae_serve.errors import InvalidInput, TooLarge, UnsupportedMediaType, quote
 from vae_serve.server import observe
 from vae_serve.server.calls import REQUEST_ID_HEADER, request_id, request_id_from
 from vae_serve.server.drain import Activity
@@ -33,7 +38,13 @@ from .limits import JSON_BYTES_PER_VALUE, MAX_JSON_BYTES, is_count
 from .stats import Stats
 
 __all__ = [
+    "BINARY",
+    "JSON",
+    "JSON_BODY",
+    "MAX_ACCEPT_ENTRIES",
     "Front",
+    "body_type",
+    "check_body_type",
     "check_json_reply",
     "endpoint",
     "error_response",
@@ -47,6 +58,10 @@ log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499  # what the access log and span say of a call cancelled before its answer (nginx's)
 RETRY_AFTER_S = "1"  # for 429 and 503: both mean "come back shortly"
 JSON = "application/json"
+BINARY = "application/octet-stream"
+JSON_BODY = (JSON,)
+MAX_ACCEPT_ENTRIES = 64  # of an Accept header, the media ranges read
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")  # RFC 9110's qvalue
 
 
 class Front:
@@ -74,21 +89,89 @@ def error_response(status: int, message: str) -> Response:
 
 
 def wants_png(request: Request) -> bool:
-    """Content negotiation, as far as this API needs it: a PNG when the client accepts one and
-    does not prefer JSON."""
-    accept = request.headers.get("accept", "")
-    return "image/png" in accept and "application/json" not in accept
+    """Content negotiation, as far as this API needs it: a PNG when the client accepts one (its q
+    above 0) and prefers it to JSON; a tie goes to the media type the client named more exactly,
+    and else to JSON, as does a request with no Accept (curl's and httpx's `*/*` included)."""
+    header = ",".join(request.headers.getlist("accept"))
+    if not header.strip():
+        return False
+    ranges = _media_ranges(header)
+    png = _preference(ranges, "image", "png")
+    return png[0] > 0 and png > _preference(ranges, "application", "json")
+
+
+def _media_ranges(header: str) -> list[tuple[str, str, float]]:
+    """(type, subtype, q) of the first MAX_ACCEPT_ENTRIES entries of an Accept header; an entry
+    that is not a media range with a valid q is skipped. Parameters other than q are ignored."""
+    ranges = []
+    for entry in header.split(",", MAX_ACCEPT_ENTRIES)[:MAX_ACCEPT_ENTRIES]:
+        media, *parameters = entry.split(";")
+        kind, slash, subtype = media.strip().lower().partition("/")
+        if not (slash and kind and subtype) or (kind == "*" and subtype != "*"):
+            continue
+        q: float | None = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":  # what follows q is an accept-extension
+                value = value.strip()
+                q = float(value) if _QVALUE.fullmatch(value) else None
+                break
+        if q is not None:
+            ranges.append((kind, subtype, q))
+    return ranges
+
+
+def _preference(ranges: list[tuple[str, str, float]], kind: str, subtype: str) -> tuple[float, int]:
+    """The q the client gives `kind/subtype`, from the most specific range that matches it (RFC
+    9110, 12.5.1), and how specific that range is: 2 exact, 1 `kind/*`, 0 `*/*`, -1 none."""
+    found = (0.0, -1)
+    for their_kind, their_subtype, q in ranges:
+        if their_kind == "*":
+            specific = 0
+        elif their_kind != kind:
+            continue
+        elif their_subtype == subtype:
+            specific = 2
+        elif their_subtype == "*":
+            specific = 1
+        else:
+            continue
+        if specific > found[1]:
+            found = (q, specific)
+    return found
+
+
+def body_type(request: Request) -> str:
+    """The media type of the request's body, lower case, without its parameters; "" if unlabelled."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def check_body_type(request: Request, bodies: tuple[str, ...]) -> None:
+    """Refuse (415) a body whose type is none of `bodies`.
+
+    A body with no Content-Type is JSON: tritonclient.http labels none of its bodies, and the
+    KServe SDK (like httpx given raw bytes) leaves a JSON body unlabelled. A browser can send one
+    too (a Blob without a type, with no preflight), but it adds Origin to every POST: from a
+    browser, an unlabelled body is refused."""
+    kind = body_type(request)
+    if kind in bodies or (not kind and JSON in bodies and "origin" not in request.headers):
+        return
+    wanted = ", ".join(bodies)
+    if not kind:
+        raise UnsupportedMediaType(f"a browser's request needs a Content-Type; send {wanted}")
+    raise UnsupportedMediaType(f"Content-Type {quote(kind)} is not taken here; send {wanted}")
 
 
 Handler = Callable[[Front, Request], Awaitable[Response]]
 
 
 def endpoint(
-    method: str, work: bool = False, probe: bool = False
+    method: str, work: bool = False, probe: bool = False, bodies: tuple[str, ...] = JSON_BODY
 ) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
     """Wrap a route: `method` names it in metrics (`http.<method>`); `work`: it takes a data-plane
     slot (--max-concurrent-rpcs), as Encode, Decode, Sample and ModelInfer do over gRPC; `probe`:
-    a health check, which the drain does not wait for (as gRPC health checks are not counted)."""
+    a health check, which the drain does not wait for (as gRPC health checks are not counted);
+    `bodies`: the media types a POST's body may have (check_body_type)."""
     label = f"http.{method}"
 
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -104,6 +187,8 @@ def endpoint(
                 front.activity.started()
             began, code, admitted, response = time.perf_counter(), grpc.StatusCode.OK, False, None
             try:
+                if request.method not in ("GET", "HEAD"):
+                    check_body_type(request, bodies)
                 if work:
                     front.activity.admit()
                     admitted = True

@@ -22,7 +22,16 @@ from vae_serve.server.oip_extensions import EXTENSIONS, model_control_refused
 from vae_serve.server.oip_models import GRAPHS, OipModel, OipTensor
 from vae_serve.server.versions import ServedModel
 
-from .endpoint import Front, check_json_reply, endpoint, error_response, json_response, read_body
+from .endpoint import (
+    BINARY,
+    JSON,
+    Front,
+    check_json_reply,
+    endpoint,
+    error_response,
+    json_response,
+    read_body,
+)
 from .kserve_codec import HEADER_LENGTH, encode_response, parse_request
 from .limits import MAX_JSON_BYTES, is_count
 
@@ -34,6 +43,9 @@ MAX_TIMEOUT_MS = 3_600_000
 JSON_LIMIT = "JSON limit (binary tensor data, with Inference-Header-Content-Length, carries more)"
 BINARY_HINT = "ask for the outputs as binary data (binary_data_output)"
 MAX_INDEX_BODY = 1024  # a repository index request says at most {"ready": true}
+# The KServe SDK labels a binary request octet-stream, and tritonclient.http.aio (aiohttp) any
+# request, JSON too; tritonclient.http labels none (JSON, as check_body_type reads it).
+BODIES = (JSON, BINARY)
 
 
 def deadline_from(request: Request, timeout_s: float | None = None) -> float | None:
@@ -98,7 +110,7 @@ async def model_metadata(front: Front, request: Request) -> Response:
     )
 
 
-@endpoint("ModelInfer", work=True)
+@endpoint("ModelInfer", work=True, bodies=BODIES)
 async def infer(front: Front, request: Request) -> Response:
     name, graph, served = _model(front, request)
     plane = front.dataplane
@@ -114,7 +126,8 @@ async def infer(front: Front, request: Request) -> Response:
         name,
         graph.input.name,
         tuple(tensor.name for tensor in graph.outputs),
-        plane.limits.max_request_rows * graph.input.width(served.model),
+        plane.limits.max_request_rows,
+        graph.input.width(served.model),
     )
     big = len(body) > OFF_LOOP_BYTES
     with np.errstate(over="ignore"):  # values beyond float32 become inf, which validation refuses
@@ -148,7 +161,7 @@ async def model_statistics(front: Front, request: Request) -> Response:
     return json_response({"model_stats": stats})
 
 
-@endpoint("RepositoryIndex")
+@endpoint("RepositoryIndex", bodies=BODIES)
 async def repository_index(front: Front, request: Request) -> Response:
     """Triton's body is optional: `{"ready": true}` lists only the versions ready for inference."""
     body = await read_body(request, MAX_INDEX_BODY, "repository index limit")
@@ -164,12 +177,12 @@ async def repository_index(front: Front, request: Request) -> Response:
     return json_response(await front.extensions.index(ready))
 
 
-@endpoint("RepositoryModelLoad")
+@endpoint("RepositoryModelLoad", bodies=BODIES)
 async def repository_load(front: Front, request: Request) -> Response:
     raise model_control_refused()
 
 
-@endpoint("RepositoryModelUnload")
+@endpoint("RepositoryModelUnload", bodies=BODIES)
 async def repository_unload(front: Front, request: Request) -> Response:
     raise model_control_refused()
 

@@ -20,7 +20,7 @@ import orjson
 from vae_serve.errors import InvalidInput, TooLarge, quote
 from vae_serve.tensor import FLOAT32_LE, MAX_DIM
 
-from .limits import MAX_JSON_BYTES, is_count
+from .limits import MAX_JSON_BYTES, check_json_cost, is_count
 
 __all__ = ["HEADER_LENGTH", "MAX_ID_CHARS", "InferRequest", "encode_response", "parse_request"]
 
@@ -62,7 +62,7 @@ def _shape(tensor: dict[str, Any], name: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+def _header(body: bytes, header_length: str | None, max_rows: int) -> tuple[dict[str, Any], memoryview]:
     """The JSON header and the binary section after it."""
     end = len(body)
     if header_length is not None:
@@ -74,6 +74,7 @@ def _header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], mem
         end = int(header_length)
         if end > MAX_JSON_BYTES:
             raise TooLarge(f"a JSON header of {end} bytes is over the {MAX_JSON_BYTES}-byte JSON limit")
+    check_json_cost(body, max_rows, end)
     try:
         header = orjson.loads(memoryview(body)[:end])
     except orjson.JSONDecodeError as exc:
@@ -114,11 +115,13 @@ def parse_request(
     model: str,
     input_name: str,
     output_names: tuple[str, ...],
-    max_values: int,
+    max_rows: int,
+    width: int,
 ) -> InferRequest:
-    """The request for `model`, which takes the one FP32 input `input_name` and has `output_names`.
-    `max_values`: the most values an input may hold, checked before any conversion."""
-    header, binary = _header(body, header_length)
+    """The request for `model`, which takes the one FP32 input `input_name` of `width` columns and
+    has `output_names`. `max_rows`: the most rows an input may hold, checked before any conversion."""
+    header, binary = _header(body, header_length, max_rows)
+    max_values = max_rows * width
     request_id = header.get("id")
     if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_ID_CHARS):
         raise InvalidInput(f"id: must be a string of at most {MAX_ID_CHARS} characters")

@@ -14,7 +14,7 @@ import io
 import os
 import socket
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,10 +25,10 @@ from vae_serve.client.grid import image_grid, png_bytes
 from vae_serve.client.images import InputFileError, read_picture
 from vae_serve.errors import InvalidInput
 
-from .endpoint import Front, check_json_reply, endpoint, json_response, read_body, wants_png
+from .endpoint import JSON, Front, body_type, check_json_reply, endpoint, json_response, read_body, wants_png
 from .forms import form_files
 from .kserve import OFF_LOOP_BYTES, deadline_from
-from .limits import MAX_JSON_BYTES, MAX_UPLOAD_BYTES
+from .limits import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, check_json_cost
 
 __all__ = [
     "MAX_UPLOADS",
@@ -54,8 +54,10 @@ __all__ = [
 MAX_UPLOADS = 64  # pictures in one multipart upload
 MAX_UPLOAD_PIXELS = 1024 * 1024  # one picture's width x height, checked before it is decoded
 PICTURE_TYPES = ("image/png", "image/jpeg")
+PICTURE_BODIES = (JSON, *PICTURE_TYPES, "multipart/form-data")  # what encode and reconstruct take
 
-Rows = list[list[float]]
+# Fail fast: a body of 500k wrong values would otherwise make 500k validation errors (~1 s).
+Rows = Annotated[list[Annotated[list[float], Field(fail_fast=True)]], Field(fail_fast=True)]
 
 
 class _Body(BaseModel):
@@ -173,6 +175,7 @@ async def _png(images: np.ndarray, shape: tuple[int, ...], columns: int | None =
 
 async def _json_body(front: Front, request: Request, model: type[B]) -> B:
     body = await read_body(request, MAX_JSON_BYTES, "JSON limit")
+    check_json_cost(body, front.dataplane.limits.max_request_rows)
     return await _off_loop(lambda: _parse(model, body), len(body))
 
 
@@ -196,8 +199,7 @@ async def _pictures(front: Front, request: Request) -> np.ndarray:
 
 
 def _is_json(request: Request) -> bool:
-    kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    return kind == "application/json"
+    return body_type(request) in (JSON, "")  # unlabelled: JSON, as endpoint.check_body_type reads it
 
 
 async def _images_in(front: Front, request: Request) -> tuple[np.ndarray, str | None]:
@@ -209,7 +211,7 @@ async def _images_in(front: Front, request: Request) -> tuple[np.ndarray, str | 
     return await _pictures(front, request), None
 
 
-@endpoint("Encode", work=True)
+@endpoint("Encode", work=True, bodies=PICTURE_BODIES)
 async def encode(front: Front, request: Request) -> Response:
     """Posterior mean and log-variance of each image: JSON rows, or uploaded pictures."""
     x, version = await _images_in(front, request)
@@ -282,7 +284,7 @@ async def sample_link(front: Front, request: Request) -> Response:
     return await _sample(front, request, body)
 
 
-@endpoint("Reconstruct", work=True)
+@endpoint("Reconstruct", work=True, bodies=PICTURE_BODIES)
 async def reconstruct(front: Front, request: Request) -> Response:
     """Encode, then decode the posterior means: each image as the model sees it."""
     x, version = await _images_in(front, request)

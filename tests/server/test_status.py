@@ -4,7 +4,7 @@ import grpc
 import pytest
 
 from vae_serve import errors
-from vae_serve.server.status import STATUS_CODES, status_for
+from vae_serve.server.status import HTTP_STATUS, STATUS_CODES, http_status_for, status_for
 
 EXPECTED = {
     errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
@@ -15,6 +15,7 @@ EXPECTED = {
     errors.NotReady: grpc.StatusCode.UNAVAILABLE,
     errors.Draining: grpc.StatusCode.UNAVAILABLE,
     errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+    errors.UnsupportedMediaType: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 
@@ -28,6 +29,15 @@ def test_table_covers_every_serving_error():
 @pytest.mark.parametrize(("cls", "code"), EXPECTED.items(), ids=lambda v: getattr(v, "__name__", str(v)))
 def test_each_error_maps_to_its_code_with_its_message(cls, code):
     assert status_for(cls("what went wrong")) == (code, "what went wrong")
+
+
+def test_http_has_a_status_for_every_error_and_415_for_a_body_of_the_wrong_type():
+    assert set(HTTP_STATUS) == set(STATUS_CODES)
+    assert http_status_for(errors.UnsupportedMediaType("send JSON")) == (
+        415,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "send JSON",
+    )
 
 
 @pytest.mark.parametrize(

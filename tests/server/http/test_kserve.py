@@ -99,6 +99,59 @@ def test_a_pinned_version_and_an_unknown_one(http_server):
     assert missing["status"] == "404" and "model version '9' is not loaded" in missing["error"]
 
 
+@pytest.mark.parametrize("binary_in", [True, False], ids=["binary-in", "json-in"])
+def test_tritonclient_aio_labels_its_bodies_octet_stream_and_is_served(http_server, direct, binary_in):
+    z = np.random.default_rng(5).standard_normal((2, L), dtype=np.float32)
+    got = triton(http_server, "aio", model="vae_decoder", name="z", rows=z.tolist(), binary_in=binary_in)
+    np.testing.assert_allclose(np.array(got["outputs"]["x"]), direct[1].run(None, {"z": z})[0], atol=1e-6)
+    assert {"name": "vae_decoder", "version": "1", "state": "READY", "reason": ""} in got["index"]
+
+
+# What may label a body (parameters such as charset aside): JSON, or the octet-stream that the KServe
+# SDK gives a binary request and aiohttp (tritonclient.http.aio) any body; none, as tritonclient.http
+# sends, means JSON. What a web page can send without a CORS preflight is refused.
+REFUSED = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "image/png"]
+
+
+@pytest.mark.parametrize("kind", REFUSED)
+def test_a_body_labelled_otherwise_is_a_415_before_it_is_computed(http, kind):
+    for path in ("/v2/models/vae_decoder/infer", "/v2/repository/index"):
+        reply = http.post(path, content=orjson.dumps(_z()), headers={"Content-Type": kind})
+        assert reply.status_code == 415, (path, reply.text)
+        assert reply.headers["content-type"] == "application/json"
+        error = reply.json()["error"]
+        assert "application/json" in error and "application/octet-stream" in error and "\n" not in error
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["application/json", "application/json; charset=utf-8", "Application/JSON", "application/octet-stream"],
+)
+def test_json_and_octet_stream_bodies_are_served(http, kind):
+    assert _infer(http, _z(), **{"Content-Type": kind}).status_code == 200
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "z", "datatype": "FP32", "shape": [1, L], "parameters": {"binary_data_size": 4 * L}}
+            ]
+        }
+    )
+    binary = _infer(
+        http,
+        header + bytes(4 * L),
+        **{"Content-Type": kind, "Inference-Header-Content-Length": str(len(header))},
+    )
+    assert binary.status_code == 200, binary.text
+
+
+def test_no_content_type_is_json_but_not_from_a_browser(http):
+    """tritonclient.http labels no body; a browser can send an unlabelled body (a Blob without a
+    type) without a preflight, but it always says where the page came from (Origin)."""
+    assert _infer(http, _z()).status_code == 200
+    refused = _infer(http, _z(), Origin="https://elsewhere.example")
+    assert refused.status_code == 415 and "Content-Type" in refused.json()["error"]
+
+
 def test_nested_json_data_is_accepted(http, direct):
     z = np.random.default_rng(4).standard_normal((2, L), dtype=np.float32)
     body = {"id": "n", "inputs": [{"name": "z", "datatype": "FP32", "shape": [2, L], "data": z.tolist()}]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -62,6 +63,24 @@ def test_the_png_grid_is_what_vae_client_writes(http, http_server, tmp_path):
     assert grid.content == written.read_bytes()
 
 
+@pytest.mark.parametrize(
+    ("accept", "kind"),
+    [
+        ("image/png", "image/png"),
+        ("image/png;q=0", "application/json"),
+        ("image/pngx", "application/json"),
+        ("image/*, application/json;q=0.5", "image/png"),
+        ("*/*", "application/json"),
+    ],
+)
+def test_accept_is_read_with_its_q_values(http, accept, kind):
+    for reply in (
+        http.get("/v1/sample", params={"n": 1}, headers={"Accept": accept}),
+        http.post("/v1/decode", json={"z": [[0.0] * L]}, headers={"Accept": accept}),
+    ):
+        assert reply.status_code == 200 and reply.headers["content-type"] == kind
+
+
 def test_curl_gets_the_grid(http_server, tmp_path):
     out = tmp_path / "grid.png"
     subprocess.run(
@@ -115,6 +134,54 @@ def test_malformed_multipart_forms_get_400(http):
     files = [("file", (f"{i}.png", b"x", "image/png")) for i in range(65)]
     too_many = http.post("/v1/encode", files=files)
     assert too_many.status_code == 400 and "multipart form" in too_many.json()["error"]
+
+
+# What a web page can send anywhere without a CORS preflight (and a picture where none is taken).
+REFUSED = {
+    "text/plain": ["/v1/decode", "/v1/sample", "/v1/encode", "/v1/reconstruct"],
+    "text/plain; charset=utf-8": ["/v1/sample"],
+    "application/x-www-form-urlencoded": ["/v1/decode", "/v1/sample", "/v1/encode", "/v1/reconstruct"],
+    "application/jsonx": ["/v1/sample"],
+    "image/png": ["/v1/decode", "/v1/sample"],
+    "multipart/form-data; boundary=x": ["/v1/decode", "/v1/sample"],
+}
+JSON_BODIES = {
+    "/v1/decode": {"z": [[0.0] * L]},
+    "/v1/sample": {"num_samples": 1},
+    "/v1/encode": {"x": [[0.0] * D]},
+    "/v1/reconstruct": {"x": [[0.0] * D]},
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "path"), [(kind, path) for kind, paths in REFUSED.items() for path in paths]
+)
+def test_a_body_of_another_type_is_a_415_in_one_line(http, kind, path):
+    reply = http.post(path, content=json.dumps(JSON_BODIES[path]), headers={"Content-Type": kind})
+    assert reply.status_code == 415, reply.text
+    assert reply.headers["content-type"] == "application/json" and "\n" not in reply.text
+    error = reply.json()["error"]
+    assert error.startswith(f"Content-Type {kind.split(';')[0]!r} is not taken here; send application/json")
+    taken = error.partition("; send ")[2]
+    assert ("image/png" in taken and "multipart/form-data" in taken) == (
+        path in ("/v1/encode", "/v1/reconstruct")
+    )
+
+
+@pytest.mark.parametrize(
+    "kind", ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON", None]
+)
+def test_json_with_parameters_or_unlabelled_is_served(http, kind):
+    headers = {} if kind is None else {"Content-Type": kind}
+    for path, body in JSON_BODIES.items():
+        reply = http.post(path, content=json.dumps(body), headers=headers)
+        assert reply.status_code == 200, (path, reply.text)
+
+
+def test_an_unlabelled_body_from_a_browser_is_refused(http):
+    """A page can send a Blob without a type and no preflight; the browser adds Origin to any POST."""
+    reply = http.post("/v1/sample", content=b"{}", headers={"Origin": "https://elsewhere.example"})
+    assert reply.status_code == 415 and "a Content-Type" in reply.json()["error"]
 
 
 HOSTILE_UPLOADS = {

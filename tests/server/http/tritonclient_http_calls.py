@@ -3,6 +3,7 @@
 Usage: tritonclient_http_calls.py HOST:PORT SCENARIO JSON-ARGS; prints a JSON result.
 """
 
+import asyncio
 import json
 import sys
 
@@ -91,8 +92,26 @@ def statistics(client: httpclient.InferenceServerClient, args: dict) -> dict:
     }
 
 
+async def aio(url: str, args: dict) -> dict:
+    """tritonclient.http.aio (aiohttp, which labels every body application/octet-stream): an
+    inference with its inputs binary or JSON, and the repository index."""
+    import tritonclient.http.aio as aioclient
+
+    async with aioclient.InferenceServerClient(url) as client:
+        data = np.asarray(args["rows"], dtype=np.float32)
+        tensor = aioclient.InferInput(args["name"], list(data.shape), "FP32")
+        tensor.set_data_from_numpy(data, binary_data=args["binary_in"])
+        result = await client.infer(args["model"], [tensor])
+        name = result.get_response()["outputs"][0]["name"]
+        index = await client.get_model_repository_index()
+    return {"outputs": {name: result.as_numpy(name).tolist()}, "index": index}
+
+
 if __name__ == "__main__":
     url, scenario, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    if scenario == "aio":
+        print(json.dumps(asyncio.run(aio(url, args))))
+        sys.exit()
     with httpclient.InferenceServerClient(url) as client:
         scenarios = {"health": health, "infer": infer, "extensions": extensions, "statistics": statistics}
         print(json.dumps(scenarios[scenario](client, args)))
