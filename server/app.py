@@ -17,7 +17,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
-from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,10 +32,11 @@ from .drain import drain
 from .health import HealthServicer
 from .http.app import build_app
 from .http.endpoint import Front
+from .http.metrics_port import MetricsPort
 from .http.serve import HttpServer, bind
 from .http.stats import Stats
 from .lifecycle import Lifecycle, ServerState
-from .metrics import Metrics, multiprocess_registry, serve_metrics
+from .metrics import Metrics, multiprocess_registry
 from .model import load_model
 from .oip import OIP_SERVICE, OipServicer
 from .oip_extensions import TritonExtensions
@@ -73,7 +73,7 @@ class VaeServer:
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._receive: ReceiveTimeout | None = None
-        self._metrics_http: WSGIServer | None = None
+        self._metrics_http: MetricsPort | None = None
         self.http_port: int | None = None
         self._http: HttpServer | None = None
         self.watcher = RepositoryWatcher(self.repository, self.dataplane, self.metrics)
@@ -185,14 +185,14 @@ class VaeServer:
             self.load()
         s = self.network
         if not self.worker:
-            self._metrics_http = serve_metrics(self.metrics.registry, s.metrics_host, s.metrics_port)
-            self.metrics_port = self._metrics_http.server_address[1]
+            self._metrics_http = MetricsPort(self.metrics.registry, s.metrics_host, s.metrics_port)
+            self.metrics_port = self._metrics_http.port
         http_socket = None
         try:
             if self.settings.http:
                 if not self.worker:
                     check_port_free(self.settings.http_host, self.settings.http_port)
-                http_socket = bind(self.settings.http_server, shared=self.worker)
+                http_socket = bind(self.settings.http_host, self.settings.http_port, shared=self.worker)
             server = self._build_server()
             self.port = self._listen(server)
             await server.start()
@@ -208,7 +208,14 @@ class VaeServer:
                 stats = Stats(self.merged_registry)
                 front = Front(self.dataplane, self.metrics, self.dataplane.activity, stats, self.extensions)
                 app = build_app(front, self.settings.http_server)
-                self._http = HttpServer(app, http_socket, self.settings.http_server, s, self.tls)
+                self._http = HttpServer(
+                    app,
+                    http_socket,
+                    receive_timeout_s=s.receive_timeout_s,
+                    max_connections=self.settings.http_server.http_max_connections,
+                    keep_alive_s=self.settings.http_server.http_keep_alive_s,
+                    tls=self.tls,
+                )
                 await self._http.start()
             except BaseException:  # nothing of a server that did not start stays up
                 http_socket.close()
@@ -260,8 +267,7 @@ class VaeServer:
 
     def _close_metrics(self) -> None:
         if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
+            self._metrics_http.close()
             self._metrics_http = None
 
 

@@ -8,28 +8,16 @@ writes each worker's values to files that the supervisor sums on the one metrics
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
-
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     Summary,
-    make_wsgi_app,
     multiprocess,
 )
 
-from vae_serve.errors import ModelLoadError
-
-__all__ = ["LATENCY_BUCKETS", "Metrics", "MetricsServer", "multiprocess_registry", "serve_metrics"]
-
-METRICS_CONNECTIONS = 8  # scrapes served at once
-METRICS_IO_TIMEOUT_S = 3.0
-METRICS_CONNECTION_S = 10.0  # the longest any one connection is kept
+__all__ = ["LATENCY_BUCKETS", "Metrics", "multiprocess_registry"]
 
 # 50 us .. 10 s: batch-1 ORT runs sit at the bottom, big batches and queueing at the top.
 LATENCY_BUCKETS = (
@@ -178,62 +166,6 @@ class Metrics:
             self.model_info.labels(*self._served_labels).set(0)
         self._served_labels = (name, version, provider)
         self.model_info.labels(*self._served_labels).set(1)
-
-
-class _Handler(WSGIRequestHandler):
-    timeout = METRICS_IO_TIMEOUT_S  # per read or write: an idle or stalled peer is dropped
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Silent, as prometheus-client's own handler: a scrape every few seconds is no news."""
-
-
-class MetricsServer(WSGIServer):
-    """/metrics on its own threads, bounded: at most METRICS_CONNECTIONS served at once (more wait
-    in the kernel's listen backlog, never as threads), each closed after METRICS_CONNECTION_S
-    whatever its peer does. Idle or slow connections can delay a scrape, never the data plane."""
-
-    def __init__(self, address: tuple[str, int], family: socket.AddressFamily, app: object) -> None:
-        self.address_family = family
-        self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
-        super().__init__(address, _Handler)
-        self.set_app(app)
-
-    def process_request(self, request: socket.socket, client_address: tuple) -> None:
-        self._slots.acquire()  # holds the accept loop: the backlog waits in the kernel
-        threading.Thread(target=self._serve, args=(request, client_address), daemon=True).start()
-
-    def _serve(self, request: socket.socket, client_address: tuple) -> None:
-        cutoff = threading.Timer(METRICS_CONNECTION_S, _hang_up, (request,))
-        cutoff.start()
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            cutoff.cancel()
-            self.shutdown_request(request)
-            self._slots.release()
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        """A peer that hung up or timed out is not an error worth a traceback."""
-
-
-def _hang_up(connection: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        connection.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked on it
-
-
-def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
-    """Serve /metrics from a daemon thread; `.server_address` has the port really bound."""
-    try:
-        family, _, _, _, sockaddr = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        server = MetricsServer((sockaddr[0], port), family, make_wsgi_app(registry))
-    except OSError as exc:
-        raise ModelLoadError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
 
 
 def multiprocess_registry() -> CollectorRegistry:

@@ -33,9 +33,12 @@ import socket
 import tempfile
 import time
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
+from typing import TYPE_CHECKING
 
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .http.metrics_port import MetricsPort
 
 __all__ = ["StartFailure", "run_workers"]
 
@@ -121,7 +124,7 @@ class _Worker:
 
 
 class _Supervisor:
-    def __init__(self, settings: Settings, http: WSGIServer) -> None:
+    def __init__(self, settings: Settings, http: MetricsPort) -> None:
         self.settings = settings
         self.http = http
         self.workers: dict[int, _Worker] = {}
@@ -294,7 +297,8 @@ def run_workers(settings: Settings) -> int:
     metrics_dir = tempfile.mkdtemp(prefix=f"vae-serve-metrics-{os.getpid()}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from .app import check_port_free
-    from .metrics import multiprocess_registry, serve_metrics
+    from .http.metrics_port import MetricsPort
+    from .metrics import multiprocess_registry
     from .repository import resolve
 
     try:
@@ -302,7 +306,7 @@ def run_workers(settings: Settings) -> int:
         if settings.http:
             check_port_free(settings.http_host, settings.http_port)
         resolve(settings.model_repository, settings.model, settings.model_version)  # card + sha256, no ORT
-        http = serve_metrics(multiprocess_registry(), settings.metrics_host, settings.metrics_port)
+        http = MetricsPort(multiprocess_registry(), settings.metrics_host, settings.metrics_port)
         supervisor = _Supervisor(settings, http)
         try:
             supervisor.install_signals()
@@ -313,12 +317,12 @@ def run_workers(settings: Settings) -> int:
                 settings.workers,
                 settings.host,
                 settings.port,
-                http.server_address[1],
+                http.port,
             )
             code = supervisor.supervise()
         finally:
             supervisor.close()
-            http.shutdown()
+            http.close()
         if supervisor.failure:
             raise StartFailure(supervisor.failure)
         return code

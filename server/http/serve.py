@@ -27,10 +27,12 @@ from typing import Any
 import httptools
 import orjson
 import uvicorn
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from vae_serve.errors import ModelLoadError
-from vae_serve.server.settings import HttpSettings, NetworkSettings, TLSSettings
+from vae_serve.server.http.limits import is_count
+from vae_serve.server.settings import TLSSettings
 
 __all__ = ["HttpServer", "bind"]
 
@@ -38,7 +40,17 @@ log = logging.getLogger(__name__)
 
 
 MAX_HEAD_BYTES = 64 * 1024  # a request line and headers; httptools itself sets no limit
-STATUS_TEXT = {400: "Bad Request", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+MAX_PIPELINE = 8  # requests received ahead of their answers; the rest of the bytes wait unparsed
+FEED_SLICE = 4096  # bytes parsed past a known body at once: bounds the requests one feed can queue
+MAX_HELD_BYTES = 1 << 20  # bytes a pipelining client may have sent past MAX_PIPELINE requests
+PRESSURE_FIRST_BYTE_S = 1.0  # the first-byte deadline once over half the connection cap is open
+DRAIN_LINGER_S = 1.0  # an idle connection stays this long in a drain, to answer a request with 503
+STATUS_TEXT = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
 
 
 def _refusal(status: int, message: str) -> bytes:
@@ -56,36 +68,124 @@ class _HeadTooLarge(Exception):
     pass
 
 
-class _DeadlineProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline on receiving each request, a bound on its
-    head, and a cap on open connections, each refusal answered in JSON as every other error is.
+class _Pool:
+    """The connections of one server that owe no answer, oldest first: those silent since they
+    opened or since their last answer, then those part-way through sending a request. When the
+    connection cap is reached, the oldest of them gives way to the newcomer, so that idle sockets
+    can never lock out a client with a request to make."""
 
-    The deadline runs from a connection's first byte between requests (or its opening) until
-    the request's body is complete; it is not armed while a request is being answered, so a
-    pipelined request waits for its predecessor without being cut off. A connection closed for
-    slowness, or kept alive past its time, is aborted: a client that stops reading cannot hold
-    its reply's memory and its slot by never draining the socket.
+    def __init__(self) -> None:
+        self.silent: dict[_BoundedProtocol, None] = {}
+        self.partial: dict[_BoundedProtocol, None] = {}
+        self.leaving = 0  # closed to make room, not yet gone from uvicorn's connection set
+
+    def mark(self, connection: _BoundedProtocol, tier: dict[_BoundedProtocol, None] | None) -> None:
+        self.silent.pop(connection, None)
+        self.partial.pop(connection, None)
+        if tier is not None:
+            tier[connection] = None  # at the end: the newest of its tier
+
+    def oldest(self) -> _BoundedProtocol | None:
+        for tier in (self.silent, self.partial):
+            for connection in tier:
+                return connection
+        return None
+
+
+class _Flow(FlowControl):
+    """uvicorn's flow control, except that reading stays paused while bytes parsed ahead of
+    MAX_PIPELINE requests wait: uvicorn resumes reading after every answer, and each read could
+    queue thousands more requests."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__(transport)
+        self.held = False
+        self.resume_wanted = False  # a resume asked for while held, applied on release
+
+    def pause_reading(self) -> None:
+        self.resume_wanted = False
+        super().pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.held:
+            self.resume_wanted = True
+        else:
+            super().resume_reading()
+
+    def hold(self) -> None:
+        super().pause_reading()
+        self.held, self.resume_wanted = True, True
+
+    def release(self) -> None:
+        self.held = False
+        if self.resume_wanted:
+            super().resume_reading()
+
+
+class _BoundedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with every client's hold on the server bounded.
+
+    - Receiving: a deadline on each request, from its first byte (or the connection's opening)
+      until its body is complete, answered 408 if a request had begun; a bound on its head.
+    - Pipelining: at most MAX_PIPELINE requests parsed ahead of their answers; the bytes after
+      them wait unparsed (at most one read) with reading paused.
+    - Sending: a client that reads nothing of its answer for the receive timeout is cut off, so
+      it cannot hold a reply's memory by never draining the socket.
+    - Connections: over the cap, the oldest connection that owes no answer gives way; only when
+      every connection has a request being answered is a newcomer refused (503).
+    - Draining: an idle connection stays open briefly, so that a request already on its way is
+      answered (503) rather than reset.
+    Every refusal is answered in JSON, as every other error is.
     """
 
     receive_timeout_s = 5.0  # set per server by `HttpServer`: --receive-timeout-s
     max_connections = 1024  # and --http-max-connections
+    pool: _Pool  # and one pool per server
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._receipt: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None
         self._head_bytes = 0
+        self._body_left = 0  # of the request being parsed, by its Content-Length
+        self._begun = False  # a request has begun to arrive and is not complete
+        self._held = b""
+        self._leaving = self._draining = False
         super().connection_made(transport)
-        if len(self.connections) > self.max_connections:
-            limit = self.max_connections
-            self._refuse(503, f"over {limit} HTTP connections open (--http-max-connections); retry")
-            return
-        self._arm()  # a connection that never sends a byte is closed too
+        self.flow = _Flow(transport)
+        self.pool.mark(self, self.pool.silent)
+        if len(self.connections) - self.pool.leaving > self.max_connections:
+            oldest = self.pool.oldest()
+            if oldest is None or oldest is self:
+                limit = self.max_connections
+                self._refuse(503, f"over {limit} HTTP connections are answering requests; retry")
+                return
+            oldest._give_way()
+        crowded = len(self.connections) > self.max_connections // 2
+        self._arm(min(PRESSURE_FIRST_BYTE_S, self.receive_timeout_s) if crowded else None)
 
     def data_received(self, data: bytes) -> None:
+        if self._held:  # read in the same turn as the bytes held: they wait behind them
+            self._held += data
+            if len(self._held) > MAX_HELD_BYTES:
+                self._close(f"a client pipelined over {MAX_HELD_BYTES} bytes ahead of its answers")
+            return
         if self.cycle is None or self.cycle.response_complete:  # between requests: a new one begins
             self._arm()
         self._unset_keepalive_if_required()
+        self._feed(memoryview(data))
+
+    def _feed(self, data: memoryview) -> None:
+        """Parse `data`, a slice at a time, until MAX_PIPELINE requests wait for their answers."""
+        start = 0
         try:
-            self.parser.feed_data(data)
+            while start < len(data):
+                if len(self.pipeline) >= MAX_PIPELINE:
+                    self._held = bytes(data[start:])
+                    self.flow.hold()
+                    return
+                end = start + self._body_left + FEED_SLICE
+                self.parser.feed_data(data[start:end])
+                start = end
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not served here")
         except httptools.HttpParserError as exc:
@@ -95,7 +195,11 @@ class _DeadlineProtocol(HttpToolsProtocol):
                 self._refuse(400, "not a valid HTTP/1.1 request")
 
     def on_message_begin(self) -> None:
-        self._head_bytes = 0
+        self._head_bytes, self._body_left, self._begun = 0, 0, True
+        if self.cycle is None or self.cycle.response_complete:
+            self._arm()
+            if self in self.pool.silent:
+                self.pool.mark(self, self.pool.partial)
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
@@ -104,23 +208,67 @@ class _DeadlineProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count_head(len(name) + len(value))
+        if name.lower() == b"content-length" and is_count(value.strip().decode("latin-1")):
+            self._body_left = int(value)
         super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False
+
+    def on_body(self, body: bytes) -> None:
+        self._body_left = max(0, self._body_left - len(body))
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._body_left, self._begun = 0, False
+        answered = self.cycle is not None and self.cycle.response_complete  # answered early (413)
+        self.pool.mark(self, self.pool.silent if answered and not self.pipeline else None)
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self.transport.is_closing():
+            return
+        if self._held:
+            held, self._held = self._held, b""
+            self._feed(memoryview(held))
+            if not self._held:
+                self.flow.release()
         if self.cycle is not None and not self.cycle.response_complete and self.cycle.more_body:
             self._arm()  # a pipelined request started now, its body still on the way
+        if not self.pipeline and self.cycle is not None and self.cycle.response_complete:
+            self.pool.mark(self, self.pool.partial if self._begun else self.pool.silent)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_sending(self.transport.get_write_buffer_size())
+
+    def resume_writing(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        super().resume_writing()
+
+    def shutdown(self) -> None:
+        self._draining = True
+        if self.cycle is None or self.cycle.response_complete:
+            self.loop.call_later(DRAIN_LINGER_S, self._close_if_idle)
+        else:
+            self.cycle.keep_alive = False
 
     def timeout_keep_alive_handler(self) -> None:
-        if not self.transport.is_closing():
-            self.transport.abort()
+        self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self.resume_writing()
+        self.pool.mark(self, None)
+        if self._leaving:
+            self.pool.leaving -= 1
+            self._leaving = False
         super().connection_lost(exc)
 
     def _count_head(self, size: int) -> None:
@@ -128,14 +276,43 @@ class _DeadlineProtocol(HttpToolsProtocol):
         if self._head_bytes > MAX_HEAD_BYTES:
             raise _HeadTooLarge  # httptools stops parsing and raises HttpParserCallbackError
 
+    def _give_way(self) -> None:
+        """Close to make room for a new connection (this one owes no answer)."""
+        self.pool.mark(self, None)
+        self._leaving = True
+        self.pool.leaving += 1
+        if self._begun:
+            self._refuse(503, "closed to make room for other connections before the request arrived; retry")
+        else:
+            self._close()
+
     def _refuse(self, status: int, message: str) -> None:
         self._disarm()
+        self.pool.mark(self, None)
+        if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
+            self.transport.abort()  # an answer is under way: no other can be written
+            return
         self.transport.write(_refusal(status, message))
-        self.transport.close()
+        self._close()
 
-    def _arm(self) -> None:
+    def _close(self, why: str | None = None) -> None:
+        """Close, or abort when the client has not read what was written: a client that never
+        reads could otherwise keep a closing connection, and its buffer, forever."""
+        if why is not None:
+            log.info("closing an HTTP connection: %s", why)
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def _close_if_idle(self) -> None:
+        idle = not self._begun and not self.pipeline and (self.cycle is None or self.cycle.response_complete)
+        if idle and not self.transport.is_closing():
+            self._close()
+
+    def _arm(self, seconds: float | None = None) -> None:
         if self._receipt is None:
-            self._receipt = self.loop.call_later(self.receive_timeout_s, self._too_slow)
+            self._receipt = self.loop.call_later(seconds or self.receive_timeout_s, self._too_slow)
 
     def _disarm(self) -> None:
         if self._receipt is not None:
@@ -144,22 +321,35 @@ class _DeadlineProtocol(HttpToolsProtocol):
 
     def _too_slow(self) -> None:
         self._receipt = None
-        log.info(
-            "aborting an HTTP connection whose request took over %.1f s to arrive", self.receive_timeout_s
-        )
-        self.transport.abort()
+        if self._begun:
+            timeout = self.receive_timeout_s
+            self._refuse(408, f"the request took over {timeout:g} s to arrive (--receive-timeout-s)")
+        else:
+            self._close()  # sent nothing, or blank lines: there is nothing to answer
+
+    def _watch_sending(self, unsent: int) -> None:
+        self._stall = self.loop.call_later(self.receive_timeout_s, self._check_sending, unsent)
+
+    def _check_sending(self, unsent: int) -> None:
+        now = self.transport.get_write_buffer_size()
+        if now < unsent:
+            self._watch_sending(now)  # the client is reading, however slowly
+        else:
+            self._stall = None
+            timeout = self.receive_timeout_s
+            log.info("aborting an HTTP connection whose client read nothing for %.1f s", timeout)
+            self.transport.abort()
 
 
-def bind(settings: HttpSettings, shared: bool) -> socket.socket:
+def bind(host: str, port: int, shared: bool = False, what: str = "listen for HTTP") -> socket.socket:
     """The listening socket, bound now so that a port in use fails start-up before anything serves.
     `shared`: a worker's, SO_REUSEPORT like its gRPC port (the supervisor checked it was free)."""
-    host, port = settings.http_host, settings.http_port
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, address = infos[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
-        raise ModelLoadError(f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
+        raise ModelLoadError(f"cannot {what} on {host}:{port}: {exc.strerror or exc}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if shared:
@@ -168,23 +358,29 @@ def bind(settings: HttpSettings, shared: bool) -> socket.socket:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise ModelLoadError(
-            f"cannot listen for HTTP on {host}:{port}: {exc.strerror}; is the port in use?"
-        ) from None
+        raise ModelLoadError(f"cannot {what} on {host}:{port}: {exc.strerror}; is the port in use?") from None
     sock.setblocking(False)
     return sock
 
 
 class HttpServer:
-    """uvicorn on the running loop, over a socket from `bind`."""
+    """uvicorn on the running loop, over a socket from `bind`, with every client bounded
+    (`_BoundedProtocol`)."""
 
     def __init__(
-        self, app: Any, sock: socket.socket, http: HttpSettings, network: NetworkSettings, tls: TLSSettings
+        self,
+        app: Any,
+        sock: socket.socket,
+        *,
+        receive_timeout_s: float,
+        max_connections: int,
+        keep_alive_s: float,
+        tls: TLSSettings | None = None,
     ) -> None:
         protocol = type(
-            "DeadlineProtocol",
-            (_DeadlineProtocol,),
-            {"receive_timeout_s": network.receive_timeout_s, "max_connections": http.http_max_connections},
+            "BoundedProtocol",
+            (_BoundedProtocol,),
+            {"receive_timeout_s": receive_timeout_s, "max_connections": max_connections, "pool": _Pool()},
         )
         config = uvicorn.Config(
             app,
@@ -194,19 +390,15 @@ class HttpServer:
             access_log=False,
             server_header=False,
             date_header=False,  # uvicorn refreshes it only in a main loop this server does not run
-            timeout_keep_alive=http.http_keep_alive_s,
-            timeout_graceful_shutdown=network.drain_grace_s,
-            ssl_certfile=tls.tls_cert,
-            ssl_keyfile=tls.tls_key,
-            ssl_ca_certs=tls.tls_client_ca,
-            ssl_cert_reqs=ssl.CERT_REQUIRED if tls.tls_client_ca else ssl.CERT_NONE,
+            timeout_keep_alive=keep_alive_s,
+            **({} if tls is None else _tls_options(tls)),
         )
         config.load()
         if config.ssl is not None:
             config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
         self._server = uvicorn.Server(config)
         self._sock = sock
-        self._receive_timeout_s = network.receive_timeout_s
+        self._receive_timeout_s = receive_timeout_s
         self.port: int = sock.getsockname()[1]
 
     async def start(self) -> None:
@@ -237,3 +429,12 @@ class HttpServer:
             await self._server.shutdown(sockets=[self._sock])
         else:
             self._sock.close()
+
+
+def _tls_options(tls: TLSSettings) -> dict[str, Any]:
+    return {
+        "ssl_certfile": tls.tls_cert,
+        "ssl_keyfile": tls.tls_key,
+        "ssl_ca_certs": tls.tls_client_ca,
+        "ssl_cert_reqs": ssl.CERT_REQUIRED if tls.tls_client_ca else ssl.CERT_NONE,
+    }
