@@ -394,3 +394,60 @@ def test_a_request_on_an_idle_connection_in_a_drain_is_answered_not_reset():
     finally:
         proc.kill()
         proc.wait()
+
+
+def _raw(head: str, body: bytes = b"") -> bytes:
+    return head.replace("\n", "\r\n").encode("latin-1") + b"\r\n" + body
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (_raw("GET /v2 HTTP/1.1\nHost: x\nX-Big: " + "a" * 100_000 + "\n"), 431),
+        (
+            _raw(
+                "POST /v1/decode HTTP/1.1\nHost: x\nContent-Type: text/plain\nContent-Length: 9\n",
+                b"{'z': []}",
+            ),
+            415,
+        ),
+        (
+            _raw(
+                "POST /v1/decode HTTP/1.1\nHost: x\nContent-Type: application/json\n"
+                f"Content-Length: {1 << 40}\n"
+            ),
+            413,
+        ),
+        (
+            _raw("POST /v1/decode HTTP/1.1\nHost: x\nContent-Type: application/json\nContent-Length: 1x\n"),
+            400,
+        ),
+        (_raw("POST /v1/decode HTTP/1.1\nHost: x\nContent-Encoding: gzip\nContent-Length: 2\n", b"{}"), 400),
+        (_form_post("b" * 300, b"--" + b"b" * 300 + b"\r\n"), 400),
+        (_raw("GET /v1/sample?n=100000 HTTP/1.1\nHost: x\n"), 400),
+        (_raw("GET /" + "a" * 60_000 + " HTTP/1.1\nHost: x\n"), 404),
+        (b"\x16\x03\x01\x02\x00" + b"\x00" * 512, 400),  # a TLS hello to the plain port
+    ],
+    ids=[
+        "huge head",
+        "text body",
+        "1 TiB declared",
+        "bad length",
+        "gzip",
+        "long boundary",
+        "huge n",
+        "long path",
+        "TLS",
+    ],
+)
+def test_each_hostile_request_is_refused_in_one_line_while_the_loop_keeps_serving(server, raw, status):
+    grpc_port, port = server
+    with LoopProbe(f"127.0.0.1:{grpc_port}") as probe:
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(raw)
+                reply = read_reply(sock)
+            head, _, text = reply.partition("\r\n\r\n")
+            assert head.startswith(f"HTTP/1.1 {status}"), reply[:300]
+            assert "\n" not in text and set(orjson.loads(text)) == {"error"}
+    assert probe.max_gap_s < HTTP_STALL_BOUND_S
