@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: serve test test-fast lint proto system-deps train clean
+.PHONY: serve test test-fast lint docs proto system-deps train clean
 
 # Serving runtime only (the server extra, no torch): what a deployment installs.
 $(BIN)/.runtime: pyproject.toml
@@ -43,10 +43,14 @@ lint: $(BIN)/.dev
 	$(BIN)/ruff format --check .
 	$(BIN)/python protos/generate.py --check
 
+# The documentation site, offline; a broken link or anchor fails the build.
+docs: $(BIN)/.dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 proto: $(BIN)/.dev
 	$(BIN)/python protos/generate.py
 
-test: $(BIN)/.dev system-deps lint
+test: $(BIN)/.dev system-deps lint docs
 	$(BIN)/pytest
 
 test-fast: $(BIN)/.dev system-deps
@@ -58,4 +62,4 @@ train: $(BIN)/.dev system-deps
 	$(BIN)/vae-train
 
 clean:
-	rm -rf $(VENV) checkpoints .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) checkpoints site .pytest_cache .ruff_cache *.egg-info

@@ -25,10 +25,13 @@ def image_grid(
 ) -> np.ndarray:
     """images [N, H, W] in [0, 1] -> one uint8 [rows*(H*scale+p)+p, cols*(W*scale+p)+p] picture.
 
-    Tiles are separated by `padding` pixels of grey `fill`, so dark images stay distinguishable.
+    Tiles are separated by `padding` pixels of grey `fill`, so dark images stay distinguishable;
+    one image alone has no frame, so that it can be sent back as a picture of its own.
     """
     if images.ndim != 3:
         raise ValueError(f"expected images [N, H, W], got shape {list(images.shape)}")
+    if len(images) == 1:
+        padding = 0
     tiles = np.kron(np.clip(images, 0, 1), np.ones((1, scale, scale), dtype=images.dtype))
     n, h, w = tiles.shape
     rows, cols = grid_shape(n, columns)

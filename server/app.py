@@ -175,10 +175,9 @@ class VaeServer:
         Metrics are served before the gRPC port is bound (grpc cannot release the port of a server
         it never started), and any failure after closes them again: a server that did not start
         holds no port and leaves no thread behind."""
-        # What the imports made (~80k objects) leaves the collector's scans, which otherwise stalled
-        # a call ~20 ms at each full collection (bench/compare.py --rate: p99 at half load 13.3 ->
-        # 7.7 ms). Collected first, so no garbage is kept; frozen before the model loads, so a
-        # version retired later is still freed whole.
+        # What the imports made leaves the collector's scans, which would otherwise stall whichever
+        # call runs at a full collection. Collected first, so no garbage is kept; frozen before the
+        # model loads, so a version retired later is still freed whole.
         gc.collect()
         gc.freeze()
         if not self.dataplane.loaded:

@@ -4,7 +4,7 @@ A request joins a bounded queue (full -> `Overloaded`, at once: runner.Admission
 the unbatched runner) and awaits a future. One collector
 task per graph takes what is queued, up to `max_batch_size` rows, runs it in one ORT call and hands
 each caller exactly its own rows. Batches of up to INLINE_MAX_ROWS rows run on the event loop
-(measured: a thread hop costs more than it frees at that size); larger ones run on the graph's
+(a thread hop costs more than it frees at that size); larger ones run on the graph's
 worker thread while the loop keeps admitting requests. Requests whose deadline passed before
 their turn fail with `DeadlineExceeded` and are never computed. A request above
 `max_batch_size` rows runs on its own, under the same queue bound and deadline.
@@ -13,13 +13,10 @@ How long a partial batch waits for company (at most `max_queue_delay_us`):
 - "fixed": always, until the batch is full or the delay is over (0: run what is queued now);
 - "adaptive" (default): only for as many requests as the largest batch of the last MEMORY_DELAYS
   delays merged, so a lone request never waits, and a steady load leaves as soon as its usual
-  company is in. (Remembering only the last batch, as this did before, let batches shrink under
-  load: a small batch set a small target, which the next met early, and so on. Under Poisson
-  arrivals at half the peak the loop then ran small batches at 80% busy, and p99 was 4-5x p50;
-  with the window it is ~1.9x, and closed loops at concurrency 8-128 serve 1.06-1.14x more.)
+  company is in. The largest of several, not the last alone, so that a small batch does not set
+  a small target for the next (docs/design-notes.md).
 The wait is what makes batching pay on this stack: gRPC hands a busy event loop one call per
-turn, and only a loop that waits takes them in bulk (bench/ measured 1.6-1.7x throughput at
-concurrency 32). asyncio timers round up to about a millisecond, so "now" uses no timer: the
+turn, and only a loop that waits takes them in bulk. asyncio timers round up to about a millisecond, so "now" uses no timer: the
 collector yields to the loop once, letting calls that already arrived join. A request that finds
 the collector idle and would not wait yields that turn itself and, still alone, runs as its own
 batch without waking the collector (`_alone`).
@@ -50,7 +47,7 @@ __all__ = ["MEMORY_DELAYS", "BatchingRunner", "RecentMax"]
 
 log = logging.getLogger(__name__)
 
-MEMORY_DELAYS = 10  # the adaptive wait remembers batches this many queue delays back (bench/: 4 was unsteady)
+MEMORY_DELAYS = 10  # the adaptive wait remembers batches this many queue delays back
 
 
 class RecentMax:
@@ -157,8 +154,7 @@ class BatchingRunner:
     async def _alone(self, item: _Pending) -> list[np.ndarray]:
         """A request that finds the collector idle and would not wait for company gathers it as the
         collector would (one turn of the loop) and, when none came, runs as its batch itself: a lone
-        request spares the collector's wake-up and its own, two loop turns (bench/compare.py: 1.04x
-        req/s at concurrency 1, 0.97x CPU per request). When company came, the collector takes them
+        request spares the collector's wake-up and its own, two loop turns. When company came, the collector takes them
         all, as without this path."""
         try:
             await asyncio.sleep(0)
@@ -237,7 +233,7 @@ class BatchingRunner:
         try:
             with tracing.compute_span(self.graph.label, self.graph.provider, len(merged), requests):
                 if len(merged) <= INLINE_MAX_ROWS:
-                    outputs = self.graph.run(merged, len(batch))  # cheaper than a thread hop here (bench/)
+                    outputs = self.graph.run(merged, len(batch))  # cheaper than a thread hop here
                 else:
                     outputs = await self.graph.run_off_loop(merged, requests=len(batch))
         except Exception as exc:  # ORT failed: every caller in the batch gets the error

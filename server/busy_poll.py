@@ -3,10 +3,9 @@
 On a virtual machine a thread that blocks with nothing to do idles its vCPU, and waking that
 vCPU again goes through the hypervisor: tens to hundreds of microseconds before the loop runs.
 A sequential gRPC client pays it several times a call: grpc.aio's poller thread hands the loop
-four events per unary call (bench/compare.py: p50 at concurrency 1 1.09 ms without polling,
-0.83 ms with, at 1.02x the server CPU per request). So, as the kernel's haltpoll
-governor does for a guest's idle vCPU (switched off on this VM), the loop's selector first
-polls without blocking for up to a window of time, and only then sleeps.
+four events per unary call. So, as the kernel's haltpoll governor does for a guest's idle vCPU
+(where the host leaves it off), the loop's selector first polls without blocking for up to a
+window of time, and only then sleeps.
 
 The window adapts to the gaps between events, as haltpoll's does: when the loop slept and an
 event woke it within `max_us`, a longer window would have caught it, so the window doubles (up
@@ -14,9 +13,8 @@ to `max_us`); when the loop slept longer than `max_us`, traffic is sparse and po
 CPU, so it halves (and below GROW_START stops). A loaded server never gets here: its selector
 is called with work already waiting (timeout 0) and never polls. A timer due within the window
 is polled up to; the sleep after a window is rounded up to a whole millisecond by epoll, as every
-asyncio sleep is, so a timer may fire up to 1 ms late as without polling. (Cutting such sleeps
-to whole milliseconds and polling up to the timer made timers exact, the batcher's waits too,
-and cost 5% of throughput at concurrency 32: 0.95x, 0.90-0.98 in 5 pairs. Not kept.)
+asyncio sleep is, so a timer may fire up to 1 ms late as without polling (exact timers cost
+more throughput than they bought: docs/design-notes.md).
 """
 
 from __future__ import annotations

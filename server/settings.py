@@ -376,9 +376,8 @@ class Settings(
 
     @model_validator(mode="after")
     def _one_loop_polls(self) -> Settings:
-        """Several workers' loops polling take the cores from each other and from the clients
-        (bench/compare.py, 2 workers against 1 on 2 cores at c=128: 0.88x polling, 1.13x not),
-        so unless it is asked for, workers do not poll."""
+        """Several workers' loops polling take the cores from each other and from the clients,
+        so unless it is asked for, workers do not poll (docs/design-notes.md)."""
         if self.workers > 1 and "busy_poll_us" not in self.model_fields_set:
             self.busy_poll_us = 0
         return self

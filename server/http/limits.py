@@ -1,9 +1,8 @@
 """How much JSON the HTTP front end reads or writes in one request.
 
 JSON text of tensors is parsed and written by C code that holds the GIL throughout (orjson,
-numpy), so a thread does not keep the event loop free while it runs. Measured on this machine:
-17 MB of JSON stalls the loop ~190 ms, 4 MB ~30 ms. JSON bodies and replies stay within
-MAX_JSON_BYTES; binary tensor data (KServe) and pictures carry more, up to --max-message-bytes.
+numpy), so a thread does not keep the event loop free while it runs, and the stall grows with
+the text. JSON bodies and replies stay within MAX_JSON_BYTES; binary tensor data (KServe) and pictures carry more, up to --max-message-bytes.
 """
 
 from vae_serve.errors import TooLarge
@@ -18,14 +17,14 @@ __all__ = [
 ]
 
 MAX_JSON_BYTES = 4 << 20
-JSON_BYTES_PER_VALUE = 12  # a float32 as orjson writes it, with its comma (measured: ~10.6 on average)
+JSON_BYTES_PER_VALUE = 12  # a float32 as orjson writes it, with its comma, rounded up
 # Pictures, one or a multipart form of several: the form is parsed on the event loop
-# (python-multipart, ~30 ms for 8 MB measured), and 64 pictures of 1024x1024 fit.
+# (python-multipart, on a worker thread), and 64 pictures of 1024x1024 fit.
 MAX_UPLOAD_BYTES = 8 << 20
-# What parsing JSON costs is the objects it makes, not its bytes: 4 MB of `[],` (1.3M lists) take
-# 0.5-1 s to parse, all of it holding the GIL. So a body's values and arrays are counted (by
-# `bytes.count`, about 1 ms for 4 MB) and refused before it is parsed: 512k values parse in
-# ~35 ms, and a request's arrays are bounded by its rows.
+# What parsing JSON costs is the objects it makes, not its bytes: a body of millions of tiny
+# arrays holds the GIL for most of a second. So a body's values and arrays are counted (cheaply,
+# with `bytes.count`) and refused before it is parsed: values to what parses in tens of
+# milliseconds, arrays to what a request's rows need.
 MAX_JSON_VALUES = 1 << 19
 JSON_SPARE_ARRAYS = 64  # the arrays and objects of a body's structure, besides its rows
 

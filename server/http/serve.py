@@ -1,17 +1,16 @@
 """The HTTP port: uvicorn serving the ASGI app on the gRPC server's own event loop.
 
 uvicorn with httptools: it starts on a running loop over a socket it is given, and its
-HTTP/1.1 path is cheap (bench/rest.py: ~95 us of server CPU per request for the floor, about
-10k requests/s on one core); Hypercorn serving the same floor managed 0.25-0.6x of its requests/s
-(bench/http_stack.py). What uvicorn lacks is added here:
+HTTP/1.1 path is the cheapest of the ASGI servers measured (docs/benchmarks.md). What uvicorn
+lacks is added here:
 
 - a deadline for receiving a request. uvicorn's keep-alive timeout only covers the idle time
   between requests, and every byte resets it, so a client trickling its headers or body one byte
   at a time would hold a connection forever (slowloris);
 - a bound on the request line and headers (httptools has none);
 - a deadline on the TLS handshake (the receive timeout), which uvicorn leaves at asyncio's 60 s;
-- a cap on open connections (`--http-max-connections`) that answers in JSON, where uvicorn's
-  own limit answers in plain text;
+- bounds on what one client can hold: requests parsed ahead of their answers, replies it does
+  not read, and a connection cap at which idle connections give way (`_BoundedProtocol`);
 - start and stop under the server's own lifecycle: no signal handlers of uvicorn's (the server
   has its own), no lifespan, no logging configuration of its own.
 """

@@ -37,3 +37,10 @@ def test_save_png_round_trips(tmp_path):
     with Image.open(tmp_path / "sub" / "g.png") as img:
         assert img.mode == "L"
         np.testing.assert_array_equal(np.asarray(img), picture)
+
+
+def test_one_image_alone_has_no_frame_so_it_can_be_sent_back_as_a_picture():
+    image = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
+    grid = image_grid(image)
+    assert grid.shape == (56, 56)
+    assert np.array_equal(grid[::2, ::2], np.round(image[0] * 255).astype(np.uint8))
