@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
-import platform
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 import click
+from click.core import ParameterSource
 
 from vae_serve import require_extra
 
@@ -20,16 +21,29 @@ from vae_serve import require_extra
 # them, one line that says what to install instead of an ImportError from the imports below.
 require_extra("vae-train", "train", ("torch", "onnx", "onnxscript", "onnxruntime", "tqdm"))
 
-import onnx  # noqa: E402
-import onnxruntime  # noqa: E402
-import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from .data import DEFAULT_DATA_DIR, DatasetError, load_images  # noqa: E402
+from .data import (  # noqa: E402
+    CHANNELS,
+    DEFAULT_DATA_DIR,
+    DEFAULT_TEST_FRACTION,
+    DatasetError,
+    DataSplits,
+    open_data,
+)
 from .directions import principal_directions  # noqa: E402
 from .evaluate import Evaluation, evaluate, posterior_means  # noqa: E402
-from .export import VERSION_RULE, ExportError, claim_version, write_version  # noqa: E402
-from .model import VAE, VAEConfig  # noqa: E402
+from .export import VERSION_RULE, ExportError, card_image_shape, claim_version, export_vae, write_card  # noqa: E402
+from .model import (  # noqa: E402
+    ARCHITECTURES,
+    VAE,
+    ConvVAE,
+    ConvVAEConfig,
+    Decoder,
+    Encoder,
+    ModelConfig,
+    VAEConfig,
+)
 from .train import (  # noqa: E402
     Checkpoint,
     DistContext,
@@ -45,6 +59,28 @@ __all__ = ["entry", "main"]
 log = logging.getLogger("vae_serve.training")
 
 T = TypeVar("T")
+
+
+def _dims(value: str, count: tuple[int, ...], what: str) -> tuple[int, ...]:
+    """'32x48' -> (32, 48): `count` numbers (one of them) of at least 1, separated by x."""
+    try:
+        dims = tuple(int(v) for v in value.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) not in count or min(dims) < 1:
+        raise click.BadParameter(f"expected {what} of positive integers, got {value!r}")
+    return dims
+
+
+def _image_size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    dims = _dims(value, (1, 2), "HxW (or one number for a square)")
+    return (dims[0], dims[-1])
+
+
+def _image_shape(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    return None if value is None else _dims(value, (2, 3), "HxW or HxWxC")
 
 
 def _hidden(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -91,7 +127,7 @@ def _on_main_rank(ctx: DistContext, work: Callable[[], T]) -> T | None:
     return result
 
 
-def _check_ranks_agree(model: VAE, ctx: DistContext) -> None:
+def _check_ranks_agree(model: VAE | ConvVAE, ctx: DistContext) -> None:
     digest = parameter_digest(model)
     log.info("rank %d/%d: parameter digest %s", ctx.rank, ctx.world_size, digest)
     if ctx.world_size == 1:
@@ -113,57 +149,93 @@ class Recipe:
     world_size: int
 
 
-def _load(
-    data_dir: Path, limit: int | None, ctx: DistContext
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Train and test images as flat rows on the training device, and the image shape."""
-    train_images, test_images = (load_images(data_dir, split)[:limit] for split in ("train", "t10k"))
-    rows = (torch.from_numpy(i.reshape(len(i), -1)).to(ctx.device) for i in (train_images, test_images))
-    return *rows, list(train_images.shape[1:])
+def _load(data: Path, options: dict[str, object], ctx: DistContext) -> DataSplits:
+    """Train and test rows on the training device (or read there batch by batch), and their shape."""
+    splits = open_data(data, **options)
+    splits.train, splits.test = splits.train.to(ctx.device), splits.test.to(ctx.device)
+    return splits
+
+
+def _config(
+    arch: str, splits: DataSplits, hidden: tuple[int, ...], conv_widths: tuple[int, ...], latent_dim: int
+) -> ModelConfig:
+    if arch == "conv":
+        try:
+            return ConvVAEConfig(splits.image_shape, conv_widths, latent_dim)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    return VAEConfig(math.prod(splits.image_shape), hidden, latent_dim)
 
 
 def _card(
     evaluation: Evaluation,
     directions: dict[str, object],
     recipe: Recipe,
-    model: VAE,
-    image_shape: list[int],
-    data_dir: Path,
-    train_images: int,
-    test_images: int,
+    model: VAE | ConvVAE,
+    splits: DataSplits,
     seconds: float,
 ) -> dict[str, object]:
+    """What the trainer adds to the card; export_vae writes the contract's fields and provenance."""
     return {
-        "input_dim": model.config.input_dim,
-        "image_shape": image_shape,
-        "latent_dim": model.config.latent_dim,
         "architecture": model.config.to_dict(),
-        "dataset": f"Fashion-MNIST IDX files in {data_dir}",
-        "train_images": train_images,
-        "test_images": test_images,
+        "dataset": splits.description,
+        "train_images": len(splits.train),
+        "test_images": len(splits.test),
         **asdict(recipe),
         "training_seconds": round(seconds, 1),
         "test_neg_elbo_nats": round(evaluation.neg_elbo, 3),
-        "test_iwae_nll_nats": round(evaluation.iwae_nll, 3),
+        # null when skipped (--iwae-k 0): NaN is not JSON, and a browser's JSON.parse refuses it
+        "test_iwae_nll_nats": round(evaluation.iwae_nll, 3) if evaluation.iwae_k else None,
         "iwae_k": evaluation.iwae_k,
         "principal_directions": directions,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "exporter": f"torch.onnx.export(dynamo=True) torch {torch.__version__}",
-        "versions": {
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version(),
-        },
     }
 
 
-@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.group(
+    invoke_without_command=True,
+    context_settings={"show_default": True, "help_option_names": ["-h", "--help"]},
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DATA_DIR,
+    help="Training data: a directory of IDX files (train-/t10k-images-idx3-ubyte[.gz]); a .npy or "
+    ".npz file of images [N, H, W] or [N, H, W, C], uint8 or float in [0, 1] (.npz: arrays train "
+    "and test, or one array); a directory with train.npy and test.npy; or a directory of PNG, JPEG "
+    "or WebP pictures, in train/ and test/ folders or not.",
+)
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
-    default=DEFAULT_DATA_DIR,
-    help="Directory of IDX files (train-/t10k-images-idx3-ubyte[.gz]).",
+    default=None,
+    deprecated="use --data",
+    help="The old name of --data.",
+)
+@click.option(
+    "--test-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=DEFAULT_TEST_FRACTION,
+    help="Share of the images held out for test, when the data has no test split (seeded by --seed).",
+)
+@click.option(
+    "--image-size",
+    default=None,
+    callback=_image_size,
+    metavar="HxW",
+    help="Resize every image to H rows by W columns (bilinear) "
+    "[default: the data's own size; mixed sizes need it].",
+)
+@click.option(
+    "--channels",
+    type=click.Choice([str(c) for c in CHANNELS]),
+    default=None,
+    help="Convert to 1 (grey) or 3 (RGB) channels [default: the data's; pictures: 3 if any is in colour].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="DataLoader processes reading pictures or arrays [default: up to 4 for pictures, 0 for arrays].",
 )
 @click.option(
     "--model-repository",
@@ -190,10 +262,22 @@ def _card(
     help="Peak Adam learning rate (cosine decay).",
 )
 @click.option(
+    "--arch",
+    type=click.Choice(sorted(ARCHITECTURES)),
+    default="mlp",
+    help="mlp: the default model's MLP; conv: strided convolutions, for colour and larger pictures.",
+)
+@click.option(
     "--hidden",
     default=",".join(map(str, VAEConfig.hidden)),
     callback=_hidden,
-    help="Hidden widths, encoder order.",
+    help="--arch mlp: hidden widths, encoder order.",
+)
+@click.option(
+    "--conv-widths",
+    default=",".join(map(str, ConvVAEConfig.widths)),
+    callback=_hidden,
+    help="--arch conv: channels of each strided convolution (each halves the picture), encoder order.",
 )
 @click.option(
     "--latent-dim", type=click.IntRange(min=1), default=VAEConfig.latent_dim, help="Latent dimensions L."
@@ -224,15 +308,24 @@ def _card(
     help="Continue from this checkpoint (with --epochs equal to its epoch: evaluate and export only).",
 )
 @click.option("--export/--no-export", default=True, help="Publish the model version after evaluation.")
+@click.pass_context
 def main(
-    data_dir: Path,
+    click_ctx: click.Context,
+    data: Path,
+    data_dir: Path | None,
+    test_fraction: float,
+    image_size: tuple[int, int] | None,
+    channels: str | None,
+    workers: int | None,
     model_repository: Path,
     name: str,
     version: str | None,
     epochs: int,
     batch_size: int,
     lr: float,
+    arch: str,
     hidden: tuple[int, ...],
+    conv_widths: tuple[int, ...],
     latent_dim: int,
     seed: int,
     device: str,
@@ -242,9 +335,32 @@ def main(
     resume: Path | None,
     export: bool,
 ) -> None:
-    """Train a VAE on Fashion-MNIST, evaluate it and export encoder and decoder to ONNX."""
+    """Train a VAE (Fashion-MNIST by default), evaluate it on the test set and publish its encoder
+    and decoder (ONNX) with a model card as a new model version."""
+    if click_ctx.invoked_subcommand is not None:  # `vae-train card ...`: nothing to train
+        given = [
+            p.opts[0]
+            for p in click_ctx.command.params
+            if click_ctx.get_parameter_source(p.name) not in (ParameterSource.DEFAULT, None)
+        ]
+        if given:  # they would be ignored
+            raise click.UsageError(f"{', '.join(given)}: training options, not for a command")
+        return
+    if data_dir is not None:
+        if click_ctx.get_parameter_source("data") != ParameterSource.DEFAULT:
+            raise click.UsageError("--data-dir is the old name of --data: pass one of them")
+        data = data_dir
+    options = {
+        "image_size": image_size,
+        "channels": int(channels) if channels else None,
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "limit": limit,
+        "workers": workers,
+    }
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # the exporter's pass-by-pass chatter
+    for chatty in ("onnx_ir", "onnxscript"):  # the exporter's pass-by-pass chatter
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     ctx = setup_distributed(device)
     recipe = Recipe(epochs, batch_size * ctx.world_size, lr, seed, ctx.world_size)
     try:
@@ -253,21 +369,26 @@ def main(
             target = _on_main_rank(ctx, lambda: claim_version(model_repository, name, version))
             if target is not None:
                 log.info("will publish %s (%s version %s)", target, name, target.name)
-        train_x, test_x, image_shape = _load(data_dir, limit, ctx)
+        splits = _load(data, options, ctx)
         state = Checkpoint.load(resume) if resume else None
-        config = state.config if state else VAEConfig(train_x.shape[1], hidden, latent_dim)
+        config = state.config if state else _config(arch, splits, hidden, conv_widths, latent_dim)
+        if config.input_dim != math.prod(splits.image_shape):
+            raise click.ClickException(
+                f"{resume}: a model of {config.input_dim} values an image, but the data has "
+                f"{math.prod(splits.image_shape)} ({'x'.join(map(str, splits.image_shape))})"
+            )
         log.info(
             "rank %d/%d on %s: %d train / %d test images, %s",
             ctx.rank,
             ctx.world_size,
             ctx.device,
-            len(train_x),
-            len(test_x),
+            len(splits.train),
+            len(splits.test),
             config,
         )
         model, seconds = train(
             config,
-            train_x,
+            splits.train,
             ctx=ctx,
             epochs=epochs,
             batch_size=batch_size,
@@ -279,7 +400,7 @@ def main(
         _check_ranks_agree(model, ctx)
 
         def evaluate_and_publish() -> None:
-            result = evaluate(model, test_x, iwae_k=iwae_k, seed=seed)
+            result = evaluate(model, splits.test, iwae_k=iwae_k, seed=seed)
             log.info(
                 "test -ELBO %.2f nats/image, IWAE(k=%d) bound on -log p(x) %.2f nats/image",
                 result.neg_elbo,
@@ -287,19 +408,18 @@ def main(
                 result.iwae_nll,
             )
             if export and target is not None:
-                directions = principal_directions(posterior_means(model, test_x))
-                card = _card(
-                    result,
-                    directions,
-                    recipe,
-                    model,
-                    image_shape,
-                    data_dir,
-                    len(train_x),
-                    len(test_x),
-                    seconds,
+                directions = principal_directions(posterior_means(model, splits.test))
+                path = export_vae(
+                    Encoder(model),
+                    Decoder(model),
+                    image_shape=card_image_shape(splits.image_shape),
+                    model_repository=model_repository,
+                    name=name,
+                    version=target.name,
+                    card=_card(result, directions, recipe, model, splits, seconds),
+                    arch=model.config.arch,
+                    seed=seed,
                 )
-                path = write_version(model, model_repository, name, target.name, card, seed)
                 log.info("wrote %s", path)
 
         # Every rank waits here for rank 0's evaluation and export, and hears if they failed.
@@ -309,6 +429,54 @@ def main(
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@main.command("card")
+@click.argument("version_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--image-shape",
+    default=None,
+    callback=_image_shape,
+    metavar="HxW|HxWxC",
+    help="The pictures' shape, channel-last (HxW for grey) [default: the card's, if there is one].",
+)
+@click.option(
+    "--arch", default=None, help="What the card calls the architecture [default: the card's, or custom]."
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Data (as vae-train --data takes) whose test images' posterior means give the card's "
+    "principal directions, resized and converted to the model's image shape [default: none].",
+)
+def card(version_dir: Path, image_shape: tuple[int, ...] | None, arch: str | None, data: Path | None) -> None:
+    """Check VERSION_DIR's encoder.onnx and decoder.onnx, exported elsewhere, against the serving
+    contract (names, shapes, dtypes, a dynamic batch axis, decoder values in [0, 1]), and write
+    its model.json with their hashes. Fields of a card already there are kept."""
+    try:
+        rows = None
+        if data is not None:
+            shape = card_image_shape(image_shape or _card_shape(version_dir))
+            channels = shape[2] if len(shape) == 3 else 1
+            rows = open_data(data, image_size=(shape[0], shape[1]), channels=channels).test
+        written = write_card(version_dir, image_shape=image_shape, arch=arch, directions_rows=rows)
+    except (DatasetError, ExportError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    shape = "x".join(map(str, written["image_shape"]))
+    click.echo(
+        f"{version_dir / 'model.json'}: written; x [batch, {written['input_dim']}] ({shape} pictures) "
+        f"-> mean, logvar [batch, {written['latent_dim']}]"
+    )
+
+
+def _card_shape(version_dir: Path) -> list[int]:
+    """The image shape an existing card records, for `card --data` without --image-shape."""
+    try:
+        shape = json.loads((version_dir / "model.json").read_text())["image_shape"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ExportError(f"{version_dir}: no image shape in a model.json; pass --image-shape") from None
+    return shape
 
 
 def entry() -> None:

@@ -74,7 +74,14 @@ def card_with_directions(
 
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.argument("version_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR, help="IDX files.")
+@click.option(
+    "--data",
+    "--data-dir",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DATA_DIR,
+    help="IDX files.",
+)
 def main(version_dir: Path, data_dir: Path) -> None:
     """Record the principal latent directions in VERSION_DIR/model.json (graphs unchanged)."""
     try:

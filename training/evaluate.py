@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .data import ImageRows, as_rows
 from .loss import neg_elbo, reconstruction_nll
-from .model import VAE
+from .model import VAE, ConvVAE
 
 __all__ = ["Evaluation", "evaluate", "iwae_nll", "posterior_means"]
 
@@ -28,7 +29,7 @@ def _log_normal(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> to
     return -0.5 * torch.sum(_LOG_2PI + logvar + (z - mean).pow(2) / logvar.exp(), dim=-1)
 
 
-def iwae_nll(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+def iwae_nll(model: VAE | ConvVAE, x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """-log (1/k sum_i p(x, z_i) / q(z_i | x)) per row (Burda et al. 2015); tightens as k grows."""
     mean, logvar = model.encode(x)
     eps = torch.randn((k, *mean.shape), generator=generator, device=x.device)
@@ -41,30 +42,34 @@ def iwae_nll(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator) ->
 
 
 @torch.no_grad()
-def posterior_means(model: VAE, images: torch.Tensor, batch_size: int = 500) -> np.ndarray:
-    """The encoder's means of `images` [N, D] as float32 [N, L] on the CPU."""
+def posterior_means(
+    model: VAE | ConvVAE, images: torch.Tensor | ImageRows, batch_size: int = 500
+) -> np.ndarray:
+    """The encoder's means of `images` (rows [N, D]) as float32 [N, L] on the CPU."""
     model.eval()
-    return (
-        torch.cat([model.encode(images[s : s + batch_size])[0] for s in range(0, len(images), batch_size)])
-        .cpu()
-        .numpy()
-    )
+    return torch.cat([model.encode(x)[0] for x in as_rows(images).batches(batch_size)]).cpu().numpy()
 
 
 @torch.no_grad()
 def evaluate(
-    model: VAE, images: torch.Tensor, *, iwae_k: int = 100, batch_size: int = 500, seed: int = 0
+    model: VAE | ConvVAE,
+    images: torch.Tensor | ImageRows,
+    *,
+    iwae_k: int = 100,
+    batch_size: int = 500,
+    seed: int = 0,
 ) -> Evaluation:
-    """Both figures over `images`, with a fixed seed so repeated evaluations agree exactly."""
+    """Both figures over `images` (rows [N, D]), with a fixed seed so repeated evaluations agree
+    exactly."""
     model.eval()
-    generator = torch.Generator(device=images.device).manual_seed(seed)
+    rows = as_rows(images)
+    generator = torch.Generator(device=rows.device).manual_seed(seed)
     elbo_sum = iwae_sum = 0.0
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size]
+    for x in rows.batches(batch_size):
         mean, logvar = model.encode(x)
         z = model.reparameterize(mean, logvar, generator)
         elbo_sum += neg_elbo(model.decode(z), x, mean, logvar).sum().item()
         if iwae_k > 0:
             iwae_sum += iwae_nll(model, x, iwae_k, generator).sum().item()
-    n = len(images)
+    n = len(rows)
     return Evaluation(elbo_sum / n, iwae_sum / n if iwae_k > 0 else math.nan, iwae_k)

@@ -23,8 +23,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+from .data import ImageRows, as_rows
 from .loss import neg_elbo
-from .model import VAE, VAEConfig
+from .model import VAE, ConvVAE, ModelConfig, build_vae, config_from_dict
 
 __all__ = [
     "GRAD_CLIP_NORM",
@@ -84,7 +85,7 @@ def setup_distributed(device: str) -> DistContext:
 class Checkpoint:
     """Everything needed to resume: saved as plain tensors and numbers (loads with weights_only)."""
 
-    config: VAEConfig
+    config: ModelConfig
     epoch: int
     model: dict
     optimizer: dict
@@ -101,23 +102,23 @@ class Checkpoint:
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
         data = torch.load(path, map_location="cpu", weights_only=True)
-        return cls(**{**data, "config": VAEConfig.from_dict(data["config"])})
+        return cls(**{**data, "config": config_from_dict(data["config"])})
 
 
 def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: LambdaLR,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageRows,
     sampler: DistributedSampler,
     batch_size: int,
     progress: tqdm | None = None,
 ) -> float:
     """One pass over this rank's shard; returns the mean -ELBO per image over all ranks."""
     model.train()
-    total = torch.zeros(2, device=images.device)  # [sum of losses, images seen]
-    for idx in torch.tensor(list(sampler)).split(batch_size):
-        x = images[idx]
+    rows = as_rows(images)
+    total = torch.zeros(2, device=rows.device)  # [sum of losses, images seen]
+    for x in rows.batches(batch_size, order=list(sampler)):
         logits, mean, logvar = model(x)
         loss = neg_elbo(logits, x, mean, logvar).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -142,7 +143,7 @@ def parameter_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _optimizer(model: VAE, lr: float, total_steps: int) -> tuple[torch.optim.Adam, LambdaLR]:
+def _optimizer(model: VAE | ConvVAE, lr: float, total_steps: int) -> tuple[torch.optim.Adam, LambdaLR]:
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     # Cosine decay in closed form of the step, so a resumed run with more --epochs stretches it.
     scheduler = LambdaLR(
@@ -152,8 +153,8 @@ def _optimizer(model: VAE, lr: float, total_steps: int) -> tuple[torch.optim.Ada
 
 
 def train(
-    config: VAEConfig,
-    images: torch.Tensor,
+    config: ModelConfig,
+    images: torch.Tensor | ImageRows,
     *,
     ctx: DistContext,
     epochs: int,
@@ -162,10 +163,12 @@ def train(
     seed: int,
     checkpoint_path: Path | None = None,
     resume: Checkpoint | None = None,
-) -> tuple[VAE, float]:
-    """Train to `epochs` total epochs (continuing `resume`); returns the model and seconds spent."""
+) -> tuple[VAE | ConvVAE, float]:
+    """Train to `epochs` total epochs (continuing `resume`) on `images`, rows [N, D] in [0, 1];
+    returns the model and seconds spent."""
     torch.manual_seed(seed)  # identical initial weights on every rank
-    model = VAE(resume.config if resume else config).to(ctx.device)
+    images = as_rows(images)
+    model = build_vae(resume.config if resume else config).to(ctx.device)
     steps_per_epoch = math.ceil(math.ceil(len(images) / ctx.world_size) / batch_size)
     optimizer, scheduler = _optimizer(model, lr, max(1, epochs * steps_per_epoch))
     start_epoch, seconds = 0, 0.0

@@ -2,8 +2,10 @@
 
 import gzip
 import logging
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -22,9 +24,112 @@ def assert_one_line_error(done: subprocess.CompletedProcess, expected: str) -> N
     assert expected in errors[0]
 
 
-def test_missing_data_dir(tmp_path):
-    done = run_train("--data-dir", str(tmp_path / "absent"), cwd=tmp_path)
+@pytest.mark.parametrize("flag", ["--data", "--data-dir"])
+def test_missing_data_dir(tmp_path, flag):
+    done = run_train(flag, str(tmp_path / "absent"), cwd=tmp_path)
     assert_one_line_error(done, "data directory not found; install Debian's package")
+    assert ("--data-dir is deprecated" in done.stderr or "'data_dir' is deprecated" in done.stderr) == (
+        flag == "--data-dir"
+    )
+
+
+def test_data_dir_is_marked_deprecated_in_help():
+    from click.testing import CliRunner
+
+    from vae_serve.training.cli import main
+
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "The old name of --data. (DEPRECATED: use --data)" in " ".join(result.output.split())
+    both = CliRunner().invoke(main, ["--data", "a", "--data-dir", "b"])
+    assert both.exit_code == 2
+    assert "--data-dir is the old name of --data: pass one of them" in both.output
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height grey pixels and holds almost none (a decompression bomb)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+def bad_pictures(folder, problem):
+    """Eight good 8x8 pictures, and one with `problem`."""
+    from PIL import Image
+
+    folder.mkdir()
+    for i in range(8):
+        Image.new("RGB", (8, 8), (i * 30, 0, 0)).save(folder / f"{i}.png")
+    if problem == "corrupt":
+        (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n and then nothing")
+    elif problem == "size":
+        Image.new("RGB", (9, 8)).save(folder / "bad.png")
+    elif problem == "bomb":
+        (folder / "bad.png").write_bytes(png_header(50_000, 50_000))
+    elif problem == "cut":  # a header that reads, pixel data that does not: found when decoded
+        noise = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(folder / "bad.png", compress_level=0)
+        whole = (folder / "bad.png").read_bytes()
+        (folder / "bad.png").write_bytes(whole[: len(whole) // 2])
+
+
+@pytest.mark.parametrize(
+    ("problem", "expected"),
+    [
+        ("corrupt", "bad.png: not a readable picture (not PNG, JPEG or WebP)"),
+        ("size", "bad.png: 8x9 pixels, but "),
+        ("bomb", "bad.png: picture of more than 67108864 pixels refused before decoding"),
+        ("cut", "bad.png: not a readable picture ("),
+    ],
+)
+def test_bad_pictures_end_in_one_line(tmp_path, problem, expected):
+    """The real command: a picture found wrong in its header stops the run before training, one
+    found wrong when decoded (in a DataLoader worker) stops it then; one line either way."""
+    bad_pictures(tmp_path / "pics", problem)
+    tiny = ["--epochs", "1", "--hidden", "4", "--latent-dim", "2", "--iwae-k", "0", "--test-fraction", "0.5"]
+    done = run_train("--data", str(tmp_path / "pics"), "--workers", "1", *tiny, "--no-export", cwd=tmp_path)
+    assert_one_line_error(done, expected)
+
+
+@pytest.mark.parametrize(
+    ("array", "expected"),
+    [
+        (
+            np.full((4, 3, 3), 2.0, np.float32),
+            "x.npy: float images must lie in [0, 1], found values from 2 to 2",
+        ),
+        (np.zeros((4, 3, 3), np.int16), "x.npy: images must be uint8, or float in [0, 1]; found dtype int16"),
+    ],
+)
+def test_bad_arrays_end_in_one_line(tmp_path, array, expected):
+    np.save(tmp_path / "x.npy", array)
+    done = run_train("--data", str(tmp_path / "x.npy"), cwd=tmp_path)
+    assert_one_line_error(done, expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--image-size", "32by32"], "expected HxW (or one number for a square) of positive integers"),
+        (["--image-size", "0x4"], "expected HxW (or one number for a square) of positive integers"),
+        (["--channels", "2"], "'2' is not one of '1', '3'"),
+        (["--arch", "rnn"], "'rnn' is not one of 'conv', 'mlp'"),
+        (["--test-fraction", "1"], "0<x<1"),
+    ],
+)
+def test_bad_data_flags(args, expected):
+    result = invoke_train(*args)
+    assert result.exit_code == 2, result.output
+    assert expected in " ".join(result.output.split())
+
+
+def test_conv_too_deep_for_the_pictures(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((4, 8, 8), np.uint8))
+    result = invoke_train("--data", str(tmp_path / "x.npy"), "--arch", "conv", "--conv-widths", "4,4,4,4")
+    assert "8x8 pictures are too small for 4 strided convolutions" in one_error_line(result)
 
 
 @pytest.mark.parametrize(
@@ -153,7 +258,7 @@ def test_published_card_records_the_principal_directions(fashion_mnist_dir, tmp_
     from vae_serve.server.repository import Card
     from vae_serve.training.directions import card_with_directions
 
-    args = ["--data-dir", str(fashion_mnist_dir), "--model-repository", str(tmp_path), "--limit", "256"]
+    args = ["--data", str(fashion_mnist_dir), "--model-repository", str(tmp_path), "--limit", "256"]
     args += ["--epochs", "1", "--hidden", "32", "--latent-dim", "4", "--iwae-k", "0"]
     result = invoke_train(*args, "--checkpoint", str(tmp_path / "last.pt"))
     assert result.exit_code == 0, result.output

@@ -17,7 +17,7 @@ def test_two_process_torchrun_ranks_agree(fashion_mnist_dir, tmp_path):
         "--nproc_per_node=2",
         "-m",
         "vae_serve.training.cli",
-        "--data-dir",
+        "--data",
         str(fashion_mnist_dir),
         "--limit",
         "256",
@@ -56,7 +56,7 @@ from vae_serve.training import cli
 def publish(*_args, **_kwargs):
     raise {error}
 
-cli.write_version = publish
+cli.export_vae = publish
 cli.entry()
 """
 
@@ -80,7 +80,7 @@ def test_rank_0_failing_to_publish_stops_every_rank(fashion_mnist_dir, tmp_path,
         "--standalone",
         "--nproc_per_node=2",
         str(script),
-        "--data-dir",
+        "--data",
         str(fashion_mnist_dir),
         "--limit",
         "64",

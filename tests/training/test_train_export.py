@@ -10,10 +10,24 @@ import torch
 from vae_serve.training import export
 from vae_serve.training.data import load_images
 from vae_serve.training.evaluate import evaluate
-from vae_serve.training.model import VAE, VAEConfig
+from vae_serve.training.model import VAE, Decoder, Encoder, VAEConfig
 from vae_serve.training.train import Checkpoint, DistContext, train
 
 CONFIG = VAEConfig(784, (64,), 8)
+
+
+def publish(model, repository, card=None):
+    """The trainer's own export: its model's encoder and decoder through `export_vae`."""
+    return export.export_vae(
+        Encoder(model),
+        Decoder(model),
+        image_shape=[28, 28],
+        model_repository=repository,
+        name="tiny",
+        version="1",
+        card=card,
+        arch="mlp",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +93,7 @@ def test_resume_from_checkpoint_continues(tiny_data, trained):
 @pytest.mark.slow
 def test_export_writes_a_version_that_matches_pytorch(trained, tmp_path):
     model = trained[0]
-    path = export.write_version(model, tmp_path, "tiny", "1", {"latent_dim": 8})
+    path = publish(model, tmp_path, {"latent_dim": 8})
     card = json.loads((path / "model.json").read_text())
     assert card["name"] == "tiny"
     assert card["version"] == "1"
@@ -103,11 +117,11 @@ def test_export_writes_a_version_that_matches_pytorch(trained, tmp_path):
 def test_export_fails_loudly_past_the_tolerance_and_leaves_nothing(trained, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "PARITY_TOLERANCE", 0.0)
     with pytest.raises(export.ExportError, match=r"encoder.onnx: ONNX Runtime differs from PyTorch by"):
-        export.write_version(trained[0], tmp_path, "tiny", "1", {})
+        publish(trained[0], tmp_path)
     assert list((tmp_path / "tiny").iterdir()) == []
 
 
 def test_export_refuses_to_overwrite_a_version(trained, tmp_path):
     (tmp_path / "tiny" / "1").mkdir(parents=True)
     with pytest.raises(export.ExportError, match="already exists"):
-        export.write_version(trained[0], tmp_path, "tiny", "1", {})
+        publish(trained[0], tmp_path)
