@@ -6,10 +6,13 @@ generated lazily, so a huge call never holds more than one request in memory at 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from google.protobuf import struct_pb2
 
 from vae_serve._proto.vae.v1 import vae_pb2
 from vae_serve.tensor import FLOAT32_LE, from_tensor, to_tensor
@@ -34,17 +37,21 @@ __all__ = [
 _HEADROOM = 4096  # message framing and the other fields (a few dozen bytes), with room to spare
 MAX_SAMPLES_PER_CALL = 1 << 20  # one call's prior draws; more would not fit a sane response
 _UINT64 = 2**64
+_EXACT_INTEGER = 2**53  # the largest integer a Struct's double holds exactly
 
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """What GetModelInfo says. `card` is the model card (the version's model.json) with its values'
+    own types: `card["epochs"]` is an int, `card["principal_directions"]` a dict."""
+
     name: str
     version: str
     input_dim: int
     image_shape: tuple[int, ...]
     latent_dim: int
     execution_provider: str
-    card: dict[str, str]
+    card: dict[str, Any]
     max_request_rows: int
     max_samples: int
     max_message_bytes: int
@@ -60,12 +67,43 @@ class ModelInfo:
             tuple(info.image_shape),
             info.latent_dim,
             info.execution_provider,
-            dict(info.card),
+            _card(info),
             limits.max_request_rows,
             limits.max_samples,
             limits.max_message_bytes,
             info.server_id,
         )
+
+
+def _card(info: vae_pb2.ModelInfo) -> dict[str, Any]:
+    if info.HasField("model_card"):
+        return _typed(struct_pb2.Value(struct_value=info.model_card))
+    # A server older than model_card sends only strings, numbers and nested values as JSON text.
+    return {key: _parsed(value) for key, value in info.card.items()}
+
+
+def _typed(value: struct_pb2.Value) -> Any:
+    """A Struct value as Python: a whole number as int (Struct numbers are all doubles, JSON's)."""
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {key: _typed(item) for key, item in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_typed(item) for item in value.list_value.values]
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() and abs(number) <= _EXACT_INTEGER else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None
+
+
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):  # a string value, sent as it is (or not JSON a parser takes)
+        return text
 
 
 def check_float32(a: object, name: str) -> np.ndarray:

@@ -6,11 +6,12 @@ line; 2 a usage error.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 import numpy as np
@@ -27,7 +28,8 @@ __all__ = ["main"]
 T = TypeVar("T")
 
 _PROGRESS_ROWS = 512  # rows per step of the progress bar on long runs
-_CARD_VALUE_CHARS = 200  # `info` shows longer card values in brief
+# `info` prints a card entry on one line this wide; a wider object opens up, the rest is cut short.
+_CARD_WIDTH = 100
 _OUTPUT_FILE = click.Path(path_type=Path, dir_okay=False)
 _SEED = click.IntRange(0, 2**64 - 1)
 _IMAGE_INPUTS = click.option(
@@ -134,11 +136,13 @@ def _save_grid(images: np.ndarray, image_shape: tuple[int, ...], output: Path, c
 @click.option(
     "--retries", type=click.IntRange(min=0), default=5, help="Retries while the server is unavailable."
 )
-@click.option("--model-version", default="", help="Pin a loaded model version [default: the latest].")
+# An empty string is how these options say "not given"; each shows what that means instead of "".
+@click.option("--model-version", default="", show_default="the latest", help="Pin a loaded model version.")
 @click.option(
     "--traceparent",
     envvar="TRACEPARENT",
     default="",
+    show_default="none",
     help="W3C trace context the calls continue (OpenTelemetry's variable) [env TRACEPARENT].",
 )
 @click.pass_context
@@ -185,13 +189,50 @@ def info(ctx: click.Context) -> None:
     click.echo(f"health:    {status}")
     click.echo(f"limits:    {m.max_request_rows} rows, {m.max_samples} samples, {m.max_message_bytes} B/msg")
     click.echo("card:")
-    for key, value in sorted(m.card.items()):  # long values (principal_directions) in brief
-        shown = value if len(value) <= _CARD_VALUE_CHARS else f"{value[:60]}... ({len(value)} characters)"
-        click.echo(f"  {key}: {shown}")
+    for line in _card_lines(m.card, "  "):
+        click.echo(line)
+
+
+def _card_lines(card: dict[str, Any], indent: str) -> Iterator[str]:
+    """One line per entry, by key: a value as JSON writes it (a string bare); an object too wide
+    for a line, one line per entry below its key; a long list or string in brief, with its length."""
+    for key, value in sorted(card.items()):
+        head = f"{indent}{_inline(key)}: "
+        text = _inline(value)
+        if len(head) + len(text) <= _CARD_WIDTH:
+            yield head + text
+        elif isinstance(value, dict):
+            yield head.rstrip()
+            yield from _card_lines(value, indent + "  ")
+        elif isinstance(value, list):
+            yield head + _brief_list(value, _CARD_WIDTH - len(head))
+        else:
+            room = max(_CARD_WIDTH - len(head) - 20, 10)
+            yield f"{head}{text[:room]}... ({len(text)} characters)"
+
+
+def _inline(value: Any) -> str:
+    """A card key or value on one line: JSON, with a string bare unless it holds a line break or
+    another control character (which could also drive the terminal)."""
+    if isinstance(value, str) and value.isprintable():
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), sort_keys=True)
+
+
+def _brief_list(items: list[Any], room: int) -> str:
+    """As many whole items as fit in `room`, then how many there are: `[0.1, 0.2, ...] (32 items)`."""
+    count = f" ({len(items)} items)"
+    shown: list[str] = []
+    for item in items:
+        text = _inline(item)
+        if len(", ".join([*shown, text])) + len("[, ...]") + len(count) > room:
+            break
+        shown.append(text)
+    return "[" + ", ".join([*shown, "..."]) + "]" + count
 
 
 @main.command()
-@click.option("--service", default="", help="Service name to check ('' = the whole server).")
+@click.option("--service", default="", show_default="the whole server", help="Service name to check.")
 @click.pass_context
 def health(ctx: click.Context, service: str) -> None:
     """Print the health status; exit 0 only when SERVING (for container health checks)."""
@@ -205,7 +246,9 @@ def health(ctx: click.Context, service: str) -> None:
 @click.option("-n", "--num-samples", type=click.IntRange(min=1), default=64, help="Images to draw.")
 @click.option("--seed", type=_SEED, default=None, help="Seed for reproducible draws.")
 @click.option("-o", "--output", type=_OUTPUT_FILE, default=Path("samples.png"), help="PNG grid to write.")
-@click.option("--columns", type=click.IntRange(min=1), default=None, help="Grid columns [default: square].")
+@click.option(
+    "--columns", type=click.IntRange(min=1), default=None, show_default="square", help="Grid columns."
+)
 @click.pass_context
 def sample(ctx: click.Context, num_samples: int, seed: int | None, output: Path, columns: int | None) -> None:
     """Decode draws from the prior N(0, I) into a PNG grid."""

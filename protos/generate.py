@@ -14,18 +14,29 @@ import filecmp
 import re
 import sys
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 from grpc_tools import protoc
 
 PROTOS = Path(__file__).resolve().parent
+# The well-known types (google/protobuf/struct.proto, ...), as grpcio-tools ships them: the Python
+# modules they generate come with protobuf, so only the .proto files are needed here.
+WELL_KNOWN = resources.files("grpc_tools") / "_proto"
 TARGET = PROTOS.parent / "vae_serve" / "_proto"
 PACKAGE = "vae_serve._proto"
 
 
 def generate(out: Path) -> None:
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
-    args = ["protoc", f"-I{PROTOS}", f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}"]
+    args = [
+        "protoc",
+        f"-I{PROTOS}",
+        f"-I{WELL_KNOWN}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+    ]
     if protoc.main([*args, *sources]) != 0:
         sys.exit("protoc failed")
     roots = {Path(s).parts[0] for s in sources}

@@ -209,8 +209,10 @@ class DataPlane:
 
 def message_floor(model: LoadedModel) -> int:
     """Bytes the API itself needs per message for `model`: its GetModelInfo reply (the card
-    dominates) and one row of its largest request or response (a decoded Sample: z and x)."""
+    dominates, sent twice while the string map lasts) and one row of its largest request or
+    response (a decoded Sample: z and x)."""
     card = sum(len(k.encode()) + len(v.encode()) + 16 for k, v in model.card_strings.items())
+    card += model.card_struct.ByteSize() + 16
     row = 4 * (model.input_dim + 2 * model.latent_dim) + 3 * _TENSOR_OVERHEAD
     return _REPLY_OVERHEAD + max(card, row)
 

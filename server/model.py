@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from google.protobuf import struct_pb2
 
 from vae_serve.errors import ModelLoadError
 
 from .graph import Graph, choose_providers
 from .repository import VersionFiles
 
-__all__ = ["LoadedModel", "load_model"]
+__all__ = ["MAX_CARD_DEPTH", "LoadedModel", "load_model", "wire_card"]
+
+# Lists and objects nested in a card, at most: each level is two messages of a Struct, and protobuf
+# parsers refuse a message nested 100 deep, so a deeper card would make GetModelInfo unreadable.
+MAX_CARD_DEPTH = 32
+# The largest integer a double holds exactly: what JSON readers (Struct, JavaScript) keep of a number.
+_EXACT_INTEGER = 2**53
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,10 @@ class LoadedModel:
     latent_dim: int
     image_shape: tuple[int, ...]
     execution_provider: str
-    card_strings: dict[str, str] = field(default_factory=dict)
+    card_strings: dict[str, str] = field(default_factory=dict)  # the deprecated string map of GetModelInfo
+    # The card as both front ends send it, typed (wire_card): JSON over HTTP, a Struct over gRPC.
+    card: dict[str, Any] = field(default_factory=dict)
+    card_struct: struct_pb2.Struct = field(default_factory=struct_pb2.Struct)
 
     @property
     def name(self) -> str:
@@ -75,6 +86,7 @@ def load_model(files: VersionFiles, device: str, intra_op_threads: int) -> Loade
     """The version in ONNX Runtime, from the graph bytes its card was verified against."""
     spec = files.spec
     input_dim, latent_dim, image_shape = spec.input_dim, spec.latent_dim, tuple(spec.image_shape)
+    card = wire_card(files.card, files.path / "model.json")  # before ORT: a bad card costs nothing
     providers = choose_providers(device)
     encoder = Graph(
         files.graph("encoder.onnx"), providers, intra_op_threads, device, files.take_graph("encoder.onnx")
@@ -91,4 +103,27 @@ def load_model(files: VersionFiles, device: str, intra_op_threads: int) -> Loade
     card_strings = {
         k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in files.card.items()
     }
-    return LoadedModel(files, encoder, decoder, input_dim, latent_dim, image_shape, provider, card_strings)
+    card_struct = struct_pb2.Struct()
+    card_struct.update(card)
+    return LoadedModel(
+        files, encoder, decoder, input_dim, latent_dim, image_shape, provider, card_strings, card, card_struct
+    )
+
+
+def wire_card(card: dict[str, Any], where: object) -> dict[str, Any]:
+    """`card` with every value of its own type, as both front ends send it: an integer beyond what
+    a double holds exactly becomes its decimal string, which JSON readers would otherwise round.
+    Raises ModelLoadError for a card nested deeper than MAX_CARD_DEPTH."""
+
+    def plain(value: Any, depth: int) -> Any:
+        if isinstance(value, dict | list):
+            if depth >= MAX_CARD_DEPTH:
+                raise ModelLoadError(f"{where}: nested deeper than {MAX_CARD_DEPTH} levels")
+            if isinstance(value, dict):
+                return {k: plain(v, depth + 1) for k, v in value.items()}
+            return [plain(v, depth + 1) for v in value]
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _EXACT_INTEGER:
+            return str(value)
+        return value
+
+    return plain(card, 0)

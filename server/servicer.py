@@ -89,7 +89,8 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
             image_shape=model.image_shape,
             latent_dim=model.latent_dim,
             execution_provider=model.execution_provider,
-            card=model.card_strings,
+            card=model.card_strings,  # deprecated: model_card replaces it
+            model_card=model.card_struct,
             server_id=f"{socket.gethostname()}:{os.getpid()}",  # per call: workers are forked
             loaded_versions=self.dataplane.served.loaded,
             limits=vae_pb2.ServerLimits(

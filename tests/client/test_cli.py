@@ -42,10 +42,37 @@ def test_info_and_health(vae_client):
         "test_neg_elbo_nats: 236",
     ):
         assert expected in done.stdout
-    assert max(len(line) for line in done.stdout.splitlines()) < 200  # the principal directions in brief
-    assert "principal_directions: {" in done.stdout and " characters)" in done.stdout
     health = vae_client("health")
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
+
+
+def test_info_prints_the_card_with_its_types(vae_client):
+    """Numbers as numbers, lists as lists; an object too wide for a line opens up below its key,
+    and a long list is cut short with its length."""
+    done = vae_client("info")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for expected in ("epochs: 60", "lr: 0.001", "image_shape: [28, 28]", "seed: 0", "name: fashion-vae"):
+        assert f"  {expected}" in lines, done.stdout
+    at = lines.index("  principal_directions:")
+    below = lines[at + 1 : at + 5]
+    assert [line.split(":")[0] for line in below] == ["    mean", "    source", "    std", "    vectors"]
+    assert below[0].startswith("    mean: [0.001917, ") and below[0].endswith(", ...] (32 items)")
+    assert below[1] == "    source: test-set posterior means"
+    assert max(len(line) for line in lines) <= 100
+
+
+def test_help_says_what_each_default_means(vae_client):
+    """No `[default: ""]`: an option left empty says what that means."""
+    texts = {command: vae_client(*command, "--help") for command in [(), ("health",), ("sample",)]}
+    assert all(done.returncode == 0 for done in texts.values())
+    everything = " ".join(" ".join(done.stdout.split()) for done in texts.values())
+    assert '""' not in everything and "''" not in everything
+    main, health, sample = (" ".join(texts[c].stdout.split()) for c in [(), ("health",), ("sample",)])
+    assert "Pin a loaded model version. [default: (the latest)]" in main
+    assert "[default: (none)]" in main  # --traceparent
+    assert "Service name to check. [default: (the whole server)]" in health
+    assert "Grid columns. [default: (square); x>=1]" in sample
 
 
 def test_sample_grid(vae_client, tmp_path):

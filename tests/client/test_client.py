@@ -1,6 +1,7 @@
 """Both clients against a real server on loopback, checked against ONNX Runtime run directly."""
 
 import asyncio
+import json
 import os
 import threading
 import time
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from support import RunningServer, free_port, make_certificates
+from support import REPOSITORY, RunningServer, free_port, make_certificates
 
 from vae_serve.client import AsyncVaeClient, VaeClient, VaeServeError
 
@@ -42,6 +43,17 @@ def test_sync_client_methods(client, direct):
     recon = client.reconstruct(x, seed=2)
     assert recon.shape == (5, D)
     np.testing.assert_array_equal(recon, client.reconstruct(x, seed=2))
+
+
+def test_the_model_card_comes_with_its_values_types(client):
+    """`ModelInfo.card` is model.json as written: an int is an int (not the double a Struct carries,
+    nor the string of the old map), an object a dict."""
+    card = client.model_info().card
+    assert card == json.loads((REPOSITORY / "fashion-vae" / "1" / "model.json").read_text())
+    assert type(card["epochs"]) is int and type(card["lr"]) is float and card["image_shape"] == [28, 28]
+    directions = card["principal_directions"]
+    assert isinstance(directions, dict) and len(directions["vectors"]) == 8
+    assert all(type(v) is float for v in directions["mean"])
 
 
 def test_async_client_matches_the_sync_one(running, client):

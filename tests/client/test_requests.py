@@ -33,6 +33,26 @@ from vae_serve.tensor import to_tensor
 INFO = ModelInfo("m", "1", 784, (28, 28), 32, "CPUExecutionProvider", {}, 1000, 100, 64 << 20, "host:1")
 
 
+def test_the_card_is_typed_from_a_struct_and_from_an_older_servers_strings():
+    typed = vae_pb2.ModelInfo()
+    typed.model_card.update({"epochs": 60.0, "lr": 0.001, "shape": [28.0], "big": 2.0**60, "ok": True})
+    typed.model_card["pd"] = {"std": [1.0, 0.5], "source": "test set", "none": None}
+    card = ModelInfo.from_proto(typed).card
+    assert card == {
+        "epochs": 60,
+        "lr": 0.001,
+        "shape": [28],
+        "big": 2.0**60,  # a double beyond 2^53 may not be the integer meant: left a float
+        "ok": True,
+        "pd": {"std": [1, 0.5], "source": "test set", "none": None},
+    }
+    assert type(card["epochs"]) is int and type(card["big"]) is float
+    # A server of the last release sends the string map alone: numbers and objects as JSON text.
+    older = vae_pb2.ModelInfo(card={"epochs": "60", "pd": '{"std": [1.0]}', "dataset": "Fashion-MNIST"})
+    expected = {"epochs": 60, "pd": {"std": [1.0]}, "dataset": "Fashion-MNIST"}
+    assert ModelInfo.from_proto(older).card == expected
+
+
 def test_backoff_is_bounded_exponential_with_jitter():
     options = ClientOptions(retries=6, backoff_initial=0.1, backoff_max=1.0)
     delays = list(backoff_delays(options, random.Random(0)))

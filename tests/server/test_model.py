@@ -9,9 +9,10 @@ import onnx
 import pytest
 from support import GOOD_DECODER, GOOD_ENCODER, linear_graph, write_version, write_version_files
 
+from vae_serve._proto.vae.v1 import vae_pb2
 from vae_serve.errors import ModelLoadError
 from vae_serve.server.graph import choose_providers
-from vae_serve.server.model import load_model
+from vae_serve.server.model import MAX_CARD_DEPTH, load_model
 from vae_serve.server.repository import resolve
 
 
@@ -22,6 +23,30 @@ def test_a_tiny_conforming_model_loads_and_runs(tmp_path):
     mean, logvar = model.encoder.run(np.ones((4, 6), np.float32))
     assert mean.shape == logvar.shape == (4, 2)
     assert model.card_strings["image_shape"] == "[2, 3]"
+    assert model.card["image_shape"] == [2, 3] and model.card_struct["input_dim"] == 6
+
+
+def test_the_card_keeps_its_types_and_only_exact_numbers(tmp_path):
+    """The card both front ends send: what model.json holds, typed, except an integer a double
+    cannot hold (Struct's numbers and JavaScript's are doubles), sent as its digits instead."""
+    extra = {"epochs": 60, "lr": 0.001, "ok": True, "none": None, "big": 2**53 + 1, "small": -(2**53)}
+    model = load_model(write_version(tmp_path, GOOD_ENCODER, GOOD_DECODER, card=extra), "cpu", 1)
+    assert {k: model.card[k] for k in extra} == {**extra, "big": str(2**53 + 1)}
+    struct = model.card_struct
+    assert (struct["epochs"], struct["ok"], struct["none"]) == (60, True, None)
+    assert struct["big"] == model.card_strings["big"] == "9007199254740993" and struct["small"] == -(2**53)
+
+
+def test_a_card_nested_deeper_than_protobuf_reads_is_refused(tmp_path):
+    deep: object = 1
+    for _ in range(MAX_CARD_DEPTH):
+        deep = [deep]
+    fits = write_version(tmp_path / "fits", GOOD_ENCODER, GOOD_DECODER, card={"deep": deep[0]})
+    reply = vae_pb2.ModelInfo(model_card=load_model(fits, "cpu", 1).card_struct).SerializeToString()
+    assert vae_pb2.ModelInfo.FromString(reply).model_card["deep"]  # a client parses it back
+    version = write_version(tmp_path / "deep", GOOD_ENCODER, GOOD_DECODER, card={"deep": deep})
+    with pytest.raises(ModelLoadError, match=rf"model\.json: nested deeper than {MAX_CARD_DEPTH} levels"):
+        load_model(version, "cpu", 1)
 
 
 @pytest.mark.parametrize(

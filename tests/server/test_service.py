@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gc
+import json
 import time
 import urllib.request
 
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -83,6 +85,22 @@ def test_model_info(stub, running):
     assert float(info.card["test_neg_elbo_nats"]) < 238
     limits = info.limits
     assert (limits.max_request_rows, limits.max_samples, limits.max_message_bytes) == (8192, 4096, 32 << 20)
+
+
+def test_model_info_carries_the_card_typed(stub):
+    """model_card is model.json itself: numbers are numbers, objects are objects (a Struct's numbers
+    are doubles, which JSON's are too)."""
+    info = stub.GetModelInfo(vae_pb2.GetModelInfoRequest())
+    assert info.HasField("model_card")
+    card = info.model_card
+    assert card["epochs"] == 60 and card["lr"] == 0.001 and list(card["image_shape"]) == [28, 28]
+    directions = card["principal_directions"]
+    assert len(directions["mean"]) == L and len(directions["vectors"]) == len(directions["std"]) == 8
+    written = json.loads((MODEL_DIR / "model.json").read_text())
+    assert json_format.MessageToDict(card) == written
+    # The string map stays for the clients of the last release, deprecated, with every key.
+    assert set(info.card) == set(written) and info.card["epochs"] == "60"
+    assert vae_pb2.ModelInfo.DESCRIPTOR.fields_by_name["card"].GetOptions().deprecated
 
 
 def bad_tensor(shape, nbytes):

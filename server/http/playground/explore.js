@@ -27,7 +27,7 @@ function basis(latent, i) {
 // Principal directions from the model card when it has them, then the plain latent dimensions.
 export function setModel(model) {
   const latent = model.latent_dim;
-  const card = model.card.principal_directions ? JSON.parse(model.card.principal_directions) : null;
+  const card = model.card.principal_directions ?? null;
   centre = card ? card.mean : new Array(latent).fill(0);
   const principal = card ? card.vectors.map((v, i) => ({ label: `PC${i + 1}`, vector: v, std: card.std[i] })) : [];
   const plain = Array.from({ length: latent }, (_, i) => ({ label: `z${i + 1}`, vector: basis(latent, i), std: 1 }));

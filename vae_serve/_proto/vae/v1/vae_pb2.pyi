@@ -1,3 +1,4 @@
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -81,7 +82,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, model_version: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "input_dim", "image_shape", "latent_dim", "execution_provider", "card", "limits", "server_id", "loaded_versions")
+    __slots__ = ("name", "version", "input_dim", "image_shape", "latent_dim", "execution_provider", "card", "limits", "server_id", "loaded_versions", "model_card")
     class CardEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +100,7 @@ class ModelInfo(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     LOADED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_CARD_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     input_dim: int
@@ -109,7 +111,8 @@ class ModelInfo(_message.Message):
     limits: ServerLimits
     server_id: str
     loaded_versions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., latent_dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., card: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., server_id: _Optional[str] = ..., loaded_versions: _Optional[_Iterable[str]] = ...) -> None: ...
+    model_card: _struct_pb2.Struct
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., latent_dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., card: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., server_id: _Optional[str] = ..., loaded_versions: _Optional[_Iterable[str]] = ..., model_card: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
     __slots__ = ("max_request_rows", "max_samples", "max_message_bytes")
