@@ -7,19 +7,24 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: serve test test-fast lint docs proto system-deps train clean
 
-# Serving runtime only (the server extra, no torch): what a deployment installs.
+# Serving runtime only (the server extra, no torch): what a deployment installs. pip is not quieted:
+# a first install takes a while, and what it is downloading is the progress a newcomer waits on.
 $(BIN)/.runtime: pyproject.toml
+	@echo "==> creating $(VENV), a virtual environment for vae-serve"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[server]"
+	@echo "==> installing vae-serve and its serving runtime into $(VENV) (downloads on a first run)"
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[server]"
 	touch $@
 
 # Runtime + trainer + test and lint tools.
 $(BIN)/.dev: pyproject.toml $(BIN)/.runtime
-	$(BIN)/python -m pip install -q -e ".[server,train,dev]"
+	@echo "==> installing the trainer and the test and lint tools into $(VENV)"
+	$(BIN)/python -m pip install -e ".[server,train,dev]"
 	touch $@
 
 serve: $(BIN)/.runtime
+	@echo "==> starting vae-serve: it says 'ready' with the addresses to open; Ctrl-C stops it"
 	$(BIN)/vae-serve
 
 # What the tests need from Debian: the data, the real tools the deployment is checked with, and

@@ -1,8 +1,9 @@
 """The server's lifecycle: load the model, open the port, serve, drain on a signal, stop.
 
-Everything the process needs is built here from one `Settings`, in this order: model first
-(a model that cannot be served fails start-up before any port opens), then metrics, then the
-gRPC server with health and reflection; if the gRPC port cannot be had, metrics close again.
+Everything the process needs is built here from one `Settings`, in this order: every port checked
+free (a busy one fails start-up before the model loads), the model (one that cannot be served
+fails start-up before any port opens), then metrics, then the gRPC server with health and
+reflection; if the gRPC port cannot be had, metrics close again.
 Stopping reverses it: health NOT_SERVING, no new work, in-flight RPCs get `drain_grace_s`, then
 the sockets close.
 """
@@ -40,6 +41,7 @@ from .metrics import Metrics, multiprocess_registry
 from .model import load_model
 from .oip import OIP_SERVICE, OipServicer
 from .oip_extensions import TritonExtensions
+from .ports import check_port_free, check_ports_free, ready_line
 from .registration import ReceiveTimeout, add_service, register
 from .reload import RepositoryWatcher
 from .repository import resolve
@@ -160,7 +162,7 @@ class VaeServer:
     def _listen(self, server: grpc.aio.Server) -> int:
         address = f"{self.network.host}:{self.network.port}"
         if not self.worker:
-            check_port_free(self.network.host, self.network.port)
+            check_port_free(self.network.host, self.network.port, "listen", "--port")
         credentials = self._credentials()
         try:
             if credentials is None:
@@ -180,6 +182,8 @@ class VaeServer:
         # model loads, so a version retired later is still freed whole.
         gc.collect()
         gc.freeze()
+        if not self.worker:  # a worker's supervisor checked them, and its siblings share them
+            check_ports_free(self.settings)
         if not self.dataplane.loaded:
             self.load()
         s = self.network
@@ -190,7 +194,12 @@ class VaeServer:
         try:
             if self.settings.http:
                 if not self.worker:
-                    check_port_free(self.settings.http_host, self.settings.http_port)
+                    check_port_free(
+                        self.settings.http_host or "",
+                        self.settings.http_port,
+                        "listen for HTTP",
+                        "--http-port",
+                    )
                 http_socket = bind(self.settings.http_host, self.settings.http_port, shared=self.worker)
             server = self._build_server()
             self.port = self._listen(server)
@@ -238,6 +247,8 @@ class VaeServer:
             s.metrics_host,
             metrics_port,
         )
+        if not self.worker:  # with workers, their supervisor says it once all are ready
+            log.info("%s", ready_line(self.settings, self.port, self.http_port, metrics_port))
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING at once, finish what was received, then stop within the grace."""
@@ -268,23 +279,6 @@ class VaeServer:
         if self._metrics_http is not None:
             self._metrics_http.close()
             self._metrics_http = None
-
-
-def check_port_free(host: str, port: int) -> None:
-    """Fail with a plain message before gRPC logs its own bind error over several lines."""
-    if port == 0:
-        return
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ModelLoadError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    family, kind, proto, _, sockaddr = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(sockaddr)
-        except OSError as exc:
-            raise ModelLoadError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def _discard(sock: socket.socket) -> None:

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 
     from .settings import LogSettings
 
-__all__ = ["LOG_FORMAT", "configure_logging", "log_handler", "main"]
+__all__ = ["LOG_FORMAT", "OWN_LOGGER", "configure_logging", "log_handler", "main"]
+
+OWN_LOGGER = "vae_serve"  # the parent of every module's logger and the access log: what --log-level sets
 
 # `request_id`: the call's (x-request-id, or one made up), "-" outside any call.
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] [%(process)d] %(name)s: %(message)s"
@@ -34,7 +36,7 @@ SERVER_MODULES = (
     "httptools",
     "orjson",
     "multipart",
-    "swagger_ui_bundle",
+    "fastapi_offline",
     "opentelemetry",
     "pythonjsonlogger",
 )
@@ -42,12 +44,16 @@ SERVER_MODULES = (
 
 def configure_logging(settings: LogSettings) -> None:
     """The process's logging (workers inherit it): every line says which request it belongs to;
-    `--access-log` adds a line per request."""
+    `--access-log` adds a line per request. `--log-level` is vae-serve's own: other libraries'
+    debug lines (grpc's internals above all) would bury ours, and grpc has switches of its own for
+    them (GRPC_VERBOSITY, GRPC_TRACE), so their loggers stay at info or above."""
     import logging
 
     from . import observe
 
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[log_handler(settings)], force=True)
+    level = logging.getLevelName(settings.log_level.upper())
+    logging.basicConfig(level=max(level, logging.INFO), handlers=[log_handler(settings)], force=True)
+    logging.getLogger(OWN_LOGGER).setLevel(level)
     observe.set_access_log(settings.access_log)
 
 
@@ -79,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vae_serve.errors import ModelLoadError, ServingError
 
+    from .ports import check_ports_free
     from .settings import SettingsError, ValidationError, describe_error, parse_args
 
     try:
@@ -86,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, SettingsError) as exc:
         print(f"vae-serve: error: {describe_error(exc)}", file=sys.stderr)
         return 2
+    try:
+        check_ports_free(settings)  # before the server's imports and the model load: at once
+    except ModelLoadError as exc:
+        print(f"vae-serve: error: {exc}", file=sys.stderr)
+        return 1
     configure_logging(settings.logs)
     from . import tracing
 

@@ -13,12 +13,14 @@ variables are its business and are not restated here.)
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import os
 import re
 import ssl
 import stat
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -35,6 +37,7 @@ from pydantic_settings import (
 from vae_serve import DEFAULT_REPOSITORY, __version__
 
 __all__ = [
+    "HELP_SECTIONS",
     "MIN_MESSAGE_BYTES",
     "BatchingSettings",
     "HttpSettings",
@@ -48,6 +51,7 @@ __all__ = [
     "ValidationError",
     "describe_error",
     "parse_args",
+    "section_of",
 ]
 
 # The API's own messages need this much whatever the model: GetModelInfo's reply carries the
@@ -163,9 +167,12 @@ class HttpSettings(_Group):
 
 
 class TLSSettings(_Group):
-    """TLS for the gRPC port: off unless a certificate and key are given; mutual with a client CA."""
+    """TLS for the gRPC and HTTP ports: off unless a certificate and key are given; mutual with a
+    client CA."""
 
-    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS (with --tls-key).")
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate chain: serve TLS (with --tls-key); without it, plaintext."
+    )
     tls_key: Path | None = Field(None, description="PEM private key for --tls-cert.")
     tls_client_ca: Path | None = Field(None, description="PEM CA bundle: require client certificates (mTLS).")
 
@@ -231,8 +238,8 @@ class LimitSettings(_Group):
     max_samples: int = Field(
         4096,
         ge=1,
-        description="Most samples K one Sample request may ask for (default: 4096, or "
-        "--max-request-rows if lower).",
+        description="Most samples K one Sample request may ask for (the default follows "
+        "--max-request-rows when that is lower).",
     )
     max_message_bytes: int = Field(
         32 * 1024 * 1024,  # a full 8192-row Encode (25.7 MB) fits; each byte costs the loop and ~4x in memory
@@ -251,7 +258,11 @@ class LogSettings(_Group):
     """What the process logs and how (cli.configure_logging). Traces are configured by
     OpenTelemetry's own OTEL_* variables (tracing.py), not here."""
 
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info",
+        description="Level of vae-serve's own lines; other libraries' lines below info stay off "
+        "(grpc's own tracing has its variables: GRPC_VERBOSITY, GRPC_TRACE).",
+    )
     log_format: Literal["text", "json"] = Field(
         "text",
         description="Log lines as text, or json: one object a line, with the trace and span ids "
@@ -278,9 +289,11 @@ class Settings(
     HttpSettings,
     NetworkSettings,
 ):
-    """Serve a VAE's encoder and decoder over gRPC (its own API and the Open Inference Protocol)
-    from ONNX Runtime. Every flag is also a VAE_* variable (--max-batch-size: VAE_MAX_BATCH_SIZE)
-    and a key of the --config file (max_batch_size = 32); flags win, then variables, then the file."""
+    """Serve a VAE's encoder and decoder from ONNX Runtime over gRPC (its own API and the Open
+    Inference Protocol) and HTTP/REST (KServe v2 REST, a REST API for people with its docs at
+    /docs, and a web playground at /). Every flag is also a VAE_* variable (--max-batch-size is
+    VAE_MAX_BATCH_SIZE) and a key of the --config file (max_batch_size = 32); flags win, then
+    variables, then the file."""
 
     model_config = SettingsConfigDict(
         env_prefix="VAE_",
@@ -508,11 +521,82 @@ def _shown(value: object, plain: bool = True, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
+# --help's sections, in this order, each with what it is about. A flag is listed under its group's
+# section; the metrics endpoint's, under observability (_OBSERVABILITY), beside where tracing is set.
+HELP_SECTIONS: tuple[tuple[str, str, type[_Group] | None], ...] = (
+    (
+        "server",
+        "The gRPC server: where it listens, its processes and connections, the drain.",
+        NetworkSettings,
+    ),
+    (
+        "HTTP",
+        "The HTTP front end beside gRPC: KServe v2 REST, the /v1 API and /docs, the playground.",
+        HttpSettings,
+    ),
+    ("batching", "How requests to one graph are merged into ONNX Runtime runs.", BatchingSettings),
+    ("limits", "What one request may ask for, and how many are handled at once.", LimitSettings),
+    (
+        "model repository",
+        "Which model is served from where, on what device; new versions.",
+        RepositorySettings,
+    ),
+    ("TLS", "TLS for gRPC and HTTP: off unless a certificate and key are given.", TLSSettings),
+    (
+        "observability",
+        "Prometheus /metrics on a port of its own. Traces: OpenTelemetry's OTEL_* variables\n"
+        "(off unless OTEL_TRACES_EXPORTER or an OTLP endpoint is set).",
+        None,
+    ),
+    (
+        "logging",
+        "What the process logs, and how. grpc's own tracing: GRPC_VERBOSITY, GRPC_TRACE.",
+        LogSettings,
+    ),
+)
+_OBSERVABILITY = ("metrics_host", "metrics_port")
+# What pydantic-settings appends to a setting without a default value; each such setting's help
+# says what leaving it unset means instead.
+_NO_DEFAULT = (" (default: None)", " (default factory: list)")
+
+
+def section_of(name: str) -> str | None:
+    """The --help section of a setting (HELP_SECTIONS' title), None for --config."""
+    if name in _OBSERVABILITY:
+        return "observability"
+    return next((title for title, _, group in HELP_SECTIONS if group and name in group.model_fields), None)
+
+
+def _add_argument_in_section() -> Callable[..., argparse.Action]:
+    """pydantic-settings' hook for adding each flag (its `add_argument_method`): every setting's flag
+    goes into an argparse group, its help section, so that --help lists them by section."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+
+    def add_argument(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> argparse.Action:
+        help_text = kwargs.get("help")
+        if isinstance(help_text, str):
+            for suffix in _NO_DEFAULT:
+                help_text = help_text.replace(suffix, "")
+            kwargs["help"] = help_text
+        section = section_of(kwargs.get("dest", ""))
+        if section is None:  # --help, --config
+            return parser.add_argument(*names, **kwargs)
+        if not groups:  # all at once, so they are listed in HELP_SECTIONS' order
+            groups.update(
+                {title: parser.add_argument_group(title, about) for title, about, _ in HELP_SECTIONS}
+            )
+        return groups[section].add_argument(*names, **kwargs)
+
+    return add_argument
+
+
 def parse_args(args: list[str]) -> Settings:
     """`vae-serve`'s command line (with --help and --version, which exit 0) over the environment
     and the config file. Raises ValidationError or SettingsError; describe_error makes them one line."""
-    source = CliSettingsSource(Settings)
+    source = CliSettingsSource(Settings, add_argument_method=_add_argument_in_section())
     source.root_parser.description = inspect.cleandoc(Settings.__doc__ or "")
+    # The flags are listed by section below; a usage line naming every one of them would be longer.
+    source.root_parser.usage = "%(prog)s [-h] [--version] [--config PATH] [flags by section, below]"
     source.root_parser.add_argument(
         "--version", action="version", version=f"vae-serve {__version__}", help="Print the version, exit."
     )

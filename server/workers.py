@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .ports import ready_line
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -217,6 +218,8 @@ class _Supervisor:
         if not self.all_ready and sum(w.ready for w in self.workers.values()) == self.settings.workers:
             self.all_ready = True
             log.info("all %d workers ready", self.settings.workers)
+            s = self.settings  # with workers every port is fixed (settings.py): the ones bound
+            log.info("%s", ready_line(s, s.port, s.http_port if s.http else None, self.http.port))
 
     def _reap(self) -> None:
         from prometheus_client import multiprocess
@@ -296,15 +299,13 @@ def run_workers(settings: Settings) -> int:
     Raises StartFailure when a first worker ends before it is ready (the others are stopped)."""
     metrics_dir = tempfile.mkdtemp(prefix=f"vae-serve-metrics-{os.getpid()}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    from .app import check_port_free
     from .http.metrics_port import MetricsPort
     from .metrics import multiprocess_registry
+    from .ports import check_ports_free
     from .repository import resolve
 
     try:
-        check_port_free(settings.host, settings.port)
-        if settings.http:
-            check_port_free(settings.http_host, settings.http_port)
+        check_ports_free(settings)
         resolve(settings.model_repository, settings.model, settings.model_version)  # card + sha256, no ORT
         http = MetricsPort(multiprocess_registry(), settings.metrics_host, settings.metrics_port)
         supervisor = _Supervisor(settings, http)

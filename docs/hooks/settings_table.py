@@ -1,28 +1,16 @@
-"""MkDocs hook: the configuration page's tables, made from the settings model at build time, so
-that the page and `vae-serve --help` come from the same fields and cannot drift apart."""
+"""MkDocs hook: the configuration page's tables, made from the settings model at build time, in
+the sections `vae-serve --help` lists them in, so that the page and --help cannot drift apart."""
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 MARKER = "<!-- settings -->"
-TITLES = {
-    "NetworkSettings": "Server",
-    "HttpSettings": "HTTP",
-    "TLSSettings": "TLS",
-    "RepositorySettings": "Model repository",
-    "BatchingSettings": "Batching",
-    "LimitSettings": "Limits",
-    "LogSettings": "Logging",
-    "Settings": "Configuration file",
-}
 
 
-def _default(name: str, field: Any) -> str:
+def _default(field: Any) -> str:
     default = field.default
     if default is PydanticUndefined or default is None:
         return "-"
@@ -38,32 +26,25 @@ def _flag(name: str, field: Any) -> str:
     return f"`{flag}`"
 
 
-def _rows(group: type[BaseModel]) -> list[str]:
-    own = group.__annotations__  # the fields this group declares, in order
-    rows = []
-    for name, field in group.model_fields.items():
-        if name not in own:
-            continue
-        description = " ".join((field.description or "").split()).replace("|", "\\|")
-        variable = f"`VAE_{name.upper()}`"
-        rows.append(f"| {_flag(name, field)} | {variable} | {_default(name, field)} | {description} |")
-    return rows
+def _row(name: str, field: Any) -> str:
+    description = " ".join((field.description or "").split()).replace("|", "\\|")
+    return f"| {_flag(name, field)} | `VAE_{name.upper()}` | {_default(field)} | {description} |"
 
 
 def settings_markdown() -> str:
-    from vae_serve.server.settings import Settings
+    from vae_serve.server.settings import HELP_SECTIONS, Settings, section_of
 
+    fields = Settings.model_fields
+    head = "| flag | variable | default | meaning |\n| --- | --- | --- | --- |"
     parts = []
-    groups = [cls for cls in reversed(Settings.__mro__[1:]) if issubclass(cls, BaseModel)]
-    for group in [*groups, Settings]:
-        rows = _rows(group) if "__annotations__" in group.__dict__ else []
-        if not rows:
-            continue
-        title = TITLES.get(group.__name__, group.__name__)
-        summary = " ".join((inspect.getdoc(group) or "").split("\n\n")[0].split())
-        head = "| flag | variable | default | meaning |\n| --- | --- | --- | --- |"
-        parts.append(f"### {title}\n\n{summary}\n\n{head}\n" + "\n".join(rows) + "\n")
-    return "\n\n".join(parts)
+    for title, about, _ in HELP_SECTIONS:
+        rows = [_row(name, field) for name, field in fields.items() if section_of(name) == title]
+        parts.append(
+            f"### {title[0].upper()}{title[1:]}\n\n{' '.join(about.split())}\n\n{head}\n" + "\n".join(rows)
+        )
+    unsectioned = [_row(name, field) for name, field in fields.items() if section_of(name) is None]
+    parts.append(f"### Configuration file\n\n{head}\n" + "\n".join(unsectioned))
+    return "\n\n".join(parts) + "\n"
 
 
 def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:

@@ -1,6 +1,7 @@
 """The wheel a deployment installs holds every module and the bundled model (an editable
 install, as in the test venv, would hide a module missing from the package list), and installed
-without extras it is the client alone: no ONNX Runtime, no server dependencies."""
+without extras it is the client alone: no ONNX Runtime, no server dependencies. Building it warns
+of nothing, and a first `make serve` shows what it is installing."""
 
 from __future__ import annotations
 
@@ -40,17 +41,43 @@ SERVER_ONLY = {
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The wheel, and everything its build printed (not quieted: pip shows the backend's warnings)."""
     folder = tmp_path_factory.mktemp("wheel")
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(folder), str(REPO_ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(folder), str(REPO_ROOT)],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
     (built,) = folder.glob("vae_serve-*.whl")
-    return built
+    return built, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def wheel(build: tuple[Path, str]) -> Path:
+    return build[0]
+
+
+def test_the_build_warns_of_nothing(build):
+    """Every folder of data files is declared a package, so setuptools has nothing to warn about."""
+    _, output = build
+    assert not re.search(r"warning|would be ignored", output, re.IGNORECASE), output
+
+
+def test_a_first_make_serve_says_what_it_is_doing(tmp_path):
+    """A fresh checkout's `make serve` creates a venv and installs for a while before it serves: it
+    says so before each step, and pip's own progress (what it is downloading) is not quieted."""
+    venv = tmp_path / "venv"
+    done = run("make", "--dry-run", "--no-print-directory", "-C", REPO_ROOT, f"VENV={venv}", "serve")
+    assert done.returncode == 0, done.stderr
+    steps = done.stdout.splitlines()
+    for step in ("-m venv", "pip install --upgrade pip", f"{venv}/bin/vae-serve"):  # each said first
+        (at,) = [i for i, line in enumerate(steps) if step in line]
+        assert at > 0 and steps[at - 1].startswith("echo "), steps
+    installs = [step for step in steps if "pip install" in step]
+    assert installs and not any(re.search(r"\s-q\b|--quiet", step) for step in installs), installs
 
 
 @pytest.mark.slow

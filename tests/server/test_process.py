@@ -18,9 +18,11 @@ import grpc
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import REPOSITORY, start_vae_serve, wait_for
+from support import REPOSITORY, start_server_ports, start_vae_serve, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
+from vae_serve.server.ports import ready_line
+from vae_serve.server.settings import Settings
 from vae_serve.tensor import to_tensor
 
 SERVE = [sys.executable, "-m", "vae_serve.server.cli", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1"]
@@ -75,6 +77,93 @@ def test_port_in_use():
         taken.listen()
         port = taken.getsockname()[1]
         fails_in_one_line(["--port", str(port)], f"cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+@pytest.mark.parametrize(
+    ("flag", "says"),
+    [
+        ("--port", "cannot listen on"),
+        ("--http-port", "cannot listen for HTTP on"),
+        ("--metrics-port", "cannot serve metrics on"),
+    ],
+)
+def test_a_busy_port_is_the_one_line_said_before_anything_loads(flag, says):
+    """Nothing else is said: no model was loaded, no library started."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [*SERVE, "--port", "0", "--http-port", "0", "--metrics-port", "0", flag, str(port)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    expected = f"vae-serve: error: {says} 127.0.0.1:{port}: Address already in use ({flag})"
+    assert done.stderr.splitlines() == [expected]
+
+
+READY = (
+    r"ready: playground http://127\.0\.0\.1:(\d+)/, API docs http://127\.0\.0\.1:(\d+)/docs, "
+    r"gRPC 127\.0\.0\.1:(\d+), metrics http://127\.0\.0\.1:(\d+)/metrics$"
+)
+
+
+def test_the_ready_line_names_every_address_and_each_answers():
+    ports = ("--port", "0", "--http-port", "0", "--metrics-port", "0")
+    proc, (playground, docs, port, metrics) = start_server_ports([*SERVE[1:], *ports], READY)
+    try:
+        assert playground == docs
+        for url, kind in (
+            (f"http://127.0.0.1:{playground}/", "text/html"),
+            (f"http://127.0.0.1:{docs}/docs", "text/html"),
+            (f"http://127.0.0.1:{metrics}/metrics", "text/plain"),
+        ):
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                assert reply.status == 200 and reply.headers["content-type"].startswith(kind), url
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = vae_pb2_grpc.VAEServiceStub(channel)
+            assert stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=10).name == "fashion-vae"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_the_ready_line_gives_addresses_a_person_can_open():
+    s = Settings(host="0.0.0.0", http_host="::", metrics_host="::1")
+    assert ready_line(s, 50051, 8000, 8002) == (
+        "ready: playground http://localhost:8000/, API docs http://localhost:8000/docs, "
+        "gRPC localhost:50051, metrics http://[::1]:8002/metrics"
+    )
+    tls = s.model_copy(update={"tls_cert": Path("cert.pem"), "playground": False, "http_host": "10.0.0.2"})
+    assert ready_line(tls, 1, 2, 3) == (
+        "ready: API docs https://10.0.0.2:2/docs, gRPC localhost:1 (TLS), metrics http://[::1]:3/metrics"
+    )
+    assert ready_line(s, 1, None, 3) == "ready: gRPC localhost:1, metrics http://[::1]:3/metrics"
+
+
+def test_debug_logs_are_vae_serves_own_and_not_grpcs_internals(tmp_path):
+    """--log-level debug shows the server's own debug lines; grpc's internals stay behind its own
+    switches (GRPC_VERBOSITY, GRPC_TRACE), which --log-level neither sets nor needs."""
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
+    cmd = [*SERVE, "--port", "0", "--http-port", "0", "--metrics-port", "0", "--log-level", "debug"]
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(cmd, stderr=stderr, env=env)
+    try:
+        wait_for(lambda: "ready: " in log.read_text(), "the ready line")
+        port = re.search(r"gRPC 127\.0\.0\.1:(\d+)", log.read_text()).group(1)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = vae_pb2_grpc.VAEServiceStub(channel)
+            for _ in range(3):
+                stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    text = log.read_text()
+    debug = re.findall(r" DEBUG \[[^]]*\] \[\d+\] (\S+): ", text)
+    assert "vae_serve.server.lifecycle" in debug, text
+    assert {name.split(".")[0] for name in debug} == {"vae_serve"}, text
+    assert "grpc" not in {name.split(".")[0] for name in re.findall(r"\] (\S+): ", text)}, text
 
 
 def test_missing_model():
@@ -139,6 +228,7 @@ def test_workers_share_the_port_and_all_answer(tmp_path):
         str(free_port()),
     )
     try:
+        read_until(proc, r"all 2 workers ready")  # the first one's start-up line came before
         answered: dict[str, int] = {}
         for _ in range(40):  # a new connection each time: the kernel spreads them over the workers
             with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
@@ -192,6 +282,7 @@ def test_a_dead_worker_is_replaced_and_a_dead_supervisor_takes_its_workers_along
     )
     try:
         read_until(proc, r"all 2 workers ready")  # a death from now on is replaced, not a bad start
+        read_until(proc, rf"ready: .*, gRPC 127\.0\.0\.1:{port}, metrics http://127\.0\.0\.1:{metrics_port}/")
         first = worker_pids(proc.pid)
         assert len(first) == 2
         victim = min(first)

@@ -339,6 +339,66 @@ def test_help_reads_well(capsys):
         assert variable in text
 
 
+SECTIONS = ("server", "HTTP", "batching", "limits", "model repository", "TLS", "observability", "logging")
+
+
+def help_sections(text: str) -> dict[str, list[str]]:
+    """--help's sections (argparse groups: a title line at the margin ending in ':'), each with
+    the flags listed in it."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in text[text.index("\noptions:") :].splitlines():
+        if line.endswith(":") and not line.startswith(" "):
+            current = sections.setdefault(line[:-1], [])
+        elif current is not None and line.startswith("  -"):  # `  -h, --help`, `  --http, --no-http`
+            current.append(next(word for word in line.split() if word.startswith("--")).rstrip(","))
+    return sections
+
+
+def test_help_lists_every_flag_once_in_its_section(capsys):
+    with pytest.raises(SystemExit):
+        parse("--help")
+    text = capsys.readouterr().out
+    sections = help_sections(text)
+    assert list(sections) == ["options", *SECTIONS]
+    assert sections["options"] == ["--help", "--config", "--version"]
+    listed = [flag for flags in sections.values() for flag in flags]
+    flags = {f"--{name.replace('_', '-')}" for name in Settings.model_fields}
+    assert sorted(listed) == sorted({*flags, "--help", "--version"})  # each flag once
+    assert sections["observability"] == ["--metrics-port", "--metrics-host"]
+    assert "--http-cors-origins" in sections["HTTP"] and "--tls-client-ca" in sections["TLS"]
+    assert "--max-queue-delay-us" in sections["batching"] and "--max-samples" in sections["limits"]
+    assert "--log-level" in sections["logging"] and "--model-version" in sections["model repository"]
+    assert "--workers" in sections["server"]
+    description = " ".join(text.split("\n\n")[1].split())
+    assert "over gRPC" in description and "HTTP/REST" in description
+    assert "(default: None)" not in text and "default factory" not in text
+
+
+def test_log_level_is_vae_serves_own_and_leaves_grpc_alone(monkeypatch):
+    """--log-level debug: vae-serve's loggers at debug, every other library's (grpc's) at info,
+    and grpc's own switches untouched."""
+    from vae_serve.server.cli import configure_logging
+
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    monkeypatch.delenv("GRPC_TRACE", raising=False)
+    root, own = logging.getLogger(), logging.getLogger("vae_serve")
+    saved = (root.level, list(root.handlers), own.level)
+    try:
+        configure_logging(LogSettings(log_level="debug"))
+        assert logging.getLogger("vae_serve.server.app").isEnabledFor(logging.DEBUG)
+        for name in ("grpc", "grpc._cython.cygrpc", "grpc.aio", "asyncio", "uvicorn"):
+            assert logging.getLogger(name).getEffectiveLevel() == logging.INFO, name
+        assert "GRPC_VERBOSITY" not in os.environ and "GRPC_TRACE" not in os.environ
+        configure_logging(LogSettings(log_level="warning"))
+        assert not logging.getLogger("vae_serve.server.app").isEnabledFor(logging.INFO)
+        assert logging.getLogger("grpc").getEffectiveLevel() == logging.WARNING
+    finally:
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[0])
+        own.setLevel(saved[2])
+
+
 # Each setting stated once: in one group, which the components take.
 
 

@@ -65,3 +65,27 @@ def test_metrics_port_taken_leaves_no_grpc_port(taken_port):
     server = failing_start(port, taken_port)
     assert server._server is None
     assert can_bind(port)
+
+
+@pytest.mark.parametrize(
+    ("flag", "says"),
+    [
+        ("port", "cannot listen on 127.0.0.1:{port}: Address already in use (--port)"),
+        ("http_port", "cannot listen for HTTP on 127.0.0.1:{port}: Address already in use (--http-port)"),
+        ("metrics_port", "cannot serve metrics on 127.0.0.1:{port}: Address already in use (--metrics-port)"),
+    ],
+)
+def test_a_busy_port_fails_before_the_model_loads(taken_port, monkeypatch, flag, says):
+    """Each of the three ports is checked before the model loads: a busy one costs no load."""
+    ports = {"port": 0, "http_port": 0, "metrics_port": 0, flag: taken_port}
+    settings = Settings(model_repository=REPOSITORY, host="127.0.0.1", metrics_host="127.0.0.1", **ports)
+    server = VaeServer(settings, Metrics())
+
+    def never(_self: VaeServer) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(VaeServer, "load", never)
+    with pytest.raises(ModelLoadError) as caught:
+        asyncio.run(server.start())
+    assert str(caught.value) == says.format(port=taken_port)
+    assert not server.dataplane.loaded and server._metrics_http is None
