@@ -16,10 +16,10 @@ How long a partial batch waits for company (at most `max_queue_delay_us`):
   company is in. The largest of several, not the last alone, so that a small batch does not set
   a small target for the next (docs/design-notes.md).
 The wait is what makes batching pay on this stack: gRPC hands a busy event loop one call per
-turn, and only a loop that waits takes them in bulk. asyncio timers round up to about a millisecond, so "now" uses no timer: the
-collector yields to the loop once, letting calls that already arrived join. A request that finds
-the collector idle and would not wait yields that turn itself and, still alone, runs as its own
-batch without waking the collector (`_alone`).
+turn, and only a loop that waits takes them in bulk. asyncio timers round up to about a
+millisecond, so "now" uses no timer: the collector yields to the loop once, letting calls that
+already arrived join. A request that finds the collector idle and would not wait yields that
+turn itself and, still alone, runs as its own batch without waking the collector (`_alone`).
 """
 
 from __future__ import annotations
@@ -154,8 +154,8 @@ class BatchingRunner:
     async def _alone(self, item: _Pending) -> list[np.ndarray]:
         """A request that finds the collector idle and would not wait for company gathers it as the
         collector would (one turn of the loop) and, when none came, runs as its batch itself: a lone
-        request spares the collector's wake-up and its own, two loop turns. When company came, the collector takes them
-        all, as without this path."""
+        request spares the collector's wake-up and its own, two loop turns. When company came, the
+        collector takes them all, as without this path."""
         try:
             await asyncio.sleep(0)
         except asyncio.CancelledError:

@@ -2,7 +2,8 @@
 
 JSON text of tensors is parsed and written by C code that holds the GIL throughout (orjson,
 numpy), so a thread does not keep the event loop free while it runs, and the stall grows with
-the text. JSON bodies and replies stay within MAX_JSON_BYTES; binary tensor data (KServe) and pictures carry more, up to --max-message-bytes.
+the text. JSON bodies and replies stay within MAX_JSON_BYTES; binary tensor data (KServe) and
+pictures carry more, up to --max-message-bytes.
 """
 
 from vae_serve.errors import TooLarge
