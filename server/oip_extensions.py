@@ -28,9 +28,10 @@ from .versions import ServedModel
 
 __all__ = ["EXTENSIONS", "TritonExtensions", "model_control_refused"]
 
-# Triton's names for the extensions served here (ServerMetadata lists them). Not `model_repository`:
-# it includes load and unload, which are refused (model control is the repository watcher's).
-EXTENSIONS = ("model_configuration", "statistics")
+# Triton's names for the extensions served here (ServerMetadata lists them, over gRPC and REST).
+# `model_repository` too: its index is served, and load and unload are refused as Triton refuses
+# them when model control is off (here the repository watcher loads versions).
+EXTENSIONS = ("model_configuration", "model_repository", "statistics")
 READY, UNAVAILABLE = "READY", "UNAVAILABLE"
 OLDER = "not served: older than the versions kept (--keep-versions) or the one pinned at start"
 NEWER = "not served: rejected, still loading, or beside the one pinned at start (the log says which)"

@@ -60,10 +60,10 @@ def deadline_from(request: Request, timeout_s: float | None = None) -> float | N
 
 
 def _model(front: Front, request: Request) -> tuple[str, OipModel, ServedModel]:
-    name = request.path_params["model"]
+    name = request.path_params["model_name"]
     if name not in GRAPHS:
         raise ModelNotFound(f"no model {quote(name)}; models: {', '.join(GRAPHS)}")
-    return name, GRAPHS[name], front.dataplane.current(request.path_params.get("version"))
+    return name, GRAPHS[name], front.dataplane.current(request.path_params.get("model_version"))
 
 
 @endpoint("ServerMetadata")
@@ -72,15 +72,17 @@ async def server_metadata(front: Front, request: Request) -> Response:
     return json_response({"name": "vae-serve", "version": __version__, "extensions": extensions})
 
 
+# The health bodies are the KServe SDK's (its REST client reads them); not ready stays a 503 with
+# the error body, as KServe's own server answers, so probes keep reading the status alone.
 @endpoint("ServerLive", probe=True)
 async def live(front: Front, request: Request) -> Response:
-    return Response(status_code=200)
+    return json_response({"live": True})
 
 
 @endpoint("ServerReady", probe=True)
 async def ready(front: Front, request: Request) -> Response:
     if front.dataplane.ready:
-        return Response(status_code=200)
+        return json_response({"ready": True})
     return error_response(503, f"not ready ({front.dataplane.state.phase.name.lower()})")
 
 
@@ -88,8 +90,8 @@ async def ready(front: Front, request: Request) -> Response:
 async def model_ready(front: Front, request: Request) -> Response:
     if not front.dataplane.ready:
         return error_response(503, f"not ready ({front.dataplane.state.phase.name.lower()})")
-    _model(front, request)
-    return Response(status_code=200)
+    name, _, _ = _model(front, request)
+    return json_response({"name": name, "ready": True})
 
 
 @endpoint("ModelMetadata")
@@ -151,13 +153,13 @@ async def infer(front: Front, request: Request) -> Response:
 @endpoint("ModelConfig")
 async def model_config(front: Front, request: Request) -> Response:
     params = request.path_params
-    return json_response(front.extensions.config(params["model"], params.get("version")))
+    return json_response(front.extensions.config(params["model_name"], params.get("model_version")))
 
 
 @endpoint("ModelStatistics")
 async def model_statistics(front: Front, request: Request) -> Response:
     params = request.path_params
-    stats = await front.extensions.statistics(params.get("model", ""), params.get("version", ""))
+    stats = await front.extensions.statistics(params.get("model_name", ""), params.get("model_version", ""))
     return json_response({"model_stats": stats})
 
 
@@ -188,16 +190,16 @@ async def repository_unload(front: Front, request: Request) -> Response:
 
 
 def routes() -> list[Route]:
-    model = "/v2/models/{model}"
-    version = model + "/versions/{version}"
+    model = "/v2/models/{model_name}"  # the KServe SDK's names for them, in /openapi.json too
+    version = model + "/versions/{model_version}"
     return [
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
-        Route("/v2/models/stats", model_statistics, methods=["GET"]),  # before /v2/models/{model}
+        Route("/v2/models/stats", model_statistics, methods=["GET"]),  # before /v2/models/{model_name}
         Route("/v2/repository/index", repository_index, methods=["POST"]),
-        Route("/v2/repository/models/{model}/load", repository_load, methods=["POST"]),
-        Route("/v2/repository/models/{model}/unload", repository_unload, methods=["POST"]),
+        Route("/v2/repository/models/{model_name}/load", repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{model_name}/unload", repository_unload, methods=["POST"]),
         *(Route(path, model_metadata, methods=["GET"]) for path in (model, version)),
         *(Route(path + "/ready", model_ready, methods=["GET"]) for path in (model, version)),
         *(Route(path + "/infer", infer, methods=["POST"]) for path in (model, version)),

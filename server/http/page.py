@@ -19,7 +19,7 @@ from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-__all__ = ["ASSETS", "CSP", "FOLDER", "mount"]
+__all__ = ["ASSETS", "CSP", "FOLDER", "HEADERS", "Assets", "mount"]
 
 FOLDER = Path(__file__).parent / "playground"
 ASSETS = "/playground"
@@ -32,16 +32,17 @@ _TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
+    ".png": "image/png",
 }
-_HEADERS = {
+HEADERS = {
     "cache-control": "no-cache",
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
 }
 
 
-class _Assets(StaticFiles):
-    """The package's files, with the types and headers above."""
+class Assets(StaticFiles):
+    """The package's files, with the types and headers above (the API page's too: apidocs.py)."""
 
     def file_response(
         self,
@@ -51,7 +52,7 @@ class _Assets(StaticFiles):
         status_code: int = 200,
     ) -> Response:
         response = super().file_response(full_path, stat_result, scope, status_code)
-        response.headers.update(_HEADERS)
+        response.headers.update(HEADERS)
         if response.status_code == 200:
             response.headers["content-type"] = _TYPES.get(Path(full_path).suffix, "application/octet-stream")
         return response
@@ -59,12 +60,12 @@ class _Assets(StaticFiles):
 
 def mount(app: FastAPI) -> None:
     """Serve the page at `/` and its assets under `/playground/`."""
-    app.mount(ASSETS, _Assets(directory=FOLDER), name="playground")
+    app.mount(ASSETS, Assets(directory=FOLDER), name="playground")
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page(request: Request) -> Response:
         return FileResponse(
             FOLDER / "index.html",
             media_type=_TYPES[".html"],
-            headers={**_HEADERS, "content-security-policy": CSP},
+            headers={**HEADERS, "content-security-policy": CSP},
         )

@@ -35,13 +35,15 @@ __all__ = [
     "MAX_UPLOAD_PIXELS",
     "DecodeBody",
     "DecodeReply",
-    "EncodeBody",
     "EncodeReply",
+    "ImagesBody",
     "ModelReply",
     "ReconstructReply",
     "SampleBody",
+    "SampleQuery",
     "SampleReply",
     "StatsReply",
+    "Version",
     "decode",
     "encode",
     "model",
@@ -58,15 +60,21 @@ PICTURE_BODIES = (JSON, *PICTURE_TYPES, "multipart/form-data")  # what encode an
 
 # Fail fast: a body of 500k wrong values would otherwise make 500k validation errors (~1 s).
 Rows = Annotated[list[Annotated[list[float], Field(fail_fast=True)]], Field(fail_fast=True)]
+Seed = Annotated[
+    int | None, Field(ge=0, lt=2**64, description="Same seed, same draws (gRPC and client alike).")
+]
+Version = Annotated[str | None, Field(description="Pin a loaded version; default: the latest.")]
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
-    model_version: str | None = Field(None, description="Pin a loaded version; default: the latest.")
+    model_version: Version = None
 
 
-class EncodeBody(_Body):
+class ImagesBody(_Body):
+    """What encode and reconstruct take as JSON."""
+
     x: Rows = Field(description="Images as rows of input_dim values in [0, 1].")
 
 
@@ -76,14 +84,23 @@ class DecodeBody(_Body):
 
 class SampleBody(_Body):
     num_samples: int = Field(16, ge=1, description="Draws (per row of mean, for posterior draws).")
-    seed: int | None = Field(
-        None, ge=0, lt=2**64, description="Same seed, same draws (gRPC and client alike)."
-    )
+    seed: Seed = None
     mean: Rows | None = Field(
         None, description="Posterior means [N, latent_dim]: draw from N(mean, exp(logvar))."
     )
     logvar: Rows | None = Field(None, description="Posterior log-variances, the shape of mean.")
     decode: bool = Field(True, description="Also decode the draws into images.")
+
+
+class SampleQuery(BaseModel):
+    """GET /v1/sample's query: prior draws, SampleBody's fields under the names a link uses."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n: int = Field(16, ge=1, description="Draws from the prior (at most the server's max_samples).")
+    seed: Seed = None
+    decode: bool = Field(True, description="Also decode the draws into images.")
+    model_version: Version = None
 
 
 class EncodeReply(BaseModel):
@@ -131,7 +148,11 @@ class ModelReply(BaseModel):
     image_shape: list[int]
     execution_provider: str
     loaded_versions: list[str]
-    card: dict[str, str]
+    card: dict[str, Any] = Field(
+        description="The model card (the version's model.json) with its values' own types: numbers, "
+        "strings, booleans, lists, objects. An integer beyond 2^53 comes as its decimal string, as "
+        "over gRPC (GetModelInfo's model_card)."
+    )
     server_id: str
     limits: dict[str, int]
 
@@ -206,7 +227,7 @@ async def _images_in(front: Front, request: Request) -> tuple[np.ndarray, str | 
     """The images of an encode or reconstruct request, and the version it pins: JSON rows, or
     uploaded pictures (which pin none)."""
     if _is_json(request):
-        body = await _json_body(front, request, EncodeBody)
+        body = await _json_body(front, request, ImagesBody)
         return _rows(body.x, "x"), body.model_version
     return await _pictures(front, request), None
 
@@ -264,23 +285,21 @@ async def sample(front: Front, request: Request) -> Response:
 @endpoint("Sample", work=True)
 async def sample_link(front: Front, request: Request) -> Response:
     """GET /v1/sample?n=64&seed=7: prior draws for links and curl (add Accept: image/png)."""
-    query = request.query_params
-    unknown = set(query) - {"n", "seed", "decode", "model_version"}
+    query, known = request.query_params, SampleQuery.model_fields
+    unknown = set(query) - set(known)
     if unknown:
-        raise InvalidInput(
-            f"unknown query parameter {sorted(unknown)[0][:32]!r}; use n, seed, decode, model_version"
-        )
-    fields: dict[str, Any] = {"num_samples": query.get("n", "16"), "decode": query.get("decode", "true")}
-    for name in ("seed", "model_version"):
-        if name in query:
-            fields[name] = query[name]
+        raise InvalidInput(f"unknown query parameter {sorted(unknown)[0][:32]!r}; use {', '.join(known)}")
     try:
-        body = SampleBody.model_validate_strings(fields)
+        asked = SampleQuery.model_validate_strings({name: query[name] for name in known if name in query})
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise InvalidInput(
-            f"{'.'.join(map(str, first['loc'])).replace('num_samples', 'n')}: {first['msg']}"
-        ) from None
+        raise InvalidInput(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    most = front.dataplane.limits.max_samples
+    if asked.n > most:  # checked here too so that the refusal names n, not the data plane's num_samples
+        raise InvalidInput(f"n: must be between 1 and {most}, got {asked.n}")
+    body = SampleBody(
+        num_samples=asked.n, seed=asked.seed, decode=asked.decode, model_version=asked.model_version
+    )
     return await _sample(front, request, body)
 
 
@@ -315,7 +334,7 @@ async def model(front: Front, request: Request) -> Response:
             "image_shape": list(served.image_shape),
             "execution_provider": served.execution_provider,
             "loaded_versions": front.dataplane.served.loaded,
-            "card": served.card_strings,
+            "card": served.card,
             "server_id": f"{socket.gethostname()}:{os.getpid()}",
             "limits": {
                 "max_request_rows": limits.max_request_rows,

@@ -41,6 +41,7 @@ def only(reply: dict) -> dict:
 def test_server_metadata_lists_the_extensions_served(running):
     assert triton(running.target, "extensions")["server"]["extensions"] == [
         "model_configuration",
+        "model_repository",
         "statistics",
     ]
 

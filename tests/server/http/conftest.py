@@ -1,10 +1,14 @@
-"""One real `vae-serve` process with HTTP for the module's tests, and an httpx client for it."""
+"""One real `vae-serve` process with HTTP for the module's tests, an httpx client for it, and a real
+browser (Debian's headless Chromium, driven by Selenium) for the pages."""
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
 from support import start_vae_serve_http
 
 
@@ -29,3 +33,28 @@ def http_server() -> Iterator[HttpServer]:
 def http(http_server: HttpServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=http_server.url, timeout=30) as client:
         yield client
+
+
+def _chromium() -> tuple[str, str]:
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if browser is None or driver is None:
+        pytest.fail(
+            "chromium / chromedriver not found: `make test` installs Debian's chromium and chromium-driver"
+        )
+    return browser, driver
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    binary, driver = _chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,960"):
+        options.add_argument(flag)
+    # every request the page makes, and its console (a CSP violation or a script error lands there)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    chrome = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    try:
+        yield chrome
+    finally:
+        chrome.quit()

@@ -42,7 +42,10 @@ def test_sigterm_under_http_load_fails_no_admitted_request_and_readiness_turns_5
         wait_for(lambda: outcomes["200"] >= 200, "steady load")
         proc.send_signal(signal.SIGTERM)
         with httpx.Client(base_url=url, timeout=5) as probe:
-            assert probe.get("/v2/health/ready").status_code == 503  # at once
+            not_ready = probe.get("/v2/health/ready")
+            assert not_ready.status_code == 503  # at once
+            assert list(not_ready.json()) == ["error"]  # the protocol's error object, saying why
+            assert not_ready.json()["error"].startswith("not ready (")
         assert proc.wait(timeout=20) == 0
     finally:
         stop.set()

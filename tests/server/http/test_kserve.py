@@ -30,7 +30,7 @@ def test_health_and_metadata_with_tritonclient(http_server):
     assert h["server"] == {
         "name": "vae-serve",
         "version": h["server"]["version"],
-        "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
+        "extensions": ["binary_tensor_data", "model_configuration", "model_repository", "statistics"],
     }
     assert h["vae_encoder"] == {
         "name": "vae_encoder",

@@ -104,6 +104,6 @@ def test_statistics_routes_are_read_only_and_404_for_unknown_models(http):
 
 def test_the_openapi_document_lists_the_extension_routes(http):
     paths = set(http.get("/openapi.json").json()["paths"])
-    wanted = {"/v2/models/{model}/config", "/v2/models/{model}/versions/{version}/stats"}
-    wanted |= {"/v2/models/stats", "/v2/repository/index", "/v2/repository/models/{model}/load"}
+    wanted = {"/v2/models/{model_name}/config", "/v2/models/{model_name}/versions/{model_version}/stats"}
+    wanted |= {"/v2/models/stats", "/v2/repository/index", "/v2/repository/models/{model_name}/load"}
     assert wanted <= paths, wanted - paths

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from openapi_spec_validator import validate
 from PIL import Image
+from support import REPOSITORY
 
 from vae_serve.client import VaeClient
 from vae_serve.client.grid import image_grid, png_bytes
@@ -29,7 +30,15 @@ def test_model_mirrors_get_model_info(http, http_server):
         native.latent_dim,
     )
     assert info["image_shape"] == [28, 28] and info["limits"]["max_message_bytes"] == 32 << 20
-    assert info["card"] == dict(native.card)
+    assert info["card"] == native.card
+
+
+def test_the_model_card_is_typed_json(http):
+    """The card as model.json writes it: numbers are JSON numbers, objects are objects."""
+    card = http.get("/v1/model").json()["card"]
+    assert card == json.loads((REPOSITORY / "fashion-vae" / "1" / "model.json").read_text())
+    assert card["epochs"] == 60 and isinstance(card["epochs"], int) and isinstance(card["lr"], float)
+    assert len(card["principal_directions"]["mean"]) == L
 
 
 def test_encode_and_decode_equal_onnx_runtime(http, direct):
@@ -237,7 +246,7 @@ def test_a_json_reply_over_the_message_limit_is_refused_before_computing(http):
 def test_the_openapi_document_is_valid_and_the_docs_are_served_from_here(http):
     spec = http.get("/openapi.json").json()
     validate(spec)
-    assert {"/v1/encode", "/v1/sample", "/v2/models/{model}/infer"} <= set(spec["paths"])
+    assert {"/v1/encode", "/v1/sample", "/v2/models/{model_name}/infer"} <= set(spec["paths"])
     page = http.get("/docs").text
     urls = re.findall(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)""", page)
     assert urls and all(url.startswith("/") for url in urls), urls

@@ -1,18 +1,15 @@
-"""The web playground in a real browser (Debian's headless Chromium, driven by Selenium), against a
-real server; and its files' headers, and --no-playground, over plain HTTP."""
+"""The web playground in a real browser (Debian's headless Chromium, driven by Selenium: conftest.py's
+`browser`), against a real server; and its files' headers, and --no-playground, over plain HTTP."""
 
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from support import start_vae_serve_http, wait_for
@@ -24,31 +21,6 @@ const canvas = arguments[0];
 const context = canvas.getContext('2d');
 return Array.from(context.getImageData(0, 0, canvas.width, canvas.height).data.filter((_, i) => i % 4 === 0));
 """
-
-
-def _chromium() -> tuple[str, str]:
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if browser is None or driver is None:
-        pytest.fail(
-            "chromium / chromedriver not found: `make test` installs Debian's chromium and chromium-driver"
-        )
-    return browser, driver
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    binary, driver = _chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,960"):
-        options.add_argument(flag)
-    # every request the page makes, and its console (a CSP violation or a script error lands there)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    chrome = webdriver.Chrome(options=options, service=Service(executable_path=driver))
-    try:
-        yield chrome
-    finally:
-        chrome.quit()
 
 
 def _pixels(browser: webdriver.Chrome, element: object) -> np.ndarray:
@@ -108,6 +80,8 @@ def test_playground_in_a_browser(browser, tmp_path):
         # Explore: dragging across the pad changes the decoded image.
         image = test_id("latent-image")
         wait_for(lambda: _pixels(browser, image).max() > 0, "the pad's first image")
+        axes = [option.text for option in browser.find_elements(By.CSS_SELECTOR, "#axis-x option")]
+        assert axes[:9] == [f"PC{i}" for i in range(1, 9)] + ["z1"]  # the card's principal directions
         before = _pixels(browser, image)
         drag = ActionChains(browser).move_to_element_with_offset(test_id("latent-pad"), -80, -80)
         drag.click_and_hold()
