@@ -189,6 +189,7 @@ class VaeServer:
         s = self.network
         if not self.worker:
             self._metrics_http = MetricsPort(self.metrics.registry, s.metrics_host, s.metrics_port)
+            self._metrics_http.start()
             self.metrics_port = self._metrics_http.port
         http_socket = None
         try:
@@ -329,7 +330,7 @@ async def run(settings: Settings, worker: bool = False, on_ready: Callable[[], N
     server = VaeServer(settings, worker=worker)
     await server.start()
     stopping = asyncio.Event()
-    actions = {
+    actions: dict[int, Callable[[], None]] = {
         signal.SIGTERM: stopping.set,
         signal.SIGINT: stopping.set,
         signal.SIGHUP: server.watcher.wake.set,

@@ -313,6 +313,7 @@ def run_workers(settings: Settings) -> int:
             supervisor.install_signals()
             for _ in range(settings.workers):
                 supervisor.spawn(first=True)
+            http.start()  # after the first forks: a child forked beside a thread may inherit its locks
             log.info(
                 "supervising %d workers on %s:%d, merged metrics on :%d",
                 settings.workers,

@@ -43,9 +43,10 @@ def metrics_app(registry: CollectorRegistry) -> Any:
 
 
 class MetricsPort:
-    """Serves `registry` on host:port from a thread, until `close()`."""
+    """Serves `registry` on host:port from a thread, from `start()` until `close()`. The port is
+    bound at once, so that a busy one fails before anything else starts."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    def __init__(self, registry: CollectorRegistry, host: str | None, port: int) -> None:
         self.socket = bind(host, port, what="serve metrics")
         self.port: int = self.socket.getsockname()[1]
         self._loop = asyncio.new_event_loop()
@@ -56,6 +57,9 @@ class MetricsPort:
             max_connections=METRICS_MAX_CONNECTIONS,
             keep_alive_s=METRICS_KEEP_ALIVE_S,
         )
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
         started: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, args=(started,), name="metrics", daemon=True)
         self._thread.start()
@@ -72,7 +76,9 @@ class MetricsPort:
         self._loop.run_forever()
 
     def close(self) -> None:
-        if not self._loop.is_running():
+        if self._thread is None or not self._loop.is_running():
+            self.socket.close()
+            self._loop.close()
             return
         stopping = asyncio.run_coroutine_threadsafe(self._server.stop(0.0), self._loop)
         try:
