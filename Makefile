@@ -47,6 +47,7 @@ lint: $(BIN)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python protos/generate.py --check
+	$(BIN)/python tools/typecheck.py
 
 # The documentation site, offline; a broken link or anchor fails the build.
 docs: $(BIN)/.dev

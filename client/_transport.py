@@ -20,8 +20,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -37,6 +39,9 @@ __all__ = [
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 _TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_VERSION_FIELD = "model_version"
+
+_Request = TypeVar("_Request", bound=Message)
 
 
 class VaeServeError(Exception):
@@ -137,10 +142,10 @@ def trace_metadata(options: ClientOptions) -> tuple[tuple[str, str], ...] | None
     return (("traceparent", options.traceparent),) if options.traceparent else None
 
 
-def pinned(request: object, options: ClientOptions) -> object:
+def pinned(request: _Request, options: ClientOptions) -> _Request:
     """`request` with the options' model version, when it has a field for one."""
-    if options.model_version and "model_version" in request.DESCRIPTOR.fields_by_name:
-        request.model_version = options.model_version
+    if options.model_version and _VERSION_FIELD in request.DESCRIPTOR.fields_by_name:
+        setattr(request, _VERSION_FIELD, options.model_version)  # a field only some messages have
     return request
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Literal, TypeVar, overload
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
 from vae_serve._proto.vae.v1 import vae_pb2
@@ -25,8 +26,9 @@ class AsyncVaeClient(BaseClient):
     """`async with AsyncVaeClient("host:50051") as client: ...`; options as for `VaeClient`."""
 
     _aio: ClassVar[bool] = True
+    _channel: grpc.aio.Channel
 
-    async def _call(self, method: Callable[..., Awaitable[Reply]], request: object) -> Reply:
+    async def _call(self, method: Callable[..., Awaitable[Reply]], request: Message) -> Reply:
         """One request within the deadline, retried with backoff while the server is UNAVAILABLE."""
         attempts = self._attempts()
         metadata = trace_metadata(self.options)
@@ -52,7 +54,8 @@ class AsyncVaeClient(BaseClient):
 
     async def health(self, service: str = "") -> str:
         """'SERVING', 'NOT_SERVING', ... as grpc.health.v1 reports it."""
-        reply = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
+        # types-grpcio-health-checking's HealthStub declares none of the methods it has
+        reply = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))  # type: ignore[attr-defined]
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     async def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +78,26 @@ class AsyncVaeClient(BaseClient):
             ]
         )
 
+    @overload
+    async def sample(
+        self,
+        num_samples: int,
+        *,
+        seed: int | None = None,
+        mean: np.ndarray | None = None,
+        logvar: np.ndarray | None = None,
+        decode: Literal[True],
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+    @overload
+    async def sample(
+        self,
+        num_samples: int,
+        *,
+        seed: int | None = None,
+        mean: np.ndarray | None = None,
+        logvar: np.ndarray | None = None,
+        decode: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]: ...
     async def sample(
         self,
         num_samples: int,

@@ -83,7 +83,9 @@ def _check_outputs(inputs: list[tuple[str, Path]], outputs: list[tuple[str, Path
 
 
 def _client(ctx: click.Context) -> VaeClient:
-    return ctx.find_object(VaeClient)
+    client = ctx.find_object(VaeClient)
+    assert client is not None  # main() puts it there before any subcommand runs
+    return client
 
 
 def _with_progress(

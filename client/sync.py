@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Literal, TypeVar, overload
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
 from vae_serve._proto.vae.v1 import vae_pb2
@@ -25,8 +26,9 @@ class VaeClient(BaseClient):
     """`VaeClient("host:50051")`; see `ClientOptions` for TLS, deadlines, retries and limits."""
 
     _aio: ClassVar[bool] = False
+    _channel: grpc.Channel
 
-    def _call(self, method: Callable[..., Reply], request: object) -> Reply:
+    def _call(self, method: Callable[..., Reply], request: Message) -> Reply:
         """One request within the deadline, retried with backoff while the server is UNAVAILABLE."""
         attempts = self._attempts()
         metadata = trace_metadata(self.options)
@@ -52,7 +54,8 @@ class VaeClient(BaseClient):
 
     def health(self, service: str = "") -> str:
         """'SERVING', 'NOT_SERVING', ... as grpc.health.v1 reports it."""
-        reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
+        # types-grpcio-health-checking's HealthStub declares none of the methods it has
+        reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))  # type: ignore[attr-defined]
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +72,26 @@ class VaeClient(BaseClient):
             [self._call(self._stub.Decode, r) for r in self._decode_requests(z, self.model_info())]
         )
 
+    @overload
+    def sample(
+        self,
+        num_samples: int,
+        *,
+        seed: int | None = None,
+        mean: np.ndarray | None = None,
+        logvar: np.ndarray | None = None,
+        decode: Literal[True],
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+    @overload
+    def sample(
+        self,
+        num_samples: int,
+        *,
+        seed: int | None = None,
+        mean: np.ndarray | None = None,
+        logvar: np.ndarray | None = None,
+        decode: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]: ...
     def sample(
         self,
         num_samples: int,

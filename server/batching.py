@@ -140,6 +140,7 @@ class BatchingRunner:
 
     def _signal(self) -> None:
         """Wake the collector, and end its wait for company when the batch is as full as expected."""
+        assert self._arrived is not None and self._full is not None  # made before anything is queued
         self._arrived.set()
         if self._queued_rows >= self.max_batch_size or (
             self.delay_policy == "adaptive" and len(self._queue) >= self._company.get(time.monotonic())
@@ -206,12 +207,14 @@ class BatchingRunner:
             return
         left = self._queue[0].queued_at + self.max_queue_delay - time.monotonic()
         if left > 0:
+            assert self._full is not None  # made with the collector, which alone runs this
             self._full.clear()
             with contextlib.suppress(TimeoutError):  # not wait_for: in 3.11 it can drop a cancel
                 async with asyncio.timeout(left):
                     await self._full.wait()
 
     async def _collect_forever(self) -> None:
+        assert self._arrived is not None  # made with this task, before it starts
         while True:
             if not self._queue:
                 self._arrived.clear()

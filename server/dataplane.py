@@ -81,7 +81,7 @@ class DataPlane:
             self._runner(model.decoder, "decoder", model.version),
         )
         self.served.add(served)
-        latest = self.served.latest.model
+        latest = self.served.get().model
         self.metrics.set_model(latest.name, latest.version, latest.execution_provider)
 
     @property

@@ -10,6 +10,7 @@ Here each watch waits on the one condition of its service for as long as the ser
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -18,6 +19,10 @@ __all__ = ["HealthServicer"]
 
 
 class HealthServicer(health.aio.HealthServicer):
+    # The base class's own state, read here; its stubs leave private attributes out.
+    _server_status: MutableMapping[str, int]
+    _server_watchers: MutableMapping[str, asyncio.Condition]
+
     def __init__(self) -> None:
         super().__init__()
         self._ended = False

@@ -60,7 +60,7 @@ class Call:
         self.model = self.version = "-"
         self.rows = 0
         self.span: Span | None = None
-        self._context: object = None
+        self._context: Token[otel_context.Context] | None = None
         self._current: Token[Call | None] | None = None
 
 
@@ -117,6 +117,7 @@ def end(
         if code in _SERVER_ERRORS:
             span.set_status(Status(StatusCode.ERROR, code.name))
         span.end()
+        assert call._context is not None  # attached with the span, in begin
         otel_context.detach(call._context)
         sampled = span.get_span_context()
         if sampled.trace_flags.sampled:

@@ -79,7 +79,9 @@ class ReceiveTimeout:
     async def read(self, context: grpc.aio.ServicerContext) -> Any:
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="receive-timeout")
-        entry = _Read(time.monotonic() + self.seconds, asyncio.current_task())
+        task = asyncio.current_task()
+        assert task is not None  # a coroutine that the event loop runs always runs in a task
+        entry = _Read(time.monotonic() + self.seconds, task)
         self._reading.append(entry)
         self.arrived += 1
         self.waiting += 1
@@ -185,13 +187,18 @@ def _rewrite(
 ) -> grpc.RpcMethodHandler:
     parse = _lenient(_message_type(handler.request_deserializer))
     serialize = handler.response_serializer
+    # gRPC's handlers hold the one behavior that their streaming flags name; the other three are None.
     if not handler.request_streaming and not handler.response_streaming:
+        assert handler.unary_unary is not None
         behavior = _unary(handler.unary_unary, unreadable_ok, receive)
         return grpc.stream_unary_rpc_method_handler(behavior, parse, serialize)
     if not handler.request_streaming:
+        assert handler.unary_stream is not None
         return grpc.unary_stream_rpc_method_handler(_unary_stream(handler.unary_stream), parse, serialize)
     if not handler.response_streaming:
+        assert handler.stream_unary is not None
         return grpc.stream_unary_rpc_method_handler(_stream_input(handler.stream_unary), parse, serialize)
+    assert handler.stream_stream is not None
     return grpc.stream_stream_rpc_method_handler(_stream_input(handler.stream_stream), parse, serialize)
 
 

@@ -96,9 +96,9 @@ class RepositoryWatcher:
 
     async def scan(self) -> list[str]:
         """Load what is new; returns the versions now served from this scan."""
-        loaded = []
+        loaded: list[str] = []
         try:
-            candidates = await asyncio.to_thread(self._candidates, int(self.dataplane.served.latest.version))
+            candidates = await asyncio.to_thread(self._candidates, int(self.dataplane.served.get().version))
         except ModelLoadError as exc:  # the model directory itself is unusable: say so once per change
             if str(exc) != self._listing_error:
                 self._listing_error = str(exc)
@@ -114,7 +114,7 @@ class RepositoryWatcher:
                 log.warning(
                     "model version %s rejected, still serving %s: %s",
                     version,
-                    self.dataplane.served.latest.version,
+                    self.dataplane.served.get().version,
                     exc,
                 )
             else:
@@ -129,7 +129,7 @@ class RepositoryWatcher:
 
     async def _load(self, version: str) -> None:
         model = await asyncio.to_thread(self._resolve_and_load, version)
-        _check_compatible(model, self.dataplane.served.latest.model)
+        _check_compatible(model, self.dataplane.served.get().model)
         self.dataplane.serve(model)
         log.info("now serving %s version %s (%s)", model.name, version, model.execution_provider)
 

@@ -131,6 +131,7 @@ class MemoryTrimmer:
         loop.run_in_executor(None, self._run).add_done_callback(self._done)
 
     def _run(self) -> float:
+        assert self._trim is not None  # soon() starts no run without one
         began = time.perf_counter()
         self._trim(0)
         return time.perf_counter() - began

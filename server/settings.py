@@ -484,7 +484,8 @@ class ConfigFileSource(PydanticBaseSettingsSource):
                 raise SettingsError(f"{path}: {_shown(key)}: not a setting{hint}")
             field = fields[key]
             try:
-                TypeAdapter(Annotated[field.annotation, field]).validate_python(value)
+                field_type: Any = Annotated[field.annotation, field]  # built at run time: no static type
+                TypeAdapter(field_type).validate_python(value)
             except ValidationError as exc:
                 message = exc.errors()[0]["msg"].removeprefix("Value error, ")
                 raise SettingsError(f"{path}: {key}: {message} (got {_shown(value, plain=False)})") from None
@@ -593,7 +594,9 @@ def _add_argument_in_section() -> Callable[..., argparse.Action]:
 def parse_args(args: list[str]) -> Settings:
     """`vae-serve`'s command line (with --help and --version, which exit 0) over the environment
     and the config file. Raises ValidationError or SettingsError; describe_error makes them one line."""
-    source = CliSettingsSource(Settings, add_argument_method=_add_argument_in_section())
+    source: CliSettingsSource[argparse.ArgumentParser] = CliSettingsSource(
+        Settings, add_argument_method=_add_argument_in_section()
+    )
     source.root_parser.description = inspect.cleandoc(Settings.__doc__ or "")
     # The flags are listed by section below; a usage line naming every one of them would be longer.
     source.root_parser.usage = "%(prog)s [-h] [--version] [--config PATH] [flags by section, below]"

@@ -31,8 +31,8 @@ from opentelemetry.sdk._configuration import (  # the SDK's own reading of OTEL_
     _import_exporters,
 )
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanProcessor
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -46,6 +46,7 @@ from opentelemetry.trace import (
     use_span,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
 
 __all__ = [
     "TracingError",
@@ -165,7 +166,7 @@ def waited(mark: tuple[SpanContext, int], graph: str, rows: int, error: BaseExce
     if tracer is None:
         return
     parent, began = mark
-    attributes = {"vae.graph": graph, "vae.rows": rows}
+    attributes: dict[str, AttributeValue] = {"vae.graph": graph, "vae.rows": rows}
     span = tracer.start_span(
         "batcher.queue",
         set_span_in_context(NonRecordingSpan(parent)),
@@ -185,12 +186,13 @@ def compute_span(
     off: a shared no-op block."""
     if tracer is None:
         return _OFF
-    context, links = None, ()
+    context: Context | None = None
+    links: Sequence[Link] = ()
     if requests:
         parent = next((r for r in requests if r.trace_flags.sampled), requests[0])
         context = set_span_in_context(NonRecordingSpan(parent))
         links = [Link(r) for r in requests if r.is_valid]
-    attributes = {
+    attributes: dict[str, AttributeValue] = {
         "vae.graph": graph,
         "vae.batch.rows": rows,
         "vae.batch.requests": len(requests) if requests else 1,

@@ -10,7 +10,13 @@ messages skip the walk: their worst case parses in about a millisecond.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+if TYPE_CHECKING:
+    # The class of generated messages' descriptors under protobuf's default backend (upb).
+    from google._upb._message import Descriptor as UpbDescriptor
 
 __all__ = ["PRESCAN_BYTES", "WireLimitError", "check_wire", "read_varint"]
 
@@ -59,7 +65,12 @@ def read_varint(
 
 
 def _walk(
-    data: memoryview, pos: int, end: int, descriptor: Descriptor | None, depth: int, budget: _Budget
+    data: memoryview,
+    pos: int,
+    end: int,
+    descriptor: Descriptor | UpbDescriptor | None,
+    depth: int,
+    budget: _Budget,
 ) -> None:
     if depth > MAX_DEPTH:
         raise WireLimitError(f"messages nested deeper than {MAX_DEPTH}")
@@ -93,7 +104,7 @@ def _walk(
         raise WireLimitError("a field runs past the end of its message")
 
 
-def check_wire(data: bytes, descriptor: Descriptor) -> None:
+def check_wire(data: bytes, descriptor: Descriptor | UpbDescriptor) -> None:
     """Raise WireLimitError if `data` (a serialized `descriptor` message) is costly to parse."""
     if len(data) < PRESCAN_BYTES:
         return

@@ -27,6 +27,7 @@ from .data import (  # noqa: E402
     CHANNELS,
     DEFAULT_DATA_DIR,
     DEFAULT_TEST_FRACTION,
+    DataOptions,
     DatasetError,
     DataSplits,
     open_data,
@@ -149,7 +150,7 @@ class Recipe:
     world_size: int
 
 
-def _load(data: Path, options: dict[str, object], ctx: DistContext) -> DataSplits:
+def _load(data: Path, options: DataOptions, ctx: DistContext) -> DataSplits:
     """Train and test rows on the training device (or read there batch by batch), and their shape."""
     splits = open_data(data, **options)
     splits.train, splits.test = splits.train.to(ctx.device), splits.test.to(ctx.device)
@@ -350,7 +351,7 @@ def main(
         if click_ctx.get_parameter_source("data") != ParameterSource.DEFAULT:
             raise click.UsageError("--data-dir is the old name of --data: pass one of them")
         data = data_dir
-    options = {
+    options: DataOptions = {
         "image_size": image_size,
         "channels": int(channels) if channels else None,
         "test_fraction": test_fraction,
@@ -463,9 +464,9 @@ def card(version_dir: Path, image_shape: tuple[int, ...] | None, arch: str | Non
         written = write_card(version_dir, image_shape=image_shape, arch=arch, directions_rows=rows)
     except (DatasetError, ExportError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
-    shape = "x".join(map(str, written["image_shape"]))
+    shown = "x".join(map(str, written["image_shape"]))
     click.echo(
-        f"{version_dir / 'model.json'}: written; x [batch, {written['input_dim']}] ({shape} pictures) "
+        f"{version_dir / 'model.json'}: written; x [batch, {written['input_dim']}] ({shown} pictures) "
         f"-> mean, logvar [batch, {written['latent_dim']}]"
     )
 

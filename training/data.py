@@ -26,11 +26,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from tokenize import TokenError
-from typing import BinaryIO
+from typing import IO, BinaryIO, TypedDict
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from vae_serve.idx import IdxError, open_regular_file, read_idx
@@ -42,6 +42,7 @@ __all__ = [
     "MAX_NPZ_BYTES",
     "MAX_PICTURE_PIXELS",
     "PICTURE_SUFFIXES",
+    "DataOptions",
     "DataSplits",
     "DatasetError",
     "ImageRows",
@@ -230,7 +231,8 @@ class StreamRows(ImageRows):
                 _RowsDataset(self.source),
                 batch_sampler=self._plan,
                 num_workers=self.workers,
-                collate_fn=_whole_batch,
+                # torch types it as taking a list of items; after __getitems__ it takes the batch.
+                collate_fn=_whole_batch,  # type: ignore[arg-type]
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=self.workers > 0,  # started once, not every epoch
                 generator=torch.Generator(),  # its seed draw must not move the global RNG
@@ -350,7 +352,7 @@ def _open_picture(f: BinaryIO, path: Path) -> Image.Image:
 
 
 def _picture_error(path: Path, exc: BaseException) -> DatasetError:
-    if isinstance(exc, Image.UnidentifiedImageError):  # its message names the file object
+    if isinstance(exc, UnidentifiedImageError):  # its message names the file object
         return DatasetError(f"{path}: not a readable picture (not {_FORMAT_NAMES})")
     reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     return DatasetError(f"{path}: not a readable picture ({reason})")
@@ -412,6 +414,31 @@ class DataSplits:
         return self.image_shape[2]
 
 
+class DataOptions(TypedDict, total=False):
+    """`open_data`'s keyword arguments, gathered by a caller that passes them on."""
+
+    image_size: tuple[int, int] | None
+    channels: int | None
+    test_fraction: float
+    seed: int
+    limit: int | None
+    workers: int | None
+
+
+class _Shape(TypedDict):
+    """What every source's rows are converted to."""
+
+    size: tuple[int, int] | None
+    channels: int | None
+
+
+class _Split(TypedDict):
+    """How a source without a test split of its own is split."""
+
+    fraction: float
+    seed: int
+
+
 def _split(count: int, fraction: float, seed: int, where: object) -> tuple[np.ndarray, np.ndarray]:
     """Train and test positions of `count` items: a seeded shuffle, each split in file order."""
     if count < 2:
@@ -456,7 +483,7 @@ def _check_values(where: object, array: np.ndarray) -> None:
             raise DatasetError(f"{where}: float images must lie in [0, 1], found {found}{hint}")
 
 
-def _npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
     """Shape, Fortran order and dtype from a .npy header, parsed without unpickling."""
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
@@ -716,8 +743,8 @@ def open_data(
         if path.suffix.lower() in (".npy", ".npz"):
             raise DatasetError(f"{path}: file not found")
         raise DatasetError(f"{path}: data directory not found; {_INSTALL_HINT}")
-    options = {"size": image_size, "channels": channels}
-    split = {"fraction": test_fraction, "seed": seed}
+    options: _Shape = {"size": image_size, "channels": channels}
+    split: _Split = {"fraction": test_fraction, "seed": seed}
     array_workers = 0 if workers is None else workers
     if path.is_dir() and _is_idx_dir(path):
         data = _idx_splits(path, **options)

@@ -178,7 +178,13 @@ def train(
         scheduler.load_state_dict(resume.scheduler)
         start_epoch, seconds = resume.epoch, resume.train_seconds
     wrapped = DistributedDataParallel(model) if dist.is_initialized() else model
-    sampler = DistributedSampler(range(len(images)), num_replicas=ctx.world_size, rank=ctx.rank, seed=seed)
+    # torch annotates a Dataset, but the sampler only takes len() of it: positions are all it draws.
+    sampler: DistributedSampler[int] = DistributedSampler(
+        range(len(images)),  # type: ignore[arg-type]
+        num_replicas=ctx.world_size,
+        rank=ctx.rank,
+        seed=seed,
+    )
     torch.manual_seed(seed + 1 + ctx.rank)  # distinct reparameterisation noise per rank
     if resume is not None and ctx.world_size == 1:
         torch.set_rng_state(resume.rng)

@@ -64,7 +64,7 @@ def _open(path: Path) -> tuple[BinaryIO, int]:
         raise IdxError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def _read(stream: BinaryIO, path: Path, size: int) -> bytearray:
+def _read(stream: BinaryIO | gzip.GzipFile, path: Path, size: int) -> bytearray:
     """Up to `size` bytes, decompressed and copied in bounded chunks (fewer only at end of file)."""
     out = bytearray()
     try:
@@ -89,11 +89,16 @@ def read_idx(path: Path, limit: int | None = None, max_bytes: int | None = DEFAU
         if path.suffix != ".gz":
             return _parse(raw, path, disk_size, False, limit, max_bytes)
         with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
-            return _parse(stream, path, disk_size, True, limit, max_bytes)  # type: ignore[arg-type]
+            return _parse(stream, path, disk_size, True, limit, max_bytes)
 
 
 def _parse(
-    stream: BinaryIO, path: Path, disk_size: int, compressed: bool, limit: int | None, max_bytes: int | None
+    stream: BinaryIO | gzip.GzipFile,
+    path: Path,
+    disk_size: int,
+    compressed: bool,
+    limit: int | None,
+    max_bytes: int | None,
 ) -> np.ndarray:
     magic = _read(stream, path, 4)
     if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:

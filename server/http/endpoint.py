@@ -30,8 +30,10 @@ from starlette.responses import Response
 from vae_serve.errors import InvalidInput, TooLarge, UnsupportedMediaType, quote
 from vae_serve.server import observe
 from vae_serve.server.calls import REQUEST_ID_HEADER, request_id, request_id_from
+from vae_serve.server.dataplane import DataPlane
 from vae_serve.server.drain import Activity
 from vae_serve.server.metrics import Metrics
+from vae_serve.server.oip_extensions import TritonExtensions
 from vae_serve.server.status import http_status_for
 
 from .limits import JSON_BYTES_PER_VALUE, MAX_JSON_BYTES, is_count
@@ -68,13 +70,18 @@ class Front:
     """What the routes need, handed to them through `app.state.front`: no globals."""
 
     def __init__(
-        self, dataplane: Any, metrics: Metrics, activity: Activity, stats: Stats, extensions: Any
+        self,
+        dataplane: DataPlane,
+        metrics: Metrics,
+        activity: Activity,
+        stats: Stats,
+        extensions: TritonExtensions,
     ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self.activity = activity
         self.stats = stats
-        self.extensions = extensions  # Triton's (oip_extensions.TritonExtensions)
+        self.extensions = extensions  # Triton's
 
 
 def json_response(content: Any, status: int = 200) -> Response:

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import TYPE_CHECKING, cast
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from vae_serve.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks  # defined for type checkers only
 
 __all__ = ["form_files"]
 
@@ -79,7 +83,7 @@ def form_files(body: bytes, content_type: str, max_parts: int) -> list[tuple[str
     parts = _Parts(max_parts)
     callbacks = {name: getattr(parts, name) for name in dir(parts) if name.startswith("on_")}
     try:
-        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser = MultipartParser(boundary, cast("MultipartCallbacks", callbacks))  # _Parts' on_* methods
         parser.write(body)
         parser.finalize()
     except FormParserError as exc:  # the base of everything python-multipart raises

@@ -142,11 +142,11 @@ async def infer(front: Front, request: Request) -> Response:
     )
     outputs = dict(zip((tensor.name for tensor in graph.outputs), values, strict=True))
     encode = functools.partial(encode_response, name, version, parsed.id, outputs, parsed.binary)
-    reply, header_length = await asyncio.to_thread(encode) if big or len(values[0]) > 64 else encode()
-    if header_length is None:
+    reply, reply_header_length = await asyncio.to_thread(encode) if big or len(values[0]) > 64 else encode()
+    if reply_header_length is None:
         return Response(reply, media_type="application/json")
     response = Response(reply, media_type="application/octet-stream")
-    response.headers[HEADER_LENGTH] = str(header_length)
+    response.headers[HEADER_LENGTH] = str(reply_header_length)
     return response
 
 
@@ -173,9 +173,10 @@ async def repository_index(front: Front, request: Request) -> Response:
             options = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise InvalidInput('body: not JSON; send {} or {"ready": true}') from None
-        ready = options.get("ready", False) if isinstance(options, dict) else None
-        if not isinstance(ready, bool):
+        asked = options.get("ready", False) if isinstance(options, dict) else None
+        if not isinstance(asked, bool):
             raise InvalidInput('body: a JSON object whose "ready", if given, is true or false')
+        ready = asked
     return json_response(await front.extensions.index(ready))
 
 

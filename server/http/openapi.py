@@ -180,10 +180,13 @@ def describe(app: FastAPI, routes: list[Route], front: Front) -> None:
     written = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            _complete(written(), front)
-        return app.openapi_schema  # type: ignore[return-value]
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = written()  # FastAPI's: also kept as app.openapi_schema
+        _complete(document, front)
+        return document
 
+    # FastAPI's documented way to amend its document; mypy refuses any assignment to a method.
     app.openapi = openapi  # type: ignore[method-assign]
 
 
@@ -244,11 +247,11 @@ def _complete(document: dict[str, Any], front: Front) -> None:
     the server: the most samples a link may ask, and examples of the model served."""
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    for model in {doc.body for doc in DOCS.values() if doc.body is not None} | {v2.ErrorResponse}:
-        schema = model.model_json_schema(ref_template=SCHEMAS + "{model}")
+    for body_model in {doc.body for doc in DOCS.values() if doc.body is not None} | {v2.ErrorResponse}:
+        schema = body_model.model_json_schema(ref_template=SCHEMAS + "{model}")
         for name, nested in schema.pop("$defs", {}).items():
             schemas.setdefault(name, nested)
-        schemas[model.__name__] = schema
+        schemas[body_model.__name__] = schema
     components["parameters"] = COMMON_PARAMETERS
 
     most = front.dataplane.limits.max_samples  # a setting: the models cannot say it
@@ -262,7 +265,7 @@ def _complete(document: dict[str, Any], front: Front) -> None:
         return
     model = served.model
     z, x = [[0.0] * model.latent_dim], [[0.5] * model.input_dim]
-    examples = {
+    examples: dict[type[BaseModel], dict[str, Any]] = {
         people.DecodeBody: {"z": z},
         people.ImagesBody: {"x": x},
         people.SampleBody: {"num_samples": 4, "seed": 7},

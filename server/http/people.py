@@ -14,7 +14,7 @@ import io
 import os
 import socket
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, overload
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -174,6 +174,10 @@ async def _off_loop(work: Callable[[], Any], size: int) -> Any:
     return await asyncio.to_thread(work) if size > OFF_LOOP_BYTES else work()
 
 
+@overload
+def _rows(values: Rows, name: str) -> np.ndarray: ...
+@overload
+def _rows(values: Rows | None, name: str) -> np.ndarray | None: ...
 def _rows(values: Rows | None, name: str) -> np.ndarray | None:
     if values is None:
         return None
@@ -272,6 +276,7 @@ async def _sample(front: Front, request: Request, body: SampleBody) -> Response:
         version=body.model_version,
     )
     if png:
+        assert x is not None  # a PNG needs decode (refused above otherwise), and decoding returns x
         return await _png(x, model.image_shape)
     return json_response({"z": z, "x": x, "model_version": used})
 

@@ -140,7 +140,9 @@ class _BoundedProtocol(HttpToolsProtocol):
     receive_timeout_s = 5.0  # set per server by `HttpServer`: --receive-timeout-s
     max_connections = 1024  # and --http-max-connections
     pool: _Pool  # and one pool per server
+    flow: _Flow  # uvicorn's FlowControl, replaced in connection_made
 
+    # As uvicorn's own: asyncio.Protocol declares a BaseTransport, a TCP server gives a Transport.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._receipt: asyncio.TimerHandle | None = None
         self._stall: asyncio.TimerHandle | None = None
@@ -340,8 +342,9 @@ class _BoundedProtocol(HttpToolsProtocol):
             self.transport.abort()
 
 
-def bind(host: str, port: int, shared: bool = False, what: str = "listen for HTTP") -> socket.socket:
+def bind(host: str | None, port: int, shared: bool = False, what: str = "listen for HTTP") -> socket.socket:
     """The listening socket, bound now so that a port in use fails start-up before anything serves.
+    `host`: None or "" binds every address.
     `shared`: a worker's, SO_REUSEPORT like its gRPC port (the supervisor checked it was free)."""
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -389,7 +392,8 @@ class HttpServer:
             access_log=False,
             server_header=False,
             date_header=False,  # uvicorn refreshes it only in a main loop this server does not run
-            timeout_keep_alive=keep_alive_s,
+            # uvicorn annotates it int, but only hands it to call_later: a float is what it takes.
+            timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
             **({} if tls is None else _tls_options(tls)),
         )
         config.load()
@@ -408,14 +412,15 @@ class HttpServer:
         server.lifespan = config.lifespan_class(config)  # "off": its shutdown does nothing
 
         def protocol() -> asyncio.Protocol:
+            # uvicorn types it as any asyncio.Protocol class; its HTTP protocols take these arguments.
             return config.http_protocol_class(  # type: ignore[call-arg]
                 config=config, server_state=server.server_state, app_state=server.lifespan.state
             )
 
         loop = asyncio.get_running_loop()
-        handshake = {"ssl_handshake_timeout": self._receive_timeout_s} if config.ssl is not None else {}
+        handshake = self._receive_timeout_s if config.ssl is not None else None  # asyncio: none without TLS
         listener = await loop.create_server(
-            protocol, sock=self._sock, ssl=config.ssl, backlog=config.backlog, **handshake
+            protocol, sock=self._sock, ssl=config.ssl, backlog=config.backlog, ssl_handshake_timeout=handshake
         )
         server.servers = [listener]
         server.started = True
@@ -423,7 +428,8 @@ class HttpServer:
     async def stop(self, grace: float) -> None:
         """Close the port and idle connections; requests still running get `grace` seconds (what
         the drain left of --drain-grace-s)."""
-        self._server.config.timeout_graceful_shutdown = max(grace, 0.0)
+        # uvicorn annotates it int | None, but only hands it to asyncio.timeout, which takes a float.
+        self._server.config.timeout_graceful_shutdown = max(grace, 0.0)  # type: ignore[assignment]
         if self._server.started:
             await self._server.shutdown(sockets=[self._sock])
         else:
