@@ -18,6 +18,8 @@ from PIL import Image, UnidentifiedImageError
 
 from vae_serve.idx import IdxError, open_regular_file, read_idx
 
+from .grid import is_picture_shape
+
 __all__ = [
     "MAX_INPUT_VALUES",
     "MAX_PICTURES",
@@ -56,12 +58,28 @@ def _grey(img: Image.Image) -> Image.Image:
     return img.convert("L")
 
 
+def _rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB; a deep greyscale picture is scaled as `_grey` scales it, then made colour."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        return _grey(img).convert("RGB")
+    return img.convert("RGB")
+
+
+def _check_picture_shape(image_shape: tuple[int, ...]) -> None:
+    if not is_picture_shape(image_shape):
+        raise InputFileError(
+            f"pictures need an image shape [H, W] or [H, W, 3]; the model's is {list(image_shape)}"
+        )
+
+
 def read_picture(
     source: Path | BinaryIO, image_shape: tuple[int, ...], label: str, max_pixels: int = MAX_PICTURE_PIXELS
 ) -> np.ndarray:
-    """One picture (a file, or an upload's bytes) as a row of `image_shape` grey values in [0, 1];
-    its size is read from the header and checked against `max_pixels` before it is decoded."""
+    """One picture (a file, or an upload's bytes) as a row of `image_shape` values in [0, 1]: grey
+    for [H, W], channel-last RGB for [H, W, 3]; its size is read from the header and checked
+    against `max_pixels` before it is decoded."""
     path = label
+    _check_picture_shape(image_shape)
     try:
         with warnings.catch_warnings():  # PIL's bomb warning: the check below refuses it in one line
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -72,11 +90,11 @@ def read_picture(
                 raise InputFileError(
                     f"{path}: picture of {width}x{height} pixels is above the limit of {max_pixels} pixels"
                 )
-            grey = _grey(img)
-            height, width = image_shape
-            if grey.size != (width, height):
-                grey = grey.resize((width, height), Image.Resampling.BILINEAR)
-            return np.asarray(grey, dtype=np.float32).reshape(-1) / 255.0
+            picture = _rgb(img) if len(image_shape) == 3 else _grey(img)
+            height, width = image_shape[:2]
+            if picture.size != (width, height):
+                picture = picture.resize((width, height), Image.Resampling.BILINEAR)
+            return np.asarray(picture, dtype=np.float32).reshape(-1) / 255.0
     except UnidentifiedImageError:  # its message names the source object, e.g. <_io.BytesIO at 0x...>
         raise InputFileError(f"{path}: not a readable image (not {' or '.join(_PICTURE_FORMATS)})") from None
     except (
@@ -190,6 +208,5 @@ def _rows(paths: list[Path], image_shape: tuple[int, ...], input_dim: int, limit
                 )
             return rows.reshape(len(rows), input_dim)
         return _idx(path, input_dim, limit)
-    if len(image_shape) != 2:
-        raise InputFileError(f"pictures need a 2-D image shape; the model's is {list(image_shape)}")
+    _check_picture_shape(image_shape)
     return np.stack([read_picture(p, image_shape, str(p)) for p in paths[:limit]])

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from vae_serve.client.grid import image_grid, png_bytes
+from vae_serve.client.grid import image_grid, is_picture_shape, png_bytes
 from vae_serve.client.images import InputFileError, read_picture
 from vae_serve.errors import InvalidInput
 
@@ -192,8 +192,17 @@ def _check_json_reply(front: Front, values: int, instead: str = "ask for Accept:
     check_json_reply(values, instead)
 
 
+def _check_picturable(shape: tuple[int, ...]) -> None:
+    """Refuse a PNG reply before any work for a model whose images have no picture form."""
+    if not is_picture_shape(shape):
+        raise InvalidInput(
+            f"this model's images {list(shape)} have no PNG form (only [H, W] or [H, W, 3]); ask for JSON"
+        )
+
+
 async def _png(images: np.ndarray, shape: tuple[int, ...], columns: int | None = None) -> Response:
-    """A PNG grid of `images` (made on a thread: 4096 images take most of a second)."""
+    """A PNG grid of `images` [N, prod(shape)], each drawn as `shape`: grey [H, W] or RGB [H, W, 3]
+    (made on a thread: 4096 images take most of a second)."""
     grid = await asyncio.to_thread(lambda: png_bytes(image_grid(images.reshape(-1, *shape), columns)))
     return Response(grid, media_type="image/png")
 
@@ -252,7 +261,9 @@ async def decode(front: Front, request: Request) -> Response:
     z = _rows(body.z, "z")
     png = wants_png(request)
     model = front.dataplane.current(body.model_version).model
-    if not png:
+    if png:
+        _check_picturable(model.image_shape)
+    else:
         _check_json_reply(front, len(z) * model.input_dim)
     x, used = await front.dataplane.decode(z, deadline_from(request), body.model_version)
     return await _png(x, model.image_shape) if png else json_response({"x": x, "model_version": used})
@@ -263,6 +274,8 @@ async def _sample(front: Front, request: Request, body: SampleBody) -> Response:
     if png and not body.decode:
         raise InvalidInput("a PNG needs decoded draws: decode must be true")
     model = front.dataplane.current(body.model_version).model
+    if png:
+        _check_picturable(model.image_shape)
     rows = body.num_samples * (1 if body.mean is None else len(body.mean))
     if not png and rows <= front.dataplane.limits.max_request_rows:  # else the data plane says why
         _check_json_reply(front, rows * (model.latent_dim + (model.input_dim if body.decode else 0)))
@@ -314,7 +327,9 @@ async def reconstruct(front: Front, request: Request) -> Response:
     x, version = await _images_in(front, request)
     png = wants_png(request)
     model = front.dataplane.current(version).model
-    if not png:
+    if png:
+        _check_picturable(model.image_shape)
+    else:
         _check_json_reply(front, len(x) * (2 * model.latent_dim + model.input_dim))
     deadline = deadline_from(request)
     mean, logvar, used = await front.dataplane.encode(x, deadline, version)

@@ -253,3 +253,32 @@ def test_any_npy_header_gives_rows_or_one_input_file_error(version, descr, fortr
         assert outcome.startswith(f"{path}: ") and "\n" not in outcome
     else:
         assert outcome.dtype == np.float32 and len(outcome) == 1
+
+
+RGB = (8, 6, 3)
+
+
+def test_colour_models_read_pictures_as_channel_last_rgb(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 6, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "exact.png")
+    Image.new("RGB", (12, 16), (255, 0, 128)).save(tmp_path / "big.png")  # twice the size: resized
+    Image.new("L", (6, 8), 51).save(tmp_path / "grey.png")
+    rows = load_images([tmp_path / "exact.png", tmp_path / "big.png", tmp_path / "grey.png"], RGB)
+    assert rows.shape == (3, 144) and rows.dtype == np.float32
+    np.testing.assert_array_equal(rows[0], pixels.reshape(-1) / np.float32(255))
+    assert (rows[1].reshape(RGB) == np.array([1.0, 0.0, 128 / 255], np.float32)).all()
+    assert (rows[2] == np.float32(0.2)).all()  # grey becomes equal channels
+
+
+def test_deep_grey_pictures_keep_their_scale_in_colour(tmp_path):
+    deep = np.full((8, 6), 32768, dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")  # mode I;16
+    rows = load_images([tmp_path / "deep.png"], RGB)
+    assert abs(rows.mean() - 0.5) < 0.01  # half intensity stays half, not clipped to white
+
+
+@pytest.mark.parametrize("shape", [(48,), (8, 6, 4), (2, 4, 6, 1)])
+def test_shapes_without_a_picture_form_are_refused_in_one_line(tmp_path, shape):
+    Image.new("RGB", (6, 8)).save(tmp_path / "x.png")
+    with pytest.raises(InputFileError, match=r"pictures need an image shape \[H, W\] or \[H, W, 3\]"):
+        load_images([tmp_path / "x.png"], shape)
