@@ -248,9 +248,7 @@ class _BoundedProtocol(HttpToolsProtocol):
         self._watch_sending(self.transport.get_write_buffer_size())
 
     def resume_writing(self) -> None:
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
+        self._unwatch_sending()
         super().resume_writing()
 
     def shutdown(self) -> None:
@@ -265,7 +263,7 @@ class _BoundedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        self.resume_writing()
+        self._unwatch_sending()  # uvicorn's own connection_lost resumes a paused writer
         self.pool.mark(self, None)
         if self._leaving:
             self.pool.leaving -= 1
@@ -330,6 +328,11 @@ class _BoundedProtocol(HttpToolsProtocol):
 
     def _watch_sending(self, unsent: int) -> None:
         self._stall = self.loop.call_later(self.receive_timeout_s, self._check_sending, unsent)
+
+    def _unwatch_sending(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
 
     def _check_sending(self, unsent: int) -> None:
         now = self.transport.get_write_buffer_size()
