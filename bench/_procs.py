@@ -55,8 +55,16 @@ def start_server_ports(
     raise RuntimeError(f"{args[-1] if args else 'server'}: did not start:\n" + "".join(seen))
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port nothing listens on right now, and never one this process handed out before:
+    the kernel may offer a just-released port again, and a server given it twice fails to bind."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port

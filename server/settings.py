@@ -388,6 +388,19 @@ class Settings(
         return self
 
     @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        """Two listeners on one port: with several workers the port is shared (SO_REUSEPORT), so
+        the second bind would fail only in a worker, after the model load."""
+        named = [("--port", self.host, self.port), ("--metrics-port", self.metrics_host, self.metrics_port)]
+        if self.http:
+            named.insert(1, ("--http-port", self.http_host, self.http_port))
+        for i, (flag, host, port) in enumerate(named):
+            for earlier, other_host, other_port in named[:i]:
+                if port and port == other_port and _overlap(host or "", other_host or ""):
+                    raise ValueError(f"{flag} {port} is {earlier} too: each listener needs its own port")
+        return self
+
+    @model_validator(mode="after")
     def _one_loop_polls(self) -> Settings:
         """Several workers' loops polling take the cores from each other and from the clients,
         so unless it is asked for, workers do not poll (docs/design-notes.md)."""
@@ -617,3 +630,8 @@ def describe_error(exc: ValidationError | SettingsError) -> str:
         got = f" (got {err['input']!r})" if name and "input" in err else ""
         parts.append(f"{where}{err['msg'].removeprefix('Value error, ')}{got}")
     return "; ".join(parts)
+
+
+def _overlap(host: str, other: str) -> bool:
+    """Whether listeners on these two addresses would share a port (a wildcard takes every address)."""
+    return host == other or host in ("", "0.0.0.0", "::") or other in ("", "0.0.0.0", "::")

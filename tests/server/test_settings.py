@@ -94,6 +94,8 @@ def test_flags_and_environment(monkeypatch):
         ),
         (["--tls-cert", "/nonexistent.pem"], "--tls-cert and --tls-key go together"),
         (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
+        (["--port", "9000", "--metrics-port", "9000"], "--metrics-port 9000 is --port too"),
+        (["--http-port", "9001", "--metrics-port", "9001"], "--metrics-port 9001 is --http-port too"),
     ],
 )
 def test_bad_values_are_one_line(args, message):
@@ -151,6 +153,14 @@ def _listening(port: int) -> set[str]:
             ip = ipaddress.ip_address(raw)
             found.add(str(getattr(ip, "ipv4_mapped", None) or ip))
     return found
+
+
+def test_one_port_on_two_addresses_is_two_listeners(no_host_variables):
+    settings = parse(
+        "--host", "127.0.0.1", "--port", "9000", "--metrics-host", "127.0.0.2", "--metrics-port", "9000"
+    )
+    assert (settings.port, settings.metrics_port) == (9000, 9000)
+    assert parse("--no-http", "--port", "9000", "--http-port", "9000").http_port == 9000
 
 
 def test_host_alone_keeps_every_port_on_that_address(no_host_variables):
