@@ -21,12 +21,12 @@ import numpy as np
 from _table import markdown_table
 
 from vae_serve._proto.vae.v1 import vae_pb2
-from vae_serve.server import dataplane
 from vae_serve.server.app import VaeServer
-from vae_serve.server.calls import request_id_from
-from vae_serve.server.servicer import VAEServicer
+from vae_serve.server.grpc.servicer import VAEServicer
+from vae_serve.server.protocol import dataplane
+from vae_serve.server.protocol.calls import request_id_from
+from vae_serve.server.protocol.validation import check_finite, check_matrix
 from vae_serve.server.settings import Settings
-from vae_serve.server.validation import check_finite, check_matrix
 from vae_serve.tensor import from_tensor, to_tensor
 
 METADATA = (("user-agent", "grpc-python"),)

@@ -39,7 +39,7 @@ MiB = 1 << 20
 SERVE = ["-m", "vae_serve.server.cli"]
 NO_TRIM = [
     "-c",
-    "import sys, vae_serve.server.runner as r; r.TRIM_AFTER_BYTES = 0; "
+    "import sys, vae_serve.server.runners.runner as r; r.TRIM_AFTER_BYTES = 0; "
     "from vae_serve.server.cli import main; sys.exit(main(sys.argv[1:]))",
 ]
 ARENA2, MMAP1M = {"MALLOC_ARENA_MAX": "2"}, {"MALLOC_MMAP_THRESHOLD_": str(MiB)}

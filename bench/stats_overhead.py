@@ -24,8 +24,8 @@ import numpy as np
 
 
 def measure(iterations: int) -> dict[str, float]:
-    from vae_serve.server.metrics import Metrics
-    from vae_serve.server.statistics import CountedRunner
+    from vae_serve.server.runners.statistics import CountedRunner
+    from vae_serve.server.telemetry.metrics import Metrics
 
     metrics = Metrics()
     x, out = np.zeros((1, 4), np.float32), [np.zeros((1, 4), np.float32)]

@@ -13,7 +13,7 @@ server's environment. An arm that sets OTEL_TRACES_EXPORTER=otlp exports to a si
 its own (bench/_otlp_sink.py) unless it names an endpoint. Every server runs the whole time; each
 round loads every arm once, in an order that alternates, and the table gives each arm's median
 throughput and the median of its per-round ratio to the first arm. The default "before" is the
-parent of the commit (on main: the merge) that added server/tracing.py.
+parent of the commit (on main: the merge) that added server/telemetry/tracing.py.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ ON_AT_ONE = (
 
 def before_tracing() -> str:
     added = subprocess.run(
-        # --first-parent: on main, the merge that brought tracing in, so "before" has all the rest
+        # --first-parent: on main, the merge that brought tracing in, so "before" has all the rest;
+        # the path it was added at, before the server's modules moved into subpackages
         ["git", "log", "--first-parent", "--diff-filter=A", "--format=%H", "--", "server/tracing.py"],
         cwd=ROOT,
         capture_output=True,
@@ -48,7 +49,7 @@ def before_tracing() -> str:
         check=True,
     ).stdout.split()
     if not added:
-        raise SystemExit("server/tracing.py is not committed here; name the arms with --arm")
+        raise SystemExit("server/telemetry/tracing.py is not committed here; name the arms with --arm")
     return f"{added[-1]}^"
 
 
@@ -99,8 +100,8 @@ def off_path_ns(calls: int = 1_000_000) -> float:
     request makes into them (edge or endpoint, data plane, batcher, runner), timed in a loop."""
     import timeit
 
-    from vae_serve.server import observe, tracing
-    from vae_serve.server.calls import request_id
+    from vae_serve.server.protocol.calls import request_id
+    from vae_serve.server.telemetry import observe, tracing
 
     metadata = (("x-request-id", "abc"),)
 

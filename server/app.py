@@ -27,25 +27,25 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip_pb2
 from vae_serve._proto.vae.v1 import vae_pb2
 from vae_serve.errors import ModelLoadError
+from vae_serve.server.grpc.health import HealthServicer
+from vae_serve.server.grpc.oip import OIP_SERVICE, OipServicer
+from vae_serve.server.grpc.registration import ReceiveTimeout, add_service, register
+from vae_serve.server.grpc.servicer import VAEServicer
+from vae_serve.server.models.model import load_model
+from vae_serve.server.models.reload import RepositoryWatcher
+from vae_serve.server.models.repository import resolve
+from vae_serve.server.protocol.dataplane import DataPlane
+from vae_serve.server.protocol.oip_extensions import TritonExtensions
+from vae_serve.server.telemetry.metrics import Metrics, multiprocess_registry
 
-from .dataplane import DataPlane
 from .drain import drain
-from .health import HealthServicer
 from .http.app import build_app
 from .http.endpoint import Front
 from .http.metrics_port import MetricsPort
 from .http.serve import HttpServer, bind
 from .http.stats import Stats
 from .lifecycle import Lifecycle, ServerState
-from .metrics import Metrics, multiprocess_registry
-from .model import load_model
-from .oip import OIP_SERVICE, OipServicer
-from .oip_extensions import TritonExtensions
 from .ports import check_port_free, check_ports_free, ready_line
-from .registration import ReceiveTimeout, add_service, register
-from .reload import RepositoryWatcher
-from .repository import resolve
-from .servicer import VAEServicer
 from .settings import Settings
 
 __all__ = ["VaeServer", "check_port_free", "run"]

@@ -49,7 +49,7 @@ def configure_logging(settings: LogSettings) -> None:
     them (GRPC_VERBOSITY, GRPC_TRACE), so their loggers stay at info or above."""
     import logging
 
-    from . import observe
+    from .telemetry import observe
 
     level = logging.getLevelName(settings.log_level.upper())
     logging.basicConfig(level=max(level, logging.INFO), handlers=[log_handler(settings)], force=True)
@@ -62,7 +62,7 @@ def log_handler(settings: LogSettings, stream: TextIO | None = None) -> logging.
     with the trace and span ids inside a traced call."""
     import logging
 
-    from .calls import RequestIdFilter
+    from vae_serve.server.protocol.calls import RequestIdFilter
 
     handler = logging.StreamHandler(stream)
     if settings.log_format == "json":
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vae-serve: error: {exc}", file=sys.stderr)
         return 1
     configure_logging(settings.logs)
-    from . import tracing
+    from .telemetry import tracing
 
     try:
         tracing.check()
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             except StartFailure as exc:
                 print(f"vae-serve: error: {exc}", file=sys.stderr)
                 return 1
-        from . import busy_poll
         from .app import run
+        from .grpc import busy_poll
 
         tracing.configure()  # workers make their own, after the fork
         try:

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import grpc
 
 from vae_serve.errors import Overloaded
+from vae_serve.server.grpc.registration import ReceiveTimeout
 
 from .lifecycle import Lifecycle, ServerState
-from .registration import ReceiveTimeout
 
 __all__ = ["Activity", "drain"]
 

@@ -20,8 +20,7 @@ from collections.abc import Sequence
 from grpc_health.v1 import health_pb2
 
 from vae_serve.errors import Draining
-
-from .health import HealthServicer
+from vae_serve.server.grpc.health import HealthServicer
 
 __all__ = ["IllegalTransition", "Lifecycle", "ServerState"]
 

@@ -80,8 +80,9 @@ def _worker(settings: Settings, supervisor: int, report: int, inherited: list[in
             raise SystemExit(1)
         from vae_serve.errors import ModelLoadError, ServingError
 
-        from . import busy_poll, tracing
         from .app import run
+        from .grpc import busy_poll
+        from .telemetry import tracing
 
         try:
             tracing.configure()  # its own provider and export thread, its pid in the resource
@@ -299,10 +300,11 @@ def run_workers(settings: Settings) -> int:
     Raises StartFailure when a first worker ends before it is ready (the others are stopped)."""
     metrics_dir = tempfile.mkdtemp(prefix=f"vae-serve-metrics-{os.getpid()}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from vae_serve.server.models.repository import resolve
+    from vae_serve.server.telemetry.metrics import multiprocess_registry
+
     from .http.metrics_port import MetricsPort
-    from .metrics import multiprocess_registry
     from .ports import check_ports_free
-    from .repository import resolve
 
     try:
         check_ports_free(settings)

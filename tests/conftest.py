@@ -50,7 +50,7 @@ def spans():
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from vae_serve.server import tracing
+    from vae_serve.server.telemetry import tracing
 
     exporter = InMemorySpanExporter()
     tracing.configure(SimpleSpanProcessor(exporter))

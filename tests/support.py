@@ -21,9 +21,9 @@ from _procs import start_server, start_server_ports
 from onnx import TensorProto, helper, numpy_helper
 
 from vae_serve.server.app import VaeServer
-from vae_serve.server.metrics import Metrics
-from vae_serve.server.repository import VersionFiles, resolve
+from vae_serve.server.models.repository import VersionFiles, resolve
 from vae_serve.server.settings import Settings
+from vae_serve.server.telemetry.metrics import Metrics
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = REPO_ROOT / "models"

@@ -61,12 +61,12 @@ __all__ = [
 OPSET = 18
 PARITY_BATCH_SIZES = (1, 7, 256)
 PARITY_TOLERANCE = 1e-5  # max abs difference, ORT vs PyTorch, in the outputs' own units
-# What the server accepts as a version directory (server/repository.py): ASCII digits, no leading
+# What the server accepts as a version directory (server/models/repository.py): ASCII digits, no leading
 # zero, at most 18 (an int64). Anything else would be published and then never served.
 VERSION_RULE = re.compile(r"0|[1-9][0-9]{0,17}")
 GRAPH_FILES = ("encoder.onnx", "decoder.onnx")
 CARD_FILE = "model.json"
-MAX_CARD_BYTES = 1 << 20  # the server refuses a larger card (server/repository.py)
+MAX_CARD_BYTES = 1 << 20  # the server refuses a larger card (server/models/repository.py)
 _ENCODER = ("x", ("mean", "logvar"))
 _DECODER = ("z", ("x",))
 _FLOAT = "tensor(float)"

@@ -1,6 +1,6 @@
 """Domain errors shared by every front end; no gRPC here.
 
-The server maps each class to exactly one gRPC status in `vae_serve.server.status`, so the same
+The server maps each class to exactly one gRPC status in `vae_serve.server.protocol.status`, so the same
 failure reads the same on the native API and on the Open Inference Protocol.
 """
 

@@ -28,13 +28,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from vae_serve.errors import InvalidInput, TooLarge, UnsupportedMediaType, quote
-from vae_serve.server import observe
-from vae_serve.server.calls import REQUEST_ID_HEADER, request_id, request_id_from
-from vae_serve.server.dataplane import DataPlane
 from vae_serve.server.drain import Activity
-from vae_serve.server.metrics import Metrics
-from vae_serve.server.oip_extensions import TritonExtensions
-from vae_serve.server.status import http_status_for
+from vae_serve.server.protocol.calls import REQUEST_ID_HEADER, request_id, request_id_from
+from vae_serve.server.protocol.dataplane import DataPlane
+from vae_serve.server.protocol.oip_extensions import TritonExtensions
+from vae_serve.server.protocol.status import http_status_for
+from vae_serve.server.telemetry import observe
+from vae_serve.server.telemetry.metrics import Metrics
 
 from .limits import JSON_BYTES_PER_VALUE, MAX_JSON_BYTES, is_count
 from .stats import Stats

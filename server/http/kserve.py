@@ -18,9 +18,9 @@ from starlette.routing import Route
 
 from vae_serve import __version__
 from vae_serve.errors import InvalidInput, ModelNotFound, quote
-from vae_serve.server.oip_extensions import EXTENSIONS, model_control_refused
-from vae_serve.server.oip_models import GRAPHS, OipModel, OipTensor
-from vae_serve.server.versions import ServedModel
+from vae_serve.server.models.versions import ServedModel
+from vae_serve.server.protocol.oip_extensions import EXTENSIONS, model_control_refused
+from vae_serve.server.protocol.oip_models import GRAPHS, OipModel, OipTensor
 
 from .endpoint import (
     BINARY,

@@ -20,8 +20,8 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.routing import Route
 
-from vae_serve.server.calls import REQUEST_ID_HEADER
-from vae_serve.server.oip_models import GRAPHS
+from vae_serve.server.protocol.calls import REQUEST_ID_HEADER
+from vae_serve.server.protocol.oip_models import GRAPHS
 
 from . import kserve, people
 from . import kserve_schema as v2

@@ -30,8 +30,9 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from vae_serve.errors import ModelLoadError
-from vae_serve.server.http.limits import is_count
 from vae_serve.server.settings import TLSSettings
+
+from .limits import is_count
 
 __all__ = ["HttpServer", "bind"]
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from support import REPO_ROOT
 
-from vae_serve.server.metrics import Metrics
+from vae_serve.server.telemetry.metrics import Metrics
 
 PROMETHEUS = REPO_ROOT / "deploy" / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yml"

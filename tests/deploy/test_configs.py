@@ -13,7 +13,7 @@ import pytest
 import yaml
 from support import REPO_ROOT
 
-from vae_serve.server.metrics import Metrics
+from vae_serve.server.telemetry.metrics import Metrics
 
 DEPLOY = REPO_ROOT / "deploy"
 

@@ -10,13 +10,13 @@ from hypothesis import strategies as st
 from support import DEFAULT_MODEL_DIR
 
 from vae_serve.errors import DeadlineExceeded, Draining, Overloaded
-from vae_serve.server.batching import MEMORY_DELAYS, BatchingRunner, RecentMax
-from vae_serve.server.dataplane import DataPlane
-from vae_serve.server.metrics import Metrics
-from vae_serve.server.model import load_model
-from vae_serve.server.repository import resolve
-from vae_serve.server.runner import INLINE_MAX_ROWS, InlineRunner, TimedGraph
+from vae_serve.server.models.model import load_model
+from vae_serve.server.models.repository import resolve
+from vae_serve.server.protocol.dataplane import DataPlane
+from vae_serve.server.runners.batching import MEMORY_DELAYS, BatchingRunner, RecentMax
+from vae_serve.server.runners.runner import INLINE_MAX_ROWS, InlineRunner, TimedGraph
 from vae_serve.server.settings import BatchingSettings, Settings
+from vae_serve.server.telemetry.metrics import Metrics
 
 L = 32
 
@@ -359,7 +359,9 @@ def test_a_lone_request_whose_deadline_passes_in_the_queue_is_not_computed(model
     async def scenario():
         await started_and_idle(runner)
         # Admitted in time (runner.expired), past its deadline when its turn comes (batching.expired).
-        monkeypatch.setattr("vae_serve.server.batching.expired", lambda deadline: deadline is not None)
+        monkeypatch.setattr(
+            "vae_serve.server.runners.batching.expired", lambda deadline: deadline is not None
+        )
         with pytest.raises(DeadlineExceeded, match="while queued"):
             await runner.run(latents(1, 1), deadline=time.monotonic() + 60)
 

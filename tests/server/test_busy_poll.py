@@ -10,8 +10,10 @@ import socket
 
 import pytest
 
-from vae_serve.server import busy_poll, cli, tracing
-from vae_serve.server.busy_poll import GROW_START, BusyPollSelector
+from vae_serve.server import cli
+from vae_serve.server.grpc import busy_poll
+from vae_serve.server.grpc.busy_poll import GROW_START, BusyPollSelector
+from vae_serve.server.telemetry import tracing
 
 US = 1e-6
 POLL_COST = 2 * US  # what one non-blocking poll costs on the fake clock

@@ -13,7 +13,7 @@ from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.errors import Draining
 from vae_serve.server.drain import Activity
-from vae_serve.server.health import HealthServicer
+from vae_serve.server.grpc.health import HealthServicer
 from vae_serve.server.lifecycle import IllegalTransition, Lifecycle, ServerState
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

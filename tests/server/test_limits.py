@@ -18,12 +18,11 @@ from support import DEFAULT_MODEL_DIR, GOOD_DECODER, GOOD_ENCODER, RunningServer
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.errors import DeadlineExceeded, InvalidInput, ModelLoadError, Overloaded
-from vae_serve.server import dataplane
-from vae_serve.server.dataplane import DataPlane, message_floor
-from vae_serve.server.metrics import Metrics
-from vae_serve.server.model import load_model
-from vae_serve.server.repository import resolve
-from vae_serve.server.runner import INLINE_MAX_ROWS, InlineRunner, MemoryTrimmer, TimedGraph
+from vae_serve.server.models.model import load_model
+from vae_serve.server.models.repository import resolve
+from vae_serve.server.protocol import dataplane
+from vae_serve.server.protocol.dataplane import DataPlane, message_floor
+from vae_serve.server.runners.runner import INLINE_MAX_ROWS, InlineRunner, MemoryTrimmer, TimedGraph
 from vae_serve.server.settings import (
     MIN_MESSAGE_BYTES,
     BatchingSettings,
@@ -33,6 +32,7 @@ from vae_serve.server.settings import (
     ValidationError,
     describe_error,
 )
+from vae_serve.server.telemetry.metrics import Metrics
 from vae_serve.tensor import to_tensor
 
 L, D = 32, 784

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from vae_serve._proto.vae.v1 import vae_pb2
-from vae_serve.server import observe
-from vae_serve.server.batching import BatchingRunner
-from vae_serve.server.calls import request_id
 from vae_serve.server.cli import log_handler
-from vae_serve.server.metrics import Metrics
-from vae_serve.server.runner import TimedGraph
+from vae_serve.server.protocol.calls import request_id
+from vae_serve.server.runners.batching import BatchingRunner
+from vae_serve.server.runners.runner import TimedGraph
 from vae_serve.server.settings import BatchingSettings, LogSettings
+from vae_serve.server.telemetry import observe
+from vae_serve.server.telemetry.metrics import Metrics
 from vae_serve.tensor import to_tensor
 
 

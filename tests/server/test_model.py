@@ -11,9 +11,9 @@ from support import GOOD_DECODER, GOOD_ENCODER, linear_graph, write_version, wri
 
 from vae_serve._proto.vae.v1 import vae_pb2
 from vae_serve.errors import ModelLoadError
-from vae_serve.server.graph import choose_providers
-from vae_serve.server.model import MAX_CARD_DEPTH, load_model
-from vae_serve.server.repository import resolve
+from vae_serve.server.models.graph import choose_providers
+from vae_serve.server.models.model import MAX_CARD_DEPTH, load_model
+from vae_serve.server.models.repository import resolve
 
 
 def test_a_tiny_conforming_model_loads_and_runs(tmp_path):

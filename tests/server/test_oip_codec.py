@@ -8,7 +8,7 @@ from support import RunningServer
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from vae_serve.errors import InvalidInput
-from vae_serve.server.oip_codec import MAX_ID_CHARS, infer_response, input_array, wanted_outputs
+from vae_serve.server.grpc.oip_codec import MAX_ID_CHARS, infer_response, input_array, wanted_outputs
 
 MAX = 1 << 20  # values a request may carry, in these tests
 

@@ -10,12 +10,12 @@ import pytest
 from support import DEFAULT_MODEL_DIR
 
 from vae_serve.errors import Overloaded, Unsupported
-from vae_serve.server.dataplane import DataPlane
-from vae_serve.server.metrics import Metrics
-from vae_serve.server.model import load_model
-from vae_serve.server.oip_extensions import NEWER, OLDER, TritonExtensions, model_control_refused
-from vae_serve.server.repository import resolve
+from vae_serve.server.models.model import load_model
+from vae_serve.server.models.repository import resolve
+from vae_serve.server.protocol.dataplane import DataPlane
+from vae_serve.server.protocol.oip_extensions import NEWER, OLDER, TritonExtensions, model_control_refused
 from vae_serve.server.settings import Settings
+from vae_serve.server.telemetry.metrics import Metrics
 
 L = 32
 
@@ -126,7 +126,7 @@ def test_model_control_is_unsupported():
 def test_a_flood_of_statistics_and_index_requests_reads_one_at_a_time(model, monkeypatch):
     """Each read runs on the worker threads that large bodies and pictures share: a flood of
     requests must queue on the event loop, not take every thread."""
-    from vae_serve.server import oip_extensions
+    from vae_serve.server.protocol import oip_extensions
 
     reading, most = 0, 0
 

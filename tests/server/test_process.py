@@ -45,7 +45,7 @@ def fails_in_one_line(args: list[str], expected: str, code: int = 1) -> None:
 
 
 def test_device_cuda_without_cuda_refuses_to_start():
-    from vae_serve.server.graph import choose_providers
+    from vae_serve.server.models.graph import choose_providers
 
     if "CUDAExecutionProvider" in choose_providers("auto"):
         pytest.skip("this host really has CUDA")

@@ -15,9 +15,9 @@ from support import GOOD_DECODER, GOOD_ENCODER, REPOSITORY, write_version_files
 
 from vae_serve.errors import ModelLoadError, ModelNotFound
 from vae_serve.server.app import VaeServer
-from vae_serve.server.metrics import Metrics
-from vae_serve.server.repository import list_versions, resolve
+from vae_serve.server.models.repository import list_versions, resolve
 from vae_serve.server.settings import Settings
+from vae_serve.server.telemetry.metrics import Metrics
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_version_names_are_ascii_digits_and_one_bad_entry_never_stops_a_scan(rep
     for name in ("²", "٣", "1" * 19, "01"):  # str.isdigit() says yes to the first two
         shutil.copytree(model_dir / "1", model_dir / name)
     (model_dir / "5").write_text("a file, not a version")
-    caplog.set_level(logging.INFO, logger="vae_serve.server.repository")
+    caplog.set_level(logging.INFO, logger="vae_serve.server.models.repository")
     assert list_versions(repo, "fashion-vae") == ["1", "2", "10"]
     assert list_versions(repo, "fashion-vae") == ["1", "2", "10"]
     assert resolve(repo, "fashion-vae").version == "10"

@@ -12,8 +12,8 @@ import pytest
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from vae_serve._proto.vae.v1 import vae_pb2
-from vae_serve.server.calls import RequestIdFilter, request_id, request_id_from
 from vae_serve.server.cli import LOG_FORMAT
+from vae_serve.server.protocol.calls import RequestIdFilter, request_id, request_id_from
 from vae_serve.tensor import to_tensor
 
 GENERATED = re.compile(r"[0-9a-f]{32}")

@@ -17,15 +17,15 @@ import pytest
 from support import REPOSITORY, start_server_ports
 
 import vae_serve
-from vae_serve.server import dataplane
 from vae_serve.server.app import VaeServer
-from vae_serve.server.batching import BatchingRunner
-from vae_serve.server.dataplane import DataPlane
-from vae_serve.server.metrics import Metrics
-from vae_serve.server.model import load_model
-from vae_serve.server.reload import RepositoryWatcher
-from vae_serve.server.repository import resolve
-from vae_serve.server.runner import InlineRunner
+from vae_serve.server.models.model import load_model
+from vae_serve.server.models.reload import RepositoryWatcher
+from vae_serve.server.models.repository import resolve
+from vae_serve.server.models.versions import ServedVersions
+from vae_serve.server.protocol import dataplane
+from vae_serve.server.protocol.dataplane import DataPlane
+from vae_serve.server.runners.batching import BatchingRunner
+from vae_serve.server.runners.runner import InlineRunner
 from vae_serve.server.settings import (
     BatchingSettings,
     HttpSettings,
@@ -40,7 +40,7 @@ from vae_serve.server.settings import (
     describe_error,
     parse_args,
 )
-from vae_serve.server.versions import ServedVersions
+from vae_serve.server.telemetry.metrics import Metrics
 
 GROUPS = (
     NetworkSettings,
@@ -506,7 +506,7 @@ def _retire_first_of_two(settings: Settings) -> bool:
 
 
 def test_a_replaced_version_closes_after_retire_after_s_not_the_drain_grace(caplog):
-    caplog.set_level(logging.INFO, logger="vae_serve.server.versions")
+    caplog.set_level(logging.INFO, logger="vae_serve.server.models.versions")
     s = Settings(model_repository=REPOSITORY, retire_after_s=0, drain_grace_s=3600)
     assert _retire_first_of_two(s)
     assert "retiring version 1 after 0.0 s" in caplog.text

@@ -11,8 +11,8 @@ from support import REPOSITORY, free_port
 
 from vae_serve.errors import ModelLoadError
 from vae_serve.server.app import VaeServer
-from vae_serve.server.metrics import Metrics
 from vae_serve.server.settings import Settings
+from vae_serve.server.telemetry.metrics import Metrics
 
 
 def can_bind(port: int) -> bool:

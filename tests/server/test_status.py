@@ -4,7 +4,7 @@ import grpc
 import pytest
 
 from vae_serve import errors
-from vae_serve.server.status import HTTP_STATUS, STATUS_CODES, http_status_for, status_for
+from vae_serve.server.protocol.status import HTTP_STATUS, STATUS_CODES, http_status_for, status_for
 
 EXPECTED = {
     errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,

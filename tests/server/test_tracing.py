@@ -12,13 +12,13 @@ from opentelemetry.trace import SpanKind, format_trace_id
 from support import REPOSITORY, RunningServer, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
-from vae_serve.server import tracing
-from vae_serve.server.batching import BatchingRunner
-from vae_serve.server.metrics import Metrics
-from vae_serve.server.model import load_model
-from vae_serve.server.repository import resolve
-from vae_serve.server.runner import InlineRunner, TimedGraph
+from vae_serve.server.models.model import load_model
+from vae_serve.server.models.repository import resolve
+from vae_serve.server.runners.batching import BatchingRunner
+from vae_serve.server.runners.runner import InlineRunner, TimedGraph
 from vae_serve.server.settings import BatchingSettings
+from vae_serve.server.telemetry import tracing
+from vae_serve.server.telemetry.metrics import Metrics
 from vae_serve.tensor import to_tensor
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.vae.v1 import vae_pb2
-from vae_serve.server.registration import Unreadable, _lenient
-from vae_serve.server.wire import MAX_FIELDS, PRESCAN_BYTES, WireLimitError, check_wire
+from vae_serve.server.grpc.registration import Unreadable, _lenient
+from vae_serve.server.grpc.wire import MAX_FIELDS, PRESCAN_BYTES, WireLimitError, check_wire
 from vae_serve.tensor import to_tensor
 
 DECODE = vae_pb2.DecodeRequest.DESCRIPTOR

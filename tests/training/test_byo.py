@@ -16,7 +16,7 @@ from support import linear_graph, start_vae_serve
 from torch import nn
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
-from vae_serve.server.repository import Card, resolve
+from vae_serve.server.models.repository import Card, resolve
 from vae_serve.tensor import from_tensor, to_tensor
 from vae_serve.training import ExportError, export_vae
 from vae_serve.training.cli import main

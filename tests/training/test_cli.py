@@ -236,7 +236,7 @@ def test_default_version_is_the_next_one(repository, caplog):
 
 
 def test_version_rule_is_the_servers():
-    from vae_serve.server.repository import _VERSION
+    from vae_serve.server.models.repository import _VERSION
     from vae_serve.training.export import VERSION_RULE
 
     assert VERSION_RULE.pattern == _VERSION.pattern
@@ -255,7 +255,7 @@ def test_published_card_records_the_principal_directions(fashion_mnist_dir, tmp_
     server's card schema accepts and the exported encoder reproduces."""
     import json
 
-    from vae_serve.server.repository import Card
+    from vae_serve.server.models.repository import Card
     from vae_serve.training.directions import card_with_directions
 
     args = ["--data", str(fashion_mnist_dir), "--model-repository", str(tmp_path), "--limit", "256"]

@@ -14,7 +14,7 @@ from PIL import Image
 from support import idx_bytes, start_vae_serve
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
-from vae_serve.server.repository import Card, resolve
+from vae_serve.server.models.repository import Card, resolve
 from vae_serve.tensor import from_tensor, to_tensor
 from vae_serve.training.cli import main
 from vae_serve.training.model import ConvVAE, ConvVAEConfig, Decoder, config_from_dict

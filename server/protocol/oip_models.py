@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vae_serve.server.models.model import LoadedModel
+
 from .dataplane import DataPlane
-from .model import LoadedModel
 
 __all__ = ["GRAPHS", "OipModel", "OipTensor", "Outputs"]
 

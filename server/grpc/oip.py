@@ -15,14 +15,14 @@ from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from vae_serve._proto.inference import model_config_pb2 as oip_config
 from vae_serve.errors import ModelNotFound, quote
+from vae_serve.server.models.versions import ServedModel
+from vae_serve.server.protocol.calls import deadline_of, pinned_version
+from vae_serve.server.protocol.dataplane import DataPlane
+from vae_serve.server.protocol.oip_extensions import EXTENSIONS, TritonExtensions, model_control_refused
+from vae_serve.server.protocol.oip_models import GRAPHS, OipTensor
 
-from .calls import deadline_of, pinned_version
-from .dataplane import DataPlane
 from .edge import Edge, control_rpc, data_plane_rpc
 from .oip_codec import infer_response, input_array, wanted_outputs
-from .oip_extensions import EXTENSIONS, TritonExtensions, model_control_refused
-from .oip_models import GRAPHS, OipTensor
-from .versions import ServedModel
 
 __all__ = ["OIP_SERVICE", "OipServicer"]
 

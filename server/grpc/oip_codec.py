@@ -13,6 +13,7 @@ import numpy as np
 
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve.errors import InvalidInput, quote
+from vae_serve.protowire import read_varint
 from vae_serve.tensor import FLOAT32_LE, MAX_DIM, MAX_RANK
 
 __all__ = ["MAX_ID_CHARS", "infer_response", "input_array", "wanted_outputs"]
@@ -33,13 +34,7 @@ def _fp32_values(contents: oip.InferTensorContents) -> np.ndarray:
     """The packed floats of `fp32_contents`, without a Python-level loop over them: the field alone
     serializes as one tag, a length and the little-endian floats themselves."""
     wire = contents.SerializeToString()
-    pos, length, shift = 1, 0, 0  # byte 0 is the tag of fp32_contents
-    while True:
-        byte = wire[pos]
-        length |= (byte & 0x7F) << shift
-        pos, shift = pos + 1, shift + 7
-        if byte < 0x80:
-            break
+    length, pos = read_varint(wire, 1, len(wire))  # byte 0 is the tag of fp32_contents
     return np.frombuffer(wire, dtype=FLOAT32_LE, count=length // 4, offset=pos)
 
 

@@ -12,10 +12,10 @@ import logging
 from dataclasses import dataclass
 
 from vae_serve.errors import ModelNotFound, NotReady, quote
+from vae_serve.server.runners.runner import Runner
+from vae_serve.server.settings import RepositorySettings
 
 from .model import LoadedModel
-from .runner import Runner
-from .settings import RepositorySettings
 
 __all__ = ["ServedModel", "ServedVersions"]
 

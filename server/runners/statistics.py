@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from .metrics import Metrics
+from vae_serve.server.telemetry.metrics import Metrics
+
 from .runner import Runner
 
 __all__ = ["CountedRunner", "GraphStatistics", "graph_statistics"]

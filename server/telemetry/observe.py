@@ -20,8 +20,9 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, format_trace_id, set_span_in_context
 
+from vae_serve.server.protocol.calls import request_id
+
 from . import tracing
-from .calls import request_id
 
 __all__ = ["ACCESS", "Call", "begin", "end", "note", "set_access_log"]
 

@@ -23,12 +23,12 @@ import os
 from pathlib import Path
 
 from vae_serve.errors import ModelLoadError
+from vae_serve.server.protocol.dataplane import DataPlane
+from vae_serve.server.settings import RepositorySettings
+from vae_serve.server.telemetry.metrics import Metrics
 
-from .dataplane import DataPlane
-from .metrics import Metrics
 from .model import LoadedModel, load_model
 from .repository import MAX_ENTRIES, list_versions, resolve
-from .settings import RepositorySettings
 
 __all__ = ["RepositoryWatcher"]
 

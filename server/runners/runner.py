@@ -21,11 +21,10 @@ from typing import Protocol
 import numpy as np
 
 from vae_serve.errors import DeadlineExceeded, Overloaded
-
-from . import tracing
-from .graph import Graph
-from .metrics import Metrics
-from .settings import BatchingSettings
+from vae_serve.server.models.graph import Graph
+from vae_serve.server.settings import BatchingSettings
+from vae_serve.server.telemetry import tracing
+from vae_serve.server.telemetry.metrics import Metrics
 
 __all__ = [
     "INLINE_MAX_ROWS",

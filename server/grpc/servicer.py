@@ -11,10 +11,10 @@ from google.protobuf.message import Message
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.errors import InvalidInput
+from vae_serve.server.protocol.calls import deadline_of, pinned_version
+from vae_serve.server.protocol.dataplane import DataPlane
 from vae_serve.tensor import from_tensor, to_tensor
 
-from .calls import deadline_of, pinned_version
-from .dataplane import DataPlane
 from .edge import Edge, control_rpc, data_plane_rpc
 
 __all__ = ["VAEServicer"]

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from vae_serve.protowire import read_varint
+
 if TYPE_CHECKING:
     # The class of generated messages' descriptors under protobuf's default backend (upb).
     from google._upb._message import Descriptor as UpbDescriptor
 
-__all__ = ["PRESCAN_BYTES", "WireLimitError", "check_wire", "read_varint"]
+__all__ = ["PRESCAN_BYTES", "WireLimitError", "check_wire"]
 
 PRESCAN_BYTES = 64 * 1024  # below this, any message parses in about a millisecond
 MAX_FIELDS = 4096  # field occurrences in the whole message, nested ones included
@@ -49,21 +51,6 @@ class _Budget:
         self.varint_bytes = MAX_VARINT_BYTES
 
 
-def read_varint(
-    data: bytes | memoryview, pos: int, end: int, error: type[ValueError] = WireLimitError
-) -> tuple[int, int]:
-    """The varint at `pos` and the position after it; `error` if it is truncated or over 64 bits."""
-    value, shift = 0, 0
-    while pos < end and shift < 64:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-    raise error(f"truncated or overlong varint at byte {pos}")
-
-
 def _walk(
     data: memoryview,
     pos: int,
@@ -79,16 +66,16 @@ def _walk(
         budget.fields -= 1
         if budget.fields < 0:
             raise WireLimitError(f"more than {MAX_FIELDS} fields or repeated entries")
-        tag, pos = read_varint(data, pos, end)
+        tag, pos = read_varint(data, pos, end, WireLimitError)
         wire_type, field = tag & 7, fields.get(tag >> 3)
         if wire_type == 0:
-            _, pos = read_varint(data, pos, end)
+            _, pos = read_varint(data, pos, end, WireLimitError)
         elif wire_type == 1:
             pos += 8
         elif wire_type == 5:
             pos += 4
         elif wire_type == 2:
-            length, pos = read_varint(data, pos, end)
+            length, pos = read_varint(data, pos, end, WireLimitError)
             if pos + length > end:
                 raise WireLimitError("a field runs past the end of its message")
             if field is not None and field.type == FieldDescriptor.TYPE_MESSAGE:

@@ -17,14 +17,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from vae_serve.errors import ModelLoadError, ModelNotFound, Unsupported, quote
+from vae_serve.server.models.graph import CUDA
+from vae_serve.server.models.repository import list_versions
+from vae_serve.server.models.versions import ServedModel
+from vae_serve.server.runners.statistics import GraphStatistics, graph_statistics
 
 from .calls import pinned_version
 from .dataplane import DataPlane
-from .graph import CUDA
 from .oip_models import GRAPHS, OipModel, OipTensor
-from .repository import list_versions
-from .statistics import GraphStatistics, graph_statistics
-from .versions import ServedModel
 
 __all__ = ["EXTENSIONS", "TritonExtensions", "model_control_refused"]
 

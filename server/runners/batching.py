@@ -36,12 +36,12 @@ import numpy as np
 from opentelemetry.trace import SpanContext
 
 from vae_serve.errors import DeadlineExceeded, Draining
+from vae_serve.server.protocol.calls import request_id
+from vae_serve.server.settings import BatchingSettings
+from vae_serve.server.telemetry import tracing
+from vae_serve.server.telemetry.metrics import Metrics
 
-from . import tracing
-from .calls import request_id
-from .metrics import Metrics
 from .runner import INLINE_MAX_ROWS, Admission, TimedGraph, expired
-from .settings import BatchingSettings
 
 __all__ = ["MEMORY_DELAYS", "BatchingRunner", "RecentMax"]
 

@@ -9,7 +9,7 @@ functions, training info, sparse tensors), skipping everything else unread, and 
 
 from __future__ import annotations
 
-from .wire import read_varint
+from vae_serve.protowire import read_varint
 
 __all__ = ["MalformedProtobuf", "has_external_data"]
 

@@ -11,19 +11,19 @@ from __future__ import annotations
 import numpy as np
 
 from vae_serve.errors import InvalidInput, ModelLoadError, TooLarge
+from vae_serve.server.drain import Activity
+from vae_serve.server.lifecycle import ServerState
+from vae_serve.server.models.graph import Graph
+from vae_serve.server.models.model import LoadedModel
+from vae_serve.server.models.versions import ServedModel, ServedVersions
+from vae_serve.server.runners.batching import BatchingRunner
+from vae_serve.server.runners.runner import InlineRunner, Runner, TimedGraph, trimmer
+from vae_serve.server.runners.statistics import CountedRunner
+from vae_serve.server.settings import BatchingSettings, LimitSettings, RepositorySettings
+from vae_serve.server.telemetry.metrics import Metrics
+from vae_serve.server.telemetry.observe import note
 
-from .batching import BatchingRunner
-from .drain import Activity
-from .graph import Graph
-from .lifecycle import ServerState
-from .metrics import Metrics
-from .model import LoadedModel
-from .observe import note
-from .runner import InlineRunner, Runner, TimedGraph, trimmer
-from .settings import BatchingSettings, LimitSettings, RepositorySettings
-from .statistics import CountedRunner
 from .validation import check_finite, check_matrix, check_unit_interval
-from .versions import ServedModel, ServedVersions
 
 __all__ = ["DataPlane", "ServedModel", "message_floor"]
 

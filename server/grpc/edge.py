@@ -25,12 +25,13 @@ from typing import Protocol, TypeVar
 
 import grpc
 
-from . import observe
-from .calls import REQUEST_ID_HEADER, request_id, request_id_from
-from .drain import Activity
-from .metrics import Metrics
+from vae_serve.server.drain import Activity
+from vae_serve.server.protocol.calls import REQUEST_ID_HEADER, request_id, request_id_from
+from vae_serve.server.protocol.status import status_for
+from vae_serve.server.telemetry import observe
+from vae_serve.server.telemetry.metrics import Metrics
+
 from .registration import Unreadable
-from .status import status_for
 
 __all__ = ["Edge", "control_rpc", "data_plane_rpc"]
 
