@@ -16,11 +16,12 @@ from typing import Any, TypeVar
 import click
 import numpy as np
 
+from vae_serve.grid import image_grid, save_png
+from vae_serve.images import InputFileError, load_array, load_images
+
 from . import _quiet  # noqa: F401  before grpc is imported: its own log lines stay off the terminal
 from ._requests import chunk_seeds
 from ._transport import DEFAULT_TARGET, VaeServeError
-from .grid import image_grid, save_png
-from .images import InputFileError, load_array, load_images
 from .sync import VaeClient
 
 __all__ = ["main"]

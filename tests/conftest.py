@@ -2,11 +2,12 @@
 per test module (127.0.0.1, ephemeral ports) for the client and server tests."""
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnxruntime as ort
 import pytest
+from hostile_files import npy_file, png_file
 from support import RunningServer
 
 # Every server a test starts, in process or not, serves HTTP on loopback at a free port unless the
@@ -56,3 +57,13 @@ def spans():
     tracing.configure(SimpleSpanProcessor(exporter))
     yield exporter
     tracing.shutdown()
+
+
+@pytest.fixture(scope="session")
+def write_png() -> Callable[..., None]:
+    return png_file
+
+
+@pytest.fixture(scope="session")
+def write_npy() -> Callable[..., None]:
+    return npy_file

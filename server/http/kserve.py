@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 
 import numpy as np
 import orjson
@@ -22,6 +21,7 @@ from vae_serve.server.models.versions import ServedModel
 from vae_serve.server.protocol.oip_extensions import EXTENSIONS, model_control_refused
 from vae_serve.server.protocol.oip_models import GRAPHS, OipModel, OipTensor
 
+from .call import OFF_LOOP_BYTES, deadline_from
 from .endpoint import (
     BINARY,
     JSON,
@@ -33,30 +33,16 @@ from .endpoint import (
     read_body,
 )
 from .kserve_codec import HEADER_LENGTH, encode_response, parse_request
-from .limits import MAX_JSON_BYTES, is_count
+from .limits import MAX_JSON_BYTES
 
-__all__ = ["OFF_LOOP_BYTES", "TIMEOUT_HEADER", "deadline_from", "routes"]
+__all__ = ["routes"]
 
-OFF_LOOP_BYTES = 64 * 1024  # bodies larger than this are parsed, and replies built, on a thread
-TIMEOUT_HEADER = "x-timeout-ms"  # the caller's deadline, as gRPC's grpc-timeout gives it there
-MAX_TIMEOUT_MS = 3_600_000
 JSON_LIMIT = "JSON limit (binary tensor data, with Inference-Header-Content-Length, carries more)"
 BINARY_HINT = "ask for the outputs as binary data (binary_data_output)"
 MAX_INDEX_BODY = 1024  # a repository index request says at most {"ready": true}
 # The KServe SDK labels a binary request octet-stream, and tritonclient.http.aio (aiohttp) any
 # request, JSON too; tritonclient.http labels none (JSON, as check_body_type reads it).
 BODIES = (JSON, BINARY)
-
-
-def deadline_from(request: Request, timeout_s: float | None = None) -> float | None:
-    """The call's deadline in time.monotonic() seconds: `X-Timeout-Ms` or Triton's `timeout`
-    parameter, the sooner of the two; None when the caller set neither."""
-    header = request.headers.get(TIMEOUT_HEADER)
-    if header is not None:
-        if not is_count(header) or not 0 < int(header) <= MAX_TIMEOUT_MS:
-            raise InvalidInput(f"{TIMEOUT_HEADER}: a whole number of milliseconds, 1 to {MAX_TIMEOUT_MS}")
-        timeout_s = min(int(header) / 1e3, timeout_s or float("inf"))
-    return None if timeout_s is None else time.monotonic() + timeout_s
 
 
 def _model(front: Front, request: Request) -> tuple[str, OipModel, ServedModel]:

@@ -25,8 +25,8 @@ from vae_serve.server.protocol.oip_models import GRAPHS
 
 from . import kserve, people
 from . import kserve_schema as v2
+from .call import MAX_TIMEOUT_MS, TIMEOUT_HEADER
 from .endpoint import BINARY, JSON, Front
-from .kserve import MAX_TIMEOUT_MS, TIMEOUT_HEADER
 from .kserve_codec import HEADER_LENGTH
 
 __all__ = ["describe"]

@@ -21,13 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from vae_serve.client.grid import image_grid, is_picture_shape, png_bytes
-from vae_serve.client.images import InputFileError, read_picture
 from vae_serve.errors import InvalidInput
+from vae_serve.grid import image_grid, is_picture_shape, png_bytes
+from vae_serve.images import InputFileError, read_picture
 
+from .call import OFF_LOOP_BYTES, deadline_from
 from .endpoint import JSON, Front, body_type, check_json_reply, endpoint, json_response, read_body, wants_png
 from .forms import form_files
-from .kserve import OFF_LOOP_BYTES, deadline_from
 from .limits import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, check_json_cost
 
 __all__ = [

@@ -1,10 +1,6 @@
-"""One real server for the client tests, on 127.0.0.1 with ephemeral ports; and small files that
-describe huge or impossible contents, as an attacker would write them."""
+"""One real server for the client tests, on 127.0.0.1 with ephemeral ports."""
 
-import struct
-import zlib
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 from support import RunningServer
@@ -16,35 +12,3 @@ from vae_serve.client import VaeClient
 def client(running: RunningServer) -> Iterator[VaeClient]:
     with VaeClient(running.target) as c:
         yield c
-
-
-def png_file(path: Path, width: int, height: int, bit_depth: int = 8, colour: int = 0) -> None:
-    """A valid all-black PNG of any size, written row by row: a few KB on disk for millions of pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    channels = {0: 1, 2: 3, 6: 4}[colour]
-    squeeze = zlib.compressobj(9)
-    row = bytes(1 + width * channels * bit_depth // 8)
-    idat = b"".join(squeeze.compress(row) for _ in range(height)) + squeeze.flush()
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
-
-
-def npy_file(path: Path, header: str, data: bytes) -> None:
-    """A .npy file with any header, true or not."""
-    text = header + " " * (63 - (10 + len(header)) % 64) + "\n"
-    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode() + data)
-
-
-@pytest.fixture(scope="session")
-def write_png() -> Callable[..., None]:
-    return png_file
-
-
-@pytest.fixture(scope="session")
-def write_npy() -> Callable[..., None]:
-    return npy_file

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from support import free_port
 
-from vae_serve.client.images import MAX_INPUT_VALUES
+from vae_serve.images import MAX_INPUT_VALUES
 
 CLI = [sys.executable, "-m", "vae_serve.client.cli"]
 

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from support import GOOD_DECODER, GOOD_ENCODER, start_vae_serve_http, write_version_files
 
-from vae_serve.client.grid import image_grid, png_bytes
+from vae_serve.grid import image_grid, png_bytes
 
 SHAPE = (8, 8, 3)
 D, L = 8 * 8 * 3, 4

@@ -15,7 +15,7 @@ from PIL import Image
 from support import REPOSITORY
 
 from vae_serve.client import VaeClient
-from vae_serve.client.grid import image_grid, png_bytes
+from vae_serve.grid import image_grid, png_bytes
 
 L, D = 32, 784
 

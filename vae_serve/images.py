@@ -1,4 +1,5 @@
-"""Reading the CLI's input files into float32 rows: IDX files, PNG/JPEG images, or .npy arrays.
+"""Reading input files into float32 rows: IDX files, PNG/JPEG images, or .npy arrays (the client
+CLI's files, and the pictures people upload to the server).
 
 Input files may be hostile (a gzip bomb, a lying header, a huge picture that compresses to a few
 kilobytes): every size is checked against the caps below and the file's real size before the work

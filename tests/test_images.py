@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from support import idx_bytes
 
-from vae_serve.client.images import MAX_PICTURE_PIXELS, MAX_PICTURES, InputFileError, load_array, load_images
+from vae_serve.images import MAX_PICTURE_PIXELS, MAX_PICTURES, InputFileError, load_array, load_images
 
 SHAPE = (28, 28)
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vae_serve.client.grid import grid_shape, image_grid, save_png
+from vae_serve.grid import grid_shape, image_grid, save_png
 
 
 @pytest.mark.parametrize(
