@@ -15,7 +15,6 @@ import contextlib
 import gc
 import logging
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -26,27 +25,28 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip_pb2
 from vae_serve._proto.vae.v1 import vae_pb2
-from vae_serve.errors import ModelLoadError
-from vae_serve.server.grpc.health import HealthServicer
-from vae_serve.server.grpc.oip import OIP_SERVICE, OipServicer
-from vae_serve.server.grpc.registration import ReceiveTimeout, add_service, register
-from vae_serve.server.grpc.servicer import VAEServicer
-from vae_serve.server.models.model import load_model
-from vae_serve.server.models.reload import RepositoryWatcher
-from vae_serve.server.models.repository import resolve
-from vae_serve.server.protocol.dataplane import DataPlane
-from vae_serve.server.protocol.oip_extensions import TritonExtensions
-from vae_serve.server.telemetry.metrics import Metrics, multiprocess_registry
+from vae_serve.errors import PortError
 
 from .drain import drain
+from .grpc.health import HealthServicer
+from .grpc.oip import OIP_SERVICE, OipServicer
+from .grpc.registration import ReceiveTimeout, add_service, register
+from .grpc.servicer import VAEServicer
 from .http.app import build_app
 from .http.endpoint import Front
 from .http.metrics_port import MetricsPort
 from .http.serve import HttpServer, bind
 from .http.stats import Stats
 from .lifecycle import Lifecycle, ServerState
+from .models.model import load_model
+from .models.reload import RepositoryWatcher
+from .models.repository import resolve
 from .ports import check_port_free, check_ports_free, ready_line
+from .protocol.dataplane import DataPlane
+from .protocol.oip_extensions import TritonExtensions
 from .settings import Settings
+from .telemetry.metrics import Metrics, multiprocess_registry
+from .wakeup import SignalWakeUp
 
 __all__ = ["VaeServer", "check_port_free", "run"]
 
@@ -169,10 +169,10 @@ class VaeServer:
                 return server.add_insecure_port(address)
             return server.add_secure_port(address, credentials)
         except RuntimeError as exc:
-            raise ModelLoadError(f"cannot listen on {address} ({exc}); is the port in use?") from None
+            raise PortError(f"cannot listen on {address} ({exc}); is the port in use?") from None
 
     async def start(self) -> None:
-        """Load the model (unless already loaded), then listen; raises ModelLoadError on bad input.
+        """Load the model (unless already loaded), then listen; raises StartError on a bad model or port.
 
         Metrics are served before the gRPC port is bound (grpc cannot release the port of a server
         it never started), and any failure after closes them again: a server that did not start
@@ -282,12 +282,6 @@ class VaeServer:
             self._metrics_http = None
 
 
-def _discard(sock: socket.socket) -> None:
-    with contextlib.suppress(BlockingIOError, InterruptedError):
-        while sock.recv(512):
-            pass
-
-
 @contextlib.contextmanager
 def _signals_run(loop: asyncio.AbstractEventLoop, actions: dict[int, Callable[[], None]]) -> Iterator[None]:
     """Run `actions[signum]` on the loop for each of these signals until the block ends; then ignore them.
@@ -301,11 +295,9 @@ def _signals_run(loop: asyncio.AbstractEventLoop, actions: dict[int, Callable[[]
         with contextlib.suppress(RuntimeError):  # the loop has closed: nothing is left to do
             loop.call_soon_threadsafe(actions[signum])
 
-    receive, send = socket.socketpair()
-    receive.setblocking(False)
-    send.setblocking(False)
-    loop.add_reader(receive.fileno(), _discard, receive)
-    previous = signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
+    wake = SignalWakeUp()
+    loop.add_reader(wake.receive.fileno(), wake.discard)
+    wake.install()
     try:
         for sig in actions:
             signal.signal(sig, handler)  # replaces SIG_IGN or SIG_DFL in one step: no gap
@@ -314,10 +306,8 @@ def _signals_run(loop: asyncio.AbstractEventLoop, actions: dict[int, Callable[[]
     finally:
         for sig in actions:
             signal.signal(sig, signal.SIG_IGN)
-        signal.set_wakeup_fd(previous)
-        loop.remove_reader(receive.fileno())
-        receive.close()
-        send.close()
+        loop.remove_reader(wake.receive.fileno())
+        wake.close()
 
 
 async def run(settings: Settings, worker: bool = False, on_ready: Callable[[], None] | None = None) -> None:

@@ -62,7 +62,7 @@ def log_handler(settings: LogSettings, stream: TextIO | None = None) -> logging.
     with the trace and span ids inside a traced call."""
     import logging
 
-    from vae_serve.server.protocol.calls import RequestIdFilter
+    from .protocol.calls import RequestIdFilter
 
     handler = logging.StreamHandler(stream)
     if settings.log_format == "json":
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     # A client-only install has this command but not what it imports: say so in one line.
     require_extra("vae-serve", "server", SERVER_MODULES)
 
-    from vae_serve.errors import ModelLoadError, ServingError
+    from vae_serve.errors import ServingError, StartError
 
     from .ports import check_ports_free
     from .settings import SettingsError, ValidationError, describe_error, parse_args
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         check_ports_free(settings)  # before the server's imports and the model load: at once
-    except ModelLoadError as exc:
+    except StartError as exc:
         print(f"vae-serve: error: {exc}", file=sys.stderr)
         return 1
     configure_logging(settings.logs)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             busy_poll.run(run(settings), settings.network.busy_poll_us)
         finally:
             tracing.shutdown()  # what is buffered goes out before the exit
-    except (ModelLoadError, ServingError) as exc:
+    except (StartError, ServingError) as exc:
         print(f"vae-serve: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import grpc
 
 from vae_serve.errors import Overloaded
-from vae_serve.server.grpc.registration import ReceiveTimeout
 
+from .grpc.registration import ReceiveTimeout
 from .lifecycle import Lifecycle, ServerState
 
 __all__ = ["Activity", "drain"]

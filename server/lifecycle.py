@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from grpc_health.v1 import health_pb2
 
 from vae_serve.errors import Draining
-from vae_serve.server.grpc.health import HealthServicer
+
+from .grpc.health import HealthServicer
 
 __all__ = ["IllegalTransition", "Lifecycle", "ServerState"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
-from vae_serve.errors import ModelLoadError
+from vae_serve.errors import PortError
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -29,14 +29,14 @@ def check_port_free(host: str, port: int, what: str = "listen", flag: str = "") 
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise ModelLoadError(f"cannot {what} on {host}:{port}: {exc.strerror}{named}") from None
+        raise PortError(f"cannot {what} on {host}:{port}: {exc.strerror}{named}") from None
     family, kind, proto, _, sockaddr = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(sockaddr)
         except OSError as exc:
-            raise ModelLoadError(f"cannot {what} on {host}:{port}: {exc.strerror}{named}") from None
+            raise PortError(f"cannot {what} on {host}:{port}: {exc.strerror}{named}") from None
 
 
 def check_ports_free(settings: Settings) -> None:

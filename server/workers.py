@@ -29,7 +29,6 @@ import os
 import selectors
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from .ports import ready_line
 from .settings import Settings
+from .wakeup import SignalWakeUp
 
 if TYPE_CHECKING:
     from .http.metrics_port import MetricsPort
@@ -78,7 +78,7 @@ def _worker(settings: Settings, supervisor: int, report: int, inherited: list[in
     try:
         if os.getppid() != supervisor:  # it died before prctl took effect
             raise SystemExit(1)
-        from vae_serve.errors import ModelLoadError, ServingError
+        from vae_serve.errors import ServingError, StartError
 
         from .app import run
         from .grpc import busy_poll
@@ -88,7 +88,7 @@ def _worker(settings: Settings, supervisor: int, report: int, inherited: list[in
             tracing.configure()  # its own provider and export thread, its pid in the resource
             served = run(settings, worker=True, on_ready=lambda: _report(report, _READY))
             busy_poll.run(served, settings.network.busy_poll_us)
-        except (ModelLoadError, ServingError, tracing.TracingError) as exc:
+        except (StartError, ServingError, tracing.TracingError) as exc:
             _report(report, _ERROR + str(exc).encode(errors="replace"))  # the supervisor says it, once
             code = 1
         finally:
@@ -108,12 +108,6 @@ def _how(exit_code: int) -> str:
         return f"killed by {signal.Signals(-exit_code).name}"
     except ValueError:
         return f"killed by signal {-exit_code}"
-
-
-def _discard(sock: socket.socket) -> None:
-    with contextlib.suppress(BlockingIOError, InterruptedError):
-        while sock.recv(512):
-            pass
 
 
 @dataclass
@@ -138,33 +132,28 @@ class _Supervisor:
         self.due: list[float] = []  # when each pending replacement starts
         self.selector = selectors.DefaultSelector()
         # Every signal writes a byte here, so a wait for pipes ends at once for SIGCHLD or SIGTERM.
-        self.wake_receive, self.wake_send = socket.socketpair()
-        self.wake_receive.setblocking(False)
-        self.wake_send.setblocking(False)
-        self.selector.register(self.wake_receive, selectors.EVENT_READ)
+        self.wake = SignalWakeUp()
+        self.selector.register(self.wake.receive, selectors.EVENT_READ)
 
     def install_signals(self) -> None:
-        signal.set_wakeup_fd(self.wake_send.fileno(), warn_on_full_buffer=False)
+        self.wake.install()
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to write the wake-up byte
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.stop)
         signal.signal(signal.SIGHUP, self.forward)  # "look for new versions now", in every worker
 
     def close(self) -> None:
-        signal.set_wakeup_fd(-1)  # before the socket goes: a late signal must not write to a closed fd
+        self.wake.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # the supervision is over; only the exit is left
         self.selector.close()
-        self.wake_receive.close()
-        self.wake_send.close()
 
     def spawn(self, first: bool) -> None:
         receive, send = os.pipe()
         os.set_blocking(receive, False)
         inherited = [
             self.http.socket.fileno(),
-            self.wake_receive.fileno(),
-            self.wake_send.fileno(),
+            *self.wake.fds(),
             self.selector.fileno(),
             receive,
             *(w.report for w in self.workers.values()),
@@ -281,8 +270,8 @@ class _Supervisor:
             soonest = min(self.due, default=None)  # one step: the stop handler may clear `due` any time
             timeout = None if soonest is None else max(0.0, soonest - time.monotonic())
             for key, _ in self.selector.select(timeout):
-                if key.fileobj is self.wake_receive:
-                    _discard(self.wake_receive)
+                if key.fileobj is self.wake.receive:
+                    self.wake.discard()
                 elif key.data in self.workers:
                     self._read(self.workers[key.data])
             self._reap()
@@ -300,11 +289,10 @@ def run_workers(settings: Settings) -> int:
     Raises StartFailure when a first worker ends before it is ready (the others are stopped)."""
     metrics_dir = tempfile.mkdtemp(prefix=f"vae-serve-metrics-{os.getpid()}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    from vae_serve.server.models.repository import resolve
-    from vae_serve.server.telemetry.metrics import multiprocess_registry
-
     from .http.metrics_port import MetricsPort
+    from .models.repository import resolve
     from .ports import check_ports_free
+    from .telemetry.metrics import multiprocess_registry
 
     try:
         check_ports_free(settings)

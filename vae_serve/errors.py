@@ -14,7 +14,9 @@ __all__ = [
     "ModelNotFound",
     "NotReady",
     "Overloaded",
+    "PortError",
     "ServingError",
+    "StartError",
     "TooLarge",
     "Unsupported",
     "UnsupportedMediaType",
@@ -62,8 +64,16 @@ class UnsupportedMediaType(ServingError):
     """The request's body is of a type this call does not take (INVALID_ARGUMENT; HTTP 415)."""
 
 
-class ModelLoadError(Exception):
+class StartError(Exception):
+    """The server cannot start as configured; the message says what and why, in one line."""
+
+
+class ModelLoadError(StartError):
     """A model version on disk cannot be served; the message names the file and the reason."""
+
+
+class PortError(StartError):
+    """A port cannot be listened on; the message names the address, the reason and the flag."""
 
 
 def quote(text: str, limit: int = 64) -> str:

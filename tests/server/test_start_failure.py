@@ -9,7 +9,7 @@ import threading
 import pytest
 from support import REPOSITORY, free_port
 
-from vae_serve.errors import ModelLoadError
+from vae_serve.errors import PortError
 from vae_serve.server.app import VaeServer
 from vae_serve.server.settings import Settings
 from vae_serve.server.telemetry.metrics import Metrics
@@ -46,7 +46,7 @@ def failing_start(port: int, metrics_port: int) -> VaeServer:
         metrics_port=metrics_port,
     )
     server = VaeServer(settings, Metrics())
-    with pytest.raises(ModelLoadError, match=r"cannot (listen|serve metrics) on 127\.0\.0\.1:"):
+    with pytest.raises(PortError, match=r"cannot (listen|serve metrics) on 127\.0\.0\.1:"):
         asyncio.run(server.start())
     return server
 
@@ -85,7 +85,7 @@ def test_a_busy_port_fails_before_the_model_loads(taken_port, monkeypatch, flag,
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(VaeServer, "load", never)
-    with pytest.raises(ModelLoadError) as caught:
+    with pytest.raises(PortError) as caught:
         asyncio.run(server.start())
     assert str(caught.value) == says.format(port=taken_port)
     assert not server.dataplane.loaded and server._metrics_http is None
