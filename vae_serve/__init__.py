@@ -9,7 +9,7 @@ domain errors, where the bundled model repository is, and the CLIs' check for th
 from importlib.util import find_spec
 from pathlib import Path
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["DEFAULT_REPOSITORY", "__version__", "require_extra"]
 
 

@@ -329,7 +329,7 @@ def test_bad_config_stops_the_command_in_one_line(tmp_path):
 def test_version_prints_and_exits_zero():
     done = subprocess.run([*SERVE, "--version"], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, f"vae-serve {vae_serve.__version__}\n", "")
-    assert vae_serve.__version__ == "0.2.0"
+    assert vae_serve.__version__ == "0.3.0"
 
 
 def test_help_reads_well(capsys):
