@@ -19,7 +19,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from support import GOOD_DECODER, GOOD_ENCODER, start_vae_serve_http, write_version_files
+from selenium import webdriver
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from support import GOOD_DECODER, GOOD_ENCODER, start_vae_serve_http, wait_for, write_version_files
 
 from vae_serve.grid import image_grid, png_bytes
 
@@ -221,6 +224,58 @@ def test_vae_client_picture_commands_work_in_colour(http_server, tmp_path):
     args = ["--a", str(tmp_path / "some.png"), "--b", str(tmp_path / "other.png"), "--steps", "3"]
     vae_client(http_server, "interpolate", *args, "-o", str(line))
     assert rgb(line).shape == (18 + 2, 3 * 18 + 2, 3)
+
+
+RGBA = """
+const canvas = arguments[0];
+return Array.from(canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data);
+"""
+
+
+def _rgb_of(browser: webdriver.Chrome, canvas: object) -> np.ndarray:
+    rgba = np.array(browser.execute_script(RGBA, canvas), dtype=np.uint8)
+    return rgba.reshape(-1, 4)[:, :3].reshape(SHAPE)
+
+
+@pytest.mark.slow
+def test_the_playground_draws_and_reads_colour(browser, http_server):
+    """The page paints the model's RGB rows as `vae-client` would, and sends a drawing as RGB rows
+    (a grey row would be refused: the wrong length)."""
+    browser.get(http_server.url + "/")
+
+    def by_test_id(name: str) -> object:
+        return browser.find_element(By.CSS_SELECTOR, f"[data-testid='{name}']")
+
+    def tiles() -> list:
+        return browser.find_elements(By.CSS_SELECTOR, "[data-testid='sample-grid'] canvas")
+
+    wait_for(lambda: len(tiles()) == 16, "the first grid")
+    for field, value in (("sample-n", "4"), ("sample-seed", "3")):
+        box = browser.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
+    by_test_id("sample-button").click()
+    wait_for(lambda: len(tiles()) == 4, "a grid of 4")
+    shown = np.stack([_rgb_of(browser, canvas) for canvas in tiles()]).astype(int)
+    drawn = np.array(httpx.get(f"{http_server.url}/v1/sample", params={"n": 4, "seed": 3}).json()["x"])
+    expected = np.round(np.clip(drawn.reshape(4, *SHAPE), 0, 1) * 255)
+    assert np.abs(shown - expected).max() <= 1
+    assert np.abs(expected[..., 0] - expected[..., 1]).max() > 30  # the channels really differ
+
+    reconstruction = by_test_id("reconstruction")
+    strokes = ActionChains(browser).move_to_element_with_offset(by_test_id("draw-canvas"), -40, -40)
+    strokes.click_and_hold()
+    for dx, dy in ((0, 40), (40, 0), (0, -40)):
+        strokes.move_by_offset(dx, dy)
+    strokes.release().perform()
+    wait_for(
+        lambda: len(browser.find_elements(By.CSS_SELECTOR, "[data-testid='posterior-samples'] canvas")) == 6,
+        "posterior draws of the drawing",
+    )
+    painted = _rgb_of(browser, reconstruction).astype(int)
+    assert np.abs(painted[..., 0] - painted[..., 2]).max() > 10, "the reconstruction is grey"
+    assert not by_test_id("error").is_displayed()
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
 def test_a_model_without_a_picture_shape_is_refused_pictures_in_one_line(tmp_path):
