@@ -11,6 +11,10 @@ function channels() {
   return shape.length === 3 ? shape[2] : 1;
 }
 
+export function inColour() {
+  return channels() === 3;
+}
+
 // Values to 0..255 as `vae-client sample -o` writes them (clip, then round).
 function byte(value) {
   return Math.round(Math.min(Math.max(value, 0), 1) * 255);

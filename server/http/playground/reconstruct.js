@@ -3,13 +3,14 @@
 // (POST /v1/reconstruct); a file is sent as it is, for the server to read (the API's uploads).
 
 import { call, quietly } from "./api.js";
-import { paint, rowFrom, tile } from "./images.js";
+import { inColour, paint, rowFrom, tile } from "./images.js";
 
 const canvas = document.getElementById("draw-canvas");
 const context = canvas.getContext("2d");
 const reconstruction = document.getElementById("reconstruction");
 const posterior = document.getElementById("posterior");
 const upload = document.getElementById("upload");
+const ink = document.getElementById("ink"); // offered for a colour model; a grey one draws white
 const POSTERIOR_DRAWS = 6;
 let last = null; // the latest encoding: {mean, logvar}
 let stroke = null; // the previous point of the stroke being drawn
@@ -38,7 +39,7 @@ function point(event) {
 }
 
 function line(to) {
-  context.strokeStyle = "#fff";
+  context.strokeStyle = inColour() ? ink.value : "#fff";
   context.lineWidth = canvas.width / 12;
   context.lineCap = "round";
   context.lineJoin = "round";
@@ -63,6 +64,7 @@ async function fromFile(file) {
 }
 
 export function start() {
+  document.getElementById("ink-choice").hidden = !inColour();
   clear();
   canvas.addEventListener("pointerdown", (event) => {
     canvas.setPointerCapture(event.pointerId);

@@ -263,6 +263,9 @@ def test_the_playground_draws_and_reads_colour(browser, http_server):
     assert np.abs(expected[..., 0] - expected[..., 1]).max() > 30  # the channels really differ
 
     reconstruction = by_test_id("reconstruction")
+    ink = browser.find_element(By.ID, "ink")
+    assert ink.is_displayed()
+    browser.execute_script("arguments[0].value = '#ff2000'", ink)
     strokes = ActionChains(browser).move_to_element_with_offset(by_test_id("draw-canvas"), -40, -40)
     strokes.click_and_hold()
     for dx, dy in ((0, 40), (40, 0), (0, -40)):
@@ -272,6 +275,8 @@ def test_the_playground_draws_and_reads_colour(browser, http_server):
         lambda: len(browser.find_elements(By.CSS_SELECTOR, "[data-testid='posterior-samples'] canvas")) == 6,
         "posterior draws of the drawing",
     )
+    sketch = np.array(browser.execute_script(RGBA, by_test_id("draw-canvas")), dtype=np.uint8).reshape(-1, 4)
+    assert {tuple(pixel) for pixel in sketch[:, :3]} >= {(0, 0, 0), (255, 32, 0)}  # drawn in the ink chosen
     painted = _rgb_of(browser, reconstruction).astype(int)
     assert np.abs(painted[..., 0] - painted[..., 2]).max() > 10, "the reconstruction is grey"
     assert not by_test_id("error").is_displayed()

@@ -69,6 +69,7 @@ def test_playground_in_a_browser(browser, tmp_path):
         # Reconstruct: strokes on the canvas give a reconstruction that is not blank.
         reconstruction = test_id("reconstruction")
         assert _pixels(browser, reconstruction).max() == 0
+        assert not browser.find_element(By.ID, "ink").is_displayed()  # a grey model draws white
         strokes = ActionChains(browser).move_to_element_with_offset(test_id("draw-canvas"), -40, -60)
         strokes.click_and_hold()
         for dx, dy in ((0, 30), (0, 30), (0, 30), (0, 30), (40, 0), (40, 0), (0, -60), (0, -60)):
