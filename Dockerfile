@@ -1,10 +1,12 @@
 # vae-serve server image: the serving runtime only (no torch), the bundled default model, non-root.
-#   docker build -t vae-serve .                                   # CPU
-#   docker build -t vae-serve:gpu --build-arg ORT_EXTRAS=cuda,cudnn .   # + NVIDIA CUDA/cuDNN wheels
+#   docker build -t vae-serve .                                   # CPU: onnxruntime
+#   docker build -t vae-serve:gpu --build-arg ORT_EXTRAS=cuda,cudnn .   # onnxruntime-gpu + CUDA/cuDNN wheels
 FROM python:3.11-slim-bookworm
 
-# "cuda,cudnn" pulls NVIDIA's CUDA and cuDNN libraries from PyPI for onnxruntime-gpu; the host
-# then needs the NVIDIA driver and container toolkit (see docker-compose.gpu.yml).
+# Empty: the CPU wheel (onnxruntime), not the server extra's onnxruntime-gpu, whose CUDA kernels
+# would triple the image for nothing on a CPU node. "cuda,cudnn": onnxruntime-gpu with NVIDIA's
+# CUDA and cuDNN libraries from PyPI; the host then needs the NVIDIA driver and container toolkit
+# (see docker-compose.gpu.yml).
 ARG ORT_EXTRAS=""
 ARG ORT_VERSION=1.31.1
 
@@ -18,19 +20,25 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MALLOC_MMAP_THRESHOLD_=1048576
 
+# The source is bind-mounted for the install, not copied: a COPY layer would stay in the image
+# after `rm`. rw: pip builds in the tree; what it writes there is thrown away with the mount.
+# The project and its server extra's dependencies (bounded in pyproject.toml), read from
+# pyproject.toml with ONNX Runtime's package swapped for the one chosen above. The package's own
+# copy of the default model goes: /models holds it (11 MB less).
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY vae_serve ./vae_serve
-COPY server ./server
-COPY client ./client
-COPY training ./training
-COPY models ./models
-# The project with its server extra: its dependencies are bounded in pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install ".[server]" \
-    && if [ -n "$ORT_EXTRAS" ]; then pip install "onnxruntime-gpu[$ORT_EXTRAS]==$ORT_VERSION"; fi \
+RUN --mount=type=bind,target=/src,rw \
+    python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(r for r in p['dependencies'] + p['optional-dependencies']['server'] \
+if not r.startswith('onnxruntime')))" > /tmp/requirements.txt \
+    && if [ -n "$ORT_EXTRAS" ]; then ort="onnxruntime-gpu[$ORT_EXTRAS]==$ORT_VERSION"; \
+       else ort="onnxruntime==$ORT_VERSION"; fi \
+    && pip install --no-deps . \
+    && pip install -r /tmp/requirements.txt "$ort" \
+    && rm /tmp/requirements.txt \
     && cp -r models /models \
-    && rm -rf /src \
+    && python -P -c "import pathlib, shutil, vae_serve.models as m; \
+[shutil.rmtree(d) for d in pathlib.Path(next(iter(m.__path__))).iterdir() if d.is_dir()]" \
     && useradd --system --uid 10001 --no-create-home vae \
     && chown -R 10001:10001 /models
 
