@@ -1,6 +1,13 @@
-"""What every HTTP route shares with the gRPC edge (edge.py): a request id, admission of data-plane
-work, the request metrics, its span and access line (observe.py), and one error table; plus
-reading a body within the message limit.
+"""The HTTP side of the call scope, and what every HTTP route shares: the `endpoint` decorator,
+JSON and error responses, content negotiation, and reading a body within the message limit.
+
+Each call runs inside one `CallScope` (protocol/scope.py, shared with the gRPC edge): request id,
+admission of data-plane work, span and access line, in-flight gauge, the drain's count, the one
+status table, the traceback of an internal error, and the call's metrics, recorded under
+`http.<Method>` with the gRPC code name of the outcome, so one dashboard query covers both front
+ends. What is HTTP's own stays here: the body type check, a client that went away mid-body (400),
+the error body, the x-request-id response header, `connection: close` while draining, probes the
+drain does not wait for, and 499 (client closed) for a call cancelled before its answer.
 
 A route names the types of body it takes (`bodies`); one of any other type is refused (415)
 before the handler runs, so that a web page cannot make the server compute with the bodies a
@@ -8,17 +15,14 @@ browser sends anywhere without a CORS preflight (text/plain, a form).
 
 A handler raises the domain errors of `vae_serve.errors`; `endpoint` answers them as
 `{"error": "..."}` with the status of `status.HTTP_STATUS`, and anything else as a generic 500
-whose traceback is logged. The metrics record HTTP calls under `http.<Method>` with the gRPC code
-name of the outcome, so one dashboard query covers both front ends.
+whose traceback is logged.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,11 +33,10 @@ from starlette.responses import Response
 
 from vae_serve.errors import InvalidInput, TooLarge, UnsupportedMediaType, quote
 from vae_serve.server.drain import Activity
-from vae_serve.server.protocol.calls import REQUEST_ID_HEADER, request_id, request_id_from
+from vae_serve.server.protocol.calls import REQUEST_ID_HEADER, request_id_from
 from vae_serve.server.protocol.dataplane import DataPlane
 from vae_serve.server.protocol.oip_extensions import TritonExtensions
-from vae_serve.server.protocol.status import http_status_for
-from vae_serve.server.telemetry import observe
+from vae_serve.server.protocol.scope import CallScope, Method
 from vae_serve.server.telemetry.metrics import Metrics
 
 from .limits import JSON_BYTES_PER_VALUE, MAX_JSON_BYTES, is_count
@@ -179,49 +182,28 @@ def endpoint(
     slot (--max-concurrent-rpcs), as Encode, Decode, Sample and ModelInfer do over gRPC; `probe`:
     a health check, which the drain does not wait for (as gRPC health checks are not counted);
     `bodies`: the media types a POST's body may have (check_body_type)."""
-    label = f"http.{method}"
+    scoped = Method(f"http.{method}", "http", log, work=work, counted=not probe, unanswered=CLIENT_CLOSED)
 
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         @functools.wraps(handler)
         async def route(request: Request) -> Response:
             front: Front = request.app.state.front
             rid = request_id_from(((REQUEST_ID_HEADER, request.headers.get(REQUEST_ID_HEADER)),))
-            token = request_id.set(rid)
-            call = observe.begin(label, request.headers, functools.partial(_peer, request), "http")
-            in_flight = front.metrics.in_flight_for(label)
-            in_flight.inc()
-            if not probe:
-                front.activity.started()
-            began, code, admitted, response = time.perf_counter(), grpc.StatusCode.OK, False, None
-            try:
-                if request.method not in ("GET", "HEAD"):
-                    check_body_type(request, bodies)
-                if work:
-                    front.activity.admit()
-                    admitted = True
-                response = await handler(front, request)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except ClientDisconnect:
-                code = grpc.StatusCode.CANCELLED
-                response = error_response(400, "the client went away before its request arrived")
-            except Exception as exc:
-                status, code, message = http_status_for(exc)
-                if status == 500:
-                    log.exception("%s failed", label)
-                response = error_response(status, message)
-            finally:
-                if admitted:
-                    front.activity.release()
-                in_flight.dec()
-                if not probe:
-                    front.activity.finished()
-                seconds = time.perf_counter() - began
-                http_status = CLIENT_CLOSED if response is None else response.status_code
-                exemplar = None if call is None else observe.end(call, code, seconds, http_status)
-                front.metrics.record_request(label, code.name, seconds, exemplar)
-                request_id.reset(token)
+            peer = functools.partial(_peer, request)
+            response: Response | None = None
+            with CallScope(scoped, front.metrics, front.activity, rid, request.headers, peer) as call:
+                try:
+                    if request.method not in ("GET", "HEAD"):
+                        check_body_type(request, bodies)
+                    call.admit()
+                    response = await handler(front, request)
+                except ClientDisconnect:
+                    call.code = grpc.StatusCode.CANCELLED
+                    response = error_response(400, "the client went away before its request arrived")
+                call.status = response.status_code
+            if response is None:  # the scope answered an exception from the status table
+                assert call.status is not None  # an HTTP method always has one
+                response = error_response(call.status, call.message)
             response.headers[REQUEST_ID_HEADER] = rid
             if not front.dataplane.state.ready:  # draining: send keep-alive clients elsewhere
                 response.headers["connection"] = "close"

@@ -1,7 +1,8 @@
 """What a call leaves behind besides its metrics: its span (tracing on) and its access-log line
-(`--access-log`). Both front ends' wrappers (edge.py, endpoint.py) `begin` and `end` one `Call`
-per request, and the data plane `note`s on it the model, version and rows it computed. With both
-off, `begin` returns None after two global reads and nothing else here runs.
+(`--access-log`). The call scope (protocol/scope.py), which every request of both front ends runs
+inside, `begin`s and `end`s one `Call` per request, and the data plane `note`s on it the model,
+version and rows it computed. With both off, `begin` returns None after two global reads and
+nothing else here runs.
 
 The access log is the `vae_serve.access` logger at INFO, one line per call: method (the metrics'
 label: `Decode`, `http.Decode`), model, version, rows, status (the gRPC code name, and the HTTP
