@@ -1,4 +1,4 @@
-"""The one table from domain error to status, gRPC and HTTP (edge.py and http/ apply it).
+"""The one table from domain error to status, gRPC and HTTP (the call scope, scope.py, applies it).
 
 Anything not in the table is INTERNAL (500) with a generic message: internals never leak.
 """
