@@ -1,8 +1,8 @@
 """The KServe v2 / Open Inference Protocol front end: `inference.GRPCInferenceService`.
 
 Served on the same port as the native API and over the same data plane, so both share sessions,
-batcher, validation, readiness and metrics. Two models are exposed: `vae_encoder` (x -> mean,
-logvar) and `vae_decoder` (z -> x), at the version the server serves.
+batcher, validation, readiness and metrics. Each RPC decodes its message (oip_codec.py), calls the
+one OIP service (protocol/oip_service.py, with Triton's extensions) and encodes the answer.
 """
 
 from __future__ import annotations
@@ -10,19 +10,15 @@ from __future__ import annotations
 import grpc
 from google.protobuf import json_format
 
-from vae_serve import __version__
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from vae_serve._proto.inference import model_config_pb2 as oip_config
-from vae_serve.errors import ModelNotFound, quote
-from vae_serve.server.models.versions import ServedModel
 from vae_serve.server.protocol.calls import deadline_of, pinned_version
 from vae_serve.server.protocol.dataplane import DataPlane
-from vae_serve.server.protocol.oip_extensions import EXTENSIONS, TritonExtensions, model_control_refused
-from vae_serve.server.protocol.oip_models import GRAPHS, OipTensor
+from vae_serve.server.protocol.oip_extensions import TritonExtensions
 
 from .edge import Edge, control_rpc, data_plane_rpc
-from .oip_codec import infer_response, input_array, wanted_outputs
+from .oip_codec import infer_request, infer_response, model_metadata
 
 __all__ = ["OIP_SERVICE", "OipServicer"]
 
@@ -33,16 +29,10 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self, dataplane: DataPlane, edge: Edge | None = None, extensions: TritonExtensions | None = None
     ) -> None:
-        """`edge`: where the rpc wrapper records and admits; by default the data plane's own.
-        `extensions`: Triton's, by default over this process's metrics alone."""
-        self.dataplane = dataplane
+        """`edge`: what the call scope records to and admits with; by default the data plane's
+        own. `extensions`: the OIP service, by default with statistics of this process alone."""
         self.edge = edge if edge is not None else Edge(dataplane.metrics, dataplane.activity)
-        self.extensions = extensions if extensions is not None else TritonExtensions(dataplane)
-
-    def _resolve(self, model: str, version: str) -> ServedModel:
-        if model not in GRAPHS:
-            raise ModelNotFound(f"no model {quote(model)}; models: {', '.join(GRAPHS)}")
-        return self.dataplane.current(pinned_version(version))
+        self.service = extensions if extensions is not None else TritonExtensions(dataplane)
 
     @control_rpc
     async def ServerLive(
@@ -54,76 +44,55 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: oip.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> oip.ServerReadyResponse:
-        return oip.ServerReadyResponse(ready=self.dataplane.ready)
+        return oip.ServerReadyResponse(ready=self.service.ready)
 
     @control_rpc
     async def ModelReady(
         self, request: oip.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelReadyResponse:
-        if not self.dataplane.ready:
-            return oip.ModelReadyResponse(ready=False)
-        self._resolve(request.name, request.version)
-        return oip.ModelReadyResponse(ready=True)
+        ready = self.service.model_ready(request.name, pinned_version(request.version))
+        return oip.ModelReadyResponse(ready=ready)
 
     @control_rpc
     async def ServerMetadata(
         self, request: oip.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> oip.ServerMetadataResponse:
-        return oip.ServerMetadataResponse(name="vae-serve", version=__version__, extensions=EXTENSIONS)
+        metadata = self.service.server_metadata()
+        return oip.ServerMetadataResponse(
+            name=metadata.name, version=metadata.version, extensions=metadata.extensions
+        )
 
     @control_rpc
     async def ModelMetadata(
         self, request: oip.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelMetadataResponse:
-        served = self._resolve(request.name, request.version)
-        graph = GRAPHS[request.name]
-
-        def meta(tensor: OipTensor) -> oip.ModelMetadataResponse.TensorMetadata:
-            shape = [-1, tensor.width(served.model)]
-            return oip.ModelMetadataResponse.TensorMetadata(name=tensor.name, datatype="FP32", shape=shape)
-
-        return oip.ModelMetadataResponse(
-            name=request.name,
-            versions=self.dataplane.served.loaded,
-            platform="onnxruntime_onnx",
-            inputs=[meta(graph.input)],
-            outputs=[meta(tensor) for tensor in graph.outputs],
-        )
+        return model_metadata(self.service.model_metadata(request.name, pinned_version(request.version)))
 
     @data_plane_rpc
     async def ModelInfer(
         self, request: oip.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelInferResponse:
-        served = self._resolve(request.model_name, request.model_version)
-        graph = GRAPHS[request.model_name]
-        names = tuple(tensor.name for tensor in graph.outputs)
-        wanted = wanted_outputs(request, request.model_name, names)
-        max_values = self.dataplane.limits.max_request_rows * graph.input.width(served.model)
-        array = input_array(request, request.model_name, graph.input.name, max_values)
-        # encode or decode: the same validation, batcher and metrics as the native API
-        values, version = await graph.run(self.dataplane, array, deadline_of(context), served.version)
-        outputs = dict(zip(names, values, strict=True))
-        return infer_response(request, request.model_name, version, outputs, wanted)
+        return infer_response(await self.service.infer(infer_request(request), deadline_of(context)))
 
     @control_rpc
     async def ModelConfig(
         self, request: oip.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelConfigResponse:
-        config = self.extensions.config(request.name, request.version)
+        config = self.service.config(request.name, pinned_version(request.version))
         return oip.ModelConfigResponse(config=json_format.ParseDict(config, oip_config.ModelConfig()))
 
     @control_rpc
     async def ModelStatistics(
         self, request: oip.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelStatisticsResponse:
-        stats = await self.extensions.statistics(request.name, request.version)
+        stats = await self.service.statistics(request.name, request.version)
         return oip.ModelStatisticsResponse(model_stats=[oip.ModelStatistics(**s) for s in stats])
 
     @control_rpc
     async def RepositoryIndex(
         self, request: oip.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> oip.RepositoryIndexResponse:
-        entries = await self.extensions.index(request.ready)
+        entries = await self.service.index(request.ready)
         index = oip.RepositoryIndexResponse.ModelIndex
         return oip.RepositoryIndexResponse(models=[index(**entry) for entry in entries])
 
@@ -131,10 +100,10 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: oip.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> oip.RepositoryModelLoadResponse:
-        raise model_control_refused()
+        self.service.load(request.model_name)
 
     @control_rpc
     async def RepositoryModelUnload(
         self, request: oip.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> oip.RepositoryModelUnloadResponse:
-        raise model_control_refused()
+        self.service.unload(request.model_name)

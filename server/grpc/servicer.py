@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
+import dataclasses
 
 import grpc
 import numpy as np
@@ -13,6 +12,7 @@ from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.errors import InvalidInput
 from vae_serve.server.protocol.calls import deadline_of, pinned_version
 from vae_serve.server.protocol.dataplane import DataPlane
+from vae_serve.server.protocol.model_info import model_info
 from vae_serve.tensor import from_tensor, to_tensor
 
 from .edge import Edge, control_rpc, data_plane_rpc
@@ -34,7 +34,7 @@ def _optional(message: Message, field: str) -> np.ndarray | None:
 
 class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
     def __init__(self, dataplane: DataPlane, edge: Edge | None = None) -> None:
-        """`edge`: where the rpc wrapper records and admits; by default the data plane's own."""
+        """`edge`: what the call scope records to and admits with; by default the data plane's own."""
         self.dataplane = dataplane
         self.edge = edge if edge is not None else Edge(dataplane.metrics, dataplane.activity)
 
@@ -43,9 +43,8 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
         self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.EncodeResponse:
         x = _required(request, "x")
-        mean, logvar, version = await self.dataplane.encode(
-            x, deadline_of(context), pinned_version(request.model_version)
-        )
+        served = self.dataplane.admit(version=pinned_version(request.model_version))
+        mean, logvar, version = await self.dataplane.encode(x, deadline_of(context), served)
         return vae_pb2.EncodeResponse(mean=to_tensor(mean), logvar=to_tensor(logvar), model_version=version)
 
     @data_plane_rpc
@@ -53,9 +52,8 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
         self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.DecodeResponse:
         z = _required(request, "z")
-        x, version = await self.dataplane.decode(
-            z, deadline_of(context), pinned_version(request.model_version)
-        )
+        served = self.dataplane.admit(version=pinned_version(request.model_version))
+        x, version = await self.dataplane.decode(z, deadline_of(context), served)
         return vae_pb2.DecodeResponse(x=to_tensor(x), model_version=version)
 
     @data_plane_rpc
@@ -69,7 +67,7 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
             logvar=_optional(request, "logvar"),
             decode=request.decode,
             deadline=deadline_of(context),
-            version=pinned_version(request.model_version),
+            served=self.dataplane.admit(version=pinned_version(request.model_version)),
         )
         x_tensor = _EMPTY if x is None else to_tensor(x)
         return vae_pb2.SampleResponse(z=to_tensor(z), x=x_tensor, model_version=version)
@@ -78,10 +76,9 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
     async def GetModelInfo(
         self, request: vae_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.ModelInfo:
-        model, limits = (
-            self.dataplane.current(pinned_version(request.model_version)).model,
-            self.dataplane.limits,
-        )
+        served = self.dataplane.admit(version=pinned_version(request.model_version))
+        info = model_info(self.dataplane, served)
+        model = info.model
         return vae_pb2.ModelInfo(
             name=model.name,
             version=model.version,
@@ -91,11 +88,7 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
             execution_provider=model.execution_provider,
             card=model.card_strings,  # deprecated: model_card replaces it
             model_card=model.card_struct,
-            server_id=f"{socket.gethostname()}:{os.getpid()}",  # per call: workers are forked
-            loaded_versions=self.dataplane.served.loaded,
-            limits=vae_pb2.ServerLimits(
-                max_request_rows=limits.max_request_rows,
-                max_samples=limits.max_samples,
-                max_message_bytes=limits.max_message_bytes,
-            ),
+            server_id=info.server_id,
+            loaded_versions=info.loaded_versions,
+            limits=vae_pb2.ServerLimits(**dataclasses.asdict(info.limits)),
         )

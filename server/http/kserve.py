@@ -1,25 +1,22 @@
 """KServe v2 REST (the Open Inference Protocol over HTTP), as Triton serves it on its port 8000,
 with its binary tensor data extension: `tritonclient.http` works in JSON and in binary mode.
 
-The same two models as the gRPC OIP (oip_models.py), over the same data plane.
+Each route decodes its request (kserve_codec.py), calls the one OIP service that gRPC calls too
+(protocol/oip_service.py, with Triton's extensions: `front.extensions`) and encodes the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 
-import numpy as np
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from vae_serve import __version__
-from vae_serve.errors import InvalidInput, ModelNotFound, quote
-from vae_serve.server.models.versions import ServedModel
-from vae_serve.server.protocol.oip_extensions import EXTENSIONS, model_control_refused
-from vae_serve.server.protocol.oip_models import GRAPHS, OipModel, OipTensor
+from vae_serve.errors import InvalidInput
 
 from .call import OFF_LOOP_BYTES, deadline_from
 from .endpoint import (
@@ -43,19 +40,19 @@ MAX_INDEX_BODY = 1024  # a repository index request says at most {"ready": true}
 # The KServe SDK labels a binary request octet-stream, and tritonclient.http.aio (aiohttp) any
 # request, JSON too; tritonclient.http labels none (JSON, as check_body_type reads it).
 BODIES = (JSON, BINARY)
+INLINE_ROWS = 64  # replies of more rows are encoded on a thread
 
 
-def _model(front: Front, request: Request) -> tuple[str, OipModel, ServedModel]:
-    name = request.path_params["model_name"]
-    if name not in GRAPHS:
-        raise ModelNotFound(f"no model {quote(name)}; models: {', '.join(GRAPHS)}")
-    return name, GRAPHS[name], front.dataplane.current(request.path_params.get("model_version"))
+def _model(request: Request) -> tuple[str, str | None]:
+    """The model and version the path names (no version: the latest)."""
+    return request.path_params["model_name"], request.path_params.get("model_version")
 
 
 @endpoint("ServerMetadata")
 async def server_metadata(front: Front, request: Request) -> Response:
-    extensions = ["binary_tensor_data", *EXTENSIONS]
-    return json_response({"name": "vae-serve", "version": __version__, "extensions": extensions})
+    metadata = front.extensions.server_metadata()
+    extensions = ["binary_tensor_data", *metadata.extensions]
+    return json_response({"name": metadata.name, "version": metadata.version, "extensions": extensions})
 
 
 # The health bodies are the KServe SDK's (its REST client reads them); not ready stays a 503 with
@@ -65,70 +62,49 @@ async def live(front: Front, request: Request) -> Response:
     return json_response({"live": True})
 
 
+def _not_ready(front: Front) -> Response:
+    return error_response(503, f"not ready ({front.dataplane.state.phase.name.lower()})")
+
+
 @endpoint("ServerReady", probe=True)
 async def ready(front: Front, request: Request) -> Response:
-    if front.dataplane.ready:
-        return json_response({"ready": True})
-    return error_response(503, f"not ready ({front.dataplane.state.phase.name.lower()})")
+    return json_response({"ready": True}) if front.extensions.ready else _not_ready(front)
 
 
 @endpoint("ModelReady", probe=True)
 async def model_ready(front: Front, request: Request) -> Response:
-    if not front.dataplane.ready:
-        return error_response(503, f"not ready ({front.dataplane.state.phase.name.lower()})")
-    name, _, _ = _model(front, request)
+    name, version = _model(request)
+    if not front.extensions.model_ready(name, version):
+        return _not_ready(front)
     return json_response({"name": name, "ready": True})
 
 
 @endpoint("ModelMetadata")
 async def model_metadata(front: Front, request: Request) -> Response:
-    name, graph, served = _model(front, request)
-
-    def meta(tensor: OipTensor) -> dict[str, object]:
-        return {"name": tensor.name, "datatype": "FP32", "shape": [-1, tensor.width(served.model)]}
-
-    return json_response(
-        {
-            "name": name,
-            "versions": front.dataplane.served.loaded,
-            "platform": "onnxruntime_onnx",
-            "inputs": [meta(graph.input)],
-            "outputs": [meta(tensor) for tensor in graph.outputs],
-        }
-    )
+    return json_response(dataclasses.asdict(front.extensions.model_metadata(*_model(request))))
 
 
 @endpoint("ModelInfer", work=True, bodies=BODIES)
 async def infer(front: Front, request: Request) -> Response:
-    name, graph, served = _model(front, request)
-    plane = front.dataplane
+    limits = front.dataplane.limits
     header_length = request.headers.get(HEADER_LENGTH)
     if header_length is None:  # all JSON
         body = await read_body(request, MAX_JSON_BYTES, JSON_LIMIT)
     else:
-        body = await read_body(request, plane.limits.max_message_bytes)
-    parse = functools.partial(
-        parse_request,
-        body,
-        header_length,
-        name,
-        graph.input.name,
-        tuple(tensor.name for tensor in graph.outputs),
-        plane.limits.max_request_rows,
-        graph.input.width(served.model),
-    )
+        body = await read_body(request, limits.max_message_bytes)
+    parse = functools.partial(parse_request, body, header_length, *_model(request), limits.max_request_rows)
     big = len(body) > OFF_LOOP_BYTES
-    with np.errstate(over="ignore"):  # values beyond float32 become inf, which validation refuses
-        parsed = await asyncio.to_thread(parse) if big else parse()
+    parsed = await asyncio.to_thread(parse) if big else parse()
     del body
-    as_text = sum(not binary for binary in parsed.binary.values())
-    check_json_reply(len(parsed.array) * as_text * graph.outputs[0].width(served.model), BINARY_HINT)
-    values, version = await graph.run(
-        plane, parsed.array, deadline_from(request, parsed.timeout_s), served.version
+    inference = front.extensions.prepare(parsed)
+    check_json_reply(inference.text_values, BINARY_HINT)
+    answer = await front.extensions.run(inference, deadline_from(request, parsed.timeout_s))
+    binary = {name: parsed.binary(name) for name in answer.outputs}
+    encode = functools.partial(
+        encode_response, answer.model, answer.version, answer.id, answer.outputs, binary
     )
-    outputs = dict(zip((tensor.name for tensor in graph.outputs), values, strict=True))
-    encode = functools.partial(encode_response, name, version, parsed.id, outputs, parsed.binary)
-    reply, reply_header_length = await asyncio.to_thread(encode) if big or len(values[0]) > 64 else encode()
+    rows = len(inference.array)
+    reply, reply_header_length = await asyncio.to_thread(encode) if big or rows > INLINE_ROWS else encode()
     if reply_header_length is None:
         return Response(reply, media_type="application/json")
     response = Response(reply, media_type="application/octet-stream")
@@ -138,8 +114,7 @@ async def infer(front: Front, request: Request) -> Response:
 
 @endpoint("ModelConfig")
 async def model_config(front: Front, request: Request) -> Response:
-    params = request.path_params
-    return json_response(front.extensions.config(params["model_name"], params.get("model_version")))
+    return json_response(front.extensions.config(*_model(request)))
 
 
 @endpoint("ModelStatistics")
@@ -168,12 +143,12 @@ async def repository_index(front: Front, request: Request) -> Response:
 
 @endpoint("RepositoryModelLoad", bodies=BODIES)
 async def repository_load(front: Front, request: Request) -> Response:
-    raise model_control_refused()
+    front.extensions.load(request.path_params["model_name"])
 
 
 @endpoint("RepositoryModelUnload", bodies=BODIES)
 async def repository_unload(front: Front, request: Request) -> Response:
-    raise model_control_refused()
+    front.extensions.unload(request.path_params["model_name"])
 
 
 def routes() -> list[Route]:

@@ -1,16 +1,17 @@
-"""KServe v2 REST inference bodies <-> numpy, with Triton's binary tensor data extension.
+"""KServe v2 REST inference bodies <-> the typed messages of protocol/oip_messages.py, with Triton's
+binary tensor data extension.
 
 A request is a JSON header, optionally followed by the raw bytes of its inputs: then the
 `Inference-Header-Content-Length` header says where the JSON ends, and each input that travels
-raw says how many bytes it has in `parameters.binary_data_size`. Outputs go back as JSON `data`
-or, when asked (`binary_data` per output, `binary_data_output` for all), as raw bytes after the
-JSON the same way. Every rule the protocol or the model sets is checked here, before any
-conversion, and a breach raises `InvalidInput` naming the tensor and the rule.
+raw says how many bytes it has in `parameters.binary_data_size`, in the order of the inputs.
+Outputs go back as JSON `data` or, when asked (`binary_data` per output, `binary_data_output` for
+all), as raw bytes after the JSON the same way. Only what is REST's own is checked here (JSON
+types, the binary framing, Triton's parameters); every rule of the protocol is the service's.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,27 +19,49 @@ import numpy as np
 import orjson
 
 from vae_serve.errors import InvalidInput, TooLarge, quote
-from vae_serve.tensor import FLOAT32_LE, MAX_DIM
+from vae_serve.server.protocol.oip_messages import InferInput, InferRequest, RequestedOutput
+from vae_serve.tensor import FLOAT32_LE
 
 from .limits import MAX_JSON_BYTES, check_json_cost, is_count
 
-__all__ = ["HEADER_LENGTH", "MAX_ID_CHARS", "InferRequest", "encode_response", "parse_request"]
+__all__ = ["HEADER_LENGTH", "encode_response", "parse_request"]
 
 HEADER_LENGTH = "inference-header-content-length"
-MAX_ID_CHARS = 1024  # the id is echoed: keep it an id
 
 
 @dataclass(frozen=True)
-class InferRequest:
-    id: str | None
-    array: np.ndarray  # the one input, float32 [rows, width]
-    binary: dict[str, bool]  # the outputs wanted, in order, and whether each goes back raw
-    timeout_s: float | None  # Triton's `parameters.timeout` (microseconds), in seconds
+class _Numbers:
+    """JSON `data`, converted as it is parsed: both hold the GIL, so both run where the body's
+    parse does (off the event loop when it is large), and its cost was bounded before."""
+
+    values: np.ndarray  # float32, flat
+
+    def count(self) -> int:
+        return self.values.size
+
+    def array(self) -> np.ndarray:
+        return self.values
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput(f"{what}: expected a JSON object")
+    return value
+
+
+def _list(holder: dict[str, Any], key: str, what: str) -> list[Any]:
+    value = holder.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidInput(f"{what}: {key!r} must be a list")
+    return value
+
+
+def _string(holder: dict[str, Any], key: str, what: str) -> str:
+    value = holder.get(key)
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what}: {key!r} must be a string")
     return value
 
 
@@ -51,15 +74,6 @@ def _flag(parameters: dict[str, Any], key: str, what: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidInput(f"{what}: parameter {key!r} must be true or false")
     return value
-
-
-def _shape(tensor: dict[str, Any], name: str) -> tuple[int, ...]:
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or len(shape) != 2:
-        raise InvalidInput(f"input {name!r}: shape must be [rows, columns]")
-    if not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape):
-        raise InvalidInput(f"input {name!r}: shape {quote(str(shape))} is not a valid tensor shape")
-    return tuple(shape)
 
 
 def _header(body: bytes, header_length: str | None, max_rows: int) -> tuple[dict[str, Any], memoryview]:
@@ -82,105 +96,86 @@ def _header(body: bytes, header_length: str | None, max_rows: int) -> tuple[dict
     return _object(header, "request"), memoryview(body)[end:]
 
 
-def _values(tensor: dict[str, Any], name: str, count: int, binary: memoryview) -> np.ndarray:
-    size = _parameters(tensor, f"input {name!r}").get("binary_data_size")
-    if size is not None:
-        if type(size) is not int or size != len(binary):
-            raise InvalidInput(
-                f"input {name!r}: binary_data_size {quote(str(size))} must equal the {len(binary)} "
-                f"bytes after the JSON header"
-            )
-        if size != 4 * count:
-            raise InvalidInput(f"input {name!r}: {size} bytes of binary data, the shape needs {4 * count}")
-        return np.frombuffer(binary, dtype=FLOAT32_LE)
-    if len(binary):
-        raise InvalidInput(f"{len(binary)} bytes after the JSON header, but no input has binary_data_size")
-    data = tensor.get("data")
-    if not isinstance(data, list):
-        raise InvalidInput(f"input {name!r}: needs 'data' (a list of numbers) or binary data")
+def _numbers(data: list[Any], what: str) -> _Numbers:
     try:
         values = np.asarray(data)  # flat or nested lists alike; strings and ragged lists are refused below
     except ValueError:
-        raise InvalidInput(f"input {name!r}: data is a ragged list, not a tensor") from None
+        raise InvalidInput(f"{what}: data is a ragged list, not a tensor") from None
     if values.dtype.kind not in "fiu":
-        raise InvalidInput(f"input {name!r}: data must hold only numbers (FP32)")
-    if values.size != count:
-        raise InvalidInput(f"input {name!r}: data has {values.size} values, the shape needs {count}")
-    return values.astype(np.float32, copy=False).reshape(-1)
+        raise InvalidInput(f"{what}: data must hold only numbers (FP32)")
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, which validation refuses
+        return _Numbers(values.astype(np.float32, copy=False).reshape(-1))
+
+
+def _input(value: Any, binary: memoryview) -> tuple[InferInput, memoryview]:
+    """One input, and what is left of the binary section after its bytes."""
+    tensor = _object(value, "input")
+    name = _string(tensor, "name", "input")
+    what = f"input {quote(name)}"
+    datatype = _string(tensor, "datatype", what)
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(type(d) is int for d in shape):
+        raise InvalidInput(f"{what}: shape must be a list of integers")
+    size = _parameters(tensor, what).get("binary_data_size")
+    if size is None:
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise InvalidInput(f"{what}: needs 'data' (a list of numbers) or binary data")
+        return InferInput(name, datatype, shape, _numbers(data, what)), binary
+    if type(size) is not int or not 0 <= size <= len(binary):
+        raise InvalidInput(
+            f"{what}: binary_data_size {quote(str(size))} is not within the {len(binary)} bytes of binary "
+            f"data left after the JSON header"
+        )
+    return InferInput(name, datatype, shape, binary[:size]), binary[size:]
+
+
+def _output(value: Any) -> RequestedOutput:
+    output = _object(value, "output")
+    name = _string(output, "name", "output")
+    what = f"output {quote(name)}"
+    return RequestedOutput(name, _flag(_parameters(output, what), "binary_data", what))
 
 
 def parse_request(
-    body: bytes,
-    header_length: str | None,
-    model: str,
-    input_name: str,
-    output_names: tuple[str, ...],
-    max_rows: int,
-    width: int,
+    body: bytes, header_length: str | None, model: str, version: str | None, max_rows: int
 ) -> InferRequest:
-    """The request for `model`, which takes the one FP32 input `input_name` of `width` columns and
-    has `output_names`. `max_rows`: the most rows an input may hold, checked before any conversion."""
+    """The request for `model` at `version` (None: the latest). `max_rows`: the most rows a
+    request may carry, which bounds the JSON's cost before it is parsed."""
     header, binary = _header(body, header_length, max_rows)
-    max_values = max_rows * width
     request_id = header.get("id")
-    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_ID_CHARS):
-        raise InvalidInput(f"id: must be a string of at most {MAX_ID_CHARS} characters")
-    inputs = header.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1:
-        raise InvalidInput(f"{model} takes one input {input_name!r} in 'inputs'")
-    tensor = _object(inputs[0], "input")
-    if tensor.get("name") != input_name:
-        raise InvalidInput(f"{model} takes one input {input_name!r}, got {quote(str(tensor.get('name')))}")
-    if tensor.get("datatype") != "FP32":
-        raise InvalidInput(
-            f"input {input_name!r}: datatype {quote(str(tensor.get('datatype')))} is not supported; use FP32"
-        )
-    shape = _shape(tensor, input_name)
-    count = math.prod(shape)
-    if count > max_values:
-        raise InvalidInput(
-            f"input {input_name!r}: shape {list(shape)} holds {count} values, over the {max_values} a "
-            f"request may carry; send fewer rows"
-        )
-    array = _values(tensor, input_name, count, binary).reshape(shape)
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("id: must be a string")
+    inputs = []
+    for value in _list(header, "inputs", "request"):
+        tensor, binary = _input(value, binary)
+        inputs.append(tensor)
+    if len(binary):
+        raise InvalidInput(f"{len(binary)} bytes after the JSON header that no binary_data_size claims")
     parameters = _parameters(header, "request")
-    all_binary = _flag(parameters, "binary_data_output", "request")
     timeout = parameters.get("timeout")
     if timeout is not None and (type(timeout) is not int or timeout <= 0):
         raise InvalidInput("parameter 'timeout': must be a positive number of microseconds")
     return InferRequest(
+        model,
+        version,
         request_id,
-        array,
-        _wanted(header, model, output_names, all_binary),
+        inputs,
+        [_output(value) for value in _list(header, "outputs", "request")],
+        _flag(parameters, "binary_data_output", "request"),
         None if timeout is None else timeout / 1e6,
     )
 
 
-def _wanted(header: dict[str, Any], model: str, names: tuple[str, ...], all_binary: bool) -> dict[str, bool]:
-    outputs = header.get("outputs")
-    if outputs is None:
-        return dict.fromkeys(names, all_binary)
-    if not isinstance(outputs, list) or not 1 <= len(outputs) <= len(names):
-        raise InvalidInput(f"outputs: a list of at most {len(names)} of {', '.join(names)}")
-    wanted: dict[str, bool] = {}
-    for output in outputs:
-        output = _object(output, "output")
-        name = output.get("name")
-        if name not in names or name in wanted:
-            raise InvalidInput(
-                f"{model} has no output {quote(str(name))} (or it is asked twice); "
-                f"outputs: {', '.join(names)}"
-            )
-        wanted[name] = (
-            _flag(_parameters(output, f"output {name!r}"), "binary_data", f"output {name!r}") or all_binary
-        )
-    return {name: wanted[name] for name in names if name in wanted}  # the model's order
-
-
 def encode_response(
-    model: str, version: str, request_id: str | None, outputs: dict[str, np.ndarray], binary: dict[str, bool]
+    model: str,
+    version: str,
+    request_id: str | None,
+    outputs: Mapping[str, np.ndarray],
+    binary: Mapping[str, bool],
 ) -> tuple[bytes, int | None]:
-    """(body, length of its JSON header when binary outputs follow it, else None)."""
+    """The outputs `binary` names, in its order, each as raw bytes after the JSON when it says so:
+    (body, length of its JSON header when binary outputs follow it, else None)."""
     tensors, raw = [], []
     for name, as_binary in binary.items():
         array = np.ascontiguousarray(outputs[name], dtype=FLOAT32_LE)

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from vae_serve.server.protocol.calls import REQUEST_ID_HEADER
-from vae_serve.server.protocol.oip_models import GRAPHS
+from vae_serve.server.protocol.oip_models import OIP_MODELS
 
 from . import kserve, people
 from . import kserve_schema as v2
@@ -149,7 +149,7 @@ COMMON_PARAMETERS: dict[str, dict[str, Any]] = {
     },
 }
 _PATH_PARAMETERS = {
-    "model_name": {"description": "The model.", "schema": {"type": "string", "enum": list(GRAPHS)}},
+    "model_name": {"description": "The model.", "schema": {"type": "string", "enum": list(OIP_MODELS)}},
     "model_version": {
         "description": "A version served (the model's metadata lists them).",
         "schema": {"type": "string"},

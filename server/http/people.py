@@ -10,9 +10,8 @@ reconstruct also take pictures: a PNG or JPEG body, or a multipart form of up to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
-import os
-import socket
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar, overload
 
@@ -24,6 +23,8 @@ from starlette.responses import Response
 from vae_serve.errors import InvalidInput
 from vae_serve.grid import image_grid, is_picture_shape, png_bytes
 from vae_serve.images import InputFileError, read_picture
+from vae_serve.server.models.versions import ServedModel
+from vae_serve.server.protocol.model_info import model_info
 
 from .call import OFF_LOOP_BYTES, deadline_from
 from .endpoint import JSON, Front, body_type, check_json_reply, endpoint, json_response, read_body, wants_png
@@ -213,11 +214,12 @@ async def _json_body(front: Front, request: Request, model: type[B]) -> B:
     return await _off_loop(lambda: _parse(model, body), len(body))
 
 
-async def _pictures(front: Front, request: Request) -> np.ndarray:
-    """The uploaded pictures as rows [N, input_dim]: one PNG or JPEG body, or a multipart form."""
+async def _pictures(request: Request, served: ServedModel) -> np.ndarray:
+    """The uploaded pictures as rows [N, input_dim] of `served`: one PNG or JPEG body, or a
+    multipart form."""
     content_type = request.headers.get("content-type", "")
     body = await read_body(request, MAX_UPLOAD_BYTES, "picture upload limit")
-    shape = front.dataplane.current().model.image_shape
+    shape = served.model.image_shape
     single = content_type.split(";")[0].strip().lower() in PICTURE_TYPES
 
     def read_all() -> np.ndarray:
@@ -236,22 +238,22 @@ def _is_json(request: Request) -> bool:
     return body_type(request) in (JSON, "")  # unlabelled: JSON, as endpoint.check_body_type reads it
 
 
-async def _images_in(front: Front, request: Request) -> tuple[np.ndarray, str | None]:
-    """The images of an encode or reconstruct request, and the version it pins: JSON rows, or
-    uploaded pictures (which pin none)."""
+async def _images_in(front: Front, request: Request) -> tuple[np.ndarray, ServedModel]:
+    """The images of an encode or reconstruct request, and the version it resolved: the one its
+    JSON rows pin, or the latest for uploaded pictures (which pin none)."""
     if _is_json(request):
         body = await _json_body(front, request, ImagesBody)
-        return _rows(body.x, "x"), body.model_version
-    return await _pictures(front, request), None
+        return _rows(body.x, "x"), front.dataplane.admit(version=body.model_version)
+    served = front.dataplane.admit()
+    return await _pictures(request, served), served
 
 
 @endpoint("Encode", work=True, bodies=PICTURE_BODIES)
 async def encode(front: Front, request: Request) -> Response:
     """Posterior mean and log-variance of each image: JSON rows, or uploaded pictures."""
-    x, version = await _images_in(front, request)
-    latent = front.dataplane.current(version).model.latent_dim
-    _check_json_reply(front, 2 * len(x) * latent, "encode in several requests")
-    mean, logvar, used = await front.dataplane.encode(x, deadline_from(request), version)
+    x, served = await _images_in(front, request)
+    _check_json_reply(front, 2 * len(x) * served.model.latent_dim, "encode in several requests")
+    mean, logvar, used = await front.dataplane.encode(x, deadline_from(request), served)
     return json_response({"mean": mean, "logvar": logvar, "model_version": used})
 
 
@@ -260,12 +262,13 @@ async def decode(front: Front, request: Request) -> Response:
     body = await _json_body(front, request, DecodeBody)
     z = _rows(body.z, "z")
     png = wants_png(request)
-    model = front.dataplane.current(body.model_version).model
+    served = front.dataplane.admit(version=body.model_version)
+    model = served.model
     if png:
         _check_picturable(model.image_shape)
     else:
         _check_json_reply(front, len(z) * model.input_dim)
-    x, used = await front.dataplane.decode(z, deadline_from(request), body.model_version)
+    x, used = await front.dataplane.decode(z, deadline_from(request), served)
     return await _png(x, model.image_shape) if png else json_response({"x": x, "model_version": used})
 
 
@@ -273,7 +276,8 @@ async def _sample(front: Front, request: Request, body: SampleBody) -> Response:
     png = wants_png(request)
     if png and not body.decode:
         raise InvalidInput("a PNG needs decoded draws: decode must be true")
-    model = front.dataplane.current(body.model_version).model
+    served = front.dataplane.admit(version=body.model_version)
+    model = served.model
     if png:
         _check_picturable(model.image_shape)
     rows = body.num_samples * (1 if body.mean is None else len(body.mean))
@@ -286,7 +290,7 @@ async def _sample(front: Front, request: Request, body: SampleBody) -> Response:
         logvar=_rows(body.logvar, "logvar"),
         decode=body.decode,
         deadline=deadline_from(request),
-        version=body.model_version,
+        served=served,
     )
     if png:
         assert x is not None  # a PNG needs decode (refused above otherwise), and decoding returns x
@@ -324,16 +328,16 @@ async def sample_link(front: Front, request: Request) -> Response:
 @endpoint("Reconstruct", work=True, bodies=PICTURE_BODIES)
 async def reconstruct(front: Front, request: Request) -> Response:
     """Encode, then decode the posterior means: each image as the model sees it."""
-    x, version = await _images_in(front, request)
+    x, served = await _images_in(front, request)
     png = wants_png(request)
-    model = front.dataplane.current(version).model
+    model = served.model
     if png:
         _check_picturable(model.image_shape)
     else:
         _check_json_reply(front, len(x) * (2 * model.latent_dim + model.input_dim))
     deadline = deadline_from(request)
-    mean, logvar, used = await front.dataplane.encode(x, deadline, version)
-    decoded, _ = await front.dataplane.decode(mean, deadline, used)
+    mean, logvar, used = await front.dataplane.encode(x, deadline, served)
+    decoded, _ = await front.dataplane.decode(mean, deadline, served)
     if png:  # originals beside their reconstructions, as `vae-client reconstruct` writes them
         pairs = np.stack([x, decoded], axis=1).reshape(-1, x.shape[1])
         return await _png(pairs, model.image_shape, columns=2 * min(len(x), 8))
@@ -343,24 +347,21 @@ async def reconstruct(front: Front, request: Request) -> Response:
 @endpoint("GetModelInfo")
 async def model(front: Front, request: Request) -> Response:
     """What the model is and the limits a request must keep (the native GetModelInfo)."""
-    version = request.query_params.get("model_version")
-    served, limits = front.dataplane.current(version).model, front.dataplane.limits
+    served = front.dataplane.admit(version=request.query_params.get("model_version"))
+    info = model_info(front.dataplane, served)
+    model = info.model
     return json_response(
         {
-            "name": served.name,
-            "version": served.version,
-            "input_dim": served.input_dim,
-            "latent_dim": served.latent_dim,
-            "image_shape": list(served.image_shape),
-            "execution_provider": served.execution_provider,
-            "loaded_versions": front.dataplane.served.loaded,
-            "card": served.card,
-            "server_id": f"{socket.gethostname()}:{os.getpid()}",
-            "limits": {
-                "max_request_rows": limits.max_request_rows,
-                "max_samples": limits.max_samples,
-                "max_message_bytes": limits.max_message_bytes,
-            },
+            "name": model.name,
+            "version": model.version,
+            "input_dim": model.input_dim,
+            "latent_dim": model.latent_dim,
+            "image_shape": list(model.image_shape),
+            "execution_provider": model.execution_provider,
+            "loaded_versions": info.loaded_versions,
+            "card": model.card,
+            "server_id": info.server_id,
+            "limits": dataclasses.asdict(info.limits),
         }
     )
 

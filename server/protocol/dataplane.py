@@ -1,9 +1,9 @@
 """The protocol-agnostic core: encode, sample and decode on numpy arrays.
 
-Every front end (the native gRPC API, the Open Inference Protocol) converts its messages to
-arrays and calls these methods, so validation, limits and metrics are written once. Each call
-takes the model it starts with and uses only that one, so a model swapped in meanwhile never
-mixes versions within a request.
+Every front end (the native gRPC API, the Open Inference Protocol, the REST APIs) converts its
+messages to arrays and calls these methods, so validation, limits and metrics are written once.
+A request resolves its model version and is admitted once, with `admit`, and hands what it got to
+every call it makes: a version swapped in meanwhile never mixes versions within a request.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from vae_serve.server.settings import BatchingSettings, LimitSettings, Repositor
 from vae_serve.server.telemetry.metrics import Metrics
 from vae_serve.server.telemetry.observe import note
 
+from .oip_models import OIP_MODELS
+from .registry import ModelRegistry
 from .validation import check_finite, check_matrix, check_unit_interval
 
 __all__ = ["DataPlane", "ServedModel", "message_floor"]
@@ -53,6 +55,7 @@ class DataPlane:
         self.repository = repository
         self.metrics = metrics
         self.served = ServedVersions(repository)
+        self.models = ModelRegistry(self.served, OIP_MODELS)
         self.state = state if state is not None else ServerState()
         self.activity = Activity(limits.max_concurrent_rpcs, self.state)
 
@@ -93,9 +96,16 @@ class DataPlane:
         """Loaded and SERVING: what readiness reports (health follows the same state)."""
         return self.loaded and self.state.ready
 
-    def current(self, version: str | None = None) -> ServedModel:
-        """The model version for a call that is starting now: the one pinned, or the latest."""
+    def admit(self, model: str | None = None, version: str | None = None) -> ServedModel:
+        """Resolve and admit a request starting now, once: the version of `model` (by name; None:
+        the model served) that it pins, or the latest. Raises ModelNotFound for an unknown model
+        or version, NotReady before a model is loaded, Draining while the server refuses calls."""
+        versions = self.models.versions(model)
         self.state.admit()
+        return versions.get(version)
+
+    def current(self, version: str | None = None) -> ServedModel:
+        """The version pinned, or the latest; admits nothing (for tools and tests)."""
         return self.served.get(version)
 
     def _check_response_size(self, rows: int, width: int, tensors: int = 1) -> None:
@@ -110,11 +120,12 @@ class DataPlane:
         self.served.close()
 
     async def encode(
-        self, x: np.ndarray, deadline: float | None = None, version: str | None = None
+        self, x: np.ndarray, deadline: float | None = None, served: ServedModel | None = None
     ) -> tuple[np.ndarray, np.ndarray, str]:
         """(mean, logvar, the version that computed them). `deadline` (time.monotonic() seconds):
-        past it, queued work is dropped, not computed. `version`: pin one, else the latest."""
-        served = self.current(version)
+        past it, queued work is dropped, not computed. `served`: what the request's `admit` gave,
+        else the latest is admitted here."""
+        served = served or self.admit()
         model = served.model
         try:
             check_matrix(x, "x", model.input_dim, self.limits.max_request_rows)
@@ -127,9 +138,9 @@ class DataPlane:
             trimmer.after(x.nbytes)  # the response is smaller
 
     async def decode(
-        self, z: np.ndarray, deadline: float | None = None, version: str | None = None
+        self, z: np.ndarray, deadline: float | None = None, served: ServedModel | None = None
     ) -> tuple[np.ndarray, str]:
-        served = self.current(version)
+        served = served or self.admit()
         model = served.model
         try:
             check_matrix(z, "z", model.latent_dim, self.limits.max_request_rows)
@@ -151,10 +162,10 @@ class DataPlane:
         logvar: np.ndarray | None = None,
         decode: bool = False,
         deadline: float | None = None,
-        version: str | None = None,
+        served: ServedModel | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, str]:
         """Prior draws z [K, L] (x [K, D]) or posterior draws z [N, K, L] (x [N, K, D])."""
-        served = self.current(version)
+        served = served or self.admit()
         model = served.model
         k, latent = num_samples, model.latent_dim
         if not 1 <= k <= self.limits.max_samples:

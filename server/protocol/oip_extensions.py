@@ -1,5 +1,6 @@
-"""Triton's extensions that its tools call, for both OIP front ends (gRPC oip.py, HTTP kserve.py):
-model configuration, statistics, and the repository index (read-only).
+"""Triton's extensions that its tools call, added to the Open Inference Protocol service: model
+configuration, statistics, and the repository index (read-only). `TritonExtensions` is the whole
+service, the one object both OIP front ends hold (gRPC oip.py, HTTP kserve.py).
 
 Each answer is built once, as the JSON Triton's HTTP endpoint returns (its protobuf JSON mapping,
 field names as in the .proto, integers as numbers); the gRPC front end parses the same dict into
@@ -12,19 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 from prometheus_client import CollectorRegistry
 
-from vae_serve.errors import ModelLoadError, ModelNotFound, Unsupported, quote
+from vae_serve import __version__
+from vae_serve.errors import ModelLoadError, Unsupported
 from vae_serve.server.models.graph import CUDA
 from vae_serve.server.models.repository import list_versions
-from vae_serve.server.models.versions import ServedModel
 from vae_serve.server.runners.statistics import GraphStatistics, graph_statistics
 
-from .calls import pinned_version
 from .dataplane import DataPlane
-from .oip_models import GRAPHS, OipModel, OipTensor
+from .oip_messages import ServerMetadata
+from .oip_models import OIP_MODELS, OipTensor
+from .oip_service import OipService
 
 __all__ = ["EXTENSIONS", "TritonExtensions", "model_control_refused"]
 
@@ -48,9 +50,10 @@ def model_control_refused() -> Unsupported:
     )
 
 
-class TritonExtensions:
-    """`workers`: serving processes (each runs one instance of every graph). `registry`: where the
-    statistics are read, with workers the one that merges every worker's files."""
+class TritonExtensions(OipService):
+    """The OIP service with Triton's extensions. `workers`: serving processes (each runs one
+    instance of every graph). `registry`: where the statistics are read, with workers the one that
+    merges every worker's files."""
 
     def __init__(
         self,
@@ -58,7 +61,7 @@ class TritonExtensions:
         workers: int = 1,
         registry: CollectorRegistry | None = None,
     ) -> None:
-        self.dataplane = dataplane
+        super().__init__(dataplane)
         self.repository = dataplane.repository
         self.workers = workers
         self.registry = registry if registry is not None else dataplane.metrics.registry
@@ -67,14 +70,18 @@ class TritonExtensions:
         # large bodies and pictures are parsed on (as /v1/stats does).
         self._reading = asyncio.Lock()
 
-    def _model(self, name: str, version: str | None) -> tuple[OipModel, ServedModel]:
-        if name not in GRAPHS:
-            raise ModelNotFound(f"no model {quote(name)}; models: {', '.join(GRAPHS)}")
-        return GRAPHS[name], self.dataplane.current(pinned_version(version or ""))
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata("vae-serve", __version__, EXTENSIONS)
+
+    def load(self, name: str) -> NoReturn:
+        raise model_control_refused()
+
+    def unload(self, name: str) -> NoReturn:
+        raise model_control_refused()
 
     def config(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Triton's ModelConfig of one model, at the version given or the latest."""
-        oip_model, served = self._model(name, version)
+        oip_model, served = self._resolve(name, version)
         plane = self.dataplane
 
         def tensor(t: OipTensor) -> dict[str, Any]:
@@ -110,13 +117,13 @@ class TritonExtensions:
         """Triton's ModelStatistics of one model (or every model, name ""), per version served
         (or the one given), counted by every worker. The metrics are read off the event loop."""
         wanted: list[tuple[str, str]] = []
-        for model in [name] if name else list(GRAPHS):
-            _, served = self._model(model, version)
-            versions = [served.version] if version else self.dataplane.served.loaded
+        for model in [name] if name else list(OIP_MODELS):
+            _, served = self._resolve(model, version)
+            versions = [served.version] if version else self.dataplane.models.versions(model).loaded
             wanted += [(model, v) for v in versions]
         async with self._reading:
             found = await asyncio.to_thread(graph_statistics, self.registry)
-        return [found.get((GRAPHS[m].graph, v), GraphStatistics()).triton(m, v) for m, v in wanted]
+        return [found.get((OIP_MODELS[m].graph, v), GraphStatistics()).triton(m, v) for m, v in wanted]
 
     async def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Every version of both models: READY when served, else UNAVAILABLE with why. The
@@ -140,6 +147,7 @@ class TritonExtensions:
                 state, reason = UNAVAILABLE, NEWER
             if state == READY or not ready_only:
                 entries += [
-                    {"name": name, "version": version, "state": state, "reason": reason} for name in GRAPHS
+                    {"name": name, "version": version, "state": state, "reason": reason}
+                    for name in OIP_MODELS
                 ]
         return entries

@@ -1,23 +1,25 @@
-"""The two models the Open Inference Protocol exposes, as both its front ends (gRPC in oip.py,
-HTTP in http/kserve.py) see them: the data-plane call behind each, and its tensors."""
+"""The two models the Open Inference Protocol exposes (`vae_encoder`, `vae_decoder`), both views of
+the one model served: the data-plane call behind each, and its tensors."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vae_serve.server.models.model import LoadedModel
+from vae_serve.server.models.versions import ServedModel
 
-from .dataplane import DataPlane
+if TYPE_CHECKING:  # the data plane names these models in its registry: only its type is needed here
+    from .dataplane import DataPlane
 
-__all__ = ["GRAPHS", "OipModel", "OipTensor", "Outputs"]
+__all__ = ["OIP_MODELS", "OipModel", "OipTensor"]
 
 
-Outputs = tuple[tuple[np.ndarray, ...], str]  # the output arrays in order, and the version used
-# A data-plane call as OIP makes it: (plane, input, deadline, pinned version) -> outputs.
-OipRun = Callable[[DataPlane, np.ndarray, float | None, str | None], Awaitable[Outputs]]
+# A data-plane call as OIP makes it: (plane, input, deadline, the version resolved) -> outputs.
+OipRun = Callable[["DataPlane", np.ndarray, float | None, ServedModel], Awaitable[tuple[np.ndarray, ...]]]
 
 
 @dataclass(frozen=True)
@@ -36,15 +38,23 @@ class OipModel:
     input: OipTensor
     outputs: tuple[OipTensor, ...]
 
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
 
-async def _encode(plane: DataPlane, x: np.ndarray, deadline: float | None, version: str | None) -> Outputs:
-    mean, logvar, used = await plane.encode(x, deadline, version)
-    return (mean, logvar), used
+
+async def _encode(
+    plane: DataPlane, x: np.ndarray, deadline: float | None, served: ServedModel
+) -> tuple[np.ndarray, ...]:
+    mean, logvar, _ = await plane.encode(x, deadline, served)
+    return mean, logvar
 
 
-async def _decode(plane: DataPlane, z: np.ndarray, deadline: float | None, version: str | None) -> Outputs:
-    x, used = await plane.decode(z, deadline, version)
-    return (x,), used
+async def _decode(
+    plane: DataPlane, z: np.ndarray, deadline: float | None, served: ServedModel
+) -> tuple[np.ndarray, ...]:
+    x, _ = await plane.decode(z, deadline, served)
+    return (x,)
 
 
 def _input_dim(model: LoadedModel) -> int:
@@ -55,7 +65,7 @@ def _latent_dim(model: LoadedModel) -> int:
     return model.latent_dim
 
 
-GRAPHS = {
+OIP_MODELS = {
     "vae_encoder": OipModel(
         _encode,
         "encoder",
