@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip_pb2
@@ -81,7 +80,7 @@ class VaeServer:
         self.watcher = RepositoryWatcher(self.repository, self.dataplane, self.metrics)
         # What statistics are read from: with workers, every worker's metrics files, merged.
         self.merged_registry = multiprocess_registry() if worker else self.metrics.registry
-        self.extensions = TritonExtensions(self.dataplane, self.network.workers, self.merged_registry)
+        self.oip = TritonExtensions(self.dataplane, self.network.workers, self.merged_registry)
         self._watching: asyncio.Task[None] | None = None
 
     def load(self) -> None:
@@ -147,7 +146,7 @@ class VaeServer:
         )
         add_service(
             server,
-            OipServicer(self.dataplane, extensions=self.extensions),
+            OipServicer(self.dataplane, service=self.oip),
             oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
             timeout,
         )
@@ -155,7 +154,7 @@ class VaeServer:
         if s.reflection:
             health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
             services = (VAE_SERVICE, OIP_SERVICE, health_service, reflection.SERVICE_NAME)
-            servicer = reflection_aio.ReflectionServicer(services)
+            servicer = reflection.aio.ReflectionServicer(services)
             register(server, reflection_pb2_grpc.add_ServerReflectionServicer_to_server, servicer, timeout)
         return server
 
@@ -215,7 +214,7 @@ class VaeServer:
         if http_socket is not None:
             try:
                 stats = Stats(self.merged_registry)
-                front = Front(self.dataplane, self.metrics, self.dataplane.activity, stats, self.extensions)
+                front = Front(self.dataplane, self.metrics, self.dataplane.activity, stats, self.oip)
                 app = build_app(front, self.settings.http_server)
                 self._http = HttpServer(
                     app,

@@ -4,37 +4,33 @@ grpc-health-checking's asyncio servicer keeps every `Watch` open until gRPC canc
 of the grace period (a traceback per stream in the log), and when one watch ends it drops the
 condition its siblings wait on, so they miss later changes (NOT_SERVING at shutdown among them).
 Here each watch waits on the one condition of its service for as long as the server runs, and
-`end_watches` closes them all with UNAVAILABLE once NOT_SERVING has been sent.
+`end_watches` closes them all with UNAVAILABLE once NOT_SERVING has been sent. The servicer's
+state is read through grpc_internals.py (`HealthBase`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import MutableMapping
 
 import grpc
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
+
+from .grpc_internals import HealthBase
 
 __all__ = ["HealthServicer"]
 
 
-class HealthServicer(health.aio.HealthServicer):
-    # The base class's own state, read here; its stubs leave private attributes out.
-    _server_status: MutableMapping[str, int]
-    _server_watchers: MutableMapping[str, asyncio.Condition]
-
+class HealthServicer(HealthBase):
     def __init__(self) -> None:
         super().__init__()
         self._ended = False
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
-        condition = self._server_watchers[request.service]  # never removed: siblings share it
+        condition = self.changes(request.service)  # never removed: siblings share it
         last = None
         async with condition:
             while not self._ended:
-                status = self._server_status.get(
-                    request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-                )
+                status = self.status(request.service)
                 if status != last:
                     await context.write(health_pb2.HealthCheckResponse(status=status))
                     last = status
@@ -44,7 +40,7 @@ class HealthServicer(health.aio.HealthServicer):
     async def end_watches(self) -> None:
         """End every Watch (after NOT_SERVING was set, so each has said so first)."""
         self._ended = True
-        for condition in list(self._server_watchers.values()):
+        for condition in self.all_changes():
             async with condition:
                 condition.notify_all()
         await asyncio.sleep(0)

@@ -27,12 +27,12 @@ OIP_SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self, dataplane: DataPlane, edge: Edge | None = None, extensions: TritonExtensions | None = None
+        self, dataplane: DataPlane, edge: Edge | None = None, service: TritonExtensions | None = None
     ) -> None:
         """`edge`: what the call scope records to and admits with; by default the data plane's
-        own. `extensions`: the OIP service, by default with statistics of this process alone."""
+        own. `service`: the OIP service, by default with statistics of this process alone."""
         self.edge = edge if edge is not None else Edge(dataplane.metrics, dataplane.activity)
-        self.service = extensions if extensions is not None else TritonExtensions(dataplane)
+        self.service = service if service is not None else TritonExtensions(dataplane)
 
     @control_rpc
     async def ServerLive(

@@ -9,6 +9,7 @@ health and reflection alike) is registered through `register`, which rewrites it
 - a unary call must deliver its request message within `--receive-timeout-s` of its headers, or
   it is answered DEADLINE_EXCEEDED and its slot freed. (A unary method is served as
   stream-unary to get there: on the wire the two are the same.)
+What this takes of grpc's insides is in grpc_internals.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from . import grpc_internals as internals
 from .wire import WireLimitError, check_wire
 
 __all__ = ["ReceiveTimeout", "Unreadable", "add_service", "register"]
@@ -54,14 +56,6 @@ def _lenient(cls: type[Message]) -> Parse:
             return Unreadable(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {name} ({reason})")
 
     return parse
-
-
-def _message_type(parse: Parse | None) -> type[Message]:
-    """The message class a generated deserializer (`SomeMessage.FromString`) belongs to."""
-    cls = getattr(parse, "__self__", None)
-    if not (isinstance(cls, type) and issubclass(cls, Message)):
-        raise TypeError(f"cannot make {parse!r} lenient: not a generated FromString")
-    return cls
 
 
 class ReceiveTimeout:
@@ -185,13 +179,13 @@ def _stream_input(behavior: Callable) -> Callable:
 def _rewrite(
     handler: grpc.RpcMethodHandler, receive: ReceiveTimeout, unreadable_ok: bool
 ) -> grpc.RpcMethodHandler:
-    parse = _lenient(_message_type(handler.request_deserializer))
+    parse = _lenient(internals.request_class(handler))
     serialize = handler.response_serializer
     # gRPC's handlers hold the one behavior that their streaming flags name; the other three are None.
     if not handler.request_streaming and not handler.response_streaming:
         assert handler.unary_unary is not None
         behavior = _unary(handler.unary_unary, unreadable_ok, receive)
-        return grpc.stream_unary_rpc_method_handler(behavior, parse, serialize)
+        return internals.unary_as_stream(behavior, parse, serialize)
     if not handler.request_streaming:
         assert handler.unary_stream is not None
         return grpc.unary_stream_rpc_method_handler(_unary_stream(handler.unary_stream), parse, serialize)
@@ -202,38 +196,32 @@ def _rewrite(
     return grpc.stream_stream_rpc_method_handler(_stream_input(handler.stream_stream), parse, serialize)
 
 
-class _Registrar:
-    """Stands in for the server while a generated `add_*_to_server` runs, rewriting its handlers."""
-
-    def __init__(self, server: grpc.aio.Server, receive: ReceiveTimeout, unreadable_ok: bool) -> None:
-        self._server, self._receive, self._unreadable_ok = server, receive, unreadable_ok
-
-    def add_generic_rpc_handlers(self, _handlers: object) -> None:
-        """Ignored: the same handlers arrive by name in `add_registered_method_handlers`."""
-
-    def add_registered_method_handlers(
-        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
-    ) -> None:
-        rewritten = {
-            name: _rewrite(handler, self._receive, self._unreadable_ok) for name, handler in handlers.items()
-        }
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, rewritten),))
-        self._server.add_registered_method_handlers(service, rewritten)
+def _add(
+    server: grpc.aio.Server,
+    service: str,
+    handlers: dict[str, grpc.RpcMethodHandler],
+    receive: ReceiveTimeout,
+    unreadable_ok: bool,
+) -> None:
+    rewritten = {name: _rewrite(handler, receive, unreadable_ok) for name, handler in handlers.items()}
+    internals.add_handlers(server, service, rewritten)
 
 
 def register(
     server: grpc.aio.Server, add: Callable[[Any, Any], None], servicer: object, receive: ReceiveTimeout
 ) -> None:
-    """Run a generated `add_XServicer_to_server(servicer, server)` with lenient, time-bounded handlers
-    (for services whose handlers do not know `Unreadable`: they never see one)."""
-    add(servicer, _Registrar(server, receive, unreadable_ok=False))
+    """Register what a generated `add_XServicer_to_server(servicer, server)` would, with lenient,
+    time-bounded handlers (for services whose handlers do not know `Unreadable`: they never see one)."""
+    for service, handlers in internals.generated_handlers(add, servicer).items():
+        _add(server, service, handlers, receive, unreadable_ok=False)
 
 
 def add_service(
     server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, receive: ReceiveTimeout
 ) -> None:
     """Serve every unary method of `service` from the same-named method of `servicer`, which is
-    wrapped by `status.rpc` and so answers an `Unreadable` request itself (with its metrics)."""
+    wrapped by edge.py (`data_plane_rpc` or `control_rpc`) and so answers an `Unreadable` request
+    itself (with its metrics)."""
     handlers = {}
     for method in service.methods:
         request = message_factory.GetMessageClass(method.input_type)
@@ -243,6 +231,4 @@ def add_service(
             request_deserializer=request.FromString,
             response_serializer=response.SerializeToString,
         )
-    _Registrar(server, receive, unreadable_ok=True).add_registered_method_handlers(
-        service.full_name, handlers
-    )
+    _add(server, service.full_name, handlers, receive, unreadable_ok=True)

@@ -78,13 +78,13 @@ class Front:
         metrics: Metrics,
         activity: Activity,
         stats: Stats,
-        extensions: TritonExtensions,
+        oip: TritonExtensions,
     ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self.activity = activity
         self.stats = stats
-        self.extensions = extensions  # Triton's
+        self.oip = oip  # the Open Inference Protocol's service, with Triton's extensions
 
 
 def json_response(content: Any, status: int = 200) -> Response:

@@ -2,7 +2,7 @@
 with its binary tensor data extension: `tritonclient.http` works in JSON and in binary mode.
 
 Each route decodes its request (kserve_codec.py), calls the one OIP service that gRPC calls too
-(protocol/oip_service.py, with Triton's extensions: `front.extensions`) and encodes the answer.
+(protocol/oip_service.py, with Triton's extensions: `front.oip`) and encodes the answer.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _model(request: Request) -> tuple[str, str | None]:
 
 @endpoint("ServerMetadata")
 async def server_metadata(front: Front, request: Request) -> Response:
-    metadata = front.extensions.server_metadata()
+    metadata = front.oip.server_metadata()
     extensions = ["binary_tensor_data", *metadata.extensions]
     return json_response({"name": metadata.name, "version": metadata.version, "extensions": extensions})
 
@@ -68,20 +68,20 @@ def _not_ready(front: Front) -> Response:
 
 @endpoint("ServerReady", probe=True)
 async def ready(front: Front, request: Request) -> Response:
-    return json_response({"ready": True}) if front.extensions.ready else _not_ready(front)
+    return json_response({"ready": True}) if front.oip.ready else _not_ready(front)
 
 
 @endpoint("ModelReady", probe=True)
 async def model_ready(front: Front, request: Request) -> Response:
     name, version = _model(request)
-    if not front.extensions.model_ready(name, version):
+    if not front.oip.model_ready(name, version):
         return _not_ready(front)
     return json_response({"name": name, "ready": True})
 
 
 @endpoint("ModelMetadata")
 async def model_metadata(front: Front, request: Request) -> Response:
-    return json_response(dataclasses.asdict(front.extensions.model_metadata(*_model(request))))
+    return json_response(dataclasses.asdict(front.oip.model_metadata(*_model(request))))
 
 
 @endpoint("ModelInfer", work=True, bodies=BODIES)
@@ -96,9 +96,9 @@ async def infer(front: Front, request: Request) -> Response:
     big = len(body) > OFF_LOOP_BYTES
     parsed = await asyncio.to_thread(parse) if big else parse()
     del body
-    inference = front.extensions.prepare(parsed)
+    inference = front.oip.prepare(parsed)
     check_json_reply(inference.text_values, BINARY_HINT)
-    answer = await front.extensions.run(inference, deadline_from(request, parsed.timeout_s))
+    answer = await front.oip.run(inference, deadline_from(request, parsed.timeout_s))
     binary = {name: parsed.binary(name) for name in answer.outputs}
     encode = functools.partial(
         encode_response, answer.model, answer.version, answer.id, answer.outputs, binary
@@ -114,13 +114,13 @@ async def infer(front: Front, request: Request) -> Response:
 
 @endpoint("ModelConfig")
 async def model_config(front: Front, request: Request) -> Response:
-    return json_response(front.extensions.config(*_model(request)))
+    return json_response(front.oip.config(*_model(request)))
 
 
 @endpoint("ModelStatistics")
 async def model_statistics(front: Front, request: Request) -> Response:
     params = request.path_params
-    stats = await front.extensions.statistics(params.get("model_name", ""), params.get("model_version", ""))
+    stats = await front.oip.statistics(params.get("model_name", ""), params.get("model_version", ""))
     return json_response({"model_stats": stats})
 
 
@@ -138,17 +138,17 @@ async def repository_index(front: Front, request: Request) -> Response:
         if not isinstance(asked, bool):
             raise InvalidInput('body: a JSON object whose "ready", if given, is true or false')
         ready = asked
-    return json_response(await front.extensions.index(ready))
+    return json_response(await front.oip.index(ready))
 
 
 @endpoint("RepositoryModelLoad", bodies=BODIES)
 async def repository_load(front: Front, request: Request) -> Response:
-    front.extensions.load(request.path_params["model_name"])
+    front.oip.load(request.path_params["model_name"])
 
 
 @endpoint("RepositoryModelUnload", bodies=BODIES)
 async def repository_unload(front: Front, request: Request) -> Response:
-    front.extensions.unload(request.path_params["model_name"])
+    front.oip.unload(request.path_params["model_name"])
 
 
 def routes() -> list[Route]:

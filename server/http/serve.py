@@ -2,7 +2,7 @@
 
 uvicorn with httptools: it starts on a running loop over a socket it is given, and its
 HTTP/1.1 path is the cheapest of the ASGI servers measured (docs/benchmarks.md). What uvicorn
-lacks is added here:
+lacks is added here, through uvicorn_internals.py (what of uvicorn's insides this relies on):
 
 - a deadline for receiving a request. uvicorn's keep-alive timeout only covers the idle time
   between requests, and every byte resets it, so a client trickling its headers or body one byte
@@ -23,15 +23,13 @@ import socket
 import ssl
 from typing import Any
 
-import httptools
 import orjson
 import uvicorn
-from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from vae_serve.errors import ModelLoadError
 from vae_serve.server.settings import TLSSettings
 
+from . import uvicorn_internals as internals
 from .limits import is_count
 
 __all__ = ["HttpServer", "bind"]
@@ -92,7 +90,7 @@ class _Pool:
         return None
 
 
-class _Flow(FlowControl):
+class _Flow(internals.FlowControl):
     """uvicorn's flow control, except that reading stays paused while bytes parsed ahead of
     MAX_PIPELINE requests wait: uvicorn resumes reading after every answer, and each read could
     queue thousands more requests."""
@@ -122,7 +120,7 @@ class _Flow(FlowControl):
             super().resume_reading()
 
 
-class _BoundedProtocol(HttpToolsProtocol):
+class _BoundedProtocol(internals.ProtocolBase):
     """uvicorn's httptools protocol with every client's hold on the server bounded.
 
     - Receiving: a deadline on each request, from its first byte (or the connection's opening)
@@ -141,7 +139,6 @@ class _BoundedProtocol(HttpToolsProtocol):
     receive_timeout_s = 5.0  # set per server by `HttpServer`: --receive-timeout-s
     max_connections = 1024  # and --http-max-connections
     pool: _Pool  # and one pool per server
-    flow: _Flow  # uvicorn's FlowControl, replaced in connection_made
 
     # As uvicorn's own: asyncio.Protocol declares a BaseTransport, a TCP server gives a Transport.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -153,16 +150,17 @@ class _BoundedProtocol(HttpToolsProtocol):
         self._held = b""
         self._leaving = self._draining = False
         super().connection_made(transport)
-        self.flow = _Flow(transport)
+        self._flow = _Flow(transport)
+        self.install_flow(self._flow)
         self.pool.mark(self, self.pool.silent)
-        if len(self.connections) - self.pool.leaving > self.max_connections:
+        if self.open_connections - self.pool.leaving > self.max_connections:
             oldest = self.pool.oldest()
             if oldest is None or oldest is self:
                 limit = self.max_connections
                 self._refuse(503, f"over {limit} HTTP connections are answering requests; retry")
                 return
             oldest._give_way()
-        crowded = len(self.connections) > self.max_connections // 2
+        crowded = self.open_connections > self.max_connections // 2
         self._arm(min(PRESSURE_FIRST_BYTE_S, self.receive_timeout_s) if crowded else None)
 
     def data_received(self, data: bytes) -> None:
@@ -171,9 +169,9 @@ class _BoundedProtocol(HttpToolsProtocol):
             if len(self._held) > MAX_HELD_BYTES:
                 self._close(f"a client pipelined over {MAX_HELD_BYTES} bytes ahead of its answers")
             return
-        if self.cycle is None or self.cycle.response_complete:  # between requests: a new one begins
+        if self.newest_answered:  # between requests: a new one begins
             self._arm()
-        self._unset_keepalive_if_required()
+        self.cancel_keep_alive()
         self._feed(memoryview(data))
 
     def _feed(self, data: memoryview) -> None:
@@ -181,24 +179,24 @@ class _BoundedProtocol(HttpToolsProtocol):
         start = 0
         try:
             while start < len(data):
-                if len(self.pipeline) >= MAX_PIPELINE:
+                if self.queued >= MAX_PIPELINE:
                     self._held = bytes(data[start:])
-                    self.flow.hold()
+                    self._flow.hold()
                     return
                 end = start + self._body_left + FEED_SLICE
-                self.parser.feed_data(data[start:end])
+                self.parse(data[start:end])
                 start = end
-        except httptools.HttpParserUpgrade:
+        except internals.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not served here")
-        except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge) or self._head_bytes > MAX_HEAD_BYTES:
+        except internals.HttpParserError as exc:
+            if isinstance(internals.callback_error(exc), _HeadTooLarge) or self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(431, f"request line and headers over {MAX_HEAD_BYTES} bytes")
             else:
                 self._refuse(400, "not a valid HTTP/1.1 request")
 
     def on_message_begin(self) -> None:
         self._head_bytes, self._body_left, self._begun = 0, 0, True
-        if self.cycle is None or self.cycle.response_complete:
+        if self.newest_answered:
             self._arm()
             if self in self.pool.silent:
                 self.pool.mark(self, self.pool.partial)
@@ -216,8 +214,8 @@ class _BoundedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        if self._draining and self.cycle is not None:
-            self.cycle.keep_alive = False
+        if self._draining:
+            self.close_after_answer()
 
     def on_body(self, body: bytes) -> None:
         self._body_left = max(0, self._body_left - len(body))
@@ -226,8 +224,8 @@ class _BoundedProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._disarm()
         self._body_left, self._begun = 0, False
-        answered = self.cycle is not None and self.cycle.response_complete  # answered early (413)
-        self.pool.mark(self, self.pool.silent if answered and not self.pipeline else None)
+        answered = self.answer_complete  # answered early (413)
+        self.pool.mark(self, self.pool.silent if answered and not self.queued else None)
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -238,10 +236,10 @@ class _BoundedProtocol(HttpToolsProtocol):
             held, self._held = self._held, b""
             self._feed(memoryview(held))
             if not self._held:
-                self.flow.release()
-        if self.cycle is not None and not self.cycle.response_complete and self.cycle.more_body:
+                self._flow.release()
+        if self.body_expected:
             self._arm()  # a pipelined request started now, its body still on the way
-        if not self.pipeline and self.cycle is not None and self.cycle.response_complete:
+        if not self.queued and self.answer_complete:
             self.pool.mark(self, self.pool.partial if self._begun else self.pool.silent)
 
     def pause_writing(self) -> None:
@@ -254,10 +252,10 @@ class _BoundedProtocol(HttpToolsProtocol):
 
     def shutdown(self) -> None:
         self._draining = True
-        if self.cycle is None or self.cycle.response_complete:
+        if self.newest_answered:
             self.loop.call_later(DRAIN_LINGER_S, self._close_if_idle)
         else:
-            self.cycle.keep_alive = False
+            self.close_after_answer()
 
     def timeout_keep_alive_handler(self) -> None:
         self._close()
@@ -289,7 +287,7 @@ class _BoundedProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, message: str) -> None:
         self._disarm()
         self.pool.mark(self, None)
-        if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
+        if self.answer_under_way:
             self.transport.abort()  # an answer is under way: no other can be written
             return
         self.transport.write(_refusal(status, message))
@@ -306,7 +304,7 @@ class _BoundedProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _close_if_idle(self) -> None:
-        idle = not self._begun and not self.pipeline and (self.cycle is None or self.cycle.response_complete)
+        idle = not self._begun and not self.queued and self.newest_answered
         if idle and not self.transport.is_closing():
             self._close()
 
@@ -400,44 +398,25 @@ class HttpServer:
             timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
             **({} if tls is None else _tls_options(tls)),
         )
-        config.load()
-        if config.ssl is not None:
-            config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._tls = internals.loaded_tls(config)
+        if self._tls is not None:
+            self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
         self._server = uvicorn.Server(config)
         self._sock = sock
         self._receive_timeout_s = receive_timeout_s
         self.port: int = sock.getsockname()[1]
 
     async def start(self) -> None:
-        """What `uvicorn.Server.startup` does for a given socket, plus a TLS handshake deadline:
-        uvicorn passes none, so asyncio's 60 s default would let silent connections pile up
-        before the receive deadline (armed once the handshake is done) could reach them."""
-        server, config = self._server, self._server.config
-        server.lifespan = config.lifespan_class(config)  # "off": its shutdown does nothing
-
-        def protocol() -> asyncio.Protocol:
-            # uvicorn types it as any asyncio.Protocol class; its HTTP protocols take these arguments.
-            return config.http_protocol_class(  # type: ignore[call-arg]
-                config=config, server_state=server.server_state, app_state=server.lifespan.state
-            )
-
-        loop = asyncio.get_running_loop()
-        handshake = self._receive_timeout_s if config.ssl is not None else None  # asyncio: none without TLS
-        listener = await loop.create_server(
-            protocol, sock=self._sock, ssl=config.ssl, backlog=config.backlog, ssl_handshake_timeout=handshake
-        )
-        server.servers = [listener]
-        server.started = True
+        """Listen, with a TLS handshake deadline (the receive timeout): uvicorn passes none, so
+        asyncio's 60 s default would let silent connections pile up before the receive deadline
+        (armed once the handshake is done) could reach them."""
+        handshake_s = None if self._tls is None else self._receive_timeout_s  # asyncio: none without TLS
+        await internals.start(self._server, self._sock, handshake_s)
 
     async def stop(self, grace: float) -> None:
         """Close the port and idle connections; requests still running get `grace` seconds (what
         the drain left of --drain-grace-s)."""
-        # uvicorn annotates it int | None, but only hands it to asyncio.timeout, which takes a float.
-        self._server.config.timeout_graceful_shutdown = max(grace, 0.0)  # type: ignore[assignment]
-        if self._server.started:
-            await self._server.shutdown(sockets=[self._sock])
-        else:
-            self._sock.close()
+        await internals.stop(self._server, self._sock, grace)
 
 
 def _tls_options(tls: TLSSettings) -> dict[str, Any]:
