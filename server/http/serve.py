@@ -144,7 +144,9 @@ class _BoundedProtocol(internals.ProtocolBase):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._receipt: asyncio.TimerHandle | None = None
         self._stall: asyncio.TimerHandle | None = None
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the request line and headers the parser has handed over
+        self._head_fed = 0  # bytes fed since the last head ended: the parser holds a part-value
+        self._in_body = False
         self._body_left = 0  # of the request being parsed, by its Content-Length
         self._begun = False  # a request has begun to arrive and is not complete
         self._held = b""
@@ -184,15 +186,21 @@ class _BoundedProtocol(internals.ProtocolBase):
                     self._flow.hold()
                     return
                 end = start + self._body_left + FEED_SLICE
+                if not self._in_body:  # a head's bytes, and at most a slice of what follows it
+                    self._head_fed += min(end, len(data)) - start
                 self.parse(data[start:end])
+                if not self._in_body and self._head_fed > MAX_HEAD_BYTES + FEED_SLICE:
+                    raise _HeadTooLarge
                 start = end
         except internals.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not served here")
         except internals.HttpParserError as exc:
             if isinstance(internals.callback_error(exc), _HeadTooLarge) or self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse(431, f"request line and headers over {MAX_HEAD_BYTES} bytes")
+                self._refuse_head()
             else:
                 self._refuse(400, "not a valid HTTP/1.1 request")
+        except _HeadTooLarge:
+            self._refuse_head()
 
     def on_message_begin(self) -> None:
         self._head_bytes, self._body_left, self._begun = 0, 0, True
@@ -213,6 +221,7 @@ class _BoundedProtocol(internals.ProtocolBase):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._in_body, self._head_fed = True, 0
         super().on_headers_complete()
         if self._draining:
             self.close_after_answer()
@@ -222,6 +231,7 @@ class _BoundedProtocol(internals.ProtocolBase):
         super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         self._disarm()
         self._body_left, self._begun = 0, False
         answered = self.answer_complete  # answered early (413)
@@ -273,6 +283,9 @@ class _BoundedProtocol(internals.ProtocolBase):
         self._head_bytes += size
         if self._head_bytes > MAX_HEAD_BYTES:
             raise _HeadTooLarge  # httptools stops parsing and raises HttpParserCallbackError
+
+    def _refuse_head(self) -> None:
+        self._refuse(431, f"request line and headers over {MAX_HEAD_BYTES} bytes")
 
     def _give_way(self) -> None:
         """Close to make room for a new connection (this one owes no answer)."""

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pytest
 from loop_probe import LOOP_STALL_BOUND_S, LoopProbe
-from support import read_reply, start_vae_serve_http, wait_for
+from support import PATIENCE_S, read_reply, start_vae_serve_http, wait_for
 
 # The bound on the event loop's longest pause during one hostile HTTP request: refusals cost a
 # few milliseconds, a stall this guards against was 0.6-0.9 s per body.
@@ -72,14 +72,12 @@ def test_a_slow_sender_gets_a_408_a_silent_one_is_closed_and_others_are_served(s
     silent = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(16)]
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
         assert client.get("/v2/health/ready").status_code == 200  # served while they wait
-    began = time.monotonic()
     for sock in slow:  # after --receive-timeout-s: an answer, then the connection closes
         reply = read_reply(sock)
         assert reply.startswith("HTTP/1.1 408") and "connection: close" in reply, reply
         assert "took over 1 s to arrive (--receive-timeout-s)" in reply
         assert closed_by_server(sock)
     assert all(closed_by_server(sock) for sock in silent)  # nothing asked, nothing to answer
-    assert time.monotonic() - began < 10
     for sock in slow + silent:
         sock.close()
 
@@ -98,14 +96,13 @@ def trickles_for(sock: socket.socket, seconds: float) -> bool:
 
 def test_blank_lines_after_a_request_do_not_keep_a_connection(server):
     """The parser skips blank lines between requests, so no new request ever begins: the
-    deadline counts from the first byte after the answer, and the connection is closed."""
+    deadline counts from the first byte after the answer, and the connection is closed. (Each
+    byte received cancels the keep-alive timer: nothing else would ever close it.)"""
     _, port = server
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_reply(sock).startswith("HTTP/1.1 200")
-        began = time.monotonic()
-        assert not trickles_for(sock, 10)
-        assert time.monotonic() - began < 5  # --receive-timeout-s 1 here
+        assert not trickles_for(sock, PATIENCE_S)  # --receive-timeout-s 1 here
 
 
 def test_a_huge_head_gets_a_json_431(server):
@@ -116,6 +113,17 @@ def test_a_huge_head_gets_a_json_431(server):
     assert reply.startswith("HTTP/1.1 431") and "request line and headers over 65536 bytes" in reply
 
 
+def test_a_header_value_that_never_ends_gets_a_431_as_it_grows(server):
+    """The parser hands a header value over only once it ends: the bytes of an unfinished head
+    are counted as they arrive, so one endless value cannot grow the connection's memory."""
+    _, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 256 * 1024)  # no end of line
+        reply = read_reply(sock)
+    assert reply.startswith("HTTP/1.1 431") and "request line and headers over 65536 bytes" in reply
+
+
+@pytest.mark.timing
 def test_silent_sockets_over_the_cap_give_way_to_a_client_with_a_request(server):
     """More sockets than the cap that never send a byte, all from one address (as behind a proxy):
     each new connection closes the oldest that owes no answer, so a request always gets in."""
@@ -135,6 +143,7 @@ def test_silent_sockets_over_the_cap_give_way_to_a_client_with_a_request(server)
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 @pytest.mark.parametrize("kind", ["json", "binary"])
 def test_a_body_at_its_limit_never_stalls_the_event_loop(server, kind):
     grpc_port, port = server
@@ -268,6 +277,7 @@ def test_pipelined_requests_a_client_never_reads_hold_bounded_memory(served):
     assert peak - before < 128  # unbounded, it grew past 500 MB in 20 s
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize(
     ("path", "body"),
     [
