@@ -7,6 +7,8 @@ one OIP service (protocol/oip_service.py, with Triton's extensions) and encodes 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 from google.protobuf import json_format
 
@@ -19,6 +21,8 @@ from vae_serve.server.protocol.oip_extensions import TritonExtensions
 
 from .edge import Edge, control_rpc, data_plane_rpc
 from .oip_codec import infer_request, infer_response, model_metadata
+from .registration import Unreadable
+from .stream import answer_stream
 
 __all__ = ["OIP_SERVICE", "OipServicer"]
 
@@ -72,7 +76,21 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: oip.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelInferResponse:
-        return infer_response(await self.service.infer(infer_request(request), deadline_of(context)))
+        return await self._infer(request, deadline_of(context), oip.ModelInferResponse())
+
+    async def ModelStreamInfer(
+        self,
+        requests: AsyncIterator[oip.ModelInferRequest | Unreadable],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[oip.ModelStreamInferResponse]:
+        """Each request on the stream in its own call scope (stream.py), answered as computed."""
+        async for response in answer_stream(requests, context, self.edge, self._infer):
+            yield response
+
+    async def _infer(
+        self, request: oip.ModelInferRequest, deadline: float | None, reply: oip.ModelInferResponse
+    ) -> oip.ModelInferResponse:
+        return infer_response(await self.service.infer(infer_request(request), deadline), reply)
 
     @control_rpc
     async def ModelConfig(

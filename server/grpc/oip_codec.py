@@ -76,9 +76,12 @@ def infer_request(request: oip.ModelInferRequest) -> InferRequest:
     )
 
 
-def infer_response(response: InferResponse) -> oip.ModelInferResponse:
-    """The outputs, in the order asked, as raw FP32 bytes."""
-    reply = oip.ModelInferResponse(model_name=response.model, model_version=response.version, id=response.id)
+def infer_response(response: InferResponse, reply: oip.ModelInferResponse) -> oip.ModelInferResponse:
+    """`reply` filled with the outputs, in the order asked, as raw FP32 bytes (in place: a message
+    set into another is copied, and a stream's answer holds its response as a field)."""
+    reply.model_name, reply.model_version = response.model, response.version
+    if response.id is not None:
+        reply.id = response.id
     for name, array in response.outputs.items():
         array = np.ascontiguousarray(array, dtype=FLOAT32_LE)
         reply.outputs.add(name=name, datatype="FP32", shape=array.shape)

@@ -153,10 +153,13 @@ def _unary_stream(behavior: Callable) -> Callable:
     return write
 
 
-def _stream_input(behavior: Callable) -> Callable:
+def _stream_input(behavior: Callable, unreadable_ok: bool) -> Callable:
+    """`unreadable_ok`: the behavior answers each `Unreadable` message itself (a stream of
+    requests answers each on its own); else one ends the call."""
+
     async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async for request in requests:
-            if isinstance(request, Unreadable):
+            if isinstance(request, Unreadable) and not unreadable_ok:
                 await context.abort(request.code, request.details)
             yield request
 
@@ -191,9 +194,11 @@ def _rewrite(
         return grpc.unary_stream_rpc_method_handler(_unary_stream(handler.unary_stream), parse, serialize)
     if not handler.response_streaming:
         assert handler.stream_unary is not None
-        return grpc.stream_unary_rpc_method_handler(_stream_input(handler.stream_unary), parse, serialize)
+        behavior = _stream_input(handler.stream_unary, unreadable_ok)
+        return grpc.stream_unary_rpc_method_handler(behavior, parse, serialize)
     assert handler.stream_stream is not None
-    return grpc.stream_stream_rpc_method_handler(_stream_input(handler.stream_stream), parse, serialize)
+    behavior = _stream_input(handler.stream_stream, unreadable_ok)
+    return grpc.stream_stream_rpc_method_handler(behavior, parse, serialize)
 
 
 def _add(
@@ -219,14 +224,21 @@ def register(
 def add_service(
     server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, receive: ReceiveTimeout
 ) -> None:
-    """Serve every unary method of `service` from the same-named method of `servicer`, which is
-    wrapped by edge.py (`data_plane_rpc` or `control_rpc`) and so answers an `Unreadable` request
-    itself (with its metrics)."""
+    """Serve every method of `service` from the same-named method of `servicer`, which answers an
+    `Unreadable` request itself (with its metrics): a unary one is wrapped by edge.py
+    (`data_plane_rpc` or `control_rpc`); a bidirectional stream answers each message."""
     handlers = {}
     for method in service.methods:
         request = message_factory.GetMessageClass(method.input_type)
         response = message_factory.GetMessageClass(method.output_type)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+        if method.client_streaming != method.server_streaming:
+            raise TypeError(f"{method.full_name}: only unary and bidirectional methods are served here")
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if method.client_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=request.FromString,
             response_serializer=response.SerializeToString,

@@ -73,7 +73,9 @@ def test_response_has_requested_outputs_in_order_as_raw_bytes():
     wanted = wanted_outputs(infer_request(req), "m", ("mean", "logvar"))
     assert wanted == ["logvar", "mean"]
     computed = {"mean": np.zeros((1, 2), np.float32), "logvar": np.ones((1, 2), np.float32)}
-    reply = infer_response(InferResponse("m", "3", req.id, {name: computed[name] for name in wanted}))
+    reply = infer_response(
+        InferResponse("m", "3", req.id, {name: computed[name] for name in wanted}), oip.ModelInferResponse()
+    )
     assert (reply.id, reply.model_version) == ("abc", "3")
     assert [o.name for o in reply.outputs] == ["logvar", "mean"]
     assert reply.raw_output_contents[0] == np.ones((1, 2), "<f4").tobytes()

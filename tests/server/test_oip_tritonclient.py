@@ -54,6 +54,19 @@ def test_infer_both_models_with_tritonclient(running, direct):
     np.testing.assert_allclose(np.array(decoded["outputs"]["x"], np.float32), want, atol=1e-6)
 
 
+def test_a_stream_answers_each_request_and_goes_on_after_a_refusal(running, direct):
+    """tritonclient's start_stream / async_stream_infer: every request answered with its id and
+    the graph's output; a refused one is an error on the stream, which goes on."""
+    z = np.random.default_rng(3).standard_normal((200, L), dtype=np.float32)
+    bad = [5, 150]
+    got = triton(running, "stream", count=200, width=L, seed=3, bad=bad)
+    errors = [answer["error"] for key, answer in got.items() if key.startswith("error")]
+    assert len(errors) == 2 and all("vae_decoder takes one input 'z', got 'zz'" in e for e in errors)
+    want = direct[1].run(None, {"z": z})[0]
+    for i in set(range(200)) - set(bad):
+        np.testing.assert_allclose(np.array(got[str(i)]["x"], np.float32)[0], want[i], atol=1e-6)
+
+
 def test_typed_fp32_contents_are_accepted(running, direct):
     """tritonclient only sends raw bytes, so the typed encoding is checked with our own stub."""
     z = np.random.default_rng(2).standard_normal((2, L), dtype=np.float32)

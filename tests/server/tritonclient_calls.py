@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 
 import numpy as np
 import tritonclient.grpc as triton
@@ -131,6 +132,33 @@ def statistics(
     return {"before": before, "after": readings[-1], "readings": readings}
 
 
+def stream(client: triton.InferenceServerClient, count: int, width: int, seed: int, bad: list[int]) -> dict:
+    """`count` latent rows (standard normal, from `seed`), each decoded as a request of its own on
+    one stream (id: its index); those whose index is in `bad` name an input the decoder lacks."""
+    latents = np.random.default_rng(seed).standard_normal((count, width), dtype=np.float32)
+    answers: dict[str, dict] = {}
+    done = threading.Condition()
+
+    def received(result: triton.InferResult | None, error: InferenceServerException | None) -> None:
+        with done:
+            if error is not None:
+                answers[f"error-{len(answers)}"] = {"error": error.message()}
+            else:
+                response = result.get_response(as_json=True)
+                answers[response["id"]] = {"x": result.as_numpy("x").tolist()}
+            done.notify_all()
+
+    client.start_stream(callback=received)
+    for i, row in enumerate(latents):
+        tensor = triton.InferInput("zz" if i in bad else "z", [1, len(row)], "FP32")
+        tensor.set_data_from_numpy(row[None, :])
+        client.async_stream_infer("vae_decoder", [tensor], request_id=str(i))
+    with done:
+        done.wait_for(lambda: len(answers) == len(latents), timeout=60)
+    client.stop_stream()
+    return answers
+
+
 def descriptor(_client: object) -> dict:
     """Field numbers, names and types of every message tritonclient has (Triton's service and
     model configuration), and its enums' values: what vae-serve's messages must agree with."""
@@ -167,6 +195,7 @@ if __name__ == "__main__":
         "descriptor": descriptor,
         "extensions": extensions,
         "statistics": statistics,
+        "stream": stream,
     }
     with triton.InferenceServerClient(target) as client:
         print(json.dumps(scenarios[scenario](client, **kwargs)))
