@@ -40,6 +40,7 @@ __all__ = [
 DEFAULT_TARGET = "127.0.0.1:50051"
 _TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _VERSION_FIELD = "model_version"
+_MODEL_FIELD = "model"
 
 _Request = TypeVar("_Request", bound=Message)
 
@@ -74,6 +75,7 @@ class ClientOptions:
     max_message_bytes: int = 64 * 1024 * 1024
     retries: int = 5  # further attempts after UNAVAILABLE
     connect_timeout: float = 1.0  # seconds a client that never reached its server keeps trying
+    model: str = ""  # the model every call names; empty: the server's default model
     model_version: str = ""  # pin every call to this loaded version; empty: the server's latest
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
@@ -143,9 +145,12 @@ def trace_metadata(options: ClientOptions) -> tuple[tuple[str, str], ...] | None
 
 
 def pinned(request: _Request, options: ClientOptions) -> _Request:
-    """`request` with the options' model version, when it has a field for one."""
-    if options.model_version and _VERSION_FIELD in request.DESCRIPTOR.fields_by_name:
-        setattr(request, _VERSION_FIELD, options.model_version)  # a field only some messages have
+    """`request` with the options' model and model version, where it has fields for them."""
+    fields = request.DESCRIPTOR.fields_by_name
+    if options.model and _MODEL_FIELD in fields:
+        setattr(request, _MODEL_FIELD, options.model)  # fields only some messages have
+    if options.model_version and _VERSION_FIELD in fields:
+        setattr(request, _VERSION_FIELD, options.model_version)
     return request
 
 

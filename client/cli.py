@@ -140,6 +140,7 @@ def _save_grid(images: np.ndarray, image_shape: tuple[int, ...], output: Path, c
     "--retries", type=click.IntRange(min=0), default=5, help="Retries while the server is unavailable."
 )
 # An empty string is how these options say "not given"; each shows what that means instead of "".
+@click.option("--model", default="", show_default="the server's default", help="The model to use, by name.")
 @click.option("--model-version", default="", show_default="the latest", help="Pin a loaded model version.")
 @click.option(
     "--traceparent",
@@ -158,6 +159,7 @@ def main(
     cert_file: Path | None,
     key_file: Path | None,
     retries: int,
+    model: str,
     model_version: str,
     traceparent: str,
 ) -> None:
@@ -171,6 +173,7 @@ def main(
             retries=retries,
             certificate_chain=cert_file,
             private_key=key_file,
+            model=model,
             model_version=model_version,
             traceparent=traceparent,
         )

@@ -1,7 +1,7 @@
-"""The server's lifecycle: load the model, open the port, serve, drain on a signal, stop.
+"""The server's lifecycle: load the models, open the port, serve, drain on a signal, stop.
 
 Everything the process needs is built here from one `Settings`, in this order: every port checked
-free (a busy one fails start-up before the model loads), the model (one that cannot be served
+free (a busy one fails start-up before the models load), the models (one that cannot be served
 fails start-up before any port opens), then metrics, then the gRPC server with health and
 reflection; if the gRPC port cannot be had, metrics close again.
 Stopping reverses it: health NOT_SERVING, no new work, in-flight RPCs get `drain_grace_s`, then
@@ -40,6 +40,7 @@ from .lifecycle import Lifecycle, ServerState
 from .models.model import load_model
 from .models.reload import RepositoryWatcher
 from .models.repository import resolve
+from .models.selection import choose_models
 from .ports import check_port_free, check_ports_free, ready_line
 from .protocol.dataplane import DataPlane
 from .protocol.oip_extensions import TritonExtensions
@@ -84,17 +85,21 @@ class VaeServer:
         self._watching: asyncio.Task[None] | None = None
 
     def load(self) -> None:
+        """Every model chosen (models/selection.py), each at its pinned or highest version, each
+        watched for new versions from before it loads."""
         s = self.repository
-        files = resolve(s.model_repository, s.model, s.model_version)
-        model = load_model(files, s.device, s.intra_op_threads)
-        self.dataplane.serve(model)
-        log.info(
-            "loaded %s version %s from %s on %s",
-            model.name,
-            files.version,
-            files.path,
-            model.execution_provider,
-        )
+        for name, version in choose_models(s).items():
+            self.watcher.watch(name)
+            files = resolve(s.model_repository, name, version)
+            model = load_model(files, s.device, s.intra_op_threads)
+            self.dataplane.serve(model)
+            log.info(
+                "loaded %s version %s from %s on %s",
+                model.name,
+                files.version,
+                files.path,
+                model.execution_provider,
+            )
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         s = self.tls
@@ -171,7 +176,7 @@ class VaeServer:
             raise PortError(f"cannot listen on {address} ({exc}); is the port in use?") from None
 
     async def start(self) -> None:
-        """Load the model (unless already loaded), then listen; raises StartError on a bad model or port.
+        """Load the models (unless already loaded), then listen; raises StartError on a bad model or port.
 
         Metrics are served before the gRPC port is bound (grpc cannot release the port of a server
         it never started), and any failure after closes them again: a server that did not start

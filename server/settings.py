@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import os
 import re
 import ssl
@@ -24,11 +25,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     CliApp,
     CliSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -39,6 +50,7 @@ from vae_serve import DEFAULT_REPOSITORY, __version__
 __all__ = [
     "HELP_SECTIONS",
     "MIN_MESSAGE_BYTES",
+    "MODEL_NAME",
     "BatchingSettings",
     "HttpSettings",
     "LimitSettings",
@@ -49,9 +61,11 @@ __all__ = [
     "SettingsError",
     "TLSSettings",
     "ValidationError",
+    "check_model_name",
     "describe_error",
     "parse_args",
     "section_of",
+    "split_pin",
 ]
 
 # The API's own messages need this much whatever the model: GetModelInfo's reply carries the
@@ -60,6 +74,53 @@ __all__ = [
 MIN_MESSAGE_BYTES = 64 * 1024
 # A config file is a few dozen lines; a bigger one (or a FIFO, a device) is a mistake, not read.
 MAX_CONFIG_BYTES = 1 << 20
+# What a model's name may be: a directory name that is also plain in a URL path, a metric label
+# and a log line, and that no file system reads as anything but a name.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128"
+
+
+def check_model_name(name: str) -> str:
+    """`name` if it is a model's name as MODEL_NAME has it; raises ValueError saying the rule."""
+    if not MODEL_NAME.fullmatch(name):
+        raise ValueError(f"a model name is {_NAME_RULE} characters")
+    return name
+
+
+def split_pin(pin: str) -> tuple[str | None, str]:
+    """A `--model-version` entry as (model, version): `3` pins the one model served, `name:3` one
+    of several (a version is digits, so the last colon separates them)."""
+    name, colon, version = pin.rpartition(":")
+    return (name if colon else None), version
+
+
+def _listed(value: Any) -> Any:
+    """A list setting given as one string (an environment variable, a config key): a JSON list,
+    or names separated by commas; a single name is a list of one."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ValueError("not a JSON list of strings") from None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _check_pin(pin: str) -> str:
+    name, version = split_pin(pin)
+    if name is not None:
+        check_model_name(name)
+    if not re.fullmatch(r"0|[1-9][0-9]{0,17}", version):
+        raise ValueError("a version is a number, or name:number for one of several models")
+    return pin
+
+
+ModelName = Annotated[str, AfterValidator(check_model_name)]
+# Given as a flag repeated (or with commas), a variable or a config key with one or several values.
+Names = Annotated[list[ModelName], NoDecode, BeforeValidator(_listed)]
+Pins = Annotated[list[Annotated[str, AfterValidator(_check_pin)]], NoDecode, BeforeValidator(_listed)]
 
 
 class _Group(BaseModel):
@@ -178,13 +239,24 @@ class TLSSettings(_Group):
 
 
 class RepositorySettings(_Group):
-    """Which model is served from where, on what device, and how its versions come and go."""
+    """Which models are served from where, on what device, and how their versions come and go."""
 
     model_repository: Path = Field(DEFAULT_REPOSITORY, description="Root of <name>/<version>/ directories.")
-    model: str = Field("fashion-vae", min_length=1, description="Model name in the repository.")
-    model_version: str | None = Field(
+    model: Names = Field(
+        default_factory=list,
+        description="A model of the repository to serve (repeat the flag, or separate names with "
+        "commas); none given: every model there.",
+    )
+    default_model: ModelName | None = Field(
         None,
-        description="Version to serve at start (default: the highest); newer ones found later still load.",
+        description="The model that answers requests naming none, also as the OIP models "
+        "vae_encoder and vae_decoder (default: the only model served; with several and none "
+        "chosen, requests must name one).",
+    )
+    model_version: Pins = Field(
+        default_factory=list,
+        description="Version to serve at start (default: the highest): 3 when one model is served, "
+        "name:3 for one of several (repeat for each); newer ones found later still load.",
     )
     repository_poll_s: float = Field(
         2.0, ge=0, description="How often to look for new versions in the repository (0: never; SIGHUP: now)."
@@ -365,6 +437,26 @@ class Settings(
             self.http_host = self.host
         if self.metrics_host is None:
             self.metrics_host = self.host
+        return self
+
+    @model_validator(mode="after")
+    def _models_agree(self) -> Settings:
+        """Names given twice count once; the default and the pins must name models served (with
+        no --model, the repository says which at start: models/selection.py checks them then)."""
+        self.model = list(dict.fromkeys(self.model))
+        pinned = [split_pin(pin)[0] for pin in self.model_version]
+        if len(set(pinned)) != len(pinned):
+            raise ValueError("--model-version: one version per model")
+        if not self.model:
+            return self
+        served = ", ".join(self.model)
+        if self.default_model is not None and self.default_model not in self.model:
+            raise ValueError(f"--default-model {self.default_model} is not among --model {served}")
+        for pin, name in zip(self.model_version, pinned, strict=True):
+            if name is None and len(self.model) > 1:
+                raise ValueError(f"--model-version {pin}: several models are served; write name:{pin}")
+            if name is not None and name not in self.model:
+                raise ValueError(f"--model-version {pin}: {name} is not among --model {served}")
         return self
 
     @model_validator(mode="after")
@@ -552,7 +644,7 @@ HELP_SECTIONS: tuple[tuple[str, str, type[_Group] | None], ...] = (
     ("limits", "What one request may ask for, and how many are handled at once.", LimitSettings),
     (
         "model repository",
-        "Which model is served from where, on what device; new versions.",
+        "Which models are served from where, on what device; new versions.",
         RepositorySettings,
     ),
     ("TLS", "TLS for gRPC and HTTP: off unless a certificate and key are given.", TLSSettings),

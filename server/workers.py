@@ -1,6 +1,7 @@
 """`--workers N`: N serving processes on one port, forked before any gRPC object exists.
 
-The supervisor checks the port and the model once (so a mistake is one line, not N), forks the
+The supervisor checks the port and every model once (so a mistake is one line, not N), names
+the models every worker serves (so a replacement serves what its siblings do), forks the
 workers, serves their merged metrics on the metrics port, forwards SIGTERM/SIGINT so each worker
 drains and SIGHUP so each looks for new versions. The kernel spreads connections over the workers
 (SO_REUSEPORT); each has its own batcher and ORT sessions. A worker also dies with its supervisor
@@ -291,12 +292,18 @@ def run_workers(settings: Settings) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from .http.metrics_port import MetricsPort
     from .models.repository import resolve
+    from .models.selection import choose_models
     from .ports import check_ports_free
     from .telemetry.metrics import multiprocess_registry
 
     try:
         check_ports_free(settings)
-        resolve(settings.model_repository, settings.model, settings.model_version)  # card + sha256, no ORT
+        chosen = choose_models(settings.repository)
+        for model, version in chosen.items():
+            resolve(settings.model_repository, model, version)  # card + sha256, no ORT
+        # Every worker serves these models, a replacement started later too, whatever the
+        # repository holds by then.
+        settings = settings.model_copy(update={"model": list(chosen)})
         http = MetricsPort(multiprocess_registry(), settings.metrics_host, settings.metrics_port)
         supervisor = _Supervisor(settings, http)
         try:

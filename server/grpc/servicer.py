@@ -1,8 +1,10 @@
-"""The native `vae.v1.VAEService`: proto in, one data-plane call, proto out."""
+"""The native `vae.v1.VAEService`: proto in, one data-plane call, proto out. Each request names
+its model (`model`, empty: the default) and may pin its version."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 import grpc
 import numpy as np
@@ -10,7 +12,8 @@ from google.protobuf.message import Message
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.errors import InvalidInput
-from vae_serve.server.protocol.calls import deadline_of, pinned_version
+from vae_serve.server.models.versions import ServedModel
+from vae_serve.server.protocol.calls import deadline_of, named_model, pinned_version
 from vae_serve.server.protocol.dataplane import DataPlane
 from vae_serve.server.protocol.model_info import model_info
 from vae_serve.tensor import from_tensor, to_tensor
@@ -32,18 +35,27 @@ def _optional(message: Message, field: str) -> np.ndarray | None:
     return from_tensor(getattr(message, field), field) if message.HasField(field) else None
 
 
+class _Request(Protocol):
+    model: str
+    model_version: str
+
+
 class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
     def __init__(self, dataplane: DataPlane, edge: Edge | None = None) -> None:
         """`edge`: what the call scope records to and admits with; by default the data plane's own."""
         self.dataplane = dataplane
         self.edge = edge if edge is not None else Edge(dataplane.metrics, dataplane.activity)
 
+    def _admit(self, request: _Request) -> ServedModel:
+        """The model and version `request` names, resolved and admitted (DataPlane.admit)."""
+        return self.dataplane.admit(named_model(request.model), pinned_version(request.model_version))
+
     @data_plane_rpc
     async def Encode(
         self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.EncodeResponse:
         x = _required(request, "x")
-        served = self.dataplane.admit(version=pinned_version(request.model_version))
+        served = self._admit(request)
         mean, logvar, version = await self.dataplane.encode(x, deadline_of(context), served)
         return vae_pb2.EncodeResponse(mean=to_tensor(mean), logvar=to_tensor(logvar), model_version=version)
 
@@ -52,7 +64,7 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
         self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.DecodeResponse:
         z = _required(request, "z")
-        served = self.dataplane.admit(version=pinned_version(request.model_version))
+        served = self._admit(request)
         x, version = await self.dataplane.decode(z, deadline_of(context), served)
         return vae_pb2.DecodeResponse(x=to_tensor(x), model_version=version)
 
@@ -67,7 +79,7 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
             logvar=_optional(request, "logvar"),
             decode=request.decode,
             deadline=deadline_of(context),
-            served=self.dataplane.admit(version=pinned_version(request.model_version)),
+            served=self._admit(request),
         )
         x_tensor = _EMPTY if x is None else to_tensor(x)
         return vae_pb2.SampleResponse(z=to_tensor(z), x=x_tensor, model_version=version)
@@ -76,7 +88,7 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
     async def GetModelInfo(
         self, request: vae_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.ModelInfo:
-        served = self.dataplane.admit(version=pinned_version(request.model_version))
+        served = self._admit(request)
         info = model_info(self.dataplane, served)
         model = info.model
         return vae_pb2.ModelInfo(

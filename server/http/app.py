@@ -31,14 +31,20 @@ from .endpoint import Front, error_response
 
 __all__ = ["ROUTES", "build_app"]
 
+# The routes of one model: at /v1 for the default model, and under /v1/models/{model} for each.
+_MODEL_ROUTES: list[tuple[str, Callable[..., Any], str]] = [
+    ("", people.model, "GET"),
+    ("/encode", people.encode, "POST"),
+    ("/decode", people.decode, "POST"),
+    ("/sample", people.sample, "POST"),
+    ("/sample", people.sample_link, "GET"),
+    ("/reconstruct", people.reconstruct, "POST"),
+]
 ROUTES: list[tuple[str, Callable[..., Any], str]] = [  # the kserve.routes() beside them
-    ("/v1/model", people.model, "GET"),
+    ("/v1/models", people.models, "GET"),
+    *((f"/v1{path or '/model'}", route, method) for path, route, method in _MODEL_ROUTES),
+    *((f"/v1/models/{{model}}{path}", route, method) for path, route, method in _MODEL_ROUTES),
     ("/v1/stats", people.stats, "GET"),
-    ("/v1/encode", people.encode, "POST"),
-    ("/v1/decode", people.decode, "POST"),
-    ("/v1/sample", people.sample, "POST"),
-    ("/v1/sample", people.sample_link, "GET"),
-    ("/v1/reconstruct", people.reconstruct, "POST"),
 ]
 
 

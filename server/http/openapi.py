@@ -2,9 +2,10 @@
 takes (path, query and header parameters, bodies) and what it answers.
 
 The routes read their own requests (app.py), so FastAPI sees none of their parameters: each one
-is declared here, from the pydantic model the route validates with where it has one. Examples that
-depend on the model served (a latent vector's width) are filled in from it when the document is
-first asked for. tests/server/http/test_openapi.py holds the document to the routes.
+is declared here, from the pydantic model the route validates with where it has one. What depends
+on the models served (the names a path takes, a latent vector's width in an example) is filled in
+from them when the document is first asked for. tests/server/http/test_openapi.py holds the
+document to the routes.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.routing import Route
 
+from vae_serve.server.models.selection import ALIAS
 from vae_serve.server.protocol.calls import REQUEST_ID_HEADER
-from vae_serve.server.protocol.oip_models import OIP_MODELS
+from vae_serve.server.protocol.oip_models import oip_name
 
 from . import kserve, people
 from . import kserve_schema as v2
@@ -65,8 +67,9 @@ class Doc:
 V1, V2 = "v1", "KServe v2"
 WORK = (TIMEOUT_HEADER,)
 DOCS: dict[Callable[..., Any], Doc] = {
+    people.models: Doc(V1, "The models served, and which is the default", people.ModelsReply),
     people.model: Doc(
-        V1, "The model served, and the limits a request must keep", people.ModelReply, query=ModelQuery
+        V1, "What a model is, and the limits a request must keep", people.ModelReply, query=ModelQuery
     ),
     people.stats: Doc(V1, "Requests, errors and latency per method over the last minute", people.StatsReply),
     people.encode: Doc(
@@ -149,7 +152,16 @@ COMMON_PARAMETERS: dict[str, dict[str, Any]] = {
     },
 }
 _PATH_PARAMETERS = {
-    "model_name": {"description": "The model.", "schema": {"type": "string", "enum": list(OIP_MODELS)}},
+    "model": {
+        "description": "A model served, by its name in the repository (GET /v1/models lists them); "
+        "the same route without /models/{model} answers for the default model.",
+        "schema": {"type": "string"},
+    },
+    "model_name": {
+        "description": "A graph of a model served: <model>_encoder or <model>_decoder, and for the "
+        "default model also vae_encoder or vae_decoder.",
+        "schema": {"type": "string"},
+    },
     "model_version": {
         "description": "A version served (the model's metadata lists them).",
         "schema": {"type": "string"},
@@ -255,15 +267,23 @@ def _complete(document: dict[str, Any], front: Front) -> None:
     components["parameters"] = COMMON_PARAMETERS
 
     most = front.dataplane.limits.max_samples  # a setting: the models cannot say it
-    link = document["paths"]["/v1/sample"]["get"]
-    (n,) = (p for p in link["parameters"] if p.get("name") == "n")
-    n["schema"]["maximum"] = most
+    for path in ("/v1/sample", "/v1/models/{model}/sample"):
+        link = document["paths"][path]["get"]
+        (n,) = (p for p in link["parameters"] if p.get("name") == "n")
+        n["schema"]["maximum"] = most
     schemas[people.SampleBody.__name__]["properties"]["num_samples"]["maximum"] = most
 
-    served = front.dataplane.served.latest
+    models = front.dataplane.models
+    named = {"model": models.names, "model_name": models.oip_names()}
+    shown = models.default or next(iter(models.names), None)  # the model the examples are of
+    entry = None if shown is None else models.get(shown)
+    served = None if entry is None else entry.versions.latest
     if served is None:
         return
     model = served.model
+    # The paths' examples name that model; the inference example is for its decoder.
+    owner = ALIAS if model.name == models.default else model.name
+    in_path = {"model": model.name, "model_name": oip_name(owner, "decoder")}
     z, x = [[0.0] * model.latent_dim], [[0.5] * model.input_dim]
     examples: dict[type[BaseModel], dict[str, Any]] = {
         people.DecodeBody: {"z": z},
@@ -283,5 +303,7 @@ def _complete(document: dict[str, Any], front: Front) -> None:
             if as_json.get("schema", {}).get("$ref") in by_ref:  # what "Try it out" starts from
                 as_json["example"] = by_ref[as_json["schema"]["$ref"]]
             for parameter in operation.get("parameters", []):
-                if parameter.get("name") == "model_name" and parameter.get("in") == "path":
-                    parameter["example"] = "vae_decoder"  # the model the inference example is for
+                name = parameter.get("name")
+                if name in named and parameter.get("in") == "path":
+                    parameter["schema"] = {**parameter["schema"], "enum": named[name]}
+                    parameter["example"] = in_path[name]

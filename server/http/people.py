@@ -5,6 +5,9 @@ Every route that returns images returns a PNG grid instead when the client sends
 `Accept: image/png` (the grid `vae-client sample -o` writes, byte for byte). Encode and
 reconstruct also take pictures: a PNG or JPEG body, or a multipart form of up to
 `MAX_UPLOADS` files.
+
+Each route serves the default model at `/v1/<route>` and any model served at
+`/v1/models/{model}/<route>` (the same handler: the path's `model` is what it resolves).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from vae_serve.errors import InvalidInput
 from vae_serve.grid import image_grid, is_picture_shape, png_bytes
 from vae_serve.images import InputFileError, read_picture
 from vae_serve.server.models.versions import ServedModel
-from vae_serve.server.protocol.model_info import model_info
+from vae_serve.server.protocol.model_info import model_info, models_served
 
 from .call import OFF_LOOP_BYTES, deadline_from
 from .endpoint import JSON, Front, body_type, check_json_reply, endpoint, json_response, read_body, wants_png
@@ -39,6 +42,7 @@ __all__ = [
     "EncodeReply",
     "ImagesBody",
     "ModelReply",
+    "ModelsReply",
     "ReconstructReply",
     "SampleBody",
     "SampleQuery",
@@ -48,6 +52,7 @@ __all__ = [
     "decode",
     "encode",
     "model",
+    "models",
     "reconstruct",
     "sample",
     "sample_link",
@@ -158,6 +163,24 @@ class ModelReply(BaseModel):
     limits: dict[str, int]
 
 
+class ModelSummaryReply(BaseModel):
+    name: str
+    version: str = Field(description="The latest version, which requests pinning none get.")
+    loaded_versions: list[str]
+    input_dim: int
+    latent_dim: int
+    image_shape: list[int]
+    default: bool = Field(description="Whether it answers requests that name no model (/v1/<route>).")
+
+
+class ModelsReply(BaseModel):
+    default: str | None = Field(
+        description="The model requests naming none get; null when several are served and none is "
+        "the default."
+    )
+    models: list[ModelSummaryReply] = Field(description="Every model served, by name.")
+
+
 B = TypeVar("B", bound=_Body)
 
 
@@ -234,6 +257,11 @@ async def _pictures(request: Request, served: ServedModel) -> np.ndarray:
     return await asyncio.to_thread(read_all)  # neither forms nor pictures are parsed on the loop
 
 
+def _model(request: Request) -> str | None:
+    """The model the path names (`/v1/models/{model}/...`); None for the default (`/v1/...`)."""
+    return request.path_params.get("model")
+
+
 def _is_json(request: Request) -> bool:
     return body_type(request) in (JSON, "")  # unlabelled: JSON, as endpoint.check_body_type reads it
 
@@ -243,8 +271,8 @@ async def _images_in(front: Front, request: Request) -> tuple[np.ndarray, Served
     JSON rows pin, or the latest for uploaded pictures (which pin none)."""
     if _is_json(request):
         body = await _json_body(front, request, ImagesBody)
-        return _rows(body.x, "x"), front.dataplane.admit(version=body.model_version)
-    served = front.dataplane.admit()
+        return _rows(body.x, "x"), front.dataplane.admit(_model(request), body.model_version)
+    served = front.dataplane.admit(_model(request))
     return await _pictures(request, served), served
 
 
@@ -262,7 +290,7 @@ async def decode(front: Front, request: Request) -> Response:
     body = await _json_body(front, request, DecodeBody)
     z = _rows(body.z, "z")
     png = wants_png(request)
-    served = front.dataplane.admit(version=body.model_version)
+    served = front.dataplane.admit(_model(request), body.model_version)
     model = served.model
     if png:
         _check_picturable(model.image_shape)
@@ -276,7 +304,7 @@ async def _sample(front: Front, request: Request, body: SampleBody) -> Response:
     png = wants_png(request)
     if png and not body.decode:
         raise InvalidInput("a PNG needs decoded draws: decode must be true")
-    served = front.dataplane.admit(version=body.model_version)
+    served = front.dataplane.admit(_model(request), body.model_version)
     model = served.model
     if png:
         _check_picturable(model.image_shape)
@@ -347,7 +375,7 @@ async def reconstruct(front: Front, request: Request) -> Response:
 @endpoint("GetModelInfo")
 async def model(front: Front, request: Request) -> Response:
     """What the model is and the limits a request must keep (the native GetModelInfo)."""
-    served = front.dataplane.admit(version=request.query_params.get("model_version"))
+    served = front.dataplane.admit(_model(request), request.query_params.get("model_version"))
     info = model_info(front.dataplane, served)
     model = info.model
     return json_response(
@@ -364,6 +392,13 @@ async def model(front: Front, request: Request) -> Response:
             "limits": dataclasses.asdict(info.limits),
         }
     )
+
+
+@endpoint("ListModels")
+async def models(front: Front, request: Request) -> Response:
+    """Every model served, and which one answers requests that name none."""
+    summaries = [dataclasses.asdict(summary) for summary in models_served(front.dataplane)]
+    return json_response({"default": front.dataplane.models.default, "models": summaries})
 
 
 @endpoint("Stats")

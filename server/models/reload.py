@@ -1,12 +1,14 @@
-"""Hot reload: watch the model repository and serve each new, valid version as it appears.
+"""Hot reload: watch the model repository and serve each new, valid version of every model served
+as it appears.
 
 A version directory that appears (published atomically by `vae-train`, or copied by hand) is
 verified (sha256 against its card), loaded into ONNX Runtime off the event loop, checked against
-the version being served (same input and latent widths and image shape, so clients keep
-working), warmed up, and only then made the latest; requests in flight finish on the version they
-started on. A corrupt, incomplete or incompatible version is rejected with a logged reason and
-`vae_serve_model_loads_total{result="rejected"}`, and the old one keeps serving. It is tried
-again only if its files change.
+the version of that model being served (same input and latent widths and image shape, so clients
+keep working), warmed up, and only then made the model's latest; requests in flight finish on the
+version they started on. A corrupt, incomplete or incompatible version is rejected with a logged
+reason and `vae_serve_model_loads_total{result="rejected"}`, and the model's old one keeps
+serving. It is tried again only if its files change. The models watched are the ones served
+(`watch`): a new model directory is not served by appearing.
 
 Every touch of the repository (listing, fingerprints, the card, hashing, ORT) runs in a worker
 thread, one `asyncio.to_thread` per scan and one per candidate: a huge graph or a FIFO where a
@@ -72,64 +74,96 @@ class RepositoryWatcher:
         self.settings = settings
         self.dataplane = dataplane
         self._loads = metrics.model_loads
-        self._tried: dict[str, tuple] = {}
+        self._tried: dict[str, dict[str, tuple]] = {}  # by model watched: version -> fingerprint tried
         self.last_rejection = ""
         self.scans = 0  # scans completed: what tests and operators can wait on
-        self._listing_error = ""
+        self._listing_errors: dict[str, str] = {}
         self.wake = asyncio.Event()
-        # Versions already there at start are not candidates (the start-up choice, perhaps a pin,
-        # stands); only versions that appear or change later are.
-        # This runs before the server listens (nothing to stall yet); scans later run off the loop.
-        self._tried.update(_snapshot(settings.model_repository, settings.model))
 
-    def _candidates(self, latest: int) -> list[str]:
-        """Versions newer than `latest` whose files changed since they were last tried (in a thread)."""
-        s, found = self.settings, []
-        now = _snapshot(s.model_repository, s.model)
-        for version, fingerprint in now.items():
-            if int(version) > latest and self._tried.get(version) != fingerprint:
-                self._tried[version] = fingerprint
-                found.append(version)
-        for gone in self._tried.keys() - now.keys():  # bounded by what is there
-            del self._tried[gone]
+    def watch(self, model: str) -> None:
+        """Look for new versions of `model` from now on. Call it before the model loads: versions
+        there now are not candidates (the start-up choice, perhaps a pin, stands); only versions
+        that appear or change later are. (Before the server listens, nothing can stall yet; scans
+        run off the loop.)"""
+        if model not in self._tried:
+            self._tried[model] = _snapshot(self.settings.model_repository, model)
+
+    def unwatch(self, model: str) -> None:
+        self._tried.pop(model, None)
+        self._listing_errors.pop(model, None)
+
+    def _candidates(self, latest: dict[str, int]) -> dict[str, list[str] | ModelLoadError]:
+        """Per model, its versions newer than its `latest` whose files changed since they were last
+        tried, or why its directory cannot be listed (in a thread)."""
+        found: dict[str, list[str] | ModelLoadError] = {}
+        for model, newest in latest.items():
+            tried = self._tried.setdefault(model, {})
+            try:
+                now = _snapshot(self.settings.model_repository, model)
+            except ModelLoadError as exc:
+                found[model] = exc
+                continue
+            fresh = []
+            for version, fingerprint in now.items():
+                if int(version) > newest and tried.get(version) != fingerprint:
+                    tried[version] = fingerprint
+                    fresh.append(version)
+            for gone in tried.keys() - now.keys():  # bounded by what is there
+                del tried[gone]
+            found[model] = fresh
         return found
 
-    async def scan(self) -> list[str]:
-        """Load what is new; returns the versions now served from this scan."""
-        loaded: list[str] = []
-        try:
-            candidates = await asyncio.to_thread(self._candidates, int(self.dataplane.served.get().version))
-        except ModelLoadError as exc:  # the model directory itself is unusable: say so once per change
-            if str(exc) != self._listing_error:
-                self._listing_error = str(exc)
-                log.warning("repository scan: %s", exc)
-            return loaded
-        self._listing_error = ""
-        for version in candidates:
-            try:
-                await self._load(version)
-            except Exception as exc:  # whatever is wrong with a version must not stop the serving one
-                self._loads.labels("rejected").inc()
-                self.last_rejection = f"{version}: {exc}"
-                log.warning(
-                    "model version %s rejected, still serving %s: %s",
-                    version,
-                    self.dataplane.served.get().version,
-                    exc,
-                )
-            else:
-                self._loads.labels("loaded").inc()
-                loaded.append(version)
+    async def scan(self) -> list[tuple[str, str]]:
+        """Load what is new of every model served; returns the (model, version) now served from
+        this scan."""
+        # Every model served; one served without `watch` (by a tool, a test) is watched from now.
+        latest = {
+            entry.name: int(entry.versions.latest.version)
+            for entry in self.dataplane.models.entries
+            if entry.versions.latest is not None
+        }
+        candidates = await asyncio.to_thread(self._candidates, latest)
+        loaded: list[tuple[str, str]] = []
+        for model, versions in candidates.items():
+            if isinstance(versions, ModelLoadError):  # its directory is unusable: say so once per change
+                if str(versions) != self._listing_errors.get(model):
+                    self._listing_errors[model] = str(versions)
+                    log.warning("repository scan: %s", versions)
+                continue
+            self._listing_errors.pop(model, None)
+            for version in versions:
+                if await self._try(model, version):
+                    loaded.append((model, version))
         return loaded
 
-    def _resolve_and_load(self, version: str) -> LoadedModel:
+    async def _try(self, model: str, version: str) -> bool:
+        """Load one candidate; whatever is wrong with it must not stop the version serving."""
+        try:
+            await self._load(model, version)
+        except Exception as exc:
+            self._loads.labels("rejected").inc()
+            self.last_rejection = f"{model}/{version}: {exc}"
+            entry = self.dataplane.models.get(model)
+            serving = None if entry is None else entry.versions.latest
+            log.warning(
+                "model %s version %s rejected, still serving %s: %s",
+                model,
+                version,
+                "none" if serving is None else serving.version,
+                exc,
+            )
+            return False
+        self._loads.labels("loaded").inc()
+        return True
+
+    def _resolve_and_load(self, model: str, version: str) -> LoadedModel:
         """Card, hashes and ORT, all in the calling (worker) thread, the graphs read once."""
         s = self.settings
-        return load_model(resolve(s.model_repository, s.model, version), s.device, s.intra_op_threads)
+        return load_model(resolve(s.model_repository, model, version), s.device, s.intra_op_threads)
 
-    async def _load(self, version: str) -> None:
-        model = await asyncio.to_thread(self._resolve_and_load, version)
-        _check_compatible(model, self.dataplane.served.get().model)
+    async def _load(self, name: str, version: str) -> None:
+        model = await asyncio.to_thread(self._resolve_and_load, name, version)
+        _check_compatible(model, self.dataplane.models.versions(name).get().model)
         self.dataplane.serve(model)
         log.info("now serving %s version %s (%s)", model.name, version, model.execution_provider)
 

@@ -1,5 +1,6 @@
-"""What every front end needs of a call, owned by none of them: its deadline, the version it pins,
-and its request id (a contextvar, so every log line inside the call can carry it)."""
+"""What every front end needs of a call, owned by none of them: its deadline, the model it names
+and the version it pins, and its request id (a contextvar, so every log line inside the call can
+carry it)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "RequestIdFilter",
     "deadline_of",
+    "named_model",
     "pinned_version",
     "request_id",
     "request_id_from",
@@ -36,6 +38,11 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     """The call's deadline in time.monotonic() seconds, None when the caller set none."""
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+def named_model(model: str) -> str | None:
+    """The model a native request names: proto3 sends "" for none, which means the default model."""
+    return model or None
 
 
 def pinned_version(version: str) -> str | None:

@@ -2,8 +2,10 @@
 
 Every front end (the native gRPC API, the Open Inference Protocol, the REST APIs) converts its
 messages to arrays and calls these methods, so validation, limits and metrics are written once.
-A request resolves its model version and is admitted once, with `admit`, and hands what it got to
-every call it makes: a version swapped in meanwhile never mixes versions within a request.
+A request resolves its model (by name, through the registry) and version and is admitted once,
+with `admit`, and hands what it got to every call it makes: a version swapped in meanwhile never
+mixes versions within a request. Each model served has its own versions, runners and limits from
+its card.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from vae_serve.server.settings import BatchingSettings, LimitSettings, Repositor
 from vae_serve.server.telemetry.metrics import Metrics
 from vae_serve.server.telemetry.observe import note
 
-from .oip_models import OIP_MODELS
-from .registry import ModelRegistry
+from .registry import ModelEntry, ModelRegistry
+from .scope import note_model
 from .validation import check_finite, check_matrix, check_unit_interval
 
 __all__ = ["DataPlane", "ServedModel", "message_floor"]
@@ -54,22 +56,30 @@ class DataPlane:
         self.limits = limits
         self.repository = repository
         self.metrics = metrics
-        self.served = ServedVersions(repository)
-        self.models = ModelRegistry(self.served, OIP_MODELS)
+        self.models = ModelRegistry(repository.default_model)
         self.state = state if state is not None else ServerState()
         self.activity = Activity(limits.max_concurrent_rpcs, self.state)
 
-    def _runner(self, graph: Graph, label: str, version: str) -> CountedRunner:
-        timed = TimedGraph(graph, label, self.metrics, version)
+    @property
+    def served(self) -> ServedVersions:
+        """The default model's versions, for tools and tests (requests resolve through `admit`);
+        empty while it is not served."""
+        name = self.models.default
+        entry = None if name is None else self.models.get(name)
+        return entry.versions if entry is not None else ServedVersions(self.repository)
+
+    def _runner(self, graph: Graph, label: str, model: LoadedModel) -> CountedRunner:
+        timed = TimedGraph(graph, label, self.metrics, model.version, model.name)
         if self.batching.max_batch_size == 1:
             runner: Runner = InlineRunner(timed, self.metrics, self.batching)
         else:
             runner = BatchingRunner(timed, self.metrics, self.batching)
-        return CountedRunner(runner, self.metrics, label, version)
+        return CountedRunner(runner, self.metrics, label, model.version, model.name)
 
     def serve(self, model: LoadedModel) -> None:
-        """Serve `model` too; the highest version answers requests that pin none. Requests in
-        flight keep the version they started on. A model whose own replies would not fit
+        """Serve `model` too, as a version of the model of its name (a new entry in the registry
+        for a model not served yet); its highest version answers requests that pin none. Requests
+        in flight keep the version they started on. A model whose own replies would not fit
         `max_message_bytes` is refused (ModelLoadError), at start and on reload alike."""
         floor = message_floor(model)
         if self.limits.max_message_bytes < floor:
@@ -78,18 +88,20 @@ class DataPlane:
                 f"{floor} bytes this model needs (its GetModelInfo reply with the card, and one row of "
                 f"its largest request or response)"
             )
-        served = ServedModel(
-            model,
-            self._runner(model.encoder, "encoder", model.version),
-            self._runner(model.decoder, "decoder", model.version),
-        )
-        self.served.add(served)
-        latest = self.served.get().model
+        entry = self.models.get(model.name)
+        if entry is None:
+            entry = ModelEntry(model.name, ServedVersions(self.repository))
+            self.models.add(entry)
+        encoder = self._runner(model.encoder, "encoder", model)
+        entry.versions.add(ServedModel(model, encoder, self._runner(model.decoder, "decoder", model)))
+        latest = entry.versions.get().model
         self.metrics.set_model(latest.name, latest.version, latest.execution_provider)
 
     @property
     def loaded(self) -> bool:
-        return self.served.latest is not None
+        """At least one model served, and a version of each."""
+        entries = self.models.entries
+        return bool(entries) and all(entry.versions.latest is not None for entry in entries)
 
     @property
     def ready(self) -> bool:
@@ -97,12 +109,14 @@ class DataPlane:
         return self.loaded and self.state.ready
 
     def admit(self, model: str | None = None, version: str | None = None) -> ServedModel:
-        """Resolve and admit a request starting now, once: the version of `model` (by name; None:
-        the model served) that it pins, or the latest. Raises ModelNotFound for an unknown model
-        or version, NotReady before a model is loaded, Draining while the server refuses calls."""
-        versions = self.models.versions(model)
+        """Resolve and admit a request starting now, once: the version of `model` (by its name in
+        the repository; None: the default model) that it pins, or the latest. Raises ModelNotFound
+        for an unknown model or version, InvalidInput for none when there is no default, NotReady
+        before a model is loaded, Draining while the server refuses calls."""
+        entry = self.models.entry(model)
+        note_model(entry.name)
         self.state.admit()
-        return versions.get(version)
+        return entry.versions.get(version)
 
     def current(self, version: str | None = None) -> ServedModel:
         """The version pinned, or the latest; admits nothing (for tools and tests)."""
@@ -117,7 +131,8 @@ class DataPlane:
             )
 
     def close(self) -> None:
-        self.served.close()
+        for entry in self.models.entries:
+            entry.close()
 
     async def encode(
         self, x: np.ndarray, deadline: float | None = None, served: ServedModel | None = None

@@ -6,7 +6,8 @@ Each answer is built once, as the JSON Triton's HTTP endpoint returns (its proto
 field names as in the .proto, integers as numbers); the gRPC front end parses the same dict into
 Triton's messages. Everything stated is what the server really does: the configuration comes
 from the settings and the version served, the statistics from the metrics every run records
-(statistics.py), the index from the versions served and the repository on disk.
+(statistics.py), the index from the versions served and the repository on disk. Each covers
+every OIP model served: two per model, and the default model's aliases (registry.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from vae_serve.server.runners.statistics import GraphStatistics, graph_statistic
 
 from .dataplane import DataPlane
 from .oip_messages import ServerMetadata
-from .oip_models import OIP_MODELS, OipTensor
+from .oip_models import OipTensor
 from .oip_service import OipService
 
 __all__ = ["EXTENSIONS", "TritonExtensions", "model_control_refused"]
@@ -114,40 +115,49 @@ class TritonExtensions(OipService):
         return config
 
     async def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
-        """Triton's ModelStatistics of one model (or every model, name ""), per version served
+        """Triton's ModelStatistics of one OIP model (or every one, name ""), per version served
         (or the one given), counted by every worker. The metrics are read off the event loop."""
-        wanted: list[tuple[str, str]] = []
-        for model in [name] if name else list(OIP_MODELS):
-            _, served = self._resolve(model, version)
+        wanted: list[tuple[str, str, str, str]] = []  # OIP name, model, graph, version
+        for oip_name in [name] if name else self.dataplane.models.oip_names():
+            oip_model, served = self._resolve(oip_name, version)
+            model = served.model.name
             versions = [served.version] if version else self.dataplane.models.versions(model).loaded
-            wanted += [(model, v) for v in versions]
+            wanted += [(oip_name, model, oip_model.graph, v) for v in versions]
         async with self._reading:
             found = await asyncio.to_thread(graph_statistics, self.registry)
-        return [found.get((OIP_MODELS[m].graph, v), GraphStatistics()).triton(m, v) for m, v in wanted]
+        return [found.get((m, g, v), GraphStatistics()).triton(n, v) for n, m, g, v in wanted]
 
     async def index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        """Every version of both models: READY when served, else UNAVAILABLE with why. The
-        repository is listed off the event loop."""
-        s = self.repository
-        try:
-            async with self._reading:
-                on_disk = await asyncio.to_thread(list_versions, s.model_repository, s.model)
-        except ModelLoadError as exc:  # the directory is unusable now: what is served still is
-            log.warning("repository index: %s", exc)
-            on_disk = []
-        served = self.dataplane.served.loaded
-        latest = int(served[-1]) if served else -1
+        """Every version of every model served, under each of its OIP names: READY when served,
+        else UNAVAILABLE with why. The repository is listed off the event loop."""
+        models = self.dataplane.models
+        async with self._reading:
+            on_disk = await asyncio.to_thread(self._on_disk, models.names)
         entries = []
-        for version in sorted(set(on_disk) | set(served), key=int):
-            if version in served:
-                state, reason = READY, ""
-            elif int(version) < latest:
-                state, reason = UNAVAILABLE, OLDER
-            else:
-                state, reason = UNAVAILABLE, NEWER
-            if state == READY or not ready_only:
-                entries += [
-                    {"name": name, "version": version, "state": state, "reason": reason}
-                    for name in OIP_MODELS
-                ]
+        for model in models.entries:
+            served = model.versions.loaded
+            latest = int(served[-1]) if served else -1
+            names = models.oip_names(model.name)
+            for version in sorted(set(on_disk[model.name]) | set(served), key=int):
+                if version in served:
+                    state, reason = READY, ""
+                elif int(version) < latest:
+                    state, reason = UNAVAILABLE, OLDER
+                else:
+                    state, reason = UNAVAILABLE, NEWER
+                if state == READY or not ready_only:
+                    entries += [
+                        {"name": name, "version": version, "state": state, "reason": reason} for name in names
+                    ]
         return entries
+
+    def _on_disk(self, models: list[str]) -> dict[str, list[str]]:
+        """Each model's versions in the repository now (in a worker thread)."""
+        found = {}
+        for model in models:
+            try:
+                found[model] = list_versions(self.repository.model_repository, model)
+            except ModelLoadError as exc:  # the directory is unusable now: what is served still is
+                log.warning("repository index: %s", exc)
+                found[model] = []
+        return found

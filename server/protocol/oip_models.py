@@ -1,5 +1,6 @@
-"""The two models the Open Inference Protocol exposes (`vae_encoder`, `vae_decoder`), both views of
-the one model served: the data-plane call behind each, and its tensors."""
+"""What the Open Inference Protocol exposes of each model served: its two graphs as two OIP models,
+`<model>_encoder` and `<model>_decoder` (the registry resolves the names), with the data-plane
+call behind each and its tensors."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from vae_serve.server.models.versions import ServedModel
 if TYPE_CHECKING:  # the data plane names these models in its registry: only its type is needed here
     from .dataplane import DataPlane
 
-__all__ = ["OIP_MODELS", "OipModel", "OipTensor"]
+__all__ = ["OIP_GRAPHS", "OipModel", "OipTensor", "oip_name"]
 
 
 # A data-plane call as OIP makes it: (plane, input, deadline, the version resolved) -> outputs.
@@ -65,12 +66,18 @@ def _latent_dim(model: LoadedModel) -> int:
     return model.latent_dim
 
 
-OIP_MODELS = {
-    "vae_encoder": OipModel(
+# By graph: what `<model>_<graph>` is over OIP, in the order every listing names them.
+OIP_GRAPHS = {
+    "encoder": OipModel(
         _encode,
         "encoder",
         OipTensor("x", _input_dim),
         (OipTensor("mean", _latent_dim), OipTensor("logvar", _latent_dim)),
     ),
-    "vae_decoder": OipModel(_decode, "decoder", OipTensor("z", _latent_dim), (OipTensor("x", _input_dim),)),
+    "decoder": OipModel(_decode, "decoder", OipTensor("z", _latent_dim), (OipTensor("x", _input_dim),)),
 }
+
+
+def oip_name(model: str, graph: str) -> str:
+    """The OIP model that is `graph` of `model`: `fashion-vae_decoder`."""
+    return f"{model}_{graph}"

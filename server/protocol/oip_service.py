@@ -17,7 +17,7 @@ from vae_serve.server.models.versions import ServedModel
 from .dataplane import DataPlane
 from .oip_checks import check_id, input_array, wanted_outputs
 from .oip_messages import InferRequest, InferResponse, ModelMetadata, TensorMetadata
-from .oip_models import OIP_MODELS, OipModel, OipTensor
+from .oip_models import OipModel, OipTensor
 
 __all__ = ["Inference", "OipService"]
 
@@ -46,9 +46,10 @@ class OipService:
         self.dataplane = dataplane
 
     def _resolve(self, name: str, version: str | None) -> tuple[OipModel, ServedModel]:
-        """The model `name` and its version, once per request (`DataPlane.admit`)."""
-        served = self.dataplane.admit(name, version or None)
-        return OIP_MODELS[name], served
+        """The OIP model `name` (a graph of a model served) and its version, once per request
+        (`DataPlane.admit`)."""
+        entry, model = self.dataplane.models.oip(name)
+        return model, self.dataplane.admit(entry.name, version or None)
 
     @property
     def ready(self) -> bool:
@@ -67,7 +68,7 @@ class OipService:
         def tensor(t: OipTensor) -> TensorMetadata:
             return TensorMetadata(t.name, "FP32", [-1, t.width(served.model)])
 
-        versions = self.dataplane.models.versions(name).loaded
+        versions = self.dataplane.models.versions(served.model.name).loaded
         outputs = [tensor(t) for t in model.outputs]
         return ModelMetadata(name, versions, PLATFORM, [tensor(model.input)], outputs)
 

@@ -4,8 +4,10 @@ One `with CallScope(...) as call:` block per request gives it its request id (th
 log line reads), its span and access line (observe.py), the in-flight gauge, the drain's count of
 calls in handlers, admission of data-plane work (`call.admit()`), the status the one table in
 status.py gives an exception (the traceback of an internal error logged), and on the way out
-releases the slot and records the latency and count by method and code: before the block ends, so
-before the answer goes out, and whoever sees the answer sees it counted. An exception the table
+releases the slot and records the latency and count by method, code and model: before the block
+ends, so before the answer goes out, and whoever sees the answer sees it counted. The model is the
+one the request resolved (`note_model`, called by the data plane), "" for a request that resolved
+none: a name a client sent never becomes a label. An exception the table
 answers is swallowed, its status left in `call.code`, `call.message` (and `call.status`); a
 cancellation goes on up.
 
@@ -26,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from contextvars import Token
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -39,7 +41,7 @@ from vae_serve.server.telemetry.metrics import Metrics
 from .calls import request_id
 from .status import http_status_for, status_for
 
-__all__ = ["CallScope", "Method"]
+__all__ = ["CallScope", "Method", "note_model"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +76,11 @@ class CallScope:
         "_method",
         "_metrics",
         "_peer",
+        "_scope",
         "_token",
         "code",
         "message",
+        "model",
         "request_id",
         "status",
     )
@@ -98,11 +102,13 @@ class CallScope:
         self.request_id = rid
         self.code = grpc.StatusCode.OK
         self.message = ""
+        self.model = ""
         self.status = method.unanswered
 
     def __enter__(self) -> CallScope:
         method = self._method
         self._token: Token[str] = request_id.set(self.request_id)
+        self._scope: Token[CallScope | None] = _current.set(self)
         self._call = observe.begin(method.name, self._carrier, self._peer, method.protocol)
         self._in_flight = self._metrics.in_flight_for(method.name)
         self._in_flight.inc()
@@ -149,6 +155,20 @@ class CallScope:
                 seconds = time.perf_counter() - self._began
                 call = self._call
                 exemplar = None if call is None else observe.end(call, self.code, seconds, self.status)
-                self._metrics.record_request(method.name, self.code.name, seconds, exemplar)
+                self._metrics.record_request(method.name, self.code.name, seconds, exemplar, self.model)
             finally:
+                _current.reset(self._scope)
                 request_id.reset(self._token)
+
+
+_current: ContextVar[CallScope | None] = ContextVar("call_scope", default=None)
+
+
+def note_model(name: str) -> None:
+    """The served model the current call resolved (its repository name): the `model` label of its
+    metrics, and its span's and access line's model. Outside a call, nothing."""
+    scope = _current.get()
+    if scope is not None:
+        scope.model = name
+        if scope._call is not None:
+            scope._call.model = name

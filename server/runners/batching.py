@@ -92,7 +92,7 @@ class BatchingRunner:
         self.delay_policy = settings.queue_delay_policy
         self._queue: deque[_Pending] = deque()
         # Rows waiting, or computing alone.
-        self.admission = Admission(graph.label, metrics, settings.max_queue_rows)
+        self.admission = Admission(graph.label, metrics, settings.max_queue_rows, graph.model)
         self._running: list[_Pending] = []  # the batch in ORT now
         self._arrived: asyncio.Event | None = None  # made on first use, on the serving loop
         self._full: asyncio.Event | None = None
@@ -101,7 +101,7 @@ class BatchingRunner:
         self._collector: asyncio.Task[None] | None = None
         self._idle = False  # the collector waits for a request: a lone one may run itself (_alone)
         self._closed = False
-        self._queue_time = metrics.queue_duration.labels(graph.label, graph.version)
+        self._queue_time = metrics.queue_duration.labels(graph.model, graph.label, graph.version)
         self._late = self.admission.late
 
     @property
@@ -120,7 +120,8 @@ class BatchingRunner:
         self._admit(len(x), deadline)
         if len(x) > self.max_batch_size:
             try:
-                with tracing.compute_span(self.graph.label, self.graph.provider, len(x)):
+                graph = self.graph
+                with tracing.compute_span(graph.label, graph.provider, len(x), model=graph.model):
                     return await self.graph.run_off_loop(x, deadline)
             finally:
                 self._release(len(x))
@@ -185,12 +186,12 @@ class BatchingRunner:
                 self._late.inc()
                 late = DeadlineExceeded("deadline passed while queued; not computed")
                 if item.traced is not None:
-                    tracing.waited(item.traced, self.graph.label, len(item.x), late)
+                    tracing.waited(item.traced, self.graph.label, len(item.x), late, model=self.graph.model)
                 item.future.set_exception(late)
                 continue
             self._queue_time.observe(now - item.queued_at)
             if item.traced is not None:
-                tracing.waited(item.traced, self.graph.label, len(item.x))
+                tracing.waited(item.traced, self.graph.label, len(item.x), model=self.graph.model)
             batch.append(item)
             rows += len(item.x)
         return batch
@@ -234,7 +235,9 @@ class BatchingRunner:
         self._running = batch
         requests = [item.traced[0] for item in batch if item.traced is not None]
         try:
-            with tracing.compute_span(self.graph.label, self.graph.provider, len(merged), requests):
+            with tracing.compute_span(
+                self.graph.label, self.graph.provider, len(merged), requests, model=self.graph.model
+            ):
                 if len(merged) <= INLINE_MAX_ROWS:
                     outputs = self.graph.run(merged, len(batch))  # cheaper than a thread hop here
                 else:

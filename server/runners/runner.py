@@ -58,15 +58,16 @@ def expired(deadline: float | None) -> bool:
 
 class Admission:
     """The bound on one graph's rows waiting or computing (`--max-queue-rows`): a request that
-    would cross it is shed at once with `Overloaded`, before any work, and counted."""
+    would cross it is shed at once with `Overloaded`, before any work, and counted. `model`: the
+    model the graph is of (its metrics' label)."""
 
-    def __init__(self, label: str, metrics: Metrics, max_rows: int) -> None:
+    def __init__(self, label: str, metrics: Metrics, max_rows: int, model: str = "") -> None:
         self.label = label
         self.max_rows = max_rows
         self.rows = 0
-        self._depth = metrics.queue_rows.labels(label)
-        self._rejected = metrics.rejected.labels(label, "queue_full")
-        self.late = metrics.rejected.labels(label, "deadline")
+        self._depth = metrics.queue_rows.labels(model, label)
+        self._rejected = metrics.rejected.labels(model, label, "queue_full")
+        self.late = metrics.rejected.labels(model, label, "deadline")
 
     def admit(self, rows: int, deadline: float | None) -> None:
         if expired(deadline):
@@ -156,17 +157,19 @@ class TimedGraph:
     """A graph of one model version, with its run metrics and one worker thread of its own.
 
     Each run is timed once; that time feeds the run histograms and, for a run that served several
-    requests, Triton's per-request compute statistics (which count its time once per request)."""
+    requests, Triton's per-request compute statistics (which count its time once per request).
+    `label`: which graph (`encoder`, `decoder`); `model`: the model it is of."""
 
-    def __init__(self, graph: Graph, label: str, metrics: Metrics, version: str) -> None:
+    def __init__(self, graph: Graph, label: str, metrics: Metrics, version: str, model: str = "") -> None:
         self.graph = graph
         self.label = label
         self.version = version
+        self.model = model
         self.provider = graph.provider
-        self._compute = metrics.compute_duration.labels(label, version)
-        self._rows = metrics.batch_size.labels(label, version)
-        self._shared = metrics.shared_compute.labels(label, version)
-        self._last_run = metrics.last_run.labels(label, version)
+        self._compute = metrics.compute_duration.labels(model, label, version)
+        self._rows = metrics.batch_size.labels(model, label, version)
+        self._shared = metrics.shared_compute.labels(model, label, version)
+        self._last_run = metrics.last_run.labels(model, label, version)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{label}")
 
     def run(self, x: np.ndarray, requests: int = 1) -> list[np.ndarray]:
@@ -202,12 +205,12 @@ class InlineRunner:
 
     def __init__(self, graph: TimedGraph, metrics: Metrics, settings: BatchingSettings) -> None:
         self.graph = graph
-        self.admission = Admission(graph.label, metrics, settings.max_queue_rows)
+        self.admission = Admission(graph.label, metrics, settings.max_queue_rows, graph.model)
 
     async def run(self, x: np.ndarray, deadline: float | None = None) -> list[np.ndarray]:
         self.admission.admit(len(x), deadline)
         try:
-            with tracing.compute_span(self.graph.label, self.graph.provider, len(x)):
+            with tracing.compute_span(self.graph.label, self.graph.provider, len(x), model=self.graph.model):
                 if len(x) <= INLINE_MAX_ROWS:
                     return self.graph.run(x)
                 return await self.graph.run_off_loop(x, deadline)

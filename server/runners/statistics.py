@@ -8,9 +8,9 @@ compute and queue time. Kept as metrics, they are merged across
 `--workers` processes like every other metric: `graph_statistics` reads them back from a
 registry (with workers, every worker's files: file I/O, so call it off the event loop).
 
-Every run of a graph counts, whatever the front end: the native Encode, Decode and Sample run the
-same graphs as OIP's `vae_encoder` and `vae_decoder`. Counts are since the process (with workers,
-the supervisor) started.
+Every run of a graph counts, whatever the front end: the native Encode, Decode and Sample of a
+model run the same graphs as OIP's `<model>_encoder` and `<model>_decoder`. Counts are kept per
+model, graph and version, since the process (with workers, the supervisor) started.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ class CountedRunner:
     """A runner with Triton's request counts: each request ends in success or fail, with its time
     from admission to result (queue and compute; a shed or late request fails at once)."""
 
-    def __init__(self, runner: Runner, metrics: Metrics, label: str, version: str) -> None:
+    def __init__(self, runner: Runner, metrics: Metrics, label: str, version: str, model: str = "") -> None:
         self.runner = runner
-        self._success = metrics.graph_requests.labels(label, version, "success")
-        self._fail = metrics.graph_requests.labels(label, version, "fail")
+        self._success = metrics.graph_requests.labels(model, label, version, "success")
+        self._fail = metrics.graph_requests.labels(model, label, version, "fail")
 
     async def run(self, x: np.ndarray, deadline: float | None = None) -> list[np.ndarray]:
         began = time.perf_counter()
@@ -54,7 +54,7 @@ class CountedRunner:
 
 @dataclass
 class GraphStatistics:
-    """One graph and version, in seconds as recorded; `triton` gives Triton's shape."""
+    """One graph of a model version, in seconds as recorded; `triton` gives Triton's shape."""
 
     successes: float = 0.0
     success_s: float = 0.0
@@ -113,15 +113,15 @@ _FIELDS = {
 _LAST_RUN = "vae_serve_graph_last_run_timestamp_seconds"
 
 
-def graph_statistics(registry: CollectorRegistry) -> dict[tuple[str, str], GraphStatistics]:
-    """(graph, version) -> its statistics, summed over every worker the registry reads."""
-    found: dict[tuple[str, str], GraphStatistics] = defaultdict(GraphStatistics)
+def graph_statistics(registry: CollectorRegistry) -> dict[tuple[str, str, str], GraphStatistics]:
+    """(model, graph, version) -> its statistics, summed over every worker the registry reads."""
+    found: dict[tuple[str, str, str], GraphStatistics] = defaultdict(GraphStatistics)
     for family in registry.collect():
         for sample in family.samples:
             labels = sample.labels
-            if "graph" not in labels or "version" not in labels:
+            if "model" not in labels or "graph" not in labels or "version" not in labels:
                 continue
-            key = (labels["graph"], labels["version"])
+            key = (labels["model"], labels["graph"], labels["version"])
             if sample.name == _LAST_RUN:
                 found[key].last_run = max(found[key].last_run, sample.value)
                 continue

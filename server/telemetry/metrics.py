@@ -46,22 +46,23 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self._served_labels: tuple[str, str, str] | None = None
-        self._request_children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
+        self._served_labels: dict[str, tuple[str, str, str]] = {}  # by model: its info labels now
+        self._request_children: dict[tuple[str, str, str], tuple[Histogram, Counter]] = {}
         self._in_flight_children: dict[str, Gauge] = {}
         self.request_duration = Histogram(
             "vae_serve_request_duration_seconds",
-            "RPC latency in the server, by method and status code.",
-            ["method", "code"],
+            "RPC latency in the server, by method, status code and model (empty: none resolved).",
+            ["method", "code", "model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.requests = Counter(
             "vae_serve_requests_total",
-            "RPCs answered, by method and status code.",
-            ["method", "code"],
+            "RPCs answered, by method, status code and model (empty: none resolved).",
+            ["method", "code", "model"],
             registry=r,
         )
+        # By method alone: a call is counted from its arrival, before it names its model.
         self.in_flight = Gauge(
             "vae_serve_requests_in_flight",
             "RPCs being handled now.",
@@ -71,58 +72,58 @@ class Metrics:
         )
         self.compute_duration = Histogram(
             "vae_serve_inference_duration_seconds",
-            "ONNX Runtime run time, by graph and model version.",
-            ["graph", "version"],
+            "ONNX Runtime run time, by model, graph and model version.",
+            ["model", "graph", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
             "vae_serve_batch_size_rows",
-            "Rows per ONNX Runtime run, by graph and model version.",
-            ["graph", "version"],
+            "Rows per ONNX Runtime run, by model, graph and model version.",
+            ["model", "graph", "version"],
             buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.queue_duration = Histogram(
             "vae_serve_queue_duration_seconds",
-            "Time a request waited in the batcher's queue, by graph and model version.",
-            ["graph", "version"],
+            "Time a request waited in the batcher's queue, by model, graph and model version.",
+            ["model", "graph", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_rows = Gauge(
             "vae_serve_queue_rows",
-            "Rows waiting in the batcher's queue.",
-            ["graph"],
+            "Rows waiting in the batcher's queue, by model and graph.",
+            ["model", "graph"],
             registry=r,
             multiprocess_mode="livesum",
         )
         self.rejected = Counter(
             "vae_serve_rejected_total",
-            "Requests shed by the batcher, by graph and reason.",
-            ["graph", "reason"],
+            "Requests shed by the batcher, by model, graph and reason.",
+            ["model", "graph", "reason"],
             registry=r,
         )
         # Triton's per-model statistics (statistics.py reads them back), beside the run metrics above.
         self.graph_requests = Summary(
             "vae_serve_graph_request_duration_seconds",
             "Requests a graph's runner answered, and their time from admission to result (queue and "
-            "compute), by graph, model version and result (success, fail).",
-            ["graph", "version", "result"],
+            "compute), by model, graph, model version and result (success, fail).",
+            ["model", "graph", "version", "result"],
             registry=r,
         )
         self.shared_compute = Counter(
             "vae_serve_shared_compute_seconds_total",
             "ONNX Runtime time counted again for each request past the first that a run served (k "
             "requests: k-1 times its duration); added to the run time, Triton's per-request "
-            "compute_infer. By graph and model version.",
-            ["graph", "version"],
+            "compute_infer. By model, graph and model version.",
+            ["model", "graph", "version"],
             registry=r,
         )
         self.last_run = Gauge(
             "vae_serve_graph_last_run_timestamp_seconds",
-            "When a graph's last ONNX Runtime run ended (Unix time), by graph and model version.",
-            ["graph", "version"],
+            "When a graph's last ONNX Runtime run ended (Unix time), by model, graph and model version.",
+            ["model", "graph", "version"],
             registry=r,
             multiprocess_mode="max",
         )
@@ -134,7 +135,7 @@ class Metrics:
         )
         self.model_info = Gauge(
             "vae_serve_model_info",
-            "1 for the model version being served.",
+            "1 for each model's version being served (the latest), 0 for the ones it replaced.",
             ["name", "version", "execution_provider"],
             registry=r,
             multiprocess_mode="livemax",
@@ -148,24 +149,33 @@ class Metrics:
         return child
 
     def record_request(
-        self, method: str, code: str, seconds: float, exemplar: dict[str, str] | None = None
+        self,
+        method: str,
+        code: str,
+        seconds: float,
+        exemplar: dict[str, str] | None = None,
+        model: str = "",
     ) -> None:
         """Latency and count of one finished RPC (label children cached: this is the hot path).
         `exemplar`: a sampled call's `{"trace_id": ...}`, kept on its latency bucket and shown in
-        the OpenMetrics format only (multiprocess mode drops exemplars: single-process servers only)."""
-        children = self._request_children.get((method, code))
+        the OpenMetrics format only (multiprocess mode drops exemplars: single-process servers only).
+        `model`: the served model the call resolved, "" for none (never a name a client sent)."""
+        key = (method, code, model)
+        children = self._request_children.get(key)
         if children is None:
-            children = (self.request_duration.labels(method, code), self.requests.labels(method, code))
-            self._request_children[(method, code)] = children
+            children = (self.request_duration.labels(*key), self.requests.labels(*key))
+            self._request_children[key] = children
         children[0].observe(seconds, exemplar)
         children[1].inc()
 
     def set_model(self, name: str, version: str, provider: str) -> None:
-        """1 for the model now served, 0 for the one before (clear() is unsupported across processes)."""
-        if self._served_labels is not None:
-            self.model_info.labels(*self._served_labels).set(0)
-        self._served_labels = (name, version, provider)
-        self.model_info.labels(*self._served_labels).set(1)
+        """1 for the version of model `name` now served, 0 for the one before (clear() is
+        unsupported across processes)."""
+        before = self._served_labels.get(name)
+        if before is not None:
+            self.model_info.labels(*before).set(0)
+        self._served_labels[name] = (name, version, provider)
+        self.model_info.labels(name, version, provider).set(1)
 
 
 def multiprocess_registry() -> CollectorRegistry:

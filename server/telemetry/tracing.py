@@ -161,12 +161,20 @@ def queued() -> tuple[SpanContext, int] | None:
     return None if tracer is None else (get_current_span().get_span_context(), time.time_ns())
 
 
-def waited(mark: tuple[SpanContext, int], graph: str, rows: int, error: BaseException | None = None) -> None:
-    """The span of a request's time in the queue, from `queued` until now, under its call's span."""
+def waited(
+    mark: tuple[SpanContext, int],
+    graph: str,
+    rows: int,
+    error: BaseException | None = None,
+    *,
+    model: str = "",
+) -> None:
+    """The span of a request's time in the queue, from `queued` until now, under its call's span;
+    `model`: the model whose `graph` it waited for."""
     if tracer is None:
         return
     parent, began = mark
-    attributes: dict[str, AttributeValue] = {"vae.graph": graph, "vae.rows": rows}
+    attributes: dict[str, AttributeValue] = {"vae.model": model, "vae.graph": graph, "vae.rows": rows}
     span = tracer.start_span(
         "batcher.queue",
         set_span_in_context(NonRecordingSpan(parent)),
@@ -179,11 +187,16 @@ def waited(mark: tuple[SpanContext, int], graph: str, rows: int, error: BaseExce
 
 
 def compute_span(
-    graph: str, provider: str, rows: int, requests: Sequence[SpanContext] | None = None
+    graph: str,
+    provider: str,
+    rows: int,
+    requests: Sequence[SpanContext] | None = None,
+    *,
+    model: str = "",
 ) -> AbstractContextManager[object]:
-    """A block around one ORT run, its span: under the current call's span, or for a merged batch
-    (`requests`: its calls' spans) under the first sampled of them, with a link to each. Tracing
-    off: a shared no-op block."""
+    """A block around one ORT run of `model`'s `graph`, its span: under the current call's span,
+    or for a merged batch (`requests`: its calls' spans) under the first sampled of them, with a
+    link to each. Tracing off: a shared no-op block."""
     if tracer is None:
         return _OFF
     context: Context | None = None
@@ -193,6 +206,7 @@ def compute_span(
         context = set_span_in_context(NonRecordingSpan(parent))
         links = [Link(r) for r in requests if r.is_valid]
     attributes: dict[str, AttributeValue] = {
+        "vae.model": model,
         "vae.graph": graph,
         "vae.batch.rows": rows,
         "vae.batch.requests": len(requests) if requests else 1,

@@ -49,7 +49,13 @@ def batcher(model):
 
 
 def count(metrics, name, **labels):
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+    """The samples of `name` with these labels, summed over the others (the model's, say)."""
+    return sum(
+        sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def latents(rows: int, seed: int) -> np.ndarray:

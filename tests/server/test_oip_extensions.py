@@ -17,6 +17,8 @@ from vae_serve.tensor import to_tensor
 
 CALLS = Path(__file__).with_name("tritonclient_calls.py")
 W, L = 784, 32
+# The default model's graphs under the names clients knew first, then under its own.
+OIP_NAMES = ("vae_encoder", "vae_decoder", "fashion-vae_encoder", "fashion-vae_decoder")
 
 
 def triton(target: str, scenario: str, **kwargs: object) -> dict:
@@ -82,8 +84,7 @@ def test_model_config_states_what_the_server_does(running):
 
 def test_repository_index_lists_both_models_ready(running):
     assert triton(running.target, "extensions")["index"] == [
-        {"name": "vae_encoder", "version": "1", "state": "READY"},
-        {"name": "vae_decoder", "version": "1", "state": "READY"},
+        {"name": name, "version": "1", "state": "READY"} for name in OIP_NAMES
     ]
 
 
@@ -124,10 +125,7 @@ def test_statistics_move_by_exactly_what_was_sent(running, model, name, width):
 
 def test_statistics_without_a_model_cover_both(running):
     got = triton(running.target, "statistics", model="", name="x", width=W, rows=1, n=0)
-    assert [(s["name"], s["version"]) for s in got["after"]["model_stats"]] == [
-        ("vae_encoder", "1"),
-        ("vae_decoder", "1"),
-    ]
+    assert [(s["name"], s["version"]) for s in got["after"]["model_stats"]] == [(n, "1") for n in OIP_NAMES]
 
 
 def test_the_native_api_runs_the_same_graphs_and_counts_too(running, stub):

@@ -39,15 +39,13 @@ def test_index_says_why_a_version_on_disk_is_not_served(model, tmp_path):
     ext = extensions_for(model, model_repository=tmp_path)
     try:
         entries = asyncio.run(ext.index())
+        names = ("vae_encoder", "vae_decoder", "fashion-vae_encoder", "fashion-vae_decoder")
         assert [(e["name"], e["version"], e["state"], e["reason"]) for e in entries] == [
-            ("vae_encoder", "0", "UNAVAILABLE", OLDER),
-            ("vae_decoder", "0", "UNAVAILABLE", OLDER),
-            ("vae_encoder", "1", "READY", ""),
-            ("vae_decoder", "1", "READY", ""),
-            ("vae_encoder", "4", "UNAVAILABLE", NEWER),
-            ("vae_decoder", "4", "UNAVAILABLE", NEWER),
+            *((name, "0", "UNAVAILABLE", OLDER) for name in names),
+            *((name, "1", "READY", "") for name in names),
+            *((name, "4", "UNAVAILABLE", NEWER) for name in names),
         ]
-        assert [e["version"] for e in asyncio.run(ext.index(ready_only=True))] == ["1", "1"]
+        assert [e["version"] for e in asyncio.run(ext.index(ready_only=True))] == ["1"] * 4
     finally:
         ext.dataplane.close()
 
@@ -56,7 +54,7 @@ def test_index_of_an_unreadable_repository_still_lists_what_is_served(model, tmp
     (tmp_path / "fashion-vae").write_text("a file where the model directory belongs")
     ext = extensions_for(model, model_repository=tmp_path)
     try:
-        assert [e["state"] for e in asyncio.run(ext.index())] == ["READY", "READY"]
+        assert [e["state"] for e in asyncio.run(ext.index())] == ["READY"] * 4
     finally:
         ext.dataplane.close()
 
@@ -75,7 +73,8 @@ def test_batched_requests_count_each_request_once_and_each_run_once(model):
         (stats,) = asyncio.run(burst())
         registry = ext.dataplane.metrics.registry
         run_s = registry.get_sample_value(
-            "vae_serve_inference_duration_seconds_sum", {"graph": "decoder", "version": "1"}
+            "vae_serve_inference_duration_seconds_sum",
+            {"model": "fashion-vae", "graph": "decoder", "version": "1"},
         )
         infer = stats["inference_stats"]
         assert stats["inference_count"] == 16 and infer["success"]["count"] == 8

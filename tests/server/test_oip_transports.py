@@ -61,6 +61,9 @@ class Case:
     encodings: tuple[str, ...] = ENCODINGS
 
 
+# Every OIP model served, as an unknown name's error lists them.
+OIP_NAMES = "vae_encoder, vae_decoder, fashion-vae_encoder, fashion-vae_decoder"
+
 CASES = {
     "every output by default": Case("vae_encoder", [pixels()], answer=["mean", "logvar"]),
     "outputs in the order asked": Case(
@@ -73,7 +76,7 @@ CASES = {
         "vae_other",
         [latents()],
         answer=ModelNotFound,
-        message="no model 'vae_other'; models: vae_encoder, vae_decoder",
+        message=f"no model 'vae_other'; models: {OIP_NAMES}",
     ),
     "unknown version": Case(
         "vae_decoder",
@@ -330,7 +333,11 @@ def metadata_over_rest(http: httpx.Client, path: str, model: str, version: str) 
     [
         ("vae_encoder", "", None),
         ("vae_decoder", "1", None),
-        ("vae_other", "", "no model 'vae_other'; models: vae_encoder, vae_decoder"),
+        (
+            "vae_other",
+            "",
+            f"no model 'vae_other'; models: {OIP_NAMES}",
+        ),
         ("vae_decoder", "9", "model version '9' is not loaded (loaded: 1)"),
     ],
 )

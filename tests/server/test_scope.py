@@ -10,7 +10,7 @@ import pytest
 from vae_serve.errors import InvalidInput, ModelNotFound
 from vae_serve.server.drain import Activity
 from vae_serve.server.protocol.calls import RequestIdFilter, request_id
-from vae_serve.server.protocol.scope import CallScope, Method
+from vae_serve.server.protocol.scope import CallScope, Method, note_model
 from vae_serve.server.protocol.status import INTERNAL_MESSAGE
 from vae_serve.server.telemetry import observe
 from vae_serve.server.telemetry.metrics import Metrics
@@ -34,14 +34,14 @@ class Edge:
             method, self.metrics, self.activity, rid, (("x-request-id", rid),), lambda: "ipv4:1.2.3.4:5"
         )
 
-    def count(self, method: str, code: str) -> float:
+    def count(self, method: str, code: str, model: str = "") -> float:
         value = self.metrics.registry.get_sample_value(
-            "vae_serve_requests_total", {"method": method, "code": code}
+            "vae_serve_requests_total", {"method": method, "code": code, "model": model}
         )
         return value or 0.0
 
-    def timed(self, method: str, code: str) -> float:
-        labels = {"method": method, "code": code}
+    def timed(self, method: str, code: str, model: str = "") -> float:
+        labels = {"method": method, "code": code, "model": model}
         value = self.metrics.registry.get_sample_value("vae_serve_request_duration_seconds_count", labels)
         return value or 0.0
 
@@ -203,3 +203,17 @@ def test_the_scope_leaves_the_current_observed_call_as_it_found_it(access_lines)
     observe.note("other", "9", 1)  # outside any call: nowhere to go
     shown = [(r.method, r.model, r.version, r.rows) for r in access_lines()]
     assert shown == [("Decode", "fashion-vae", "1", 5), ("GetModelInfo", "-", "-", 0)]
+
+
+def test_the_model_a_call_resolved_labels_its_metrics_and_access_line(access_lines):
+    edge = Edge()
+    with edge.scope(CONTROL):
+        note_model("fashion-vae")  # what DataPlane.admit says once the name resolved
+    with edge.scope(WORK) as call:
+        call.admit()
+        raise ModelNotFound("no model 'x/../y'")  # never resolved: no model, whatever was asked
+    note_model("other")  # outside any call: nowhere to go
+    assert edge.count("GetModelInfo", "OK", model="fashion-vae") == 1
+    assert edge.count("Decode", "NOT_FOUND", model="") == 1
+    assert edge.timed("GetModelInfo", "OK", model="fashion-vae") == 1
+    assert [(r.method, r.model) for r in access_lines()] == [("GetModelInfo", "fashion-vae"), ("Decode", "-")]

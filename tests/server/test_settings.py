@@ -21,6 +21,7 @@ from vae_serve.server.app import VaeServer
 from vae_serve.server.models.model import load_model
 from vae_serve.server.models.reload import RepositoryWatcher
 from vae_serve.server.models.repository import resolve
+from vae_serve.server.models.selection import choose_models
 from vae_serve.server.models.versions import ServedVersions
 from vae_serve.server.protocol import dataplane
 from vae_serve.server.protocol.dataplane import DataPlane
@@ -60,14 +61,9 @@ def parse(*args: str) -> Settings:
 
 def test_defaults():
     s = parse()
-    assert (s.port, s.metrics_port, s.device, s.reflection, s.model) == (
-        50051,
-        8002,
-        "auto",
-        True,
-        "fashion-vae",
-    )
+    assert (s.port, s.metrics_port, s.device, s.reflection, s.model) == (50051, 8002, "auto", True, [])
     assert (s.model_repository / "fashion-vae" / "1" / "model.json").is_file()
+    assert choose_models(s.repository) == {"fashion-vae": None}  # every model there: the bundled one
 
 
 def test_flags_and_environment(monkeypatch):

@@ -1,9 +1,19 @@
 // Calls to the REST API (/v1) of the server that served this page, and the one place failures
 // are shown: every call that fails says why in the error banner, and clears its own message when
-// it next succeeds.
+// it next succeeds. The panels call the routes of the model picked (`/v1/models/{model}/...`).
 
 const banner = document.getElementById("error");
 const failures = new Map(); // source -> message, latest last
+let base = "/v1"; // the picked model's routes, once panel.js has picked one
+
+export function useModel(name) {
+  base = `/v1/models/${encodeURIComponent(name)}`;
+}
+
+// The path of one of the picked model's routes: `model("/decode")`.
+export function model(route = "") {
+  return `${base}${route}`;
+}
 
 function show() {
   const messages = [...failures.values()].reverse();

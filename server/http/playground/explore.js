@@ -2,7 +2,7 @@
 // keys) moves. Moves are coalesced: at most one decode in flight, and the next one always takes
 // the latest position, so a fast pointer never queues stale requests.
 
-import { call } from "./api.js";
+import { call, model as route } from "./api.js";
 import { paint } from "./images.js";
 
 const pad = document.getElementById("latent-pad");
@@ -36,7 +36,7 @@ export function setModel(model) {
     select.replaceChildren(...axes.map((axis, i) => new Option(axis.label, String(i))));
   }
   axisX.value = "0";
-  axisY.value = "1";
+  axisY.value = String(Math.min(1, axes.length - 1)); // a one-dimensional latent space has one axis
   want(position);
 }
 
@@ -70,7 +70,7 @@ async function pump() {
     wanted = null;
     const started = performance.now();
     try {
-      const { x } = await call("explore", "/v1/decode", { z: [z] });
+      const { x } = await call("explore", route("/decode"), { z: [z] });
       paint(image, x[0]);
     } catch {
       break; // the banner says why; the next move tries again

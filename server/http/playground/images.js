@@ -1,7 +1,7 @@
 // Images as the API carries them (rows of values in [0, 1]: grey [H, W], or channel-last RGB
 // [H, W, 3]) to and from canvases.
 
-let shape = [28, 28]; // the served model's image_shape, set from /v1/model by main.js
+let shape = [28, 28]; // the picked model's image_shape, set by main.js
 
 export function setShape(imageShape) {
   shape = imageShape.length === 1 ? [1, imageShape[0]] : imageShape;

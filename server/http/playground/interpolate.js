@@ -1,7 +1,7 @@
 // Interpolate: decoded steps along the straight line between two posterior means (ends from the
-// sample grid, encoded with POST /v1/encode, or from the Reconstruct panel).
+// sample grid, encoded with POST .../encode, or from the Reconstruct panel).
 
-import { call, quietly } from "./api.js";
+import { call, model, quietly } from "./api.js";
 import { paint, tile } from "./images.js";
 
 const ends = { a: null, b: null }; // posterior means
@@ -13,13 +13,13 @@ async function interpolate() {
   if (!ends.a || !ends.b) return;
   const n = Math.min(Math.max(Number(steps.value) || 8, 3), 16);
   const z = Array.from({ length: n }, (_, i) => ends.a.map((a, j) => a + ((ends.b[j] - a) * i) / (n - 1)));
-  const { x } = await call("interpolate", "/v1/decode", { z });
+  const { x } = await call("interpolate", model("/decode"), { z });
   row.replaceChildren(...x.map((image, i) => tile(image, `Step ${i + 1} of ${n}`)));
 }
 
 async function setEnd(end, mean) {
   ends[end] = mean;
-  const { x } = await call("interpolate", "/v1/decode", { z: [mean] });
+  const { x } = await call("interpolate", model("/decode"), { z: [mean] });
   paint(document.getElementById(`end-${end}`), x[0]);
   await interpolate();
 }
@@ -28,7 +28,7 @@ async function setEnd(end, mean) {
 export async function pick(image) {
   const end = next;
   next = next === "a" ? "b" : "a";
-  const { mean } = await call("interpolate", "/v1/encode", { x: [image] });
+  const { mean } = await call("interpolate", model("/encode"), { x: [image] });
   await setEnd(end, mean[0]);
 }
 

@@ -1,4 +1,4 @@
-// The playground: each panel is one module; this wires them to the served model.
+// The playground: each panel is one module; this wires them to the model picked (panel.js).
 
 import { quietly } from "./api.js";
 import * as explore from "./explore.js";

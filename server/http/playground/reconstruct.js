@@ -1,8 +1,8 @@
 // Reconstruct: draw (mouse, pen or finger) or drop / upload a PNG or JPEG; the page encodes it and
 // shows the decoded posterior mean and a few posterior draws. A drawing is sent as JSON rows
-// (POST /v1/reconstruct); a file is sent as it is, for the server to read (the API's uploads).
+// (POST .../reconstruct); a file is sent as it is, for the server to read (the API's uploads).
 
-import { call, quietly } from "./api.js";
+import { call, model, quietly } from "./api.js";
 import { inColour, paint, rowFrom, tile } from "./images.js";
 
 const canvas = document.getElementById("draw-canvas");
@@ -21,11 +21,11 @@ function clear() {
 }
 
 async function reconstruct(body) {
-  const { mean, logvar, x } = await call("reconstruct", "/v1/reconstruct", body);
+  const { mean, logvar, x } = await call("reconstruct", model("/reconstruct"), body);
   paint(reconstruction, x[0]);
   last = { mean: mean[0], logvar: logvar[0] };
   for (const id of ["use-a", "use-b"]) document.getElementById(id).disabled = false;
-  const draws = await call("reconstruct", "/v1/sample", {
+  const draws = await call("reconstruct", model("/sample"), {
     num_samples: POSTERIOR_DRAWS,
     mean: [last.mean],
     logvar: [last.logvar],

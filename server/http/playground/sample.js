@@ -1,9 +1,9 @@
 // Sample: a grid of decoded prior draws. The page asks for the seeded draws themselves
-// (GET /v1/sample?decode=false, the same `default_rng(seed)` draws `vae-client sample --seed`
-// gets), scales them by the temperature and decodes them (POST /v1/decode): two plain API calls,
+// (GET .../sample?decode=false, the same `default_rng(seed)` draws `vae-client sample --seed`
+// gets), scales them by the temperature and decodes them (POST .../decode): two plain API calls,
 // and at temperature 1 exactly the client's grid.
 
-import { call, quietly } from "./api.js";
+import { call, model, quietly } from "./api.js";
 import { tile } from "./images.js";
 
 const form = document.getElementById("sample-form");
@@ -16,9 +16,9 @@ const grid = document.getElementById("sample-grid");
 async function sample() {
   const n = Math.min(Math.max(Number(count.value) || 16, 4), 64);
   const t = Number(temperature.value);
-  const draws = await call("sample", `/v1/sample?n=${n}&seed=${Number(seed.value)}&decode=false`);
+  const draws = await call("sample", model(`/sample?n=${n}&seed=${Number(seed.value)}&decode=false`));
   const z = draws.z.map((row) => row.map((value) => value * t));
-  const { x } = await call("sample", "/v1/decode", { z });
+  const { x } = await call("sample", model("/decode"), { z });
   grid.replaceChildren(
     ...x.map((row, i) => {
       const button = document.createElement("button");

@@ -246,7 +246,7 @@ def test_bad_requests_get_400_with_a_json_error(http, case):
 
 def test_lookup_errors_are_404_and_unknown_routes_are_json(http):
     assert http.post("/v2/models/nope/infer", json=_z()).json() == {
-        "error": "no model 'nope'; models: vae_encoder, vae_decoder"
+        "error": "no model 'nope'; models: vae_encoder, vae_decoder, fashion-vae_encoder, fashion-vae_decoder"
     }
     assert http.get("/v2/models/nope").status_code == 404
     assert http.get("/v2/models/vae_decoder/versions/7/ready").status_code == 404

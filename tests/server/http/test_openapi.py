@@ -53,12 +53,17 @@ def test_every_route_is_described_with_its_path_parameters(spec, path, method):
     assert error == {"$ref": "#/components/schemas/ErrorResponse"}
 
 
+# The default model's routes, and every model's.
+V1_PREFIXES = ("/v1", "/v1/models/{model}")
 # Every route that reads a body: the schema of its JSON, whether it is required, what else it takes.
+_V1_BODIES = {
+    "/encode": ("ImagesBody", True, {"image/png", "image/jpeg", "multipart/form-data"}),
+    "/reconstruct": ("ImagesBody", True, {"image/png", "image/jpeg", "multipart/form-data"}),
+    "/decode": ("DecodeBody", True, set()),
+    "/sample": ("SampleBody", True, set()),
+}
 BODIES = {
-    ("/v1/encode", "post"): ("ImagesBody", True, {"image/png", "image/jpeg", "multipart/form-data"}),
-    ("/v1/reconstruct", "post"): ("ImagesBody", True, {"image/png", "image/jpeg", "multipart/form-data"}),
-    ("/v1/decode", "post"): ("DecodeBody", True, set()),
-    ("/v1/sample", "post"): ("SampleBody", True, set()),
+    **{(f"{prefix}{route}", "post"): body for route, body in _V1_BODIES.items() for prefix in V1_PREFIXES},
     ("/v2/models/{model_name}/infer", "post"): ("InferenceRequest", True, {"application/octet-stream"}),
     ("/v2/models/{model_name}/versions/{model_version}/infer", "post"): (
         "InferenceRequest",

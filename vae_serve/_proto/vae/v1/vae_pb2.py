@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vae/v1/vae.proto\x12\x06vae.v1\x1a\x1cgoogle/protobuf/struct.proto\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"A\n\rEncodeRequest\x12\x19\n\x01x\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"e\n\x0e\x45ncodeResponse\x12\x1c\n\x04mean\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1e\n\x06logvar\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\xa5\x01\n\rSampleRequest\x12\x13\n\x0bnum_samples\x18\x01 \x01(\r\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x1c\n\x04mean\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1e\n\x06logvar\x18\x04 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06\x64\x65\x63ode\x18\x05 \x01(\x08\x12\x15\n\rmodel_version\x18\x06 \x01(\tB\x07\n\x05_seed\"]\n\x0eSampleResponse\x12\x19\n\x01z\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01x\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"A\n\rDecodeRequest\x12\x19\n\x01z\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"B\n\x0e\x44\x65\x63odeResponse\x12\x19\n\x01x\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x15\n\rmodel_version\x18\x02 \x01(\t\",\n\x13GetModelInfoRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\"\xdd\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tinput_dim\x18\x03 \x01(\r\x12\x13\n\x0bimage_shape\x18\x04 \x03(\x03\x12\x12\n\nlatent_dim\x18\x05 \x01(\r\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12-\n\x04\x63\x61rd\x18\x07 \x03(\x0b\x32\x1b.vae.v1.ModelInfo.CardEntryB\x02\x18\x01\x12$\n\x06limits\x18\x08 \x01(\x0b\x32\x14.vae.v1.ServerLimits\x12\x11\n\tserver_id\x18\t \x01(\t\x12\x17\n\x0floaded_versions\x18\n \x03(\t\x12+\n\nmodel_card\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x1a+\n\tCardEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x0cServerLimits\x12\x18\n\x10max_request_rows\x18\x01 \x01(\r\x12\x13\n\x0bmax_samples\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x04\x32\xf7\x01\n\nVAEService\x12\x37\n\x06\x45ncode\x12\x15.vae.v1.EncodeRequest\x1a\x16.vae.v1.EncodeResponse\x12\x37\n\x06Sample\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse\x12\x37\n\x06\x44\x65\x63ode\x12\x15.vae.v1.DecodeRequest\x1a\x16.vae.v1.DecodeResponse\x12>\n\x0cGetModelInfo\x12\x1b.vae.v1.GetModelInfoRequest\x1a\x11.vae.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vae/v1/vae.proto\x12\x06vae.v1\x1a\x1cgoogle/protobuf/struct.proto\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"P\n\rEncodeRequest\x12\x19\n\x01x\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\"e\n\x0e\x45ncodeResponse\x12\x1c\n\x04mean\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1e\n\x06logvar\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\xb4\x01\n\rSampleRequest\x12\x13\n\x0bnum_samples\x18\x01 \x01(\r\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x1c\n\x04mean\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1e\n\x06logvar\x18\x04 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06\x64\x65\x63ode\x18\x05 \x01(\x08\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\tB\x07\n\x05_seed\"]\n\x0eSampleResponse\x12\x19\n\x01z\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x19\n\x01x\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"P\n\rDecodeRequest\x12\x19\n\x01z\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\"B\n\x0e\x44\x65\x63odeResponse\x12\x19\n\x01x\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x15\n\rmodel_version\x18\x02 \x01(\t\";\n\x13GetModelInfoRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\xdd\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tinput_dim\x18\x03 \x01(\r\x12\x13\n\x0bimage_shape\x18\x04 \x03(\x03\x12\x12\n\nlatent_dim\x18\x05 \x01(\r\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12-\n\x04\x63\x61rd\x18\x07 \x03(\x0b\x32\x1b.vae.v1.ModelInfo.CardEntryB\x02\x18\x01\x12$\n\x06limits\x18\x08 \x01(\x0b\x32\x14.vae.v1.ServerLimits\x12\x11\n\tserver_id\x18\t \x01(\t\x12\x17\n\x0floaded_versions\x18\n \x03(\t\x12+\n\nmodel_card\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x1a+\n\tCardEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x0cServerLimits\x12\x18\n\x10max_request_rows\x18\x01 \x01(\r\x12\x13\n\x0bmax_samples\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x04\x32\xf7\x01\n\nVAEService\x12\x37\n\x06\x45ncode\x12\x15.vae.v1.EncodeRequest\x1a\x16.vae.v1.EncodeResponse\x12\x37\n\x06Sample\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse\x12\x37\n\x06\x44\x65\x63ode\x12\x15.vae.v1.DecodeRequest\x1a\x16.vae.v1.DecodeResponse\x12>\n\x0cGetModelInfo\x12\x1b.vae.v1.GetModelInfoRequest\x1a\x11.vae.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,25 +39,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSOR']._serialized_start=58
   _globals['_TENSOR']._serialized_end=95
   _globals['_ENCODEREQUEST']._serialized_start=97
-  _globals['_ENCODEREQUEST']._serialized_end=162
-  _globals['_ENCODERESPONSE']._serialized_start=164
-  _globals['_ENCODERESPONSE']._serialized_end=265
-  _globals['_SAMPLEREQUEST']._serialized_start=268
-  _globals['_SAMPLEREQUEST']._serialized_end=433
-  _globals['_SAMPLERESPONSE']._serialized_start=435
-  _globals['_SAMPLERESPONSE']._serialized_end=528
-  _globals['_DECODEREQUEST']._serialized_start=530
-  _globals['_DECODEREQUEST']._serialized_end=595
-  _globals['_DECODERESPONSE']._serialized_start=597
-  _globals['_DECODERESPONSE']._serialized_end=663
-  _globals['_GETMODELINFOREQUEST']._serialized_start=665
-  _globals['_GETMODELINFOREQUEST']._serialized_end=709
-  _globals['_MODELINFO']._serialized_start=712
-  _globals['_MODELINFO']._serialized_end=1061
-  _globals['_MODELINFO_CARDENTRY']._serialized_start=1018
-  _globals['_MODELINFO_CARDENTRY']._serialized_end=1061
-  _globals['_SERVERLIMITS']._serialized_start=1063
-  _globals['_SERVERLIMITS']._serialized_end=1151
-  _globals['_VAESERVICE']._serialized_start=1154
-  _globals['_VAESERVICE']._serialized_end=1401
+  _globals['_ENCODEREQUEST']._serialized_end=177
+  _globals['_ENCODERESPONSE']._serialized_start=179
+  _globals['_ENCODERESPONSE']._serialized_end=280
+  _globals['_SAMPLEREQUEST']._serialized_start=283
+  _globals['_SAMPLEREQUEST']._serialized_end=463
+  _globals['_SAMPLERESPONSE']._serialized_start=465
+  _globals['_SAMPLERESPONSE']._serialized_end=558
+  _globals['_DECODEREQUEST']._serialized_start=560
+  _globals['_DECODEREQUEST']._serialized_end=640
+  _globals['_DECODERESPONSE']._serialized_start=642
+  _globals['_DECODERESPONSE']._serialized_end=708
+  _globals['_GETMODELINFOREQUEST']._serialized_start=710
+  _globals['_GETMODELINFOREQUEST']._serialized_end=769
+  _globals['_MODELINFO']._serialized_start=772
+  _globals['_MODELINFO']._serialized_end=1121
+  _globals['_MODELINFO_CARDENTRY']._serialized_start=1078
+  _globals['_MODELINFO_CARDENTRY']._serialized_end=1121
+  _globals['_SERVERLIMITS']._serialized_start=1123
+  _globals['_SERVERLIMITS']._serialized_end=1211
+  _globals['_VAESERVICE']._serialized_start=1214
+  _globals['_VAESERVICE']._serialized_end=1461
 # @@protoc_insertion_point(module_scope)

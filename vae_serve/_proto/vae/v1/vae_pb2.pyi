@@ -16,12 +16,14 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("x", "model_version")
+    __slots__ = ("x", "model_version", "model")
     X_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     x: Tensor
     model_version: str
-    def __init__(self, x: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    model: str
+    def __init__(self, x: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("mean", "logvar", "model_version")
@@ -34,20 +36,22 @@ class EncodeResponse(_message.Message):
     def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., logvar: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
-    __slots__ = ("num_samples", "seed", "mean", "logvar", "decode", "model_version")
+    __slots__ = ("num_samples", "seed", "mean", "logvar", "decode", "model_version", "model")
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     LOGVAR_FIELD_NUMBER: _ClassVar[int]
     DECODE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     num_samples: int
     seed: int
     mean: Tensor
     logvar: Tensor
     decode: bool
     model_version: str
-    def __init__(self, num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., mean: _Optional[_Union[Tensor, _Mapping]] = ..., logvar: _Optional[_Union[Tensor, _Mapping]] = ..., decode: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
+    model: str
+    def __init__(self, num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., mean: _Optional[_Union[Tensor, _Mapping]] = ..., logvar: _Optional[_Union[Tensor, _Mapping]] = ..., decode: _Optional[bool] = ..., model_version: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class SampleResponse(_message.Message):
     __slots__ = ("z", "x", "model_version")
@@ -60,12 +64,14 @@ class SampleResponse(_message.Message):
     def __init__(self, z: _Optional[_Union[Tensor, _Mapping]] = ..., x: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("z", "model_version")
+    __slots__ = ("z", "model_version", "model")
     Z_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     z: Tensor
     model_version: str
-    def __init__(self, z: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    model: str
+    def __init__(self, z: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class DecodeResponse(_message.Message):
     __slots__ = ("x", "model_version")
@@ -76,10 +82,12 @@ class DecodeResponse(_message.Message):
     def __init__(self, x: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
-    __slots__ = ("model_version",)
+    __slots__ = ("model_version", "model")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     model_version: str
-    def __init__(self, model_version: _Optional[str] = ...) -> None: ...
+    model: str
+    def __init__(self, model_version: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "input_dim", "image_shape", "latent_dim", "execution_provider", "card", "limits", "server_id", "loaded_versions", "model_card")
