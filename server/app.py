@@ -43,6 +43,7 @@ from .models.repository import resolve
 from .models.selection import choose_models
 from .ports import check_port_free, check_ports_free, ready_line
 from .protocol.dataplane import DataPlane
+from .protocol.model_control import ModelControl
 from .protocol.oip_extensions import TritonExtensions
 from .settings import Settings
 from .telemetry.metrics import Metrics, multiprocess_registry
@@ -81,16 +82,21 @@ class VaeServer:
         self.watcher = RepositoryWatcher(self.repository, self.dataplane, self.metrics)
         # What statistics are read from: with workers, every worker's metrics files, merged.
         self.merged_registry = multiprocess_registry() if worker else self.metrics.registry
-        self.oip = TritonExtensions(self.dataplane, self.network.workers, self.merged_registry)
+        self.control = None
+        if self.repository.model_control_mode == "explicit":
+            self.control = ModelControl(self.dataplane, self.watcher, self.network.drain_grace_s)
+        self.oip = TritonExtensions(self.dataplane, self.network.workers, self.merged_registry, self.control)
         self._watching: asyncio.Task[None] | None = None
 
-    def load(self) -> None:
-        """Every model chosen (models/selection.py), each at its pinned or highest version, each
-        watched for new versions from before it loads."""
+    def load(self, listed: list[str] | None = None) -> None:
+        """Every model chosen (models/selection.py; `listed`: the models an object store lists),
+        each at its pinned or highest version, each watched for new versions from before it loads."""
         s = self.repository
-        for name, version in choose_models(s).items():
+        if s.model_control_mode == "explicit" and not s.model:
+            return  # explicit model control with no --model: models come through the API alone
+        for name, version in choose_models(s, listed).items():
             self.watcher.watch(name)
-            files = resolve(s.model_repository, name, version)
+            files = resolve(self.watcher.root, name, version)
             model = load_model(files, s.device, s.intra_op_threads)
             self.dataplane.serve(model)
             log.info(
@@ -188,8 +194,10 @@ class VaeServer:
         gc.freeze()
         if not self.worker:  # a worker's supervisor checked them, and its siblings share them
             check_ports_free(self.settings)
-        if not self.dataplane.loaded:
-            self.load()
+        if not self.dataplane.models.names:  # unless a caller loaded them already
+            # An object store's versions into the cache first (bounded by its timeouts), then
+            # everything loads from the cache as from a local repository.
+            self.load(await self.watcher.source.prepare())
         s = self.network
         if not self.worker:
             self._metrics_http = MetricsPort(self.metrics.registry, s.metrics_host, s.metrics_port)
@@ -238,7 +246,8 @@ class VaeServer:
                 self.port = self.metrics_port = None
                 raise
             self.http_port = self._http.port
-        self._watching = asyncio.create_task(self.watcher.run_forever(), name="repository-watcher")
+        if self.repository.model_control_mode == "poll":  # none and explicit: the set stays as loaded
+            self._watching = asyncio.create_task(self.watcher.run_forever(), name="repository-watcher")
         await self.state.serve()
         metrics_port = self.metrics_port or s.metrics_port  # a worker's supervisor serves them
         security = "TLS" if self.tls.tls_cert else "plaintext"

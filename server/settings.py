@@ -51,6 +51,7 @@ __all__ = [
     "HELP_SECTIONS",
     "MIN_MESSAGE_BYTES",
     "MODEL_NAME",
+    "STORE_SCHEMES",
     "BatchingSettings",
     "HttpSettings",
     "LimitSettings",
@@ -62,7 +63,9 @@ __all__ = [
     "TLSSettings",
     "ValidationError",
     "check_model_name",
+    "check_repository",
     "describe_error",
+    "is_store_uri",
     "parse_args",
     "section_of",
     "split_pin",
@@ -78,6 +81,9 @@ MAX_CONFIG_BYTES = 1 << 20
 # and a log line, and that no file system reads as anything but a name.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128"
+# Object stores a --model-repository URI may name (server/models/storage.py reads them).
+STORE_SCHEMES = ("s3", "gs", "az")
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
 def check_model_name(name: str) -> str:
@@ -117,7 +123,35 @@ def _check_pin(pin: str) -> str:
     return pin
 
 
+def check_repository(value: object) -> str:
+    """A `--model-repository`: a local directory's path, or `s3://`, `gs://` or `az://` with a
+    bucket (container) and an optional prefix. Kept a string: a Path would make s3://b of s3:/b."""
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(text, str) or not text:
+        raise ValueError("a directory, or a URI such as s3://bucket/prefix")
+    if any(ord(c) < 32 for c in text):
+        raise ValueError("control characters are no part of a path or URI")
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    if scheme not in STORE_SCHEMES:
+        schemes = ", ".join(f"{s}://" for s in STORE_SCHEMES)
+        raise ValueError(f"{scheme[:20]!r}: neither a directory nor an object store ({schemes})")
+    bucket, _, prefix = rest.partition("/")
+    if not _BUCKET.fullmatch(bucket):
+        raise ValueError(f"{scheme}://: a bucket name (letters, digits, '.', '_', '-') comes first")
+    if any(part in (".", "..") for part in prefix.split("/")):
+        raise ValueError("a prefix has no '.' or '..' segments")
+    return f"{scheme}://{bucket}/{prefix.strip('/')}".rstrip("/")
+
+
+def is_store_uri(repository: str) -> bool:
+    """Whether a checked `--model-repository` names object storage rather than a directory."""
+    return repository.partition("://")[0] in STORE_SCHEMES and "://" in repository
+
+
 ModelName = Annotated[str, AfterValidator(check_model_name)]
+Repository = Annotated[str, BeforeValidator(check_repository)]
 # Given as a flag repeated (or with commas), a variable or a config key with one or several values.
 Names = Annotated[list[ModelName], NoDecode, BeforeValidator(_listed)]
 Pins = Annotated[list[Annotated[str, AfterValidator(_check_pin)]], NoDecode, BeforeValidator(_listed)]
@@ -241,7 +275,31 @@ class TLSSettings(_Group):
 class RepositorySettings(_Group):
     """Which models are served from where, on what device, and how their versions come and go."""
 
-    model_repository: Path = Field(DEFAULT_REPOSITORY, description="Root of <name>/<version>/ directories.")
+    model_repository: Repository = Field(
+        str(DEFAULT_REPOSITORY),
+        description="Where the models are: a directory of <name>/<version>/ directories, or the same "
+        "layout in object storage (s3://bucket/prefix, gs://..., az://container/prefix), fetched into "
+        "--model-cache-dir; credentials from the store's own variables (AWS_*, GOOGLE_*, AZURE_*).",
+    )
+    model_cache_dir: Annotated[Path, AfterValidator(Path.expanduser)] = Field(
+        Path("~/.cache/vae-serve/models"),
+        validate_default=True,
+        description="Where versions from an object store are kept (one directory per repository URI); "
+        "unused for a local repository.",
+    )
+    store_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Seconds an object store call may wait to connect or for its next byte before "
+        "the try fails.",
+    )
+    store_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Tries after a failed object store call, with backoff (0.25 s doubling to 4 s).",
+    )
     model: Names = Field(
         default_factory=list,
         description="A model of the repository to serve (repeat the flag, or separate names with "
@@ -257,6 +315,20 @@ class RepositorySettings(_Group):
         default_factory=list,
         description="Version to serve at start (default: the highest): 3 when one model is served, "
         "name:3 for one of several (repeat for each); newer ones found later still load.",
+    )
+    model_control_mode: Literal["none", "poll", "explicit"] = Field(
+        "poll",
+        description="poll: serve new versions as they appear (every --repository-poll-s, SIGHUP); "
+        "none: what loads at start stays, nothing is polled; explicit: serve what --model loads at "
+        "start and what the repository API loads (POST /v2/repository/models/NAME/load, "
+        "RepositoryModelLoad), and nothing else.",
+    )
+    max_loaded_models: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="With --model-control-mode explicit, models loaded at once; a load beyond is "
+        "refused (FAILED_PRECONDITION / 409) until one is unloaded.",
     )
     repository_poll_s: float = Field(
         2.0, ge=0, description="How often to look for new versions in the repository (0: never; SIGHUP: now)."
@@ -457,6 +529,20 @@ class Settings(
                 raise ValueError(f"--model-version {pin}: several models are served; write name:{pin}")
             if name is not None and name not in self.model:
                 raise ValueError(f"--model-version {pin}: {name} is not among --model {served}")
+        return self
+
+    @model_validator(mode="after")
+    def _models_fit_the_limit(self) -> Settings:
+        if self.model_control_mode == "explicit" and self.workers > 1:
+            raise ValueError(
+                "--model-control-mode explicit serves one process: a load would reach one worker of "
+                "several; use --workers 1"
+            )
+        if self.model_control_mode == "explicit" and len(self.model) > self.max_loaded_models:
+            raise ValueError(
+                f"--model names {len(self.model)} models, more than "
+                f"--max-loaded-models {self.max_loaded_models}"
+            )
         return self
 
     @model_validator(mode="after")

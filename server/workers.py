@@ -22,6 +22,7 @@ A SIGHUP never kills a worker: it ignores SIGHUP from its fork until its handler
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import ctypes
@@ -41,6 +42,7 @@ from .wakeup import SignalWakeUp
 
 if TYPE_CHECKING:
     from .http.metrics_port import MetricsPort
+    from .models.source import StorePoller
 
 __all__ = ["StartFailure", "run_workers"]
 
@@ -135,13 +137,14 @@ class _Supervisor:
         # Every signal writes a byte here, so a wait for pipes ends at once for SIGCHLD or SIGTERM.
         self.wake = SignalWakeUp()
         self.selector.register(self.wake.receive, selectors.EVENT_READ)
+        self.poller: StorePoller | None = None  # the one poll of an object store, if any
 
     def install_signals(self) -> None:
         self.wake.install()
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to write the wake-up byte
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.stop)
-        signal.signal(signal.SIGHUP, self.forward)  # "look for new versions now", in every worker
+        signal.signal(signal.SIGHUP, self.hang_up)
 
     def close(self) -> None:
         self.wake.close()
@@ -177,6 +180,12 @@ class _Supervisor:
                 os.kill(pid, signal.SIGTERM)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+
+    def hang_up(self, signum: int, _frame: object = None) -> None:
+        """ "Look for new versions now", in every worker, and in the store first if there is one."""
+        if self.poller is not None:
+            self.poller.wake()  # it wakes the workers again once a new version is in the cache
+        self.forward(signum)
 
     def forward(self, signum: int, _frame: object = None) -> None:
         for pid in list(self.workers):
@@ -293,24 +302,31 @@ def run_workers(settings: Settings) -> int:
     from .http.metrics_port import MetricsPort
     from .models.repository import resolve
     from .models.selection import choose_models
+    from .models.source import ModelSource, StorePoller
     from .ports import check_ports_free
     from .telemetry.metrics import multiprocess_registry
 
     try:
         check_ports_free(settings)
-        chosen = choose_models(settings.repository)
+        source = ModelSource(settings.repository)
+        chosen = choose_models(settings.repository, asyncio.run(source.prepare()))
         for model, version in chosen.items():
-            resolve(settings.model_repository, model, version)  # card + sha256, no ORT
+            resolve(source.root, model, version)  # card + sha256, no ORT
         # Every worker serves these models, a replacement started later too, whatever the
-        # repository holds by then.
-        settings = settings.model_copy(update={"model": list(chosen)})
+        # repository holds by then; from an object store, the workers read its cache as a local
+        # repository, which the supervisor alone keeps in sync with the store.
+        settings = settings.model_copy(update={"model": list(chosen), "model_repository": str(source.root)})
         http = MetricsPort(multiprocess_registry(), settings.metrics_host, settings.metrics_port)
         supervisor = _Supervisor(settings, http)
+        if source.store is not None:
+            supervisor.poller = StorePoller(source, list(chosen), lambda: supervisor.forward(signal.SIGHUP))
         try:
             supervisor.install_signals()
             for _ in range(settings.workers):
                 supervisor.spawn(first=True)
             http.start()  # after the first forks: a child forked beside a thread may inherit its locks
+            if supervisor.poller is not None:
+                supervisor.poller.start()
             log.info(
                 "supervising %d workers on %s:%d, merged metrics on :%d",
                 settings.workers,
@@ -320,6 +336,8 @@ def run_workers(settings: Settings) -> int:
             )
             code = supervisor.supervise()
         finally:
+            if supervisor.poller is not None:
+                supervisor.poller.stop()
             supervisor.close()
             http.close()
         if supervisor.failure:

@@ -10,6 +10,7 @@ __all__ = [
     "DeadlineExceeded",
     "Draining",
     "InvalidInput",
+    "LoadFailed",
     "ModelLoadError",
     "ModelNotFound",
     "NotReady",
@@ -18,6 +19,7 @@ __all__ = [
     "ServingError",
     "StartError",
     "TooLarge",
+    "TooManyModels",
     "Unsupported",
     "UnsupportedMediaType",
     "quote",
@@ -62,6 +64,15 @@ class Unsupported(ServingError):
 
 class UnsupportedMediaType(ServingError):
     """The request's body is of a type this call does not take (INVALID_ARGUMENT; HTTP 415)."""
+
+
+class LoadFailed(ServingError):
+    """A model asked to load cannot be served as it is in the repository; what was served still
+    is (FAILED_PRECONDITION: fix the repository, then load again)."""
+
+
+class TooManyModels(ServingError):
+    """Loading one more model would exceed --max-loaded-models (RESOURCE_EXHAUSTED: unload one)."""
 
 
 class StartError(Exception):

@@ -118,10 +118,12 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: oip.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> oip.RepositoryModelLoadResponse:
-        self.service.load(request.model_name)
+        await self.service.load(request.model_name)
+        return oip.RepositoryModelLoadResponse()
 
     @control_rpc
     async def RepositoryModelUnload(
         self, request: oip.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> oip.RepositoryModelUnloadResponse:
-        self.service.unload(request.model_name)
+        await self.service.unload(request.model_name)
+        return oip.RepositoryModelUnloadResponse()

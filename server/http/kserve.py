@@ -143,12 +143,14 @@ async def repository_index(front: Front, request: Request) -> Response:
 
 @endpoint("RepositoryModelLoad", bodies=BODIES)
 async def repository_load(front: Front, request: Request) -> Response:
-    front.oip.load(request.path_params["model_name"])
+    await front.oip.load(request.path_params["model_name"])
+    return json_response({})
 
 
 @endpoint("RepositoryModelUnload", bodies=BODIES)
 async def repository_unload(front: Front, request: Request) -> Response:
-    front.oip.unload(request.path_params["model_name"])
+    await front.oip.unload(request.path_params["model_name"])
+    return json_response({})
 
 
 def routes() -> list[Route]:

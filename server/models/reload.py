@@ -8,7 +8,8 @@ keep working), warmed up, and only then made the model's latest; requests in fli
 version they started on. A corrupt, incomplete or incompatible version is rejected with a logged
 reason and `vae_serve_model_loads_total{result="rejected"}`, and the model's old one keeps
 serving. It is tried again only if its files change. The models watched are the ones served
-(`watch`): a new model directory is not served by appearing.
+(`watch`): a new model directory is not served by appearing. From an object store, each scan
+first syncs the models' newest versions into the cache (source.py), which is the directory read.
 
 Every touch of the repository (listing, fingerprints, the card, hashing, ORT) runs in a worker
 thread, one `asyncio.to_thread` per scan and one per candidate: a huge graph or a FIFO where a
@@ -31,8 +32,9 @@ from vae_serve.server.telemetry.metrics import Metrics
 
 from .model import LoadedModel, load_model
 from .repository import MAX_ENTRIES, list_versions, resolve
+from .source import ModelSource
 
-__all__ = ["RepositoryWatcher"]
+__all__ = ["RepositoryWatcher", "check_compatible"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ def _snapshot(root: Path, name: str) -> dict[str, tuple]:
     return {version: _fingerprint(root / name / version) for version in list_versions(root, name)}
 
 
-def _check_compatible(new: LoadedModel, served: LoadedModel) -> None:
+def check_compatible(new: LoadedModel, served: LoadedModel) -> None:
     for field in ("input_dim", "latent_dim", "image_shape"):
         if getattr(new, field) != getattr(served, field):
             raise ModelLoadError(
@@ -73,6 +75,8 @@ class RepositoryWatcher:
     def __init__(self, settings: RepositorySettings, dataplane: DataPlane, metrics: Metrics) -> None:
         self.settings = settings
         self.dataplane = dataplane
+        self.source = ModelSource(settings)
+        self.root = self.source.root  # the repository, or its store's cache
         self._loads = metrics.model_loads
         self._tried: dict[str, dict[str, tuple]] = {}  # by model watched: version -> fingerprint tried
         self.last_rejection = ""
@@ -86,7 +90,7 @@ class RepositoryWatcher:
         that appear or change later are. (Before the server listens, nothing can stall yet; scans
         run off the loop.)"""
         if model not in self._tried:
-            self._tried[model] = _snapshot(self.settings.model_repository, model)
+            self._tried[model] = _snapshot(self.root, model)
 
     def unwatch(self, model: str) -> None:
         self._tried.pop(model, None)
@@ -99,7 +103,7 @@ class RepositoryWatcher:
         for model, newest in latest.items():
             tried = self._tried.setdefault(model, {})
             try:
-                now = _snapshot(self.settings.model_repository, model)
+                now = _snapshot(self.root, model)
             except ModelLoadError as exc:
                 found[model] = exc
                 continue
@@ -122,6 +126,7 @@ class RepositoryWatcher:
             for entry in self.dataplane.models.entries
             if entry.versions.latest is not None
         }
+        await self.source.sync(list(latest))  # a store's new versions into the cache first
         candidates = await asyncio.to_thread(self._candidates, latest)
         loaded: list[tuple[str, str]] = []
         for model, versions in candidates.items():
@@ -156,14 +161,14 @@ class RepositoryWatcher:
         self._loads.labels("loaded").inc()
         return True
 
-    def _resolve_and_load(self, model: str, version: str) -> LoadedModel:
+    def load_version(self, model: str, version: str) -> LoadedModel:
         """Card, hashes and ORT, all in the calling (worker) thread, the graphs read once."""
         s = self.settings
-        return load_model(resolve(s.model_repository, model, version), s.device, s.intra_op_threads)
+        return load_model(resolve(self.root, model, version), s.device, s.intra_op_threads)
 
     async def _load(self, name: str, version: str) -> None:
-        model = await asyncio.to_thread(self._resolve_and_load, name, version)
-        _check_compatible(model, self.dataplane.models.versions(name).get().model)
+        model = await asyncio.to_thread(self.load_version, name, version)
+        check_compatible(model, self.dataplane.models.versions(name).get().model)
         self.dataplane.serve(model)
         log.info("now serving %s version %s (%s)", model.name, version, model.execution_provider)
 

@@ -18,6 +18,7 @@ from vae_serve.errors import ModelLoadError
 from vae_serve.server.settings import MODEL_NAME, RepositorySettings, split_pin
 
 from .repository import MAX_ENTRIES
+from .source import local_root
 
 __all__ = ["ALIAS", "choose_models", "list_models"]
 
@@ -59,10 +60,11 @@ def list_models(root: Path) -> list[str]:
     return sorted(names)
 
 
-def choose_models(settings: RepositorySettings) -> dict[str, str | None]:
+def choose_models(settings: RepositorySettings, listed: list[str] | None = None) -> dict[str, str | None]:
     """The models to serve, each with the version `--model-version` pins (None: the highest).
-    Lists the repository when `--model` names none. Raises ModelLoadError saying what is wrong."""
-    names = settings.model or list_models(settings.model_repository)
+    When `--model` names none: `listed` (what an object store lists), or else the models in the
+    directory versions are read from. Raises ModelLoadError saying what is wrong."""
+    names = settings.model or (listed if listed is not None else list_models(local_root(settings)))
     if not names:
         raise ModelLoadError(f"no models in {settings.model_repository}; pass --model-repository")
     pins: dict[str, str | None] = dict.fromkeys(names)

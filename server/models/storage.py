@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from vae_serve.errors import ModelLoadError
-from vae_serve.server.settings import MODEL_NAME
+from vae_serve.server.settings import MODEL_NAME, STORE_SCHEMES
 
 from ._cache import CARD_FILE, Staging, VersionRefused, is_cached
 from ._store_io import BoundedStore, StoredObject, StoreUnavailable, first_line
@@ -45,7 +45,7 @@ __all__ = ["SCHEMES", "StoreRepository", "StoreUnavailable", "VersionRefused", "
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("s3", "gs", "az")
+SCHEMES = STORE_SCHEMES
 _NEEDED = (CARD_FILE, *GRAPH_FILES)
 _VERSION = re.compile(r"0|[1-9][0-9]{0,17}")  # the repository's rule for a version directory
 T = TypeVar("T")

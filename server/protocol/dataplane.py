@@ -25,8 +25,9 @@ from vae_serve.server.settings import BatchingSettings, LimitSettings, Repositor
 from vae_serve.server.telemetry.metrics import Metrics
 from vae_serve.server.telemetry.observe import note
 
+from .prior import draw_prior
 from .registry import ModelEntry, ModelRegistry
-from .scope import note_model
+from .scope import hold_model, note_model
 from .validation import check_finite, check_matrix, check_unit_interval
 
 __all__ = ["DataPlane", "ServedModel", "message_floor"]
@@ -56,7 +57,7 @@ class DataPlane:
         self.limits = limits
         self.repository = repository
         self.metrics = metrics
-        self.models = ModelRegistry(repository.default_model)
+        self.models = ModelRegistry(repository.default_model, repository.model_control_mode == "explicit")
         self.state = state if state is not None else ServerState()
         self.activity = Activity(limits.max_concurrent_rpcs, self.state)
 
@@ -99,9 +100,11 @@ class DataPlane:
 
     @property
     def loaded(self) -> bool:
-        """At least one model served, and a version of each."""
+        """At least one model served (none is enough with explicit model control, where models
+        come through the API), and a version of each."""
         entries = self.models.entries
-        return bool(entries) and all(entry.versions.latest is not None for entry in entries)
+        some = bool(entries) or self.repository.model_control_mode == "explicit"
+        return some and all(entry.versions.latest is not None for entry in entries)
 
     @property
     def ready(self) -> bool:
@@ -116,7 +119,10 @@ class DataPlane:
         entry = self.models.entry(model)
         note_model(entry.name)
         self.state.admit()
-        return entry.versions.get(version)
+        served = entry.versions.get(version)
+        if hold_model(entry.release):  # an unload of the model waits for this call
+            entry.acquire()
+        return served
 
     def current(self, version: str | None = None) -> ServedModel:
         """The version pinned, or the latest; admits nothing (for tools and tests)."""
@@ -194,7 +200,7 @@ class DataPlane:
             if mean is None:
                 if logvar is not None:
                     raise InvalidInput("logvar given without mean: posterior sampling needs both")
-                z = rng.standard_normal((k, latent), dtype=np.float32)
+                z = draw_prior(model.card, k, latent, rng)
             else:
                 z = self._posterior(mean, logvar, k, latent, rng)
             rows = z.size // latent

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, NoReturn
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -22,11 +22,15 @@ from vae_serve import __version__
 from vae_serve.errors import ModelLoadError, Unsupported
 from vae_serve.server.models.graph import CUDA
 from vae_serve.server.models.repository import list_versions
+from vae_serve.server.models.selection import list_models
+from vae_serve.server.models.source import local_root
 from vae_serve.server.runners.statistics import GraphStatistics, graph_statistics
 
+from . import oip_models
 from .dataplane import DataPlane
+from .model_control import ModelControl
 from .oip_messages import ServerMetadata
-from .oip_models import OipTensor
+from .oip_models import OIP_GRAPHS, OipTensor
 from .oip_service import OipService
 
 __all__ = ["EXTENSIONS", "TritonExtensions", "model_control_refused"]
@@ -38,16 +42,19 @@ EXTENSIONS = ("model_configuration", "model_repository", "statistics")
 READY, UNAVAILABLE = "READY", "UNAVAILABLE"
 OLDER = "not served: older than the versions kept (--keep-versions) or the one pinned at start"
 NEWER = "not served: rejected, still loading, or beside the one pinned at start (the log says which)"
+UNLOADED = "unloaded (explicit model control): load the model by its repository name to serve it"
+NOT_LOADED = "not loaded (explicit model control): load the model by its repository name to serve it"
 
 log = logging.getLogger(__name__)
 
 
 def model_control_refused() -> Unsupported:
-    """Load and unload are not served: versions come and go through the repository. The message
-    begins as Triton's does when model control is off, which tools built on Triton recognize."""
+    """Load and unload are served only with --model-control-mode explicit. The message begins as
+    Triton's does when model control is off, which tools built on Triton recognize."""
     return Unsupported(
-        "explicit model load / unload is not allowed: vae-serve loads new versions from its "
-        "repository itself (every --repository-poll-s, or on SIGHUP); publish a version directory there"
+        "explicit model load / unload is not allowed: the server runs with --model-control-mode "
+        "poll or none (it loads new versions from its repository itself, polling or on SIGHUP); "
+        "start it with --model-control-mode explicit to load and unload models through this API"
     )
 
 
@@ -61,8 +68,11 @@ class TritonExtensions(OipService):
         dataplane: DataPlane,
         workers: int = 1,
         registry: CollectorRegistry | None = None,
+        control: ModelControl | None = None,
     ) -> None:
+        """`control`: load and unload (explicit model control); None refuses them."""
         super().__init__(dataplane)
+        self.control = control
         self.repository = dataplane.repository
         self.workers = workers
         self.registry = registry if registry is not None else dataplane.metrics.registry
@@ -74,11 +84,16 @@ class TritonExtensions(OipService):
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata("vae-serve", __version__, EXTENSIONS)
 
-    def load(self, name: str) -> NoReturn:
-        raise model_control_refused()
+    async def load(self, name: str) -> None:
+        """Load (or reload) a model by its repository name: with --model-control-mode explicit."""
+        if self.control is None:
+            raise model_control_refused()
+        await self.control.load(name)
 
-    def unload(self, name: str) -> NoReturn:
-        raise model_control_refused()
+    async def unload(self, name: str) -> None:
+        if self.control is None:
+            raise model_control_refused()
+        await self.control.unload(name)
 
     def config(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Triton's ModelConfig of one model, at the version given or the latest."""
@@ -133,7 +148,21 @@ class TritonExtensions(OipService):
         models = self.dataplane.models
         async with self._reading:
             on_disk = await asyncio.to_thread(self._on_disk, models.names)
+            others = await asyncio.to_thread(self._not_loaded) if self.control is not None else []
         entries = []
+        if not ready_only:  # explicit model control: what the repository has that is not loaded
+            unloaded = self.control.unloaded if self.control is not None else set()
+            for repository_model in others:
+                reason = UNLOADED if repository_model in unloaded else NOT_LOADED
+                entries += [
+                    {
+                        "name": oip_models.oip_name(repository_model, graph),
+                        "version": "",
+                        "state": UNAVAILABLE,
+                        "reason": reason,
+                    }
+                    for graph in OIP_GRAPHS
+                ]
         for model in models.entries:
             served = model.versions.loaded
             latest = int(served[-1]) if served else -1
@@ -151,12 +180,22 @@ class TritonExtensions(OipService):
                     ]
         return entries
 
+    def _not_loaded(self) -> list[str]:
+        """The repository's models not served (in a worker thread)."""
+        try:
+            found = list_models(local_root(self.repository))
+        except ModelLoadError as exc:
+            log.warning("repository index: %s", exc)
+            return []
+        served = set(self.dataplane.models.names)
+        return [model for model in found if model not in served]
+
     def _on_disk(self, models: list[str]) -> dict[str, list[str]]:
         """Each model's versions in the repository now (in a worker thread)."""
         found = {}
         for model in models:
             try:
-                found[model] = list_versions(self.repository.model_repository, model)
+                found[model] = list_versions(local_root(self.repository), model)
             except ModelLoadError as exc:  # the directory is unusable now: what is served still is
                 log.warning("repository index: %s", exc)
                 found[model] = []

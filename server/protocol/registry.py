@@ -33,15 +33,25 @@ class ModelEntry:
 
     name: str
     versions: ServedVersions
+    in_flight: int = 0  # calls admitted on it that have not ended (counted inside a call scope)
+
+    def acquire(self) -> None:
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
 
     def close(self) -> None:
         self.versions.close()
 
 
 class ModelRegistry:
-    def __init__(self, default: str | None = None) -> None:
-        """`default`: the model requests naming none get (None: the only model, while one is served)."""
+    def __init__(self, default: str | None = None, explicit: bool = False) -> None:
+        """`default`: the model requests naming none get (None: the only model, while one is served).
+        `explicit`: models come and go through model control, so none served is not "not ready
+        yet" (UNAVAILABLE, retry) but "not loaded" (NOT_FOUND)."""
         self._default = default
+        self._explicit = explicit
         self._entries: dict[str, ModelEntry] = {}
 
     @property
@@ -74,7 +84,7 @@ class ModelRegistry:
     def entry(self, name: str | None = None) -> ModelEntry:
         """The model `name` (None: the default). Raises NotReady before any model is served,
         ModelNotFound for a name not served, InvalidInput for none when there is no default."""
-        if not self._entries:
+        if not self._entries and not self._explicit:
             raise NotReady("no model loaded yet; retry shortly")
         if name is None:
             name = self.default
@@ -94,7 +104,7 @@ class ModelRegistry:
 
     def oip(self, name: str) -> tuple[ModelEntry, OipModel]:
         """The model and graph the OIP model `name` stands for; raises as `entry` does."""
-        if not self._entries:
+        if not self._entries and not self._explicit:
             raise NotReady("no model loaded yet; retry shortly")
         model, _, graph = name.rpartition("_")
         found = OIP_GRAPHS.get(graph)

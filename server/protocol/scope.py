@@ -41,7 +41,7 @@ from vae_serve.server.telemetry.metrics import Metrics
 from .calls import request_id
 from .status import http_status_for, status_for
 
-__all__ = ["CallScope", "Method", "note_model"]
+__all__ = ["CallScope", "Method", "hold_model", "note_model"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +72,7 @@ class CallScope:
         "_began",
         "_call",
         "_carrier",
+        "_held",
         "_in_flight",
         "_method",
         "_metrics",
@@ -99,6 +100,7 @@ class CallScope:
         self._method, self._metrics, self._activity = method, metrics, activity
         self._carrier, self._peer = carrier, peer
         self._admitted = False
+        self._held: Callable[[], None] | None = None
         self.request_id = rid
         self.code = grpc.StatusCode.OK
         self.message = ""
@@ -149,6 +151,8 @@ class CallScope:
             try:
                 if self._admitted:
                     self._activity.release()
+                if self._held is not None:
+                    self._held()
                 self._in_flight.dec()
                 if method.counted:
                     self._activity.finished()
@@ -172,3 +176,13 @@ def note_model(name: str) -> None:
         scope.model = name
         if scope._call is not None:
             scope._call.model = name
+
+
+def hold_model(release: Callable[[], None]) -> bool:
+    """Call `release` when the current call ends (an unload waits for the calls that hold its
+    model); False outside a call, where nothing is held."""
+    scope = _current.get()
+    if scope is None or scope._held is not None:
+        return False
+    scope._held = release
+    return True

@@ -11,11 +11,13 @@ from vae_serve.errors import (
     DeadlineExceeded,
     Draining,
     InvalidInput,
+    LoadFailed,
     ModelNotFound,
     NotReady,
     Overloaded,
     ServingError,
     TooLarge,
+    TooManyModels,
     Unsupported,
     UnsupportedMediaType,
 )
@@ -32,6 +34,8 @@ STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     Draining: grpc.StatusCode.UNAVAILABLE,
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     UnsupportedMediaType: grpc.StatusCode.INVALID_ARGUMENT,
+    LoadFailed: grpc.StatusCode.INVALID_ARGUMENT,
+    TooManyModels: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 # The same errors over HTTP: 413 for a request or response over the message limit, 429 (with
@@ -47,6 +51,8 @@ HTTP_STATUS: dict[type[ServingError], int] = {
     Draining: 503,
     Unsupported: 501,
     UnsupportedMediaType: 415,
+    LoadFailed: 400,
+    TooManyModels: 409,
 }
 INTERNAL_MESSAGE = "internal error; the server logged the details"
 

@@ -62,7 +62,7 @@ def parse(*args: str) -> Settings:
 def test_defaults():
     s = parse()
     assert (s.port, s.metrics_port, s.device, s.reflection, s.model) == (50051, 8002, "auto", True, [])
-    assert (s.model_repository / "fashion-vae" / "1" / "model.json").is_file()
+    assert (Path(s.model_repository) / "fashion-vae" / "1" / "model.json").is_file()
     assert choose_models(s.repository) == {"fashion-vae": None}  # every model there: the bundled one
 
 

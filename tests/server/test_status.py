@@ -16,6 +16,8 @@ EXPECTED = {
     errors.Draining: grpc.StatusCode.UNAVAILABLE,
     errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     errors.UnsupportedMediaType: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.LoadFailed: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.TooManyModels: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -38,6 +40,12 @@ def test_http_has_a_status_for_every_error_and_415_for_a_body_of_the_wrong_type(
         grpc.StatusCode.INVALID_ARGUMENT,
         "send JSON",
     )
+
+
+def test_model_control_refusals_are_not_retried_blindly():
+    """A full set of models needs an unload first: 409, not 429 (which says "retry shortly")."""
+    assert http_status_for(errors.TooManyModels("unload one"))[0] == 409
+    assert http_status_for(errors.LoadFailed("broken"))[0] == 400
 
 
 @pytest.mark.parametrize(
