@@ -42,6 +42,7 @@ from .models.reload import RepositoryWatcher
 from .models.repository import resolve
 from .models.selection import choose_models
 from .ports import check_port_free, check_ports_free, ready_line
+from .protocol.admin import ControlGate
 from .protocol.dataplane import DataPlane
 from .protocol.model_control import ModelControl
 from .protocol.oip_extensions import TritonExtensions
@@ -84,7 +85,8 @@ class VaeServer:
         self.merged_registry = multiprocess_registry() if worker else self.metrics.registry
         self.control = None
         if self.repository.model_control_mode == "explicit":
-            self.control = ModelControl(self.dataplane, self.watcher, self.network.drain_grace_s)
+            gate = ControlGate.from_settings(settings)  # the token file read: a bad one fails start-up
+            self.control = ModelControl(self.dataplane, self.watcher, self.network.drain_grace_s, gate)
         self.oip = TritonExtensions(self.dataplane, self.network.workers, self.merged_registry, self.control)
         self._watching: asyncio.Task[None] | None = None
 

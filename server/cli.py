@@ -1,7 +1,10 @@
-"""`vae-serve`: parse settings, configure logging, serve. Start-up problems end in one line."""
+"""`vae-serve`: parse settings, configure logging, serve. Start-up problems end in one line.
+`vae-serve hash-token`: the admin token file's line for a token (protocol/admin.py)."""
 
 from __future__ import annotations
 
+import argparse
+import getpass
 import signal
 import sys
 from typing import TYPE_CHECKING, TextIO
@@ -13,7 +16,7 @@ if TYPE_CHECKING:
 
     from .settings import LogSettings
 
-__all__ = ["LOG_FORMAT", "OWN_LOGGER", "configure_logging", "log_handler", "main"]
+__all__ = ["LOG_FORMAT", "OWN_LOGGER", "configure_logging", "hash_token", "log_handler", "main"]
 
 OWN_LOGGER = "vae_serve"  # the parent of every module's logger and the access log: what --log-level sets
 
@@ -75,7 +78,47 @@ def log_handler(settings: LogSettings, stream: TextIO | None = None) -> logging.
     return handler
 
 
+def hash_token(argv: list[str], stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """`vae-serve hash-token [--new] [--name NAME]`: the token file's line for the token on stdin
+    (asked for without echo at a terminal), or for a fresh random one, printed first. A
+    subcommand of its own, parsed apart from the settings; it needs nothing of the server extra."""
+    from .protocol.admin import MAX_TOKEN, NAME, check_token, hash_line, new_token
+
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    parser = argparse.ArgumentParser(
+        prog="vae-serve hash-token",
+        description="Print the --admin-token-file line (sha256:<hex> [name]) for the token read from "
+        "stdin, or with --new for a fresh random token, printed on the line before.",
+    )
+    parser.add_argument("--new", action="store_true", help="Make a random token (256 bits); print it first.")
+    parser.add_argument("--name", help="Who holds the token: appended to the line, named in the log.")
+    try:
+        options = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        if options.name is not None and not NAME.fullmatch(options.name):
+            raise ValueError("--name is letters, digits, '.', '_', '@', '+', '-' (at most 64)")
+        if options.new:
+            token = new_token()
+        elif stdin.isatty():
+            token = getpass.getpass("token: ", stream=sys.stderr)
+        else:
+            token = stdin.read(MAX_TOKEN + 2).strip()  # a trailing newline is no part of it
+        line = hash_line(check_token(token), options.name)
+    except ValueError as exc:
+        print(f"vae-serve hash-token: error: {exc}", file=sys.stderr)
+        return 2
+    if options.new:
+        print(token, file=stdout)
+    print(line, file=stdout)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["hash-token"]:  # not a setting: the settings take no positional arguments
+        return hash_token(args[1:])
     # SIGHUP means "look for new versions now", but only once a server can: until its handler is
     # in place (app.run, or the supervisor's) a SIGHUP must not kill the process (exit 129) while it
     # imports, parses or loads the model. Hence first, before the heavy imports below.
@@ -89,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from .settings import SettingsError, ValidationError, describe_error, parse_args
 
     try:
-        settings = parse_args(sys.argv[1:] if argv is None else argv)
+        settings = parse_args(args)
     except (ValidationError, SettingsError) as exc:
         print(f"vae-serve: error: {describe_error(exc)}", file=sys.stderr)
         return 2

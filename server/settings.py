@@ -46,6 +46,7 @@ from pydantic_settings import (
 )
 
 from vae_serve import DEFAULT_REPOSITORY, __version__
+from vae_serve.server.protocol.admin import TokenFileError, read_token_file
 
 __all__ = [
     "HELP_SECTIONS",
@@ -330,6 +331,13 @@ class RepositorySettings(_Group):
         description="With --model-control-mode explicit, models loaded at once; a load beyond is "
         "refused (FAILED_PRECONDITION / 409) until one is unloaded.",
     )
+    admin_token_file: Annotated[Path, AfterValidator(Path.expanduser)] | None = Field(
+        None,
+        description="File of admin tokens' sha256 hashes (lines 'sha256:<hex> name', made by "
+        "vae-serve hash-token), re-read when it changes: model load and unload then need "
+        "'authorization: Bearer <token>'. Without it they are served only when gRPC and HTTP "
+        "listen on loopback alone.",
+    )
     repository_poll_s: float = Field(
         2.0, ge=0, description="How often to look for new versions in the repository (0: never; SIGHUP: now)."
     )
@@ -543,6 +551,16 @@ class Settings(
                 f"--model names {len(self.model)} models, more than "
                 f"--max-loaded-models {self.max_loaded_models}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _admin_tokens_usable(self) -> Settings:
+        """A token file that cannot be used fails here, in one line naming it, not at the first load."""
+        if self.admin_token_file is not None:
+            try:
+                read_token_file(self.admin_token_file)
+            except TokenFileError as exc:
+                raise ValueError(f"--admin-token-file {exc}") from None
         return self
 
     @model_validator(mode="after")

@@ -15,11 +15,13 @@ __all__ = [
     "ModelNotFound",
     "NotReady",
     "Overloaded",
+    "PermissionDenied",
     "PortError",
     "ServingError",
     "StartError",
     "TooLarge",
     "TooManyModels",
+    "Unauthenticated",
     "Unsupported",
     "UnsupportedMediaType",
     "quote",
@@ -73,6 +75,15 @@ class LoadFailed(ServingError):
 
 class TooManyModels(ServingError):
     """Loading one more model would exceed --max-loaded-models (RESOURCE_EXHAUSTED: unload one)."""
+
+
+class Unauthenticated(ServingError):
+    """The call needs credentials and carries none usable (UNAUTHENTICATED; HTTP 401)."""
+
+
+class PermissionDenied(ServingError):
+    """The caller may not do this: a wrong token, or no way to authenticate here (PERMISSION_DENIED;
+    HTTP 403)."""
 
 
 class StartError(Exception):

@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from vae_serve._proto.inference import model_config_pb2 as oip_config
+from vae_serve.server.protocol.admin import authorization_of
 from vae_serve.server.protocol.calls import deadline_of, pinned_version
 from vae_serve.server.protocol.dataplane import DataPlane
 from vae_serve.server.protocol.oip_extensions import TritonExtensions
@@ -118,12 +119,12 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: oip.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> oip.RepositoryModelLoadResponse:
-        await self.service.load(request.model_name)
+        await self.service.load(request.model_name, authorization_of(context.invocation_metadata()))
         return oip.RepositoryModelLoadResponse()
 
     @control_rpc
     async def RepositoryModelUnload(
         self, request: oip.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> oip.RepositoryModelUnloadResponse:
-        await self.service.unload(request.model_name)
+        await self.service.unload(request.model_name, authorization_of(context.invocation_metadata()))
         return oip.RepositoryModelUnloadResponse()

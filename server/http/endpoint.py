@@ -95,6 +95,8 @@ def error_response(status: int, message: str) -> Response:
     response = json_response({"error": message}, status)
     if status in (429, 503):
         response.headers["retry-after"] = RETRY_AFTER_S
+    elif status == 401:  # the scheme a credential must use (RFC 9110, 11.6.1)
+        response.headers["www-authenticate"] = "Bearer"
     return response
 
 

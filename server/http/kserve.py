@@ -143,13 +143,13 @@ async def repository_index(front: Front, request: Request) -> Response:
 
 @endpoint("RepositoryModelLoad", bodies=BODIES)
 async def repository_load(front: Front, request: Request) -> Response:
-    await front.oip.load(request.path_params["model_name"])
+    await front.oip.load(request.path_params["model_name"], request.headers.getlist("authorization"))
     return json_response({})
 
 
 @endpoint("RepositoryModelUnload", bodies=BODIES)
 async def repository_unload(front: Front, request: Request) -> Response:
-    await front.oip.unload(request.path_params["model_name"])
+    await front.oip.unload(request.path_params["model_name"], request.headers.getlist("authorization"))
     return json_response({})
 
 

@@ -10,7 +10,8 @@ The rules:
   in one line; loads of one model at once share one load; a new model beyond
   `--max-loaded-models` is refused;
 - an unload stops admission at once (requests naming the model are refused from then on), waits
-  for the calls admitted on it for up to `--drain-grace-s`, then closes its sessions and runners.
+  for the calls admitted on it for up to `--drain-grace-s`, then closes its sessions and runners;
+- both pass the gate first (admin.py: an admin token, or loopback only), before the name is read.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from vae_serve.errors import InvalidInput, LoadFailed, ModelLoadError, ModelNotFound, TooManyModels, quote
@@ -27,6 +28,7 @@ from vae_serve.server.models.reload import RepositoryWatcher, check_compatible
 from vae_serve.server.models.repository import list_versions
 from vae_serve.server.settings import MODEL_NAME
 
+from .admin import ControlGate
 from .dataplane import DataPlane
 from .registry import ModelEntry
 
@@ -38,8 +40,12 @@ _DRAIN_POLL_S = 0.01
 
 
 class ModelControl:
-    def __init__(self, dataplane: DataPlane, watcher: RepositoryWatcher, drain_grace_s: float) -> None:
+    def __init__(
+        self, dataplane: DataPlane, watcher: RepositoryWatcher, drain_grace_s: float, gate: ControlGate
+    ) -> None:
+        """`gate`: who may load and unload."""
         self.dataplane = dataplane
+        self.gate = gate
         self.watcher = watcher
         self.drain_grace_s = drain_grace_s
         self.max_models = dataplane.repository.max_loaded_models
@@ -48,11 +54,18 @@ class ModelControl:
         self._lock = asyncio.Lock()  # one change of the set served at a time
         self._shared: dict[tuple[str, str], asyncio.Task[None]] = {}
 
-    async def load(self, name: str) -> None:
-        await self._once("load", _checked(name), self._load)
+    async def load(self, name: str, authorization: Sequence[object] = ()) -> None:
+        """`authorization`: the call's authorization header or metadata values, for the gate."""
+        await self._once("load", await self._admitted("load", name, authorization), self._load)
 
-    async def unload(self, name: str) -> None:
-        await self._once("unload", _checked(name), self._unload)
+    async def unload(self, name: str, authorization: Sequence[object] = ()) -> None:
+        await self._once("unload", await self._admitted("unload", name, authorization), self._unload)
+
+    async def _admitted(self, op: str, name: str, authorization: Sequence[object]) -> str:
+        who = await self.gate.admit(authorization)
+        name = _checked(name)
+        log.info("%s of %s asked by %s", op, name, who)
+        return name
 
     async def _once(self, op: str, name: str, start: Callable[[str], Coroutine[Any, Any, None]]) -> None:
         """Callers of the same operation on the same model at once share one task; a caller that

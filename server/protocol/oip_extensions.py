@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -84,16 +85,17 @@ class TritonExtensions(OipService):
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata("vae-serve", __version__, EXTENSIONS)
 
-    async def load(self, name: str) -> None:
-        """Load (or reload) a model by its repository name: with --model-control-mode explicit."""
+    async def load(self, name: str, authorization: Sequence[object] = ()) -> None:
+        """Load (or reload) a model by its repository name: with --model-control-mode explicit, by
+        whom the gate admits (`authorization`: the call's values of that header, admin.py)."""
         if self.control is None:
             raise model_control_refused()
-        await self.control.load(name)
+        await self.control.load(name, authorization)
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, authorization: Sequence[object] = ()) -> None:
         if self.control is None:
             raise model_control_refused()
-        await self.control.unload(name)
+        await self.control.unload(name, authorization)
 
     def config(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Triton's ModelConfig of one model, at the version given or the latest."""

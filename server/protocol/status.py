@@ -15,9 +15,11 @@ from vae_serve.errors import (
     ModelNotFound,
     NotReady,
     Overloaded,
+    PermissionDenied,
     ServingError,
     TooLarge,
     TooManyModels,
+    Unauthenticated,
     Unsupported,
     UnsupportedMediaType,
 )
@@ -36,11 +38,14 @@ STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     UnsupportedMediaType: grpc.StatusCode.INVALID_ARGUMENT,
     LoadFailed: grpc.StatusCode.INVALID_ARGUMENT,
     TooManyModels: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 # The same errors over HTTP: 413 for a request or response over the message limit, 429 (with
 # Retry-After) for a full queue or too many requests at once, as KServe v2 REST and Triton answer;
-# 415 for a body of a type the route does not take.
+# 415 for a body of a type the route does not take; 401 (with WWW-Authenticate) and 403 for model
+# control without or with a wrong admin token.
 HTTP_STATUS: dict[type[ServingError], int] = {
     InvalidInput: 400,
     TooLarge: 413,
@@ -53,6 +58,8 @@ HTTP_STATUS: dict[type[ServingError], int] = {
     UnsupportedMediaType: 415,
     LoadFailed: 400,
     TooManyModels: 409,
+    Unauthenticated: 401,
+    PermissionDenied: 403,
 }
 INTERNAL_MESSAGE = "internal error; the server logged the details"
 

@@ -18,6 +18,8 @@ EXPECTED = {
     errors.UnsupportedMediaType: grpc.StatusCode.INVALID_ARGUMENT,
     errors.LoadFailed: grpc.StatusCode.INVALID_ARGUMENT,
     errors.TooManyModels: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
