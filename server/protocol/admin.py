@@ -18,7 +18,6 @@ server never looks at the file. A file that turns bad keeps the tokens read befo
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import hmac
 import ipaddress
@@ -108,13 +107,13 @@ def check_token(token: str) -> str:
 
 
 def read_token_file(path: Path) -> tuple[Admin, ...]:
-    """The admins the file lists; raises TokenFileError. Opened without following a link and
-    without blocking (a FIFO is refused, not waited on), read no further than its cap."""
+    """The admins the file lists; raises TokenFileError. Opened without blocking (a FIFO is
+    refused, not waited on) and read no further than its cap. A symbolic link to a regular file is
+    followed: the operator names the file, and Kubernetes mounts a Secret's keys as links."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        why = "a symbolic link; name the file itself" if exc.errno == errno.ELOOP else exc.strerror
-        raise TokenFileError(f"{path}: {why}") from None
+        raise TokenFileError(f"{path}: {exc.strerror}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise TokenFileError(f"{path}: not a regular file")
@@ -152,9 +151,10 @@ def _parse(path: Path, lines: list[str]) -> tuple[Admin, ...]:
 
 
 def _signature(path: Path) -> tuple[int, ...] | None:
-    """What changes when the file is replaced or rewritten; None when it is gone."""
+    """What changes when the file is replaced or rewritten, through any links (a Secret volume
+    swaps the directory its links point into); None when it is gone."""
     try:
-        s = os.stat(path, follow_symlinks=False)
+        s = os.stat(path)
     except OSError:
         return None
     return (s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns)

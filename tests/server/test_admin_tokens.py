@@ -175,13 +175,33 @@ def _fifo(path: Path) -> None:
     os.mkfifo(path)
 
 
+def _link_to_fifo(path: Path) -> None:
+    _fifo(path.with_name("fifo"))
+    path.symlink_to(path.with_name("fifo"))
+
+
+def test_a_kubernetes_secret_volume_is_read_through_its_links_and_its_swap_seen(tmp_path):
+    """A Secret volume: `tokens -> ..data/tokens`, `..data -> <timestamped dir>`, and an update
+    swaps `..data` at once. The file is read through the links, and the swap is a change."""
+    for version, who in (("v1", {"alice": ALICE}), ("v2", {"bob": BOB})):
+        (tmp_path / version).mkdir()
+        token_file(tmp_path / version / "tokens", **who)
+    (tmp_path / "..data").symlink_to("v1")
+    (tmp_path / "tokens").symlink_to("..data/tokens")
+    tokens = admin.TokenFile(tmp_path / "tokens", recheck_s=0)
+    assert [a.name for a in tokens.admins] == ["alice"]
+    (tmp_path / "..data_tmp").symlink_to("v2")
+    os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+    assert [a.name for a in asyncio.run(tokens.current())] == ["bob"]
+
+
 @pytest.mark.parametrize(
     ("make", "says"),
     [
         (lambda p: p.write_bytes(b"# pad\n" * 30_000), "over 131072 bytes"),
         (lambda p: p.write_text("\n" * (admin.MAX_LINES + 1)), "over 1024 lines"),
         (lambda p: p.write_bytes(b"# caf\xe9\n"), "not UTF-8"),
-        (lambda p: p.symlink_to(token_file(p.with_name("real"), a=ALICE)), "a symbolic link"),
+        (_link_to_fifo, "not a regular file"),
         (lambda p: p.mkdir(), "not a regular file"),
         (_fifo, "not a regular file"),
         (lambda p: None, "No such file"),
@@ -189,7 +209,18 @@ def _fifo(path: Path) -> None:
         (lambda p: p.write_text(admin.hash_line(ALICE, "bad name!") + "\n"), "line 1 is not"),
         (lambda p: p.write_text(f"{admin.hash_line(ALICE)}\n{admin.hash_line(ALICE, 'b')}\n"), "repeats"),
     ],
-    ids=["huge", "lines", "latin1", "symlink", "directory", "fifo", "missing", "raw-token", "name", "twice"],
+    ids=[
+        "huge",
+        "lines",
+        "latin1",
+        "link-to-fifo",
+        "directory",
+        "fifo",
+        "missing",
+        "raw-token",
+        "name",
+        "twice",
+    ],
 )
 def test_an_unusable_token_file_fails_start_up_in_one_line(tmp_path, capsys, make, says):
     path = tmp_path / "tokens"
