@@ -26,9 +26,9 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from _procs import free_port, start_server
 from _revisions import importable
 from _table import markdown_table
+from _test_support import free_port, start_server
 from loadgen import LoadSpec, run_load
 
 TICKS = os.sysconf("SC_CLK_TCK")

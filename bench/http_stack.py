@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from _procs import free_port, start_server
 from _table import markdown_table
+from _test_support import free_port, start_server
 from rest import load, request
 
 ECHO = str(Path(__file__).resolve().parent / "_http_echo.py")

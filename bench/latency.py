@@ -19,8 +19,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import onnxruntime as ort
-from _procs import start_server
 from _table import markdown_table
+from _test_support import start_server
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.tensor import to_tensor

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from _procs import free_port, start_server
 from _table import markdown_table
+from _test_support import free_port, start_server
 from loadgen import LoadResult, LoadSpec, run_load
 from oip import INFER_PATH, request_bytes, tritonclient_load
 

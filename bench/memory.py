@@ -25,8 +25,8 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from _procs import start_server
 from _table import markdown_table
+from _test_support import start_server
 
 from vae_serve._proto.vae.v1 import vae_pb2
 from vae_serve.tensor import to_tensor

@@ -16,7 +16,7 @@ import shutil
 import statistics
 import time
 
-from _procs import start_server_ports
+from _test_support import start_server_ports
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By

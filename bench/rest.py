@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import orjson
-from _procs import free_port, start_server, start_server_ports
 from _table import markdown_table
+from _test_support import free_port, start_server, start_server_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 DECODER = ROOT / "models" / "fashion-vae" / "1" / "decoder.onnx"

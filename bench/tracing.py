@@ -28,9 +28,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from _procs import free_port, start_server
 from _revisions import ROOT, importable
 from _table import markdown_table
+from _test_support import free_port, start_server
 from loadgen import LoadSpec, run_load
 
 ON_AT_ONE = (

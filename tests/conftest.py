@@ -1,8 +1,12 @@
 """Shared fixtures: where the real data and the committed default model live, and one real server
-per test module (127.0.0.1, ephemeral ports) for the client and server tests."""
+per test module (127.0.0.1, ephemeral ports) for the client and server tests; and, under
+pytest-xdist, the turns that let a test marked `timing` run alone."""
 
+import fcntl
 import os
-from collections.abc import Callable, Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import onnxruntime as ort
@@ -14,6 +18,96 @@ from support import RunningServer
 # test says otherwise (workers need a fixed one: those tests pass --http-port).
 os.environ.setdefault("VAE_HTTP_HOST", "127.0.0.1")
 os.environ.setdefault("VAE_HTTP_PORT", "0")
+
+
+# Tests marked `timing` hold the server to how promptly it answers (event-loop gaps, latencies,
+# a deadline's effect). Under pytest-xdist each runs alone, so that a neighbour's load never shows
+# in its measurement: every test takes a turn on a lock file shared by the workers, a shared turn
+# for an ordinary test and an exclusive one for a timed test, which waits for the tests in progress
+# while the others wait for it. A second file is a turnstile that keeps ordinary tests from
+# slipping in ahead of a timed one that waits (two busy workers could starve it otherwise).
+_TURNS_KEY = "vae_serve_turns"
+_TURNS_FOLDER = pytest.StashKey[Path]()
+_turns: tuple[int, int] | None = None  # a worker's (turnstile, lock) descriptors
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _turns
+    folder = getattr(config, "workerinput", {}).get(_TURNS_KEY)
+    if folder is None:  # the controller, or a run without workers: the controller owns the files
+        config.stash[_TURNS_FOLDER] = Path(tempfile.mkdtemp(prefix="vae-serve-turns-"))
+    else:
+        _turns = tuple(os.open(Path(folder) / name, os.O_RDWR | os.O_CREAT) for name in ("turnstile", "lock"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:  # pytest-xdist's: what the controller tells each worker
+    node.workerinput[_TURNS_KEY] = str(node.config.stash[_TURNS_FOLDER])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _TURNS_FOLDER in config.stash:
+        shutil.rmtree(config.stash[_TURNS_FOLDER], ignore_errors=True)
+
+
+def _timed(item: pytest.Item | None) -> bool:
+    return item is not None and item.get_closest_marker("timing") is not None
+
+
+def _take_turn(alone: bool) -> None:
+    turnstile, lock = _turns
+    fcntl.flock(turnstile, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+    finally:
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+
+
+_alone = False  # this worker holds the lock exclusively, from one timed test to the next
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    """Setup, call and teardown (where module fixtures start and stop servers) inside the turn;
+    consecutive timed tests keep theirs, so the others run between them only once."""
+    global _alone
+    if _turns is None:  # not a pytest-xdist worker: every test runs alone anyway
+        return (yield)
+    if not _alone:
+        _take_turn(alone=_timed(item))
+    try:
+        return (yield)
+    finally:
+        _alone = _timed(item) and _timed(nextitem)
+        if not _alone:
+            fcntl.flock(_turns[1], fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def give_way() -> Callable[[], None]:
+    """For a long test that loads the machine: a call lets a timed test that waits for it run first
+    (this one waits meanwhile), so that timed tests need not wait for the whole of it."""
+
+    def call() -> None:
+        if _turns is not None and not _alone:
+            fcntl.flock(_turns[1], fcntl.LOCK_UN)
+            _take_turn(alone=False)
+
+    return call
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with tests marked slow first, each kept whole: pytest-xdist hands a worker one module
+    at a time (--dist loadfile), so the longest start early and the short ones even out the end."""
+    first_seen: dict[Path, int] = {}
+    has_slow: set[Path] = set()
+    for index, item in enumerate(items):
+        first_seen.setdefault(item.path, index)
+        if item.get_closest_marker("slow") is not None:
+            has_slow.add(item.path)
+    items.sort(key=lambda item: (item.path not in has_slow, first_seen[item.path]))
 
 
 @pytest.fixture(scope="session")

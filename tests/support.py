@@ -13,12 +13,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnx
-from _procs import free_port as free_port  # re-exported: the tests take it from here
-from _procs import start_server, start_server_ports
 from onnx import TensorProto, helper, numpy_helper
+from procs import free_port as free_port  # procs.py's helpers, re-exported: tests take them from here
+from procs import listening_ports as listening_ports
+from procs import start_server, start_server_ports
 
 from vae_serve.server.app import VaeServer
 from vae_serve.server.models.repository import VersionFiles, resolve
@@ -36,13 +38,26 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
-def wait_for(condition: Callable[[], object], what: str = "the condition", seconds: float = 30) -> None:
-    """Wait for a condition of the system by looking at it every few milliseconds; the one such
-    helper. The limit only bounds a hang: a test never depends on how long this takes."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"no {what} in {seconds} s"
-        time.sleep(0.005)
+# How long a condition may take on a loaded machine (a parallel run on two cores) before a test
+# gives up on it. It only bounds a hang: no test depends on how long a wait takes.
+PATIENCE_S = 90
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], what: str, context: Callable[[], str] | None = None) -> T:
+    """The first true value of `condition()`, the one way a test waits for the system: looked at
+    every few milliseconds, less often the longer it takes (a busy server is not polled flat out).
+    After PATIENCE_S it fails saying what it waited for, and `context()` (a log, say) if given.
+    From a coroutine: `await asyncio.to_thread(wait_for, ...)`, so the event loop keeps running."""
+    deadline = time.monotonic() + PATIENCE_S
+    pause = 0.002
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} in {PATIENCE_S} s" + (f":\n{context()}" if context else ""))
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.05)
+    return result
 
 
 class RunningServer:
@@ -128,8 +143,7 @@ def make_certificates(folder: Path) -> dict[str, Path]:
 
 
 def start_vae_serve(*args: str, timeout: float = 60) -> tuple[subprocess.Popen, int]:
-    """A real `vae-serve` process on 127.0.0.1; returns it and the gRPC port from its log. The one
-    way tests and benchmarks start a server (bench/_procs.py)."""
+    """A real `vae-serve` process on 127.0.0.1; returns it and the gRPC port from its log."""
     cmd = ["-m", "vae_serve.server.cli", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1", *args]
     return start_server(cmd, pattern=r"serving on 127\.0\.0\.1:(\d+)", timeout=timeout)
 

@@ -6,13 +6,15 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
 import pytest
-from support import REPOSITORY, RunningServer, free_port, make_certificates
+from support import PATIENCE_S, REPOSITORY, RunningServer, free_port, make_certificates, wait_for
 
 from vae_serve.client import AsyncVaeClient, VaeClient, VaeServeError
+from vae_serve.client._transport import Attempts
 
 D, L = 784, 32
 
@@ -138,34 +140,76 @@ def test_a_target_that_never_answered_fails_fast(target, reason):
     asyncio.run(run())
 
 
-def test_retries_until_a_late_server_comes_up():
+@dataclass(frozen=True)
+class Failure:
+    """An attempt that failed: its code, the pause the client took before the next one (None: the
+    error was final) and the time its deadline had left when it failed."""
+
+    code: grpc.StatusCode
+    pause: float | None
+    left: float
+
+
+@pytest.fixture
+def failures(monkeypatch) -> list[Failure]:
+    """Every failed attempt of any client in the test, as the client's retry schedule sees it."""
+    seen: list[Failure] = []
+    decide = Attempts.retry_after
+
+    def retry_after(self: Attempts, err: grpc.RpcError) -> float:
+        left = self.deadline - time.monotonic()
+        try:
+            pause = decide(self, err)
+        except VaeServeError:
+            seen.append(Failure(err.code(), None, left))
+            raise
+        seen.append(Failure(err.code(), pause, left))
+        return pause
+
+    monkeypatch.setattr(Attempts, "retry_after", retry_after)
+    return seen
+
+
+def start_after_a_failure(
+    failures: list[Failure], port: int, started: list[RunningServer]
+) -> threading.Thread:
+    """A thread that starts a server on `port` once a client's attempt has failed for want of one."""
+
+    def start() -> None:
+        wait_for(lambda: failures, "a failed attempt")
+        started.append(RunningServer(port=port))
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    return thread
+
+
+def test_retries_until_a_late_server_comes_up(failures):
     port = free_port()
     late: list[RunningServer] = []
-    starter = threading.Timer(1.0, lambda: late.append(RunningServer(port=port)))
-    starter.start()
-    began = time.monotonic()
+    starter = start_after_a_failure(failures, port, late)
     try:
         # A client that has never reached its server gives up after `connect_timeout`; this one
-        # is told to wait for a server that is known to be on its way. Full jitter makes the
-        # retries' total wait random: 40 of them wait ~9 s on average, a margin a loaded machine
-        # needs (12, ~2.4 s on average, once ran out before the server was up in a clean CI run).
-        options = {"retries": 40, "backoff_initial": 0.05, "backoff_max": 0.5, "connect_timeout": 30}
+        # is told to wait, as long as a test waits for anything, for a server known to be on its way.
+        options = {"retries": 10_000, "backoff_initial": 0.05, "backoff_max": 0.5}
+        options |= {"connect_timeout": PATIENCE_S, "timeout": PATIENCE_S}
         with VaeClient(f"127.0.0.1:{port}", **options) as patient:
             assert patient.model_info().name == "fashion-vae"
-        assert time.monotonic() - began >= 1.0
+        assert failures[0].code is grpc.StatusCode.UNAVAILABLE  # it asked before the server was up
     finally:
         starter.join()
         for server in late:
             server.stop()
 
 
-def test_no_retry_gives_unavailable_at_once():
-    with VaeClient(f"127.0.0.1:{free_port()}", retries=0, timeout=5) as nowhere:
-        began = time.monotonic()
-        with pytest.raises(VaeServeError) as caught:
-            nowhere.model_info()
-        assert caught.value.code is grpc.StatusCode.UNAVAILABLE
-        assert time.monotonic() - began < 3
+def test_no_retry_gives_unavailable_at_once(failures):
+    nowhere = VaeClient(f"127.0.0.1:{free_port()}", retries=0, timeout=PATIENCE_S)
+    with nowhere, pytest.raises(VaeServeError) as caught:
+        nowhere.model_info()
+    # One attempt, refused, and final: neither a retry nor a wait for the deadline (which would
+    # have ended in DEADLINE_EXCEEDED).
+    assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+    assert [(f.code, f.pause) for f in failures] == [(grpc.StatusCode.UNAVAILABLE, None)]
 
 
 def test_deadline_expires(running):
@@ -176,7 +220,7 @@ def test_deadline_expires(running):
     assert caught.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def test_survives_a_server_restart_with_default_options():
+def test_survives_a_server_restart_with_default_options(failures):
     port = free_port()
     first = RunningServer(port=port)
     x = pixels(64)
@@ -184,18 +228,18 @@ def test_survives_a_server_restart_with_default_options():
         want, _ = client.encode(x)
         first.stop()
         second: list[RunningServer] = []
-        restart = threading.Timer(0.5, lambda: second.append(RunningServer(port=port)))
-        restart.start()
+        restart = start_after_a_failure(failures, port, second)
         try:
-            got, _ = client.encode(x)  # down for 0.5 s and more: retried until it is back
+            got, _ = client.encode(x)  # refused while it is down: retried until it is back
         finally:
             restart.join()
             for server in second:
                 server.stop()
+    assert failures and failures[0].code is grpc.StatusCode.UNAVAILABLE
     np.testing.assert_array_equal(got, want)
 
 
-def test_async_client_errors_retries_and_deadlines(running):
+def test_async_client_errors_retries_and_deadlines(running, failures):
     async def run():
         async with AsyncVaeClient(running.target, timeout=0.05) as hasty:
             await hasty.model_info()
@@ -205,23 +249,24 @@ def test_async_client_errors_retries_and_deadlines(running):
                 await hasty.encode(np.full((1, D), 2.0, dtype=np.float32))
             with pytest.raises(VaeServeError) as dtype:
                 await hasty.decode(np.zeros((1, L)))
+        failures.clear()  # the deadline's and the refusals' above
         async with AsyncVaeClient(f"127.0.0.1:{free_port()}", retries=2, timeout=1) as nowhere:
-            began = time.monotonic()
             with pytest.raises(VaeServeError) as down:
                 await nowhere.health()
-            waited = time.monotonic() - began
         closed = AsyncVaeClient(running.target)
         await closed.close()
         with pytest.raises(VaeServeError) as after_close:
             await closed.health()
-        return late.value, bad.value, dtype.value, down.value, waited, after_close.value
+        return late.value, bad.value, dtype.value, down.value, after_close.value
 
-    late, bad, dtype, down, waited, after_close = asyncio.run(run())
+    late, bad, dtype, down, after_close = asyncio.run(run())
     assert late.code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert bad.code is grpc.StatusCode.INVALID_ARGUMENT and "outside [0, 1]" in bad.details
     assert dtype.code is grpc.StatusCode.INVALID_ARGUMENT and "float32" in dtype.details
     assert down.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-    assert waited <= 1.5  # retries stay inside the one-second deadline
+    # Each pause it took before a retry fitted in what its one-second deadline had left.
+    pauses = [(f.pause, f.left) for f in failures if f.pause is not None]
+    assert all(pause < left for pause, left in pauses), failures
     assert after_close.code is grpc.StatusCode.FAILED_PRECONDITION
 
 

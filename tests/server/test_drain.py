@@ -2,21 +2,22 @@
 
 import asyncio
 import signal
-import time
 from collections import Counter
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import RunningServer, start_vae_serve, wait_for
+from support import PATIENCE_S, RunningServer, start_vae_serve, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.tensor import to_tensor
 
 
 def test_drain_answers_the_burst_then_refuses():
-    running = RunningServer(drain_grace_s=8.0)
+    # A grace far beyond the test's patience: a drain that waited it out, instead of ending once
+    # the burst is answered, would not finish in time.
+    running = RunningServer(drain_grace_s=3600.0)
     try:
         with grpc.insecure_channel(running.target) as channel:
             stub = vae_pb2_grpc.VAEServiceStub(channel)
@@ -25,16 +26,14 @@ def test_drain_answers_the_burst_then_refuses():
             activity = running.server.dataplane.activity
             before = activity.started_total
             calls = [stub.Decode.future(vae_pb2.DecodeRequest(z=z), timeout=30) for _ in range(15)]
-            wait_for(lambda: activity.started_total - before == 15)  # all received before the drain
-            began = time.monotonic()
+            wait_for(lambda: activity.started_total - before == 15, "the burst received")
             stopping = asyncio.run_coroutine_threadsafe(running.server.stop(), running.loop)
             status = health.Check(
                 health_pb2.HealthCheckRequest(service="vae.v1.VAEService"), timeout=5
             ).status
             assert status == health_pb2.HealthCheckResponse.NOT_SERVING
             assert all(call.result().x.shape == [256, 784] for call in calls)
-            stopping.result(timeout=10)
-            assert time.monotonic() - began < 8.0
+            stopping.result(timeout=PATIENCE_S)
             with pytest.raises(grpc.RpcError) as caught:
                 stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=5)
             assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -187,23 +186,20 @@ def test_a_burst_over_several_connections_is_answered_whole():
 
 @pytest.mark.slow
 def test_sigterm_just_after_a_burst_over_several_connections_answers_or_refuses_every_call():
-    grace = 20.0
-    proc, port = start_vae_serve("--port", "0", "--metrics-port", "0", "--drain-grace-s", str(grace))
-    signalled: list[float] = []
+    # A grace far beyond the test's patience: it exits once every call is answered or refused, not
+    # when the grace runs out.
+    proc, port = start_vae_serve("--port", "0", "--metrics-port", "0", "--drain-grace-s", "3600")
 
     async def sigterm() -> None:
         await asyncio.sleep(0.05)  # the caller's timing, not synchronisation: SIGTERM 50 ms into the burst
         proc.send_signal(signal.SIGTERM)
-        signalled.append(time.monotonic())
 
     try:
         codes = asyncio.run(_burst_over_connections(port, 2000, 4, during=sigterm))
-        assert proc.wait(grace + 30) == 0
-        exit_s = time.monotonic() - signalled[0]
+        assert proc.wait(PATIENCE_S) == 0
     finally:
         proc.kill()
         proc.wait()
-    print(f"burst of 2000 over 4 connections, SIGTERM after 50 ms: {dict(codes)}, exit in {exit_s:.2f} s")
+    print(f"burst of 2000 over 4 connections, SIGTERM after 50 ms: {dict(codes)}")
     assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
     assert codes["OK"] > 0 and codes.total() == 2000
-    assert exit_s < grace

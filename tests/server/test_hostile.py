@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loop_probe import LOOP_STALL_BOUND_S, LoopProbe
-from support import RunningServer, start_vae_serve
+from support import RunningServer, start_vae_serve, wait_for
 
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
@@ -131,6 +131,7 @@ HOSTILE = {
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_one_hostile_request_never_stalls_the_event_loop(server, case):
     path, build, code, text = HOSTILE[case]
@@ -257,6 +258,7 @@ def test_watches_say_not_serving_then_end_when_the_server_stops():
         running.stop()
 
 
+@pytest.mark.timing  # what it checks must happen within the second the four Decodes wait
 def test_data_plane_admission_spares_control_calls():
     # Four Decodes wait up to a second for company in the batcher: every data-plane slot is taken.
     running = RunningServer(
@@ -268,7 +270,7 @@ def test_data_plane_admission_spares_control_calls():
             stub = vae_pb2_grpc.VAEServiceStub(channel)
             held = [stub.Decode.future(z, timeout=10) for _ in range(4)]
             activity = running.server.dataplane.activity
-            running.call(_wait(lambda: activity.working == 4))
+            wait_for(lambda: activity.working == 4, "four calls at work")
             with pytest.raises(grpc.RpcError) as caught:
                 stub.Decode(z, timeout=5)
             assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -280,12 +282,6 @@ def test_data_plane_admission_spares_control_calls():
             assert activity.working == 0
     finally:
         running.stop()
-
-
-async def _wait(condition, timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 def test_a_thousand_idle_metrics_connections_delay_no_scrape():

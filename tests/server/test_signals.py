@@ -16,19 +16,17 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
 import pytest
-from support import REPOSITORY, free_port
+from support import PATIENCE_S, REPOSITORY, free_port, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 
 SERVE = [sys.executable, "-m", "vae_serve.server.cli", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1"]
-PATIENCE_S = 90  # how long a condition may take on a loaded machine before the test gives up on it
 
 T = TypeVar("T")
 
@@ -40,42 +38,40 @@ class Served:
         self.proc = subprocess.Popen([*(wrapper or []), *SERVE, *args], stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.ended = False
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
-            with self._changed:
+            with self._lock:
                 self.lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self.ended = True
-            self._changed.notify_all()
+        self.ended = True
 
     @property
     def log(self) -> str:
-        with self._changed:
+        with self._lock:
             return "".join(self.lines)
 
-    def wait_until(self, found: Callable[[list[str]], T | None], what: str) -> T:
-        """The first non-None `found(lines)`; fails with the log if the process's stderr ends first."""
-        deadline = time.monotonic() + PATIENCE_S
-        with self._changed:
-            while (result := found(self.lines)) is None:
-                if self.ended:
-                    raise AssertionError(f"exit {self.proc.wait()} before {what}:\n{''.join(self.lines)}")
-                if not self._changed.wait(deadline - time.monotonic()) and time.monotonic() > deadline:
-                    raise AssertionError(f"no {what} in {PATIENCE_S} s:\n{''.join(self.lines)}")
+    def until(self, found: Callable[[], T], what: str) -> T:
+        """support.wait_for on `found()`, failing at once, with the log, if the process ends first."""
+
+        def check() -> T:
+            ended = self.ended  # read first: the lines read before the end are all seen below
+            result = found()
+            if not result and ended:
+                raise AssertionError(f"exit {self.proc.wait()} before {what}:\n{self.log}")
             return result
 
-    def wait_for(self, pattern: str) -> re.Match[str]:
-        regex = re.compile(pattern)
-        return self.wait_until(lambda lines: next(filter(None, map(regex.search, lines)), None), pattern)
+        return wait_for(check, what, context=lambda: self.log)
+
+    def line(self, pattern: str) -> re.Match[str]:
+        """The first log line's match of `pattern`, once there is one."""
+        return self.until(lambda: next(iter(self.matches(pattern)), None), pattern)
 
     def matches(self, pattern: str) -> list[re.Match[str]]:
-        with self._changed:
+        with self._lock:
             return [m for line in self.lines if (m := re.search(pattern, line))]
 
     def close(self) -> None:
@@ -113,23 +109,14 @@ class Flood:
         return self.sent
 
 
-def poll(condition: Callable[[], T | None], what: str) -> T:
-    """Wait for a condition of the system (not of the log) by looking at it every few milliseconds."""
-    deadline = time.monotonic() + PATIENCE_S
-    while (result := condition()) is None:
-        assert time.monotonic() < deadline, f"no {what} in {PATIENCE_S} s"
-        time.sleep(0.002)
-    return result
-
-
-def sighup_ignored(pid: int) -> bool | None:
+def sighup_ignored(pid: int) -> bool:
     """True once `pid` ignores SIGHUP (vae-serve's first step) or has gone (let the caller see how)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return True
     ignored = int(re.search(r"^SigIgn:\s*([0-9a-f]+)", status, re.M).group(1), 16)
-    return True if ignored & (1 << (signal.SIGHUP - 1)) else None
+    return bool(ignored & (1 << (signal.SIGHUP - 1)))
 
 
 def onnxruntime_loaded(pid: int) -> bool:
@@ -156,11 +143,11 @@ def answers(target: str, connections: int = 1) -> set[str]:
 def test_sighup_from_the_first_moment_until_serving_kills_nothing():
     served = Served("--port", "0", "--metrics-port", "0")
     try:
-        poll(lambda: sighup_ignored(served.proc.pid), "SIGHUP ignored")
+        wait_for(lambda: sighup_ignored(served.proc.pid), "SIGHUP ignored")
         flood = Flood(served.proc.pid)
-        poll(lambda: onnxruntime_loaded(served.proc.pid) or None, "onnxruntime in the process")
+        wait_for(lambda: onnxruntime_loaded(served.proc.pid), "onnxruntime in the process")
         before_load = flood.sent
-        port = int(served.wait_for(r"serving on 127\.0\.0\.1:(\d+)").group(1))
+        port = int(served.line(r"serving on 127\.0\.0\.1:(\d+)").group(1))
         sent = flood.stop()
         assert sent > before_load  # some arrived while ORT loaded the model
         assert answers(f"127.0.0.1:{port}")
@@ -174,10 +161,10 @@ def test_sighup_from_the_first_moment_until_serving_kills_nothing():
 def test_sighup_while_it_drains_and_exits_kills_nothing():
     served = Served("--port", "0", "--metrics-port", "0", "--drain-grace-s", "1")
     try:
-        port = int(served.wait_for(r"serving on 127\.0\.0\.1:(\d+)").group(1))
+        port = int(served.line(r"serving on 127\.0\.0\.1:(\d+)").group(1))
         assert answers(f"127.0.0.1:{port}")
         flood = Flood(served.proc.pid)
-        poll(lambda: flood.sent > 10 or None, "SIGHUPs on their way")
+        wait_for(lambda: flood.sent > 10, "SIGHUPs on their way")
         served.proc.send_signal(signal.SIGTERM)  # the flood goes on through the drain and the exit
         code = served.proc.wait(PATIENCE_S)
         sent = flood.stop()
@@ -205,11 +192,11 @@ def test_workers_survive_sighup_from_the_first_moment_to_the_exit():
     )
     try:
         supervisor = served.proc.pid
-        poll(lambda: sighup_ignored(supervisor), "SIGHUP ignored")
+        wait_for(lambda: sighup_ignored(supervisor), "SIGHUP ignored")
         flood = Flood(
             supervisor
         )  # from the supervisor's first moment; forwarded to each worker from its fork
-        served.wait_for(r"all 2 workers ready")
+        served.line(r"all 2 workers ready")
         during_start = flood.sent
         assert len(ready_workers(served)) == 2 and children(supervisor) == ready_workers(served)
         assert not served.matches(r"died|failed|error"), served.log
@@ -237,15 +224,15 @@ def test_a_worker_killed_as_soon_as_it_is_ready_is_replaced_even_under_sighup():
     )
     try:
         supervisor = served.proc.pid
-        victim = int(served.wait_for(r"worker (\d+) ready").group(1))
+        victim = int(served.line(r"worker (\d+) ready").group(1))
         first = children(supervisor)  # both first workers, listed before the supervisor can replace one
         os.kill(victim, signal.SIGKILL)
         flood = Flood(supervisor)
         # The replacement gets SIGHUP straight from the test too, from the moment it exists.
-        newcomer = poll(lambda: next(iter(children(supervisor) - first), None), "a replacement worker")
+        newcomer = wait_for(lambda: next(iter(children(supervisor) - first), None), "a replacement worker")
         flood.add(newcomer)
-        served.wait_until(
-            lambda _: ready_workers(served) - {victim} == children(supervisor) or None,
+        served.until(
+            lambda: ready_workers(served) - {victim} == children(supervisor),
             "two workers ready besides the victim",
         )
         assert len(children(supervisor)) == 2 and victim not in children(supervisor)
@@ -326,13 +313,13 @@ def test_a_replacement_that_cannot_start_is_retried_while_its_sibling_serves(tmp
     )
     try:
         supervisor = served.proc.pid
-        served.wait_for(r"all 2 workers ready")
+        served.line(r"all 2 workers ready")
         shutil.copytree(version, tmp_path / "good")
         break_encoder(version)  # from now on a new worker cannot load the model
         victim = min(children(supervisor))
         os.kill(victim, signal.SIGKILL)
         failed = r"worker \d+ failed to start \(exit 1\): .*encoder\.onnx.*; starting another in ([\d.]+) s"
-        served.wait_until(lambda _: len(served.matches(failed)) >= 2 or None, "two failed replacements")
+        served.until(lambda: len(served.matches(failed)) >= 2, "two failed replacements")
         delays = [float(m.group(1)) for m in served.matches(failed)]
         assert delays == sorted(delays) and delays[-1] > 0, delays  # backing off
         assert len(answers(f"127.0.0.1:{port}", connections=5)) == 1  # the sibling never stopped
@@ -340,7 +327,7 @@ def test_a_replacement_that_cannot_start_is_retried_while_its_sibling_serves(tmp
         for name in ("encoder.onnx", "model.json"):  # repaired: the next attempt succeeds
             shutil.copy(tmp_path / "good" / name, version / name)
         before = ready_workers(served)
-        served.wait_until(lambda _: ready_workers(served) - before or None, "a replacement ready")
+        served.until(lambda: ready_workers(served) - before, "a replacement ready")
         assert len(children(supervisor)) == 2
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(PATIENCE_S) == 0, served.log
@@ -372,9 +359,9 @@ def test_workers_start_when_the_supervisor_is_pid_1():
     ]
     served = Served(*args, wrapper=["unshare", "--pid", "--fork"])
     try:
-        served.wait_for(r"\[1\] vae_serve\.server\.workers: all 2 workers ready")
+        served.line(r"\[1\] vae_serve\.server\.workers: all 2 workers ready")
         assert len(answers(f"127.0.0.1:{port}", connections=5)) >= 1
-        supervisor = poll(lambda: next(iter(children(served.proc.pid)), None), "the supervisor")
+        supervisor = wait_for(lambda: next(iter(children(served.proc.pid)), None), "the supervisor")
         os.kill(supervisor, signal.SIGTERM)
         assert served.proc.wait(PATIENCE_S) == 0, served.log
     finally:

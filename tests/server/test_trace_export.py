@@ -15,9 +15,8 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from _procs import start_server_ports
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from support import REPOSITORY, free_port, wait_for
+from support import REPOSITORY, free_port, start_server_ports, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.tensor import to_tensor

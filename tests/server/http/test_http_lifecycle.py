@@ -12,8 +12,18 @@ import time
 from collections import Counter
 
 import httpx
+import numpy as np
 import pytest
-from support import make_certificates, start_server, start_vae_serve_http, wait_for
+from support import (
+    free_port,
+    listening_ports,
+    make_certificates,
+    start_server_ports,
+    start_vae_serve_http,
+    wait_for,
+)
+
+from vae_serve.client import VaeClient
 
 Z = {"z": [[0.0] * 32]}
 
@@ -101,6 +111,7 @@ def _closed_after(port: int, limit_s: float) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_a_silent_tls_connection_is_closed_at_the_receive_deadline_on_both_ports(certificates):
     """asyncio's TLS handshake timeout is 60 s and gRPC's 120 s: without a deadline of our own, a
     client opening connections and never saying hello holds sockets and memory for that long."""
@@ -138,17 +149,20 @@ def test_cors_only_for_the_origins_named():
 
 
 def test_no_http_serves_grpc_only():
-    cmd = [
-        "-m",
-        "vae_serve.server.cli",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--no-http",
-    ]
-    proc, _ = start_server(cmd, pattern=r"serving on 127\.0\.0\.1:(\d+) \(plaintext\), no HTTP,")
-    proc.terminate()
-    proc.wait(30)
+    """--no-http: nothing listens on the HTTP port it names, the process listens on the gRPC and
+    metrics ports alone, and gRPC serves."""
+    http_port = free_port()
+    cmd = ["-m", "vae_serve.server.cli", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1"]
+    cmd += ["--port", "0", "--metrics-port", "0", "--http-port", str(http_port), "--no-http"]
+    pattern = r"serving on 127\.0\.0\.1:(\d+) \(plaintext\), no HTTP, metrics on http://127\.0\.0\.1:(\d+)/"
+    proc, (grpc_port, metrics_port) = start_server_ports(cmd, pattern)
+    try:
+        assert listening_ports(proc.pid) == {grpc_port, metrics_port}
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{http_port}/v2/health/live")
+        with VaeClient(f"127.0.0.1:{grpc_port}") as client:
+            assert client.health() == "SERVING"
+            assert client.decode(np.zeros((1, 32), np.float32)).shape == (1, 784)
+    finally:
+        proc.terminate()
+        proc.wait(30)
