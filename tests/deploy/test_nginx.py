@@ -8,7 +8,6 @@ import signal
 import string
 import subprocess
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import REPO_ROOT, free_port, start_vae_serve
+from support import REPO_ROOT, free_port, start_vae_serve, wait_for
 
 from vae_serve.client import VaeClient
 
@@ -64,15 +63,19 @@ def start_nginx(
     proc = subprocess.Popen(
         [nginx, "-p", str(folder), "-c", str(folder / "nginx.conf")], stderr=subprocess.PIPE
     )
-    for _ in range(100):
+
+    def answers() -> bool:
         try:
             with VaeClient(f"127.0.0.1:{port}", timeout=1, retries=0) as probe:
                 probe.health()
-            return proc, port, http_port
+            return True
         except Exception:  # not listening yet
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"nginx did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+            return proc.poll() is not None
+
+    wait_for(answers, "nginx answering health checks")
+    if proc.poll() is not None:
+        raise AssertionError(f"nginx did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+    return proc, port, http_port
 
 
 @pytest.fixture
@@ -121,8 +124,7 @@ def test_both_replicas_serve_and_a_killed_one_loses_no_request(topology):
 
     load = threading.Thread(target=steady_load)
     load.start()
-    while len(results) < 100 and load.is_alive():
-        time.sleep(0.005)
+    wait_for(lambda: len(results) >= 100 or not load.is_alive(), "100 answers before the kill")
     victim, _, _ = replicas[0]
     victim.send_signal(signal.SIGKILL)  # mid-load, no drain
     killed_at = len(results)

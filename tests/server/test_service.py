@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import json
-import time
 import urllib.request
 
 import grpc
@@ -14,7 +13,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from support import REPOSITORY, RunningServer
+from support import REPOSITORY, RunningServer, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.tensor import from_tensor, to_tensor
@@ -315,9 +314,8 @@ def test_a_refused_request_is_freed_at_once_not_by_the_cycle_collector(stub, req
         with pytest.raises(grpc.RpcError) as caught:
             stub.Decode(request_, timeout=10)
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-        waited_until = time.monotonic() + 10  # the server frees it just after the status goes out
-        while alive() > baseline and time.monotonic() < waited_until:
-            time.sleep(0.01)
+        # the server frees it just after the status goes out
+        wait_for(lambda: alive() <= baseline, "the refused request freed")
         assert alive() == baseline
     finally:
         gc.enable()

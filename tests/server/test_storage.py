@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from loop_probe import LOOP_STALL_BOUND_S, LoopProbe
 from moto_store import MotoStore
 from obstore.store import S3Store
-from support import GOOD_DECODER, GOOD_ENCODER, write_version_files
+from support import GOOD_DECODER, GOOD_ENCODER, free_port, wait_for, write_version_files
 
 from vae_serve.errors import ModelLoadError
 from vae_serve.server.models.repository import MAX_ENTRIES, list_versions, resolve
@@ -294,6 +294,7 @@ def test_a_file_longer_than_its_card_is_cut_off(s3, prefix, tmp_path, store_env)
             asyncio.run(repo.fetch("m", "1"))
     finally:
         proxy.close()
+    wait_for(lambda: proxy.sent_whole is not None, "the proxy's account of the download")
     assert proxy.sent_whole is False  # cut off at the card's size, the connection dropped
     assert not (cache / "m" / "1").exists()
 
@@ -352,11 +353,9 @@ def test_a_hanging_download_is_abandoned_without_blocking_the_loop(s3, prefix, t
     assert [p.name for p in (cache / "m").iterdir()] == [".lock"]
 
 
+@pytest.mark.timing
 def test_a_store_that_is_down_fails_in_bounded_time(prefix, tmp_path, store_env):
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    store_env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    store_env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
     repo = StoreRepository(f"s3://{BUCKET}/{prefix}", tmp_path / "cache", timeout_s=0.5, retries=1)
     said = []
     for _ in range(2):
@@ -397,16 +396,13 @@ def test_a_listing_of_100000_objects_is_bounded(store_env, tmp_path):
         big.requests()
         repo = StoreRepository("s3://big/repo", tmp_path / "cache")
         tracemalloc.start()
-        started = time.monotonic()
         with pytest.raises(ModelLoadError, match=rf"s3://big/repo/m/: more than {MAX_ENTRIES} objects"):
             asyncio.run(repo.sync("m"))
-        took = time.monotonic() - started
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         listings = [r for r in big.requests() if "list-type" in r]
     assert len(listings) == MAX_ENTRIES // 1000 + 1  # pages of 1000, up to the cap, then no more
     assert peak < 16 << 20
-    assert took < 60  # about 10 s: moto's pages, not the client
 
 
 @pytest.mark.parametrize("name", ["../m", "a/b", "m\0", "modèle", "", ".m", "m" * 129])

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import httptools
 import pytest
 import uvicorn
+from support import PATIENCE_S
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from version_pins import check_written_for
 
@@ -250,11 +251,11 @@ def _feed(protocol: _Recording, data: bytes) -> None:
 
 
 async def _until(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(2000):
-        if condition():
-            return
+    """Polled on this loop (the protocol under test runs on it): a thread would race it."""
+    deadline = asyncio.get_running_loop().time() + PATIENCE_S
+    while not condition():
+        _expect(asyncio.get_running_loop().time() < deadline, what)
         await asyncio.sleep(0.001)
-    _expect(False, what)
 
 
 async def _until_answered(protocol: _Recording, answers: int = 1) -> None:
