@@ -1,5 +1,5 @@
 """The HTTP front end as one ASGI app: KServe v2 REST (kserve.py), the REST API for people
-(people.py), their OpenAPI document (openapi.py) and the page at `/docs` that reads it
+(rest.py), their OpenAPI document (openapi.py) and the page at `/docs` that reads it
 (apidocs.py), and the web playground at `/` (page.py).
 
 FastAPI describes every route (the OpenAPI document, the docs page) and answers what no route
@@ -26,25 +26,25 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from vae_serve import __version__
 from vae_serve.server.settings import HttpSettings
 
-from . import apidocs, kserve, openapi, page, people
+from . import apidocs, kserve, openapi, page, rest
 from .endpoint import Front, error_response
 
 __all__ = ["ROUTES", "build_app"]
 
 # The routes of one model: at /v1 for the default model, and under /v1/models/{model} for each.
 _MODEL_ROUTES: list[tuple[str, Callable[..., Any], str]] = [
-    ("", people.model, "GET"),
-    ("/encode", people.encode, "POST"),
-    ("/decode", people.decode, "POST"),
-    ("/sample", people.sample, "POST"),
-    ("/sample", people.sample_link, "GET"),
-    ("/reconstruct", people.reconstruct, "POST"),
+    ("", rest.model, "GET"),
+    ("/encode", rest.encode, "POST"),
+    ("/decode", rest.decode, "POST"),
+    ("/sample", rest.sample, "POST"),
+    ("/sample", rest.sample_link, "GET"),
+    ("/reconstruct", rest.reconstruct, "POST"),
 ]
 ROUTES: list[tuple[str, Callable[..., Any], str]] = [  # the kserve.routes() beside them
-    ("/v1/models", people.models, "GET"),
+    ("/v1/models", rest.models, "GET"),
     *((f"/v1{path or '/model'}", route, method) for path, route, method in _MODEL_ROUTES),
     *((f"/v1/models/{{model}}{path}", route, method) for path, route, method in _MODEL_ROUTES),
-    ("/v1/stats", people.stats, "GET"),
+    ("/v1/stats", rest.stats, "GET"),
 ]
 
 

@@ -25,7 +25,7 @@ from vae_serve.server.models.selection import ALIAS
 from vae_serve.server.protocol.calls import REQUEST_ID_HEADER
 from vae_serve.server.protocol.oip_models import oip_name
 
-from . import kserve, people
+from . import kserve, rest
 from . import kserve_schema as v2
 from .call import MAX_TIMEOUT_MS, TIMEOUT_HEADER
 from .endpoint import BINARY, JSON, Front
@@ -40,9 +40,9 @@ PICTURES = (PNG, "image/jpeg", "multipart/form-data")
 
 
 class ModelQuery(BaseModel):
-    """GET /v1/model's query, which people.model reads."""
+    """GET /v1/model's query, which rest.model reads."""
 
-    model_version: people.Version = None
+    model_version: rest.Version = None
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -67,38 +67,38 @@ class Doc:
 V1, V2 = "v1", "KServe v2"
 WORK = (TIMEOUT_HEADER,)
 DOCS: dict[Callable[..., Any], Doc] = {
-    people.models: Doc(V1, "The models served, and which is the default", people.ModelsReply),
-    people.model: Doc(
-        V1, "What a model is, and the limits a request must keep", people.ModelReply, query=ModelQuery
+    rest.models: Doc(V1, "The models served, and which is the default", rest.ModelsReply),
+    rest.model: Doc(
+        V1, "What a model is, and the limits a request must keep", rest.ModelReply, query=ModelQuery
     ),
-    people.stats: Doc(V1, "Requests, errors and latency per method over the last minute", people.StatsReply),
-    people.encode: Doc(
-        V1, "Encode images", people.EncodeReply, people.ImagesBody, body_types=PICTURES, headers=WORK
+    rest.stats: Doc(V1, "Requests, errors and latency per method over the last minute", rest.StatsReply),
+    rest.encode: Doc(
+        V1, "Encode images", rest.EncodeReply, rest.ImagesBody, body_types=PICTURES, headers=WORK
     ),
-    people.decode: Doc(
-        V1, "Decode latent vectors", people.DecodeReply, people.DecodeBody, reply_types=(PNG,), headers=WORK
+    rest.decode: Doc(
+        V1, "Decode latent vectors", rest.DecodeReply, rest.DecodeBody, reply_types=(PNG,), headers=WORK
     ),
-    people.sample: Doc(
+    rest.sample: Doc(
         V1,
         "Sample the prior or posteriors",
-        people.SampleReply,
-        people.SampleBody,
+        rest.SampleReply,
+        rest.SampleBody,
         reply_types=(PNG,),
         headers=WORK,
     ),
-    people.sample_link: Doc(
+    rest.sample_link: Doc(
         V1,
         "Sample the prior (a link)",
-        people.SampleReply,
-        query=people.SampleQuery,
+        rest.SampleReply,
+        query=rest.SampleQuery,
         reply_types=(PNG,),
         headers=WORK,
     ),
-    people.reconstruct: Doc(
+    rest.reconstruct: Doc(
         V1,
         "Encode images, then decode their means",
-        people.ReconstructReply,
-        people.ImagesBody,
+        rest.ReconstructReply,
+        rest.ImagesBody,
         body_types=PICTURES,
         reply_types=(PNG,),
         headers=WORK,
@@ -271,7 +271,7 @@ def _complete(document: dict[str, Any], front: Front) -> None:
         link = document["paths"][path]["get"]
         (n,) = (p for p in link["parameters"] if p.get("name") == "n")
         n["schema"]["maximum"] = most
-    schemas[people.SampleBody.__name__]["properties"]["num_samples"]["maximum"] = most
+    schemas[rest.SampleBody.__name__]["properties"]["num_samples"]["maximum"] = most
 
     models = front.dataplane.models
     named = {"model": models.names, "model_name": models.oip_names()}
@@ -286,9 +286,9 @@ def _complete(document: dict[str, Any], front: Front) -> None:
     in_path = {"model": model.name, "model_name": oip_name(owner, "decoder")}
     z, x = [[0.0] * model.latent_dim], [[0.5] * model.input_dim]
     examples: dict[type[BaseModel], dict[str, Any]] = {
-        people.DecodeBody: {"z": z},
-        people.ImagesBody: {"x": x},
-        people.SampleBody: {"num_samples": 4, "seed": 7},
+        rest.DecodeBody: {"z": z},
+        rest.ImagesBody: {"x": x},
+        rest.SampleBody: {"num_samples": 4, "seed": 7},
         v2.InferenceRequest: {
             "id": "1",
             "inputs": [{"name": "z", "shape": [1, model.latent_dim], "datatype": "FP32", "data": z[0]}],
