@@ -8,6 +8,10 @@ rows of D = H*W*C values in, channel-last (H, W, C) flattened, as the data loade
   Fashion-MNIST costs several times more (see the model card and docs/training.md).
 - `ConvVAE` (`--arch conv`): strided convolutions down, transposed convolutions up; the better
   choice for colour and larger pictures, where an MLP's first layer grows with H*W*C.
+
+Either has a prior over its latents (training/prior.py): N(0, I), or a learned mixture of
+Gaussians with `prior_components` > 0. The prior is trained with the model and recorded on the
+card, never exported as a graph.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+
+from .prior import Prior, build_prior
 
 __all__ = [
     "ARCHITECTURES",
@@ -36,19 +42,43 @@ __all__ = [
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """The MLP: input_dim -> hidden... -> 2 * latent_dim, and mirrored back."""
+    """The MLP: input_dim -> encoder_hidden... -> 2 * latent_dim, and latent_dim -> reversed(hidden)
+    -> input_dim. `encoder_hidden` empty: the encoder mirrors the decoder (`hidden`), as it always
+    did; given, only the encoder changes, so the decoder graph (what Sample and Decode run) keeps its
+    size and cost."""
 
     arch: ClassVar[str] = "mlp"
     input_dim: int = 784
     hidden: tuple[int, ...] = (1024, 512)
     latent_dim: int = 32
+    encoder_hidden: tuple[int, ...] = ()
+    prior_components: int = 0  # 0: N(0, I); K: a learned mixture of K Gaussians
+
+    def __post_init__(self) -> None:
+        if self.encoder_hidden == self.hidden:  # one spelling of the mirrored encoder, so configs compare
+            object.__setattr__(self, "encoder_hidden", ())
+
+    @property
+    def encoder_widths(self) -> tuple[int, ...]:
+        return self.encoder_hidden or self.hidden
 
     def to_dict(self) -> dict:
-        return {"arch": self.arch, **asdict(self), "hidden": list(self.hidden)}
+        return {
+            "arch": self.arch,
+            **asdict(self),
+            "hidden": list(self.hidden),
+            "encoder_hidden": list(self.encoder_widths),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> VAEConfig:
-        return cls(int(data["input_dim"]), tuple(int(h) for h in data["hidden"]), int(data["latent_dim"]))
+        return cls(
+            int(data["input_dim"]),
+            tuple(int(h) for h in data["hidden"]),
+            int(data["latent_dim"]),
+            tuple(int(h) for h in data.get("encoder_hidden", ())),
+            int(data.get("prior_components", 0)),
+        )
 
 
 # Every strided convolution halves the picture (kernel 4, stride 2, padding 1: floor(n / 2)), and
@@ -65,6 +95,7 @@ class ConvVAEConfig:
     image_shape: tuple[int, int, int] = (28, 28, 1)  # H, W, C: channel-last, as the rows are laid out
     widths: tuple[int, ...] = (32, 64, 128)
     latent_dim: int = 32
+    prior_components: int = 0  # 0: N(0, I); K: a learned mixture of K Gaussians
 
     def __post_init__(self) -> None:
         height, width, _ = self.image_shape
@@ -94,13 +125,16 @@ class ConvVAEConfig:
             "widths": list(self.widths),
             "latent_dim": self.latent_dim,
             "input_dim": self.input_dim,
+            "prior_components": self.prior_components,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> ConvVAEConfig:
         height, width, channels = (int(v) for v in data["image_shape"])
         widths = tuple(int(w) for w in data["widths"])
-        return cls((height, width, channels), widths, int(data["latent_dim"]))
+        return cls(
+            (height, width, channels), widths, int(data["latent_dim"]), int(data.get("prior_components", 0))
+        )
 
 
 ModelConfig = VAEConfig | ConvVAEConfig
@@ -126,32 +160,50 @@ def _reparameterize(
     return mean + torch.exp(0.5 * logvar) * eps
 
 
-class VAE(nn.Module):
+class _LatentVariableModel(nn.Module):
+    """What both architectures share: the prior, the reparameterisation and the training forward."""
+
+    prior: Prior
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    reparameterize = staticmethod(_reparameterize)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder logits of one posterior draw, and KL(q(z|x) || p(z)) per row: the two terms of
+        the -ELBO. The prior's parameters are used here, so DistributedDataParallel syncs them."""
+        mean, logvar = self.encode(x)
+        z = self.reparameterize(mean, logvar)
+        return self.decode(z), self.prior.kl(mean, logvar, z)
+
+
+class VAE(_LatentVariableModel):
     def __init__(self, config: VAEConfig = VAEConfig()) -> None:
         super().__init__()
         self.config = config
-        first_hidden, last_hidden = config.hidden[0], config.hidden[-1]
-        self.encoder_body = _mlp([config.input_dim, *config.hidden])
-        self.encoder_head = nn.Linear(last_hidden, 2 * config.latent_dim)
+        first_hidden = config.hidden[0]
+        self.encoder_body = _mlp([config.input_dim, *config.encoder_widths])
+        self.encoder_head = nn.Linear(config.encoder_widths[-1], 2 * config.latent_dim)
         self.decoder_body = _mlp([config.latent_dim, *reversed(config.hidden)])  # mirrored
         self.decoder_head = nn.Linear(first_hidden, config.input_dim)
+        self.prior = build_prior(
+            config.prior_components, config.latent_dim
+        )  # last: the layers' init is as before
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, logvar = self.encoder_head(self.encoder_body(x)).chunk(2, dim=-1)
-        return mean, logvar
-
-    reparameterize = staticmethod(_reparameterize)
+        return mean, self.prior.bound_logvar(logvar)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Logits of the Bernoulli means; the exported decoder applies the sigmoid."""
         return self.decoder_head(self.decoder_body(z))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mean, logvar = self.encode(x)
-        return self.decode(self.reparameterize(mean, logvar)), mean, logvar
 
-
-class ConvVAE(nn.Module):
+class ConvVAE(_LatentVariableModel):
     """Rows [..., H*W*C] (channel-last) in; the convolutions see [N, C, H, W]."""
 
     def __init__(self, config: ConvVAEConfig = ConvVAEConfig()) -> None:
@@ -176,14 +228,13 @@ class ConvVAE(nn.Module):
             if step < len(config.widths) - 1:  # the last layer gives logits, unbounded
                 up.append(nn.GELU())
         self.decoder_body = nn.Sequential(*up)
+        self.prior = build_prior(config.prior_components, config.latent_dim)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lead = x.shape[:-1]
         pictures = x.reshape(-1, *self.config.image_shape).permute(0, 3, 1, 2)
         mean, logvar = self.encoder_head(self.encoder_body(pictures)).chunk(2, dim=-1)
-        return mean.reshape(*lead, -1), logvar.reshape(*lead, -1)
-
-    reparameterize = staticmethod(_reparameterize)
+        return mean.reshape(*lead, -1), self.prior.bound_logvar(logvar).reshape(*lead, -1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Logits of the Bernoulli means, rows [..., H*W*C]; the exported decoder applies the sigmoid."""
@@ -191,10 +242,6 @@ class ConvVAE(nn.Module):
         features = self.decoder_head(z.reshape(-1, z.shape[-1])).reshape(-1, *self._bottom)
         pictures = self.decoder_body(features).permute(0, 2, 3, 1)  # back to channel-last
         return pictures.reshape(*lead, self.config.input_dim)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mean, logvar = self.encode(x)
-        return self.decode(self.reparameterize(mean, logvar)), mean, logvar
 
 
 def build_vae(config: ModelConfig) -> VAE | ConvVAE:

@@ -24,13 +24,14 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from .data import ImageRows, as_rows
-from .loss import neg_elbo
+from .loss import reconstruction_nll
 from .model import VAE, ConvVAE, ModelConfig, build_vae, config_from_dict
 
 __all__ = [
     "GRAD_CLIP_NORM",
     "Checkpoint",
     "DistContext",
+    "Schedule",
     "TrainingDiverged",
     "launched_distributed",
     "parameter_digest",
@@ -44,6 +45,32 @@ log = logging.getLogger(__name__)
 # The summed-pixel loss gives gradient norms in the hundreds; a rare spike in exp(logvar) can
 # push one far beyond and wreck Adam's moments (seen: NaN after 15 epochs at lr 2e-3 unclipped).
 GRAD_CLIP_NORM = 100.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What changes with the step: the learning rate's warm-up and cosine decay, and the KL weight.
+
+    The learning rate rises linearly over `lr_warmup_steps`, then falls to 0 on a cosine by
+    `total_steps`. The KL term's weight rises linearly from 0 to 1 over `kl_warmup_steps` (KL
+    annealing, Bowman et al. 2016): early on the decoder learns to use the latents before the
+    KL term pushes the posteriors onto the prior, so fewer latent dimensions collapse. Both are
+    closed forms of the step, so a resumed run picks them up where it stopped.
+    """
+
+    total_steps: int
+    lr_warmup_steps: int = 0
+    kl_warmup_steps: int = 0
+
+    def lr_factor(self, step: int) -> float:
+        if step < self.lr_warmup_steps:
+            return (step + 1) / self.lr_warmup_steps
+        decay = max(1, self.total_steps - self.lr_warmup_steps)
+        done = min(step - self.lr_warmup_steps, decay)
+        return 0.5 * (1 + math.cos(math.pi * done / decay))
+
+    def kl_weight(self, step: int) -> float:
+        return min(1.0, step / self.kl_warmup_steps) if self.kl_warmup_steps else 1.0
 
 
 class TrainingDiverged(Exception):
@@ -113,23 +140,28 @@ def train_one_epoch(
     sampler: DistributedSampler,
     batch_size: int,
     progress: tqdm | None = None,
+    schedule: Schedule | None = None,
 ) -> float:
-    """One pass over this rank's shard; returns the mean -ELBO per image over all ranks."""
+    """One pass over this rank's shard; returns the mean -ELBO per image over all ranks (the
+    whole KL term counted, whatever weight the step gave it)."""
     model.train()
     rows = as_rows(images)
-    total = torch.zeros(2, device=rows.device)  # [sum of losses, images seen]
+    total = torch.zeros(2, device=rows.device)  # [sum of -ELBOs, images seen]
     for x in rows.batches(batch_size, order=list(sampler)):
-        logits, mean, logvar = model(x)
-        loss = neg_elbo(logits, x, mean, logvar).mean()
+        logits, kl = model(x)
+        reconstruction = reconstruction_nll(logits, x)
+        elbo = (reconstruction + kl).mean()
+        weight = schedule.kl_weight(scheduler.last_epoch) if schedule else 1.0  # last_epoch counts steps
+        loss = elbo if weight == 1.0 else (reconstruction + weight * kl).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
         optimizer.step()
         scheduler.step()
-        total += torch.stack([loss.detach() * len(x), torch.tensor(len(x), device=x.device)])
+        total += torch.stack([elbo.detach() * len(x), torch.tensor(len(x), device=x.device)])
         if progress is not None:
             progress.update(len(x) * (dist.get_world_size() if dist.is_initialized() else 1))
-            progress.set_postfix(loss=f"{loss.item():.2f}", refresh=False)
+            progress.set_postfix(loss=f"{elbo.item():.2f}", refresh=False)
     if dist.is_initialized():
         dist.all_reduce(total)  # every rank sees the same figure, so all stop together below
     return (total[0] / total[1]).item()
@@ -143,13 +175,11 @@ def parameter_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _optimizer(model: VAE | ConvVAE, lr: float, total_steps: int) -> tuple[torch.optim.Adam, LambdaLR]:
+def _optimizer(model: VAE | ConvVAE, lr: float, schedule: Schedule) -> tuple[torch.optim.Adam, LambdaLR]:
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    # Cosine decay in closed form of the step, so a resumed run with more --epochs stretches it.
-    scheduler = LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    )
-    return optimizer, scheduler
+    # A closed form of the step, so a resumed run with more --epochs stretches the decay. A plain
+    # function, not a bound method, so the scheduler's state dict holds no callable's attributes.
+    return optimizer, LambdaLR(optimizer, lambda step: schedule.lr_factor(step))
 
 
 def train(
@@ -163,14 +193,22 @@ def train(
     seed: int,
     checkpoint_path: Path | None = None,
     resume: Checkpoint | None = None,
+    lr_warmup_epochs: int = 0,
+    kl_warmup_epochs: int = 0,
 ) -> tuple[VAE | ConvVAE, float]:
     """Train to `epochs` total epochs (continuing `resume`) on `images`, rows [N, D] in [0, 1];
-    returns the model and seconds spent."""
+    returns the model and seconds spent. The learning rate warms up over `lr_warmup_epochs` and
+    the KL term's weight over `kl_warmup_epochs` (see Schedule)."""
     torch.manual_seed(seed)  # identical initial weights on every rank
     images = as_rows(images)
     model = build_vae(resume.config if resume else config).to(ctx.device)
     steps_per_epoch = math.ceil(math.ceil(len(images) / ctx.world_size) / batch_size)
-    optimizer, scheduler = _optimizer(model, lr, max(1, epochs * steps_per_epoch))
+    schedule = Schedule(
+        max(1, epochs * steps_per_epoch),
+        lr_warmup_epochs * steps_per_epoch,
+        kl_warmup_epochs * steps_per_epoch,
+    )
+    optimizer, scheduler = _optimizer(model, lr, schedule)
     start_epoch, seconds = 0, 0.0
     if resume is not None:
         model.load_state_dict(resume.model)
@@ -193,7 +231,7 @@ def train(
         sampler.set_epoch(epoch)
         label = f"epoch {epoch + 1}/{epochs}"
         with tqdm(total=len(images), desc=label, unit="img", disable=not ctx.is_main, leave=False) as bar:
-            loss = train_one_epoch(wrapped, optimizer, scheduler, images, sampler, batch_size, bar)
+            loss = train_one_epoch(wrapped, optimizer, scheduler, images, sampler, batch_size, bar, schedule)
         seconds += time.perf_counter() - began
         if not math.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss} in epoch {epoch + 1}; lower --lr and --resume")

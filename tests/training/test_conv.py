@@ -59,8 +59,9 @@ def sessions(version):
 def test_conv_vae_keeps_any_picture_size(shape, widths):
     model = ConvVAE(ConvVAEConfig(shape, widths, 5))
     x = torch.rand(3, model.config.input_dim)
-    logits, mean, logvar = model(x)
-    assert logits.shape == x.shape and mean.shape == logvar.shape == (3, 5)
+    logits, kl = model(x)
+    mean, logvar = model.encode(x)
+    assert logits.shape == x.shape and mean.shape == logvar.shape == (3, 5) and kl.shape == (3,)
     assert model.decode(torch.zeros(2, 3, 5)).shape == (2, 3, model.config.input_dim)  # IWAE's [k, B, L]
     assert config_from_dict(model.config.to_dict()) == model.config
 
@@ -109,6 +110,7 @@ def test_conv_rgb_pictures_train_and_export(tmp_path):
         "widths": [8, 16],
         "latent_dim": 4,
         "input_dim": 768,
+        "prior_components": 0,
     }
     assert (card["train_images"], card["test_images"]) == (58, 6)
     assert "held out for test" in card["dataset"]
@@ -176,7 +178,14 @@ def test_idx_directory_trains_the_mlp_as_before(tmp_path):
     (tmp_path / "idx" / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(images[40:]))
     card = vae_train(tmp_path, "--data", tmp_path / "idx", "--hidden", "16")
     assert (card["arch"], card["image_shape"], card["channels"], card["input_dim"]) == ("mlp", [8, 8], 1, 64)
-    assert card["architecture"] == {"arch": "mlp", "input_dim": 64, "hidden": [16], "latent_dim": 4}
+    assert card["architecture"] == {
+        "arch": "mlp",
+        "input_dim": 64,
+        "hidden": [16],
+        "latent_dim": 4,
+        "encoder_hidden": [16],
+        "prior_components": 0,
+    }
     assert card["dataset"] == f"IDX files in {tmp_path / 'idx'}"
     assert (card["train_images"], card["test_images"]) == (40, 8)
 
