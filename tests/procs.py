@@ -59,6 +59,16 @@ def start_server_ports(
     raise RuntimeError(f"{args[-1] if args else 'server'}: did not start:\n" + "".join(seen))
 
 
+def read_until(proc: subprocess.Popen, pattern: str) -> None:
+    """Read the process's log until a line matches; fails if it ends first."""
+    seen = []
+    while line := proc.stderr.readline():
+        seen.append(line)
+        if re.search(pattern, line):
+            return
+    raise AssertionError(f"no {pattern!r} before exit {proc.wait()}:\n" + "".join(seen))
+
+
 # Ports handed out come from below the kernel's ephemeral range (or above it), which bind(0) and
 # outgoing connections never take: between free_port() and the server's bind, nothing else on the
 # machine is given the port by the kernel. Test processes running side by side (pytest-xdist

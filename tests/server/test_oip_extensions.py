@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import REPOSITORY, free_port, start_vae_serve
+from support import REPOSITORY, free_port, read_until, start_vae_serve
 
 from vae_serve._proto.vae.v1 import vae_pb2
 from vae_serve.tensor import to_tensor
@@ -149,8 +149,7 @@ def test_statistics_are_merged_across_workers():
     args += ["--metrics-port", str(free_port()), "--http-port", str(free_port())]
     proc, _ = start_vae_serve(*args)
     try:
-        while "all 2 workers ready" not in (line := proc.stderr.readline()):  # both listen now
-            assert line, f"the server ended: {proc.wait()}"
+        read_until(proc, r"all 2 workers ready")  # both listen now
         n, rows = 12, 2
         got = triton(
             f"127.0.0.1:{port}",

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import PATIENCE_S, REPOSITORY, start_server_ports, start_vae_serve, wait_for
+from support import PATIENCE_S, REPOSITORY, read_until, start_server_ports, start_vae_serve, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.server.ports import ready_line
@@ -256,16 +256,6 @@ def test_workers_share_the_port_and_all_answer(tmp_path):
 def worker_pids(supervisor: int) -> set[int]:
     children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
     return {int(pid) for pid in children}
-
-
-def read_until(proc: subprocess.Popen, pattern: str) -> None:
-    """Read the process's log until a line matches; fails if it ends first."""
-    seen = []
-    while line := proc.stderr.readline():
-        seen.append(line)
-        if re.search(pattern, line):
-            return
-    raise AssertionError(f"no {pattern!r} before exit {proc.wait()}:\n" + "".join(seen))
 
 
 def test_a_dead_worker_is_replaced_and_a_dead_supervisor_takes_its_workers_along():

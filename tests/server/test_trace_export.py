@@ -213,8 +213,9 @@ def test_each_worker_traces_with_its_own_provider(receiver):
     proc, _ = start_server_ports(args, r"all (2) workers ready", env=env)
     trace = "7" * 32
     try:
+        own_pool = [("grpc.use_local_subchannel_pool", 1)]  # else channels may share one connection
         for _ in range(20):  # a connection each: the kernel spreads them over both workers
-            with grpc.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
+            with grpc.insecure_channel(f"127.0.0.1:{ports[0]}", options=own_pool) as channel:
                 decode(vae_pb2_grpc.VAEServiceStub(channel), (("traceparent", f"00-{trace}-{PARENT}-01"),))
         calls = lambda: {s.span_id for s in receiver.in_trace(trace) if s.name == "Decode"}  # noqa: E731
         wait_for(lambda: len(calls()) == 20, "the 20 calls' spans")  # by id: a retried export repeats some

@@ -6,7 +6,7 @@ import math
 
 import httpx
 import pytest
-from support import free_port, start_vae_serve_http
+from support import free_port, read_until, start_vae_serve_http
 
 from vae_serve.server.http.stats import quantile
 
@@ -37,6 +37,7 @@ def test_stats_are_merged_across_workers():
     args = ["--workers", "2", "--port", str(free_port()), "--metrics-port", str(free_port())]
     proc, _, _ = start_vae_serve_http(*args, "--http-port", str(port))  # a worker's start-up line
     try:
+        read_until(proc, r"all 2 workers ready")  # both listen now
         url = f"http://127.0.0.1:{port}"
         answered_by = set()
         for _ in range(40):  # a connection each: the kernel spreads them over both workers
