@@ -45,7 +45,7 @@ from .model import (  # noqa: E402
     ModelConfig,
     VAEConfig,
 )
-from .prior import PRIORS  # noqa: E402
+from .prior import MIN_COMPONENT_WEIGHT, PRIORS, MixturePrior  # noqa: E402
 from .train import (  # noqa: E402
     Checkpoint,
     DistContext,
@@ -486,6 +486,15 @@ def main(
             kl_warmup_epochs=kl_warmup_epochs,
         )
         _check_ranks_agree(model, ctx)
+        if isinstance(model.prior, MixturePrior):  # before evaluation: the figures are the card's model's
+            trained = len(model.prior.logits)
+            kept = model.prior.prune()
+            log.info(
+                "prior: %d of %d components weigh at least %g; kept those",
+                kept,
+                trained,
+                MIN_COMPONENT_WEIGHT,
+            )
 
         def evaluate_and_publish() -> None:
             result = evaluate(model, splits.test, iwae_k=iwae_k, seed=seed, iwae_binarized_k=iwae_binarized_k)

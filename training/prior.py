@@ -12,6 +12,10 @@ hold the posterior variance in as the closed form's exp(logvar) term does. An od
 100, its draws to 1e26 and the loss to 1e23; so with a mixture the encoder's log-variance is
 capped at LOGVAR_MAX (a standard deviation of 2.7, wider than any prior component needs), as
 VampPrior's code caps it.
+
+Training leaves some components with next to no weight. `prune` drops them before the model is
+evaluated and its card written: they change no figure measurably, and each costs the card a
+mean and a log-variance per latent dimension, which every model-info reply carries.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
 
 PRIORS = ("standard", "mog")
 LOGVAR_MAX = 2.0
+MIN_COMPONENT_WEIGHT = 1e-4  # lighter mixture components are pruned after training
 _LOG_2PI = math.log(2 * math.pi)
 _CARD_DIGITS = 9  # enough to give back every float32 exactly
 
@@ -89,6 +94,17 @@ class MixturePrior(nn.Module):
     def kl(self, mean: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """KL(q(z|x) || p(z)) per row, estimated from the one draw `z` (no closed form for a mixture)."""
         return log_normal(z, mean, logvar) - self.log_prob(z)
+
+    @torch.no_grad()
+    def prune(self, min_weight: float = MIN_COMPONENT_WEIGHT) -> int:
+        """Drop the components weighing less than `min_weight` (never the heaviest); the others'
+        weights grow in proportion. Returns how many are left."""
+        weights = torch.softmax(self.logits, dim=0)
+        keep = (weights >= min_weight) | (weights == weights.max())
+        if not keep.all():
+            for name in ("logits", "means", "logvars"):
+                setattr(self, name, nn.Parameter(getattr(self, name)[keep].clone()))
+        return int(keep.sum())
 
     def to_card(self) -> dict[str, object]:
         return {

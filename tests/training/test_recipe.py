@@ -146,6 +146,21 @@ def test_a_mixture_caps_the_posterior_log_variance(components, cap):
     assert torch.all(logvar == cap)
 
 
+def test_pruning_drops_only_the_components_that_weigh_nothing():
+    prior = MixturePrior(5, 3)
+    with torch.no_grad():
+        prior.logits.copy_(torch.log(torch.tensor([0.5, 1e-6, 0.3, 0.2, 1e-7])))
+    z = torch.randn(100, 3)
+    before = prior.log_prob(z)
+    means = prior.means.detach().clone()
+    assert prior.prune(1e-4) == 3
+    assert torch.equal(prior.means, means[[0, 2, 3]])
+    assert torch.allclose(torch.softmax(prior.logits, 0), torch.tensor([0.5, 0.3, 0.2]), atol=1e-5)
+    assert (prior.log_prob(z) - before).abs().max() < 1e-3  # the density barely moves
+    assert prior.prune(1.0) == 1 and torch.equal(prior.means, means[[0]])  # never the heaviest
+    assert len(prior.to_card()["weights"]) == 1
+
+
 def test_mixture_prior_is_learned_and_checkpointed(rows, tmp_path):
     train_x, test_x = rows
     config = VAEConfig(784, (32,), 4, prior_components=3)
@@ -215,11 +230,13 @@ def test_command_trains_with_every_option_and_the_card_records_them(fashion_mnis
     assert (card["lr_warmup_epochs"], card["kl_warmup_epochs"]) == (1, 1)
     assert card["iwae_binarized_k"] == 7 and math.isfinite(card["test_iwae_nll_binarized_nats"])
     prior = card["prior"]
-    assert prior["type"] == "mixture_of_gaussians" and prior["components"] == 3
+    assert prior["type"] == "mixture_of_gaussians" and 1 <= prior["components"] == len(prior["weights"]) <= 3
     assert sum(prior["weights"]) == pytest.approx(1.0)
-    assert np.array(prior["means"]).shape == np.array(prior["logvars"]).shape == (3, 4)
+    assert np.array(prior["means"]).shape == np.array(prior["logvars"]).shape == (prior["components"], 4)
     state = Checkpoint.load(tmp_path / "last.pt")
-    np.testing.assert_allclose(prior["means"], state.model["prior.means"].numpy(), rtol=1e-6)
+    trained = state.model["prior.means"].numpy()  # all 3; the card holds those not pruned
+    for row in prior["means"]:
+        assert np.abs(trained - np.array(row)).max(axis=1).min() < 1e-6
     # the graphs hold exactly their own layers: a 784-64-16-(2x4) encoder, a 4-32-784 decoder,
     # and no prior (it is on the card)
     assert initializer_sizes(version / "encoder.onnx") == sorted([784 * 64, 64, 64 * 16, 16, 16 * 8, 8])
