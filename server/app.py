@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from starlette.types import ASGIApp
 
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip_pb2
 from vae_serve._proto.vae.v1 import vae_pb2
@@ -108,6 +109,14 @@ class VaeServer:
                 files.path,
                 model.execution_provider,
             )
+
+    def http_app(self) -> ASGIApp:
+        """The HTTP front end over this server's data plane, as one ASGI app (what the HTTP port
+        serves; the tests also call it in process)."""
+        front = Front(
+            self.dataplane, self.metrics, self.dataplane.activity, Stats(self.merged_registry), self.oip
+        )
+        return build_app(front, self.settings.http_server)
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         s = self.tls
@@ -228,11 +237,8 @@ class VaeServer:
         self._server = server
         if http_socket is not None:
             try:
-                stats = Stats(self.merged_registry)
-                front = Front(self.dataplane, self.metrics, self.dataplane.activity, stats, self.oip)
-                app = build_app(front, self.settings.http_server)
                 self._http = HttpServer(
-                    app,
+                    self.http_app(),
                     http_socket,
                     receive_timeout_s=s.receive_timeout_s,
                     max_connections=self.settings.http_server.http_max_connections,

@@ -11,10 +11,11 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import httpx
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -61,28 +62,73 @@ def wait_for(condition: Callable[[], T], what: str, context: Callable[[], str] |
     return result
 
 
-class RunningServer:
+class LoopThread:
+    """An event loop running in a thread of its own; `call` runs a coroutine there and waits."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class RunningServer(LoopThread):
     """Starts a VaeServer on its own event loop thread; `stop()` drains it like SIGTERM would."""
 
     def __init__(self, start_timeout: float = 60, **overrides: object) -> None:
         defaults = {"host": "127.0.0.1", "port": 0, "metrics_host": "127.0.0.1", "metrics_port": 0}
         settings = Settings(**{**defaults, "model_repository": REPOSITORY, **overrides})
         self.server = VaeServer(settings, Metrics())
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
+        super().__init__()
         self.call(self.server.start(), timeout=start_timeout)
         self.target = f"127.0.0.1:{self.server.port}"
         self.metrics_url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
 
-    def call(self, coro: object, timeout: float = 60) -> object:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
     def stop(self, grace: float = 5.0) -> None:
         if self.loop.is_running():
             self.call(self.server.stop(grace))
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(10)
+        self.close()
+
+
+class InProcessHttp(LoopThread):
+    """A VaeServer's HTTP app called in this process through httpx's ASGI transport: no socket and
+    no gRPC port, for the tests of codecs and routes. `get`, `post` and `request` as httpx.Client
+    has them."""
+
+    def __init__(self, **overrides: object) -> None:
+        self.server = VaeServer(Settings(**{"model_repository": REPOSITORY, **overrides}), Metrics())
+        super().__init__()
+        self.client = self.call(self._start())
+
+    async def _start(self) -> httpx.AsyncClient:
+        self.server.load()
+        await self.server.state.serve()
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(self.server.http_app()), base_url="http://in-process"
+        )
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        return self.call(self.client.request(method, url, **kwargs))
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def stop(self) -> None:
+        self.call(self.client.aclose())
+        self.call(self.server.stop(0))
+        self.close()
 
 
 def make_certificates(folder: Path) -> dict[str, Path]:

@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from loop_probe import LOOP_STALL_BOUND_S, LoopProbe
 from moto_store import MotoStore
 from obstore.store import S3Store
-from support import GOOD_DECODER, GOOD_ENCODER, free_port, wait_for, write_version_files
+from support import GOOD_DECODER, GOOD_ENCODER, LoopThread, free_port, wait_for, write_version_files
 
 from vae_serve.errors import ModelLoadError
 from vae_serve.server.models.repository import MAX_ENTRIES, list_versions, resolve
@@ -299,15 +299,12 @@ def test_a_file_longer_than_its_card_is_cut_off(s3, prefix, tmp_path, store_env)
     assert not (cache / "m" / "1").exists()
 
 
-class ServingLoop:
+class ServingLoop(LoopThread):
     """An event loop in a thread of its own that answers gRPC health checks, as the server's
     does: what LoopProbe measures while store work runs on it."""
 
     def __enter__(self) -> ServingLoop:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self.target = self.run(self._start())
+        self.target = self.call(self._start())
         return self
 
     async def _start(self) -> str:
@@ -317,14 +314,9 @@ class ServingLoop:
         await self.server.start()
         return f"127.0.0.1:{port}"
 
-    def run(self, coro, timeout: float = 60):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
     def __exit__(self, *exc: object) -> None:
-        self.run(self.server.stop(0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
+        self.call(self.server.stop(0))
+        self.close()
 
 
 @pytest.mark.timing

@@ -1,13 +1,14 @@
 """Fuzzing the HTTP bodies as the gRPC side is fuzzed: any JSON, near-valid KServe requests and
-binary sections that lie: never a 500, and the server keeps serving."""
+binary sections that lie: never a 500, and the server keeps serving. In process (httpx's ASGI
+transport): the codecs and routes are under test here, the sockets in test_hostile_http.py."""
 
 from __future__ import annotations
 
-import httpx
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import InProcessHttp
 
 EXAMPLES = 300  # per strategy
 FUZZ = settings(
@@ -51,13 +52,16 @@ infer_bodies = st.fixed_dictionaries(
 
 
 @pytest.fixture(scope="module")
-def client(http_server):
-    with httpx.Client(base_url=http_server.url, timeout=30) as c:
-        yield c
-        assert c.get("/v2/health/ready").status_code == 200  # alive and well after all of it
+def client():
+    app = InProcessHttp()
+    try:
+        yield app
+        assert app.get("/v2/health/ready").status_code == 200  # alive and well after all of it
+    finally:
+        app.stop()
 
 
-def posted(client: httpx.Client, path: str, content: bytes, headers: dict | None = None) -> int:
+def posted(client: InProcessHttp, path: str, content: bytes, headers: dict | None = None) -> int:
     reply = client.post(path, content=content, headers=headers or {})
     assert reply.status_code in ALLOWED, (reply.status_code, reply.text[:300])
     if reply.status_code != 200:

@@ -1,18 +1,30 @@
 """The OpenAPI document against the routes it describes: valid, complete (every route, parameter
-and body), named right, its examples served, and its reply schemas what the server answers."""
+and body), named right, its examples served, and its reply schemas what the server answers. In
+process: the HTTP app through httpx's ASGI transport, no socket."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import pytest
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
+from support import InProcessHttp
 
 from vae_serve.server.http import kserve
 from vae_serve.server.http.app import ROUTES
 
 L = 32
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[InProcessHttp]:
+    app = InProcessHttp()
+    try:
+        yield app
+    finally:
+        app.stop()
 
 
 @pytest.fixture(scope="module")
