@@ -154,14 +154,14 @@ class _BoundedProtocol(internals.ProtocolBase):
         super().connection_made(transport)
         self._flow = _Flow(transport)
         self.install_flow(self._flow)
-        self.pool.mark(self, self.pool.silent)
         if self.open_connections - self.pool.leaving > self.max_connections:
-            oldest = self.pool.oldest()
-            if oldest is None or oldest is self:
+            oldest = self.pool.oldest()  # before this one joins the pool: it never gives way to itself
+            if oldest is None:
                 limit = self.max_connections
                 self._refuse(503, f"over {limit} HTTP connections are answering requests; retry")
                 return
             oldest._give_way()
+        self.pool.mark(self, self.pool.silent)
         crowded = self.open_connections > self.max_connections // 2
         self._arm(min(PRESSURE_FIRST_BYTE_S, self.receive_timeout_s) if crowded else None)
 
