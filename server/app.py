@@ -35,7 +35,7 @@ from .grpc.servicer import VAEServicer
 from .http.app import build_app
 from .http.endpoint import Front
 from .http.metrics_port import MetricsPort
-from .http.serve import HttpServer, bind
+from .http.serve import CLOSE_S, HttpServer, bind
 from .http.stats import Stats
 from .lifecycle import Lifecycle, ServerState
 from .models.model import load_model
@@ -278,15 +278,18 @@ class VaeServer:
             return  # stopped already
         grace = self.network.drain_grace_s if grace is None else grace
         began = time.monotonic()
+        # Kept from the grace for HTTP's connections to close: callers that never stop sending
+        # would otherwise take all of it, and their last requests would be reset, not refused.
+        closing = min(CLOSE_S, grace / 2) if self._http is not None else 0.0
         if self.state.phase is Lifecycle.SERVING:
             await self.state.drain()  # readiness and health NOT_SERVING at once
         if self._server is not None and self._receive is not None:
             log.info("draining: NOT_SERVING; up to %.1f s for received RPCs", grace)
-            await drain(self._server, self.dataplane.activity, self._receive, grace)
+            await drain(self._server, self.dataplane.activity, self._receive, grace - closing)
         elif self.state.phase is Lifecycle.LOADING:
             await self.state.stop()  # never started: nothing to drain
-        if self._http is not None:
-            await self._http.stop(grace - (time.monotonic() - began))  # HTTP calls were counted in the drain
+        if self._http is not None:  # HTTP calls were counted in the drain
+            await self._http.stop(max(grace - (time.monotonic() - began), closing))
         if self._watching is not None:
             self._watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -43,6 +43,7 @@ FEED_SLICE = 4096  # bytes parsed past a known body at once: bounds the requests
 MAX_HELD_BYTES = 1 << 20  # bytes a pipelining client may have sent past MAX_PIPELINE requests
 PRESSURE_FIRST_BYTE_S = 1.0  # the first-byte deadline once over half the connection cap is open
 DRAIN_LINGER_S = 1.0  # an idle connection stays this long in a drain, to answer a request with 503
+CLOSE_S = DRAIN_LINGER_S + 0.25  # what closing every connection takes at the end of a drain, at most
 STATUS_TEXT = {
     400: "Bad Request",
     408: "Request Timeout",
@@ -427,9 +428,11 @@ class HttpServer:
         await internals.start(self._server, self._sock, handshake_s)
 
     async def stop(self, grace: float) -> None:
-        """Close the port and idle connections; requests still running get `grace` seconds (what
-        the drain left of --drain-grace-s)."""
-        await internals.stop(self._server, self._sock, grace)
+        """Close the port and every connection once its answer is sent (an idle one after
+        DRAIN_LINGER_S); requests still running get `grace` seconds (what the drain left of
+        --drain-grace-s, at least the CLOSE_S it kept for this)."""
+        handshake_s = None if self._tls is None else self._receive_timeout_s
+        await internals.stop(self._server, self._sock, grace, handshake_s)
 
 
 def _tls_options(tls: TLSSettings) -> dict[str, Any]:

@@ -38,8 +38,10 @@ packages: run it before raising either cap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
+from collections.abc import Callable
 
 import httptools
 import uvicorn
@@ -128,10 +130,8 @@ def loaded_tls(config: uvicorn.Config) -> ssl.SSLContext | None:
     return config.ssl
 
 
-async def start(server: uvicorn.Server, sock: socket.socket, handshake_timeout_s: float | None) -> None:
-    """What `Server.startup` does for one listening socket, with a TLS handshake deadline."""
+def _protocol_factory(server: uvicorn.Server) -> Callable[[], asyncio.Protocol]:
     config = server.config
-    server.lifespan = config.lifespan_class(config)  # "off": its startup and shutdown do nothing
 
     def protocol() -> asyncio.Protocol:
         # uvicorn types it as any asyncio.Protocol class; its HTTP protocols take these arguments.
@@ -139,19 +139,56 @@ async def start(server: uvicorn.Server, sock: socket.socket, handshake_timeout_s
             config=config, server_state=server.server_state, app_state=server.lifespan.state
         )
 
+    return protocol
+
+
+async def start(server: uvicorn.Server, sock: socket.socket, handshake_timeout_s: float | None) -> None:
+    """What `Server.startup` does for one listening socket, with a TLS handshake deadline."""
+    config = server.config
+    server.lifespan = config.lifespan_class(config)  # "off": its startup and shutdown do nothing
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(
-        protocol, sock=sock, ssl=config.ssl, backlog=config.backlog, ssl_handshake_timeout=handshake_timeout_s
+        _protocol_factory(server),
+        sock=sock,
+        ssl=config.ssl,
+        backlog=config.backlog,
+        ssl_handshake_timeout=handshake_timeout_s,
     )
     server.servers = [listener]
     server.started = True
 
 
-async def stop(server: uvicorn.Server, sock: socket.socket, grace_s: float) -> None:
-    """Close `sock` and idle connections, and give requests still running `grace_s` seconds."""
+async def stop(
+    server: uvicorn.Server, sock: socket.socket, grace_s: float, handshake_timeout_s: float | None = None
+) -> None:
+    """Close `sock` and idle connections, and give requests still running `grace_s` seconds.
+
+    Closing a listening socket resets the connections the kernel has queued on it, whose clients
+    may have sent a request already; so they are accepted first, in the same turn of the loop as
+    the close, and served as every other connection is in a drain (a 503, then closed)."""
     # uvicorn annotates it int | None, but only hands it to asyncio.timeout, which takes a float.
     server.config.timeout_graceful_shutdown = max(grace_s, 0.0)  # type: ignore[assignment]
-    if server.started:
-        await server.shutdown(sockets=[sock])
-    else:
+    if not server.started:
         sock.close()
+        return
+    queued = []
+    with contextlib.suppress(OSError):  # BlockingIOError: the queue is empty
+        while True:
+            queued.append(sock.accept()[0])
+    for listener in server.servers:
+        listener.close()
+    loop = asyncio.get_running_loop()
+    protocol, tls = _protocol_factory(server), server.config.ssl
+    for connection in queued:
+        connection.setblocking(False)
+    accepted = await asyncio.gather(
+        *(
+            loop.connect_accepted_socket(protocol, c, ssl=tls, ssl_handshake_timeout=handshake_timeout_s)
+            for c in queued
+        ),
+        return_exceptions=True,  # a failed handshake is that client's alone
+    )
+    for connection, result in zip(queued, accepted, strict=True):
+        if isinstance(result, BaseException):
+            connection.close()
+    await server.shutdown(sockets=[sock])

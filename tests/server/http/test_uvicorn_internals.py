@@ -441,3 +441,22 @@ def test_start_and_stop_serve_a_socket_and_shut_its_connections_down() -> None:
         writer.close()
 
     asyncio.run(scenario())
+
+
+def test_stop_serves_a_connection_still_queued_in_the_kernel() -> None:
+    """A client whose connection the kernel accepted, but the loop not yet, has sent its request:
+    closing the listener would reset it; stop accepts and answers it first."""
+
+    async def scenario() -> None:
+        sock = socket.create_server(("127.0.0.1", 0))
+        sock.setblocking(False)
+        server = uvicorn.Server(_config(_App(gated=False)))
+        await internals.start(server, sock, None)
+        queued = socket.create_connection(sock.getsockname(), timeout=10)  # the loop has not run since
+        queued.sendall(_get("/a"))
+        await internals.stop(server, sock, 1.0)
+        reply = await asyncio.to_thread(queued.recv, 4096)
+        queued.close()
+        assert reply.startswith(b"HTTP/1.1 200"), reply
+
+    asyncio.run(scenario())
