@@ -325,8 +325,24 @@ def test_pipelined_requests_a_client_never_reads_hold_bounded_memory(served):
             + b",".join([b"{}"] * 1_300_000)
             + b"]}]}",
         ),
+        ("/v1/decode", b'{"z":[[0]],"x":{' + b",".join(b'"%d":1' % i for i in range(360_000)) + b"}}"),
+        (
+            "/v2/models/vae_decoder/infer",
+            b'{"inputs":[{"name":"z","datatype":"FP32","shape":[1,32],"data":[0],"parameters":{'
+            + b",".join(b'"%d":1' % i for i in range(360_000))
+            + b"}}]}",
+        ),
     ],
-    ids=["1.3M empty rows", "1M one-value rows", "a 1M-row mean", "1M strings", "2M values", "1.3M objects"],
+    ids=[
+        "1.3M empty rows",
+        "1M one-value rows",
+        "a 1M-row mean",
+        "1M strings",
+        "2M values",
+        "1.3M objects",
+        "360k keys",
+        "360k parameters",
+    ],
 )
 def test_a_body_of_tiny_values_is_refused_before_it_is_parsed(server, path, body):
     """4 MB of `[],` is 1.3M lists to make, all of it holding the GIL: counted and refused first."""
