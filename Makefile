@@ -7,17 +7,20 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: serve test test-fast lint docs proto system-deps train clean
 
-# Serving runtime only (the server extra, no torch): what a deployment installs. pip is not quieted:
-# a first install takes a while, and what it is downloading is the progress a newcomer waits on.
+# Serving runtime only (the server extra, no torch): what a deployment installs, and installed as a
+# deployment installs it: not editable (setuptools warns of an editable install; the wheel carries
+# the bundled model and the playground). A venv the dev step has made editable stays editable, or
+# its tests would run an installed copy. pip is not quieted: a first install takes a while, and what
+# it is downloading is the progress a newcomer waits on.
 $(BIN)/.runtime: pyproject.toml
 	@echo "==> creating $(VENV), a virtual environment for vae-serve"
 	$(PYTHON) -m venv $(VENV)
 	@echo "==> installing vae-serve and its serving runtime into $(VENV) (downloads on a first run)"
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[server]"
+	$(BIN)/python -m pip install $(if $(wildcard $(BIN)/.dev),-e )".[server]"
 	touch $@
 
-# Runtime + trainer + test and lint tools.
+# Runtime + trainer + test and lint tools, editable: the tests and vae-train work on this tree.
 $(BIN)/.dev: pyproject.toml $(BIN)/.runtime
 	@echo "==> installing the trainer and the test and lint tools into $(VENV)"
 	$(BIN)/python -m pip install -e ".[server,train,dev]"

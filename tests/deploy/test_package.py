@@ -1,12 +1,14 @@
 """The wheel a deployment installs holds every module and the bundled model (an editable
 install, as in the test venv, would hide a module missing from the package list), and installed
 without extras it is the client alone: no ONNX Runtime, no server dependencies. Building it warns
-of nothing, and a first `make serve` shows what it is installing."""
+of nothing, a first `make serve` installs it as a deployment does (not editable) and without a
+warning, and shows what it is installing."""
 
 from __future__ import annotations
 
 import ast
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -66,6 +68,40 @@ def test_the_build_warns_of_nothing(build):
     assert not re.search(r"warning|would be ignored", output, re.IGNORECASE), output
 
 
+def test_a_first_make_serve_installs_as_a_deployment_does_and_warns_of_nothing(tmp_path):
+    """`make serve`'s own install command on a fresh checkout: not editable (setuptools warns of an
+    editable install, "folders in your working directory with the same name as your package"), so
+    it warns of nothing, and the installed package serves the model it carries."""
+    venv = tmp_path / "venv"
+    done = run("make", "--dry-run", "--no-print-directory", "-C", REPO_ROOT, f"VENV={venv}", "serve")
+    assert done.returncode == 0, done.stderr
+    (install,) = [line for line in done.stdout.splitlines() if re.search(r"pip install .*\[server\]", line)]
+    python, *args = shlex.split(install)
+    assert python == f"{venv}/bin/python" and args[:3] == ["-m", "pip", "install"], install
+    made = run(sys.executable, "-m", "venv", "--without-pip", venv)
+    assert made.returncode == 0, made.stderr
+    # The same arguments from the same folder, run by this venv's pip (as current as the make step's
+    # `pip install --upgrade pip` leaves the new venv's: an old pip hides the backend's warnings)
+    # into the new venv. --no-deps: the dependencies are a first run's downloads, not checked here.
+    pip = (sys.executable, "-m", "pip", "--python", venv / "bin" / "python")
+    done = subprocess.run(
+        [str(a) for a in (*pip, *args[2:], "--no-deps")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert not re.search(r"warning", output, re.IGNORECASE), output
+    where = [venv / "bin" / "python", "-c", "import vae_serve; print(vae_serve.DEFAULT_REPOSITORY)"]
+    found = subprocess.run(where, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
+    repository = Path(found.stdout.strip())  # the copy the wheel carries, not the checkout's
+    assert repository.is_relative_to(venv), repository
+    assert (repository / "fashion-vae" / "1" / "model.json").is_file()
+
+
 def test_a_first_make_serve_says_what_it_is_doing(tmp_path):
     """A fresh checkout's `make serve` creates a venv and installs for a while before it serves: it
     says so before each step, and pip's own progress (what it is downloading) is not quieted."""
@@ -101,10 +137,10 @@ def canonical(requirement: str) -> str:
 
 def third_party_distributions(folder: str) -> dict[str, set[str]]:
     """Top-level module -> the installed distributions that provide it, for every absolute import
-    in `folder`/*.py that is neither the standard library nor vae_serve."""
+    in `folder` and its subpackages that is neither the standard library nor vae_serve."""
     provided = packages_distributions()
     found: dict[str, set[str]] = {}
-    for path in (REPO_ROOT / folder).glob("*.py"):
+    for path in (REPO_ROOT / folder).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 modules = [alias.name for alias in node.names]

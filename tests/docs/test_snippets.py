@@ -9,6 +9,7 @@ The snippets name the default ports; the test serves on free ones and points the
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
@@ -64,24 +65,35 @@ def test_the_pages_have_snippets_to_run():
 @pytest.mark.parametrize(("page", "script"), snippets("sh"), ids=lambda value: str(value)[:40])
 def test_each_shell_snippet_runs(served, tmp_path, page, script):
     grpc_port, http_port = served
+    # curl as the snippets write it exits 0 on an HTTP error: here it fails on one, and says why.
+    config = tmp_path / "curl"
+    config.mkdir()
+    (config / ".curlrc").write_text("fail-with-body\n")
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "VAE_TARGET": f"127.0.0.1:{grpc_port}",
+        "CURL_HOME": str(config),
     }
-    for command in commands(script):
-        if command.startswith(NOT_RUN):
+    work = tmp_path / "work"  # what the snippets write, and nothing else
+    work.mkdir()
+    for snippet in commands(script):
+        if snippet.startswith(NOT_RUN):
             continue
-        command = command.replace("localhost:8000", f"127.0.0.1:{http_port}")
+        command = snippet.replace("localhost:8000", f"127.0.0.1:{http_port}")
         done = subprocess.run(
-            ["bash", "-o", "pipefail", "-c", command], cwd=tmp_path, env=env, capture_output=True, timeout=120
+            ["bash", "-o", "pipefail", "-c", command], cwd=work, env=env, capture_output=True, timeout=120
         )
-        assert done.returncode == 0, f"{page}: {command}\n{done.stderr.decode()[-2000:]}"
-        if command.startswith("vae-client info"):
+        said = (done.stderr + done.stdout).decode(errors="replace")[-2000:]
+        assert done.returncode == 0, f"{page}: {command}\n{said}"
+        if snippet.startswith("vae-client info"):
             assert b"fashion-vae" in done.stdout
-        if command.startswith("curl localhost") or "/v1/model" in command:
-            assert b'"name":"fashion-vae"' in done.stdout
-    written = {path.name: path for path in tmp_path.iterdir()}
+        if snippet.startswith("curl localhost") or "/v1/model" in snippet:  # a GET: the model named
+            assert b'"name":"fashion-vae"' in done.stdout, said
+        if "/v1/decode" in snippet:  # one latent in, one image out, as JSON
+            reply = json.loads(done.stdout)
+            assert np.asarray(reply["x"]).shape == (1, 784), said
+    written = {path.name: path for path in work.iterdir()}
     if "samples.png" in written and "grid.png" in written:  # "the same grid", as the comment says
         assert written["samples.png"].read_bytes() == written["grid.png"].read_bytes()
     for name, path in written.items():
