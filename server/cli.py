@@ -35,13 +35,15 @@ SERVER_MODULES = (
     "pydantic",
     "pydantic_settings",
     "fastapi",
+    "starlette",
     "uvicorn",
     "httptools",
     "orjson",
-    "multipart",
+    "python_multipart",
     "fastapi_offline",
     "opentelemetry",
     "pythonjsonlogger",
+    "obstore",
 )
 
 
