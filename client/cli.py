@@ -257,7 +257,7 @@ def health(ctx: click.Context, service: str) -> None:
 )
 @click.pass_context
 def sample(ctx: click.Context, num_samples: int, seed: int | None, output: Path, columns: int | None) -> None:
-    """Decode draws from the prior N(0, I) into a PNG grid."""
+    """Decode draws from the model's prior (its card's, N(0, I) by default) into a PNG grid."""
     with _errors():
         client = _client(ctx)
         parts = _with_progress(
