@@ -69,6 +69,18 @@ def logged(proc: subprocess.Popen) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+def gone(sock: socket.socket) -> bool:
+    """Whether the server has closed non-blocking `sock`, reading what it said first."""
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
 def closed_by_server(sock: socket.socket) -> bool:
     """Whether the server closed `sock` (after what it had to say, if anything)."""
     try:
@@ -180,7 +192,11 @@ def test_sockets_without_a_whole_request_give_way_to_a_client_with_one(patient, 
                     assert client.get("/v2/health/ready").status_code == 200
                 held.append(hoard())
         assert probe.max_gap_s < HTTP_STALL_BOUND_S
-        assert all(closed_by_server(sock) for sock in held[:100])  # the oldest made room
+        for sock in held:
+            sock.setblocking(False)
+        # Which ones gave way depends on what the server had read of each (silent ones go first);
+        # that all but the cap's worth did, does not.
+        wait_for(lambda: sum(map(gone, held)) >= len(held) - 64, "the hoarders over the cap to be closed")
     finally:
         for sock in held:
             sock.close()
@@ -474,6 +490,7 @@ def _raw(head: str, body: bytes = b"") -> bytes:
     return head.replace("\n", "\r\n").encode("latin-1") + b"\r\n" + body
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize(
     ("raw", "status"),
     [
