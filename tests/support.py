@@ -31,7 +31,8 @@ from vae_serve.server.telemetry.metrics import Metrics
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = REPO_ROOT / "models"
-DEFAULT_MODEL_DIR = REPOSITORY / "fashion-vae" / "1"
+DEFAULT_MODEL_DIR = REPOSITORY / "fashion-vae" / "2"  # the version served by default: the highest
+DEFAULT_VERSION = DEFAULT_MODEL_DIR.name  # "2": what a test means by the version served by default
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

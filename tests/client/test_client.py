@@ -11,7 +11,15 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
-from support import PATIENCE_S, REPOSITORY, RunningServer, free_port, make_certificates, wait_for
+from support import (
+    DEFAULT_MODEL_DIR,
+    DEFAULT_VERSION,
+    PATIENCE_S,
+    RunningServer,
+    free_port,
+    make_certificates,
+    wait_for,
+)
 
 from vae_serve.client import AsyncVaeClient, VaeClient, VaeServeError
 from vae_serve.client._transport import Attempts
@@ -25,7 +33,12 @@ def pixels(n: int) -> np.ndarray:
 
 def test_sync_client_methods(client, direct):
     info = client.model_info()
-    assert (info.name, info.version, info.input_dim, info.latent_dim) == ("fashion-vae", "1", D, L)
+    assert (info.name, info.version, info.input_dim, info.latent_dim) == (
+        "fashion-vae",
+        DEFAULT_VERSION,
+        D,
+        L,
+    )
     assert info.image_shape == (28, 28) and info.max_request_rows == 8192
     assert info.server_id.endswith(f":{os.getpid()}")  # the in-process test server
     assert client.health() == "SERVING"
@@ -51,7 +64,7 @@ def test_the_model_card_comes_with_its_values_types(client):
     """`ModelInfo.card` is model.json as written: an int is an int (not the double a Struct carries,
     nor the string of the old map), an object a dict."""
     card = client.model_info().card
-    assert card == json.loads((REPOSITORY / "fashion-vae" / "1" / "model.json").read_text())
+    assert card == json.loads((DEFAULT_MODEL_DIR / "model.json").read_text())
     assert type(card["epochs"]) is int and type(card["lr"]) is float and card["image_shape"] == [28, 28]
     directions = card["principal_directions"]
     assert isinstance(directions, dict) and len(directions["vectors"]) == 8

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import yaml
-from support import REPO_ROOT, REPOSITORY, start_vae_serve_http
+from support import DEFAULT_MODEL_DIR, REPO_ROOT, REPOSITORY, start_vae_serve_http
 
 KSERVE = REPO_ROOT / "deploy" / "kserve"
 CALLS = Path(__file__).with_name("kserve_runtime_calls.py")
@@ -122,7 +122,7 @@ def test_started_as_the_runtime_it_answers_the_kserve_sdk(served_as_kserve_does)
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
     assert got["health"] == {"rest": [True] * 4, "grpc": [True] * 4}
-    decoder = ort.InferenceSession(str(REPOSITORY / "fashion-vae" / "1" / "decoder.onnx"))
+    decoder = ort.InferenceSession(str(DEFAULT_MODEL_DIR / "decoder.onnx"))
     want = decoder.run(None, {"z": z})[0]
     for protocol in ("rest", "grpc"):
         assert got[protocol]["id"] == f"{protocol}-1"

@@ -17,7 +17,7 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
-from support import REPO_ROOT, start_vae_serve
+from support import DEFAULT_VERSION, REPO_ROOT, start_vae_serve
 
 from vae_serve import require_extra
 from vae_serve.server.cli import SERVER_MODULES
@@ -99,7 +99,7 @@ def test_a_first_make_serve_installs_as_a_deployment_does_and_warns_of_nothing(t
     assert found.returncode == 0, found.stderr
     repository = Path(found.stdout.strip())  # the copy the wheel carries, not the checkout's
     assert repository.is_relative_to(venv), repository
-    assert (repository / "fashion-vae" / "1" / "model.json").is_file()
+    assert (repository / "fashion-vae" / DEFAULT_VERSION / "model.json").is_file()
 
 
 def test_a_first_make_serve_says_what_it_is_doing(tmp_path):
@@ -227,7 +227,10 @@ def test_install_without_extras_is_a_working_client_and_nothing_of_the_server(wh
         target = f"127.0.0.1:{port}"
         done = run(bin_ / "vae-client", "--target", target, "info")
         assert done.returncode == 0, done.stderr
-        assert "model:     fashion-vae version 1" in done.stdout and "health:    SERVING" in done.stdout
+        assert (
+            f"model:     fashion-vae version {DEFAULT_VERSION}" in done.stdout
+            and "health:    SERVING" in done.stdout
+        )
         png = tmp_path / "samples.png"
         done = run(bin_ / "vae-client", "--target", target, "sample", "-n", "4", "--seed", "1", "-o", png)
         assert done.returncode == 0, done.stderr

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import DEFAULT_MODEL_DIR
+from support import DEFAULT_MODEL_DIR, DEFAULT_VERSION
 
 from vae_serve.errors import DeadlineExceeded, Draining, Overloaded
 from vae_serve.server.models.model import load_model
@@ -88,10 +88,13 @@ def test_concurrent_requests_are_merged(model, batcher):
         await asyncio.gather(*(runner.run(latents(1, i)) for i in range(200)))
 
     asyncio.run(burst())
-    runs = count(metrics, "vae_serve_batch_size_rows_count", graph="decoder", version="1")
-    assert count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder", version="1") == 200
+    runs = count(metrics, "vae_serve_batch_size_rows_count", graph="decoder", version=DEFAULT_VERSION)
+    assert count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder", version=DEFAULT_VERSION) == 200
     assert runs <= 200 / 8  # 200 concurrent single rows took at most 25 runs, not 200
-    assert count(metrics, "vae_serve_queue_duration_seconds_count", graph="decoder", version="1") == 200
+    assert (
+        count(metrics, "vae_serve_queue_duration_seconds_count", graph="decoder", version=DEFAULT_VERSION)
+        == 200
+    )
 
 
 def test_a_full_queue_sheds_at_once(model, batcher):
@@ -119,7 +122,7 @@ def test_expired_requests_are_dropped_not_computed(model, batcher):
 
     assert asyncio.run(late()).shape == (3, 784)
     assert (
-        count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder", version="1") == 3
+        count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder", version=DEFAULT_VERSION) == 3
     )  # only the live one ran
     assert count(metrics, "vae_serve_rejected_total", graph="decoder", reason="deadline") == 1
 
@@ -160,7 +163,7 @@ def test_a_smaller_batch_does_not_lower_the_company_waited_for(model, batcher):
         return await done_without_waiting(*(runner.run(latents(1, i)) for i in range(2)))
 
     assert asyncio.run(scenario()) is False  # two again: still waiting for four
-    assert count(metrics, "vae_serve_batch_size_rows_count", graph="decoder", version="1") == 3
+    assert count(metrics, "vae_serve_batch_size_rows_count", graph="decoder", version=DEFAULT_VERSION) == 3
 
 
 def test_recent_max_is_the_largest_value_within_its_span():
@@ -188,7 +191,7 @@ def test_a_deserted_partial_batch_leaves_after_the_queue_delay(model, batcher):
         return time.monotonic() - began
 
     assert asyncio.run(scenario()) >= 0.29  # a lower bound: a loaded machine only makes it longer
-    assert count(metrics, "vae_serve_batch_size_rows_count", graph="decoder", version="1") == 2
+    assert count(metrics, "vae_serve_batch_size_rows_count", graph="decoder", version=DEFAULT_VERSION) == 2
 
 
 def test_requests_above_the_batch_size_run_alone(model, batcher):
@@ -199,8 +202,11 @@ def test_requests_above_the_batch_size_run_alone(model, batcher):
 
     (x,) = asyncio.run(big())
     np.testing.assert_allclose(x, model.decoder.run(latents(100, 0))[0], atol=1e-6)
-    assert count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder", version="1") == 100
-    assert count(metrics, "vae_serve_queue_duration_seconds_count", graph="decoder", version="1") == 0
+    assert count(metrics, "vae_serve_batch_size_rows_sum", graph="decoder", version=DEFAULT_VERSION) == 100
+    assert (
+        count(metrics, "vae_serve_queue_duration_seconds_count", graph="decoder", version=DEFAULT_VERSION)
+        == 0
+    )
 
 
 @pytest.mark.parametrize(("max_batch_size", "kind"), [(1, InlineRunner), (2, BatchingRunner)])
@@ -323,7 +329,10 @@ def test_a_lone_request_runs_itself_and_company_goes_to_the_collector(model, bat
     x = asyncio.run(scenario())
     np.testing.assert_allclose(x, model.decoder.run(latents(1, 1))[0], atol=1e-6)
     assert tasks == ["batcher-decoder", "lone caller", "batcher-decoder"]  # the pair merged in one run
-    assert count(metrics, "vae_serve_queue_duration_seconds_count", graph="decoder", version="1") == 4
+    assert (
+        count(metrics, "vae_serve_queue_duration_seconds_count", graph="decoder", version=DEFAULT_VERSION)
+        == 4
+    )
     assert runner.admission.rows == 0
 
 

@@ -14,7 +14,15 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from support import DEFAULT_MODEL_DIR, GOOD_DECODER, GOOD_ENCODER, RunningServer, wait_for, write_version
+from support import (
+    DEFAULT_MODEL_DIR,
+    DEFAULT_VERSION,
+    GOOD_DECODER,
+    GOOD_ENCODER,
+    RunningServer,
+    wait_for,
+    write_version,
+)
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.errors import DeadlineExceeded, InvalidInput, ModelLoadError, Overloaded
@@ -73,7 +81,10 @@ def test_prior_samples_over_the_row_limit_are_invalid_not_computed(model, batch,
     try:
         with pytest.raises(InvalidInput, match="num_samples: 4096 samples exceed the limit of 256 rows"):
             asyncio.run(plane.sample(4096, seed=0, decode=decode))
-        assert count(plane.metrics, "vae_serve_batch_size_rows_count", graph="decoder", version="1") == 0
+        assert (
+            count(plane.metrics, "vae_serve_batch_size_rows_count", graph="decoder", version=DEFAULT_VERSION)
+            == 0
+        )
         assert count(plane.metrics, "vae_serve_rejected_total", graph="decoder", reason="queue_full") == 0
         z, x, _ = asyncio.run(plane.sample(256, seed=0, decode=decode))  # at the limit: served
         assert z.shape == (256, L) and (x is None or x.shape == (256, D))
@@ -200,7 +211,7 @@ def test_unbatched_late_requests_are_counted_and_not_computed(model):
         asyncio.run(runner.run(np.zeros((1, L), np.float32), deadline=time.monotonic() - 1))
     runner.close()
     assert count(metrics, "vae_serve_rejected_total", graph="decoder", reason="deadline") == 1
-    assert count(metrics, "vae_serve_batch_size_rows_count", graph="decoder", version="1") == 0
+    assert count(metrics, "vae_serve_batch_size_rows_count", graph="decoder", version=DEFAULT_VERSION) == 0
 
 
 def test_the_data_plane_gives_the_unbatched_runners_the_queue_bound(model):

@@ -9,6 +9,7 @@ import logging
 import grpc
 import numpy as np
 import pytest
+from support import DEFAULT_VERSION
 
 from vae_serve._proto.vae.v1 import vae_pb2
 from vae_serve.server.cli import log_handler
@@ -95,7 +96,7 @@ def test_the_access_log_writes_one_line_per_call_only_when_on(running, stub, jso
     assert (decode["method"], decode["model"], decode["version"], decode["rows"]) == (
         "Decode",
         "fashion-vae",
-        "1",
+        DEFAULT_VERSION,
         5,
     )
     assert decode["status"] == "OK" and decode["duration_ms"] > 0 and decode["peer"].startswith("ipv")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import REPOSITORY, free_port, read_until, start_vae_serve
+from support import DEFAULT_VERSION, REPOSITORY, free_port, read_until, start_vae_serve
 
 from vae_serve._proto.vae.v1 import vae_pb2
+from vae_serve.server.protocol.oip_extensions import OLDER
 from vae_serve.tensor import to_tensor
 
 CALLS = Path(__file__).with_name("tritonclient_calls.py")
@@ -41,7 +42,7 @@ def only(reply: dict) -> dict:
 
 
 def test_server_metadata_lists_the_extensions_served(running):
-    assert triton(running.target, "extensions")["server"]["extensions"] == [
+    assert triton(running.target, "extensions", version=DEFAULT_VERSION)["server"]["extensions"] == [
         "model_configuration",
         "model_repository",
         "statistics",
@@ -50,7 +51,7 @@ def test_server_metadata_lists_the_extensions_served(running):
 
 def test_model_config_states_what_the_server_does(running):
     s = running.server.settings
-    got = triton(running.target, "extensions")
+    got = triton(running.target, "extensions", version=DEFAULT_VERSION)
     assert got["pinned"] == "vae_decoder"
 
     def tensor(name: str, width: int) -> dict:
@@ -83,13 +84,15 @@ def test_model_config_states_what_the_server_does(running):
 
 
 def test_repository_index_lists_both_models_ready(running):
-    assert triton(running.target, "extensions")["index"] == [
-        {"name": name, "version": "1", "state": "READY"} for name in OIP_NAMES
+    """The version served READY under each name; version 1, on disk beside it, listed as not served."""
+    assert triton(running.target, "extensions", version=DEFAULT_VERSION)["index"] == [
+        *({"name": name, "version": "1", "state": "UNAVAILABLE", "reason": OLDER} for name in OIP_NAMES),
+        *({"name": name, "version": DEFAULT_VERSION, "state": "READY"} for name in OIP_NAMES),
     ]
 
 
 def test_unknown_models_and_versions_are_not_found_and_model_control_is_refused(running):
-    errors = triton(running.target, "extensions")["errors"]
+    errors = triton(running.target, "extensions", version=DEFAULT_VERSION)["errors"]
     for key in ("config_unknown_model", "stats_unknown_model"):
         assert errors[key].startswith("StatusCode.NOT_FOUND no model 'vae_other'"), errors[key]
     for key in ("config_unknown_version", "stats_unknown_version"):
@@ -105,7 +108,7 @@ def test_statistics_move_by_exactly_what_was_sent(running, model, name, width):
     n, rows = 7, 3
     got = triton(running.target, "statistics", model=model, name=name, width=width, rows=rows, n=n)
     before, after = only(got["before"]), only(got["after"])
-    assert (after["name"], after["version"]) == (model, "1")
+    assert (after["name"], after["version"]) == (model, DEFAULT_VERSION)
 
     def moved(*path: str) -> int:
         return number(after, *path) - number(before, *path)
@@ -125,7 +128,9 @@ def test_statistics_move_by_exactly_what_was_sent(running, model, name, width):
 
 def test_statistics_without_a_model_cover_both(running):
     got = triton(running.target, "statistics", model="", name="x", width=W, rows=1, n=0)
-    assert [(s["name"], s["version"]) for s in got["after"]["model_stats"]] == [(n, "1") for n in OIP_NAMES]
+    assert [(s["name"], s["version"]) for s in got["after"]["model_stats"]] == [
+        (n, DEFAULT_VERSION) for n in OIP_NAMES
+    ]
 
 
 def test_the_native_api_runs_the_same_graphs_and_counts_too(running, stub):

@@ -7,7 +7,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from support import DEFAULT_MODEL_DIR
+from support import DEFAULT_MODEL_DIR, DEFAULT_VERSION
 
 from vae_serve.errors import Overloaded, Unsupported
 from vae_serve.server.models.model import load_model
@@ -33,7 +33,8 @@ def extensions_for(model, **settings: object) -> TritonExtensions:
 
 
 def test_index_says_why_a_version_on_disk_is_not_served(model, tmp_path):
-    for version in ("0", "1", "4"):  # only 1 is served (the model loaded above)
+    # only DEFAULT_VERSION is served (the model loaded above): 0 is older, 4 newer
+    for version in ("0", DEFAULT_VERSION, "4"):
         (tmp_path / "fashion-vae" / version).mkdir(parents=True)
     (tmp_path / "fashion-vae" / "notes").mkdir()  # not a version: not listed
     ext = extensions_for(model, model_repository=tmp_path)
@@ -42,10 +43,10 @@ def test_index_says_why_a_version_on_disk_is_not_served(model, tmp_path):
         names = ("vae_encoder", "vae_decoder", "fashion-vae_encoder", "fashion-vae_decoder")
         assert [(e["name"], e["version"], e["state"], e["reason"]) for e in entries] == [
             *((name, "0", "UNAVAILABLE", OLDER) for name in names),
-            *((name, "1", "READY", "") for name in names),
+            *((name, DEFAULT_VERSION, "READY", "") for name in names),
             *((name, "4", "UNAVAILABLE", NEWER) for name in names),
         ]
-        assert [e["version"] for e in asyncio.run(ext.index(ready_only=True))] == ["1"] * 4
+        assert [e["version"] for e in asyncio.run(ext.index(ready_only=True))] == [DEFAULT_VERSION] * 4
     finally:
         ext.dataplane.close()
 
@@ -74,7 +75,7 @@ def test_batched_requests_count_each_request_once_and_each_run_once(model):
         registry = ext.dataplane.metrics.registry
         run_s = registry.get_sample_value(
             "vae_serve_inference_duration_seconds_sum",
-            {"model": "fashion-vae", "graph": "decoder", "version": "1"},
+            {"model": "fashion-vae", "graph": "decoder", "version": DEFAULT_VERSION},
         )
         infer = stats["inference_stats"]
         assert stats["inference_count"] == 16 and infer["success"]["count"] == 8

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from support import start_vae_serve_http
+from support import DEFAULT_VERSION, start_vae_serve_http
 
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
@@ -71,7 +71,9 @@ CASES = {
     ),
     "one output of two": Case("vae_encoder", [pixels()], ["logvar"], answer=["logvar"]),
     "the decoder": Case("vae_decoder", [latents(3)], ["x"], answer=["x"]),
-    "a pinned version and an id": Case("vae_decoder", [latents()], version="1", id="case-7", answer=["x"]),
+    "a pinned version and an id": Case(
+        "vae_decoder", [latents()], version=DEFAULT_VERSION, id="case-7", answer=["x"]
+    ),
     "unknown model": Case(
         "vae_other",
         [latents()],
@@ -83,7 +85,7 @@ CASES = {
         [latents()],
         version="9",
         answer=ModelNotFound,
-        message="model version '9' is not loaded (loaded: 1)",
+        message=f"model version '9' is not loaded (loaded: {DEFAULT_VERSION})",
     ),
     "wrong input name": Case(
         "vae_decoder",
@@ -290,7 +292,11 @@ def test_both_transports_answer_alike(server, name, encoding):
     if isinstance(case.answer, list):
         for answer in (grpc_answer, rest_answer):
             assert (answer.status, answer.message) == ("OK", "")
-            assert (answer.version, answer.id, list(answer.outputs)) == ("1", case.id, case.answer)
+            assert (answer.version, answer.id, list(answer.outputs)) == (
+                DEFAULT_VERSION,
+                case.id,
+                case.answer,
+            )
         for output in case.answer:
             np.testing.assert_allclose(grpc_answer.outputs[output], rest_answer.outputs[output], atol=1e-6)
         return
@@ -332,13 +338,13 @@ def metadata_over_rest(http: httpx.Client, path: str, model: str, version: str) 
     ("model", "version", "refusal"),
     [
         ("vae_encoder", "", None),
-        ("vae_decoder", "1", None),
+        ("vae_decoder", DEFAULT_VERSION, None),
         (
             "vae_other",
             "",
             f"no model 'vae_other'; models: {OIP_NAMES}",
         ),
-        ("vae_decoder", "9", "model version '9' is not loaded (loaded: 1)"),
+        ("vae_decoder", "9", f"model version '9' is not loaded (loaded: {DEFAULT_VERSION})"),
     ],
 )
 def test_metadata_and_readiness_answer_alike(server, path, model, version, refusal):

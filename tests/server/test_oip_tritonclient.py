@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from support import DEFAULT_VERSION
 
 from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
@@ -27,11 +28,11 @@ def triton(running, scenario: str, **kwargs) -> dict:
 
 
 def test_health_readiness_and_metadata(running):
-    h = triton(running, "health")
+    h = triton(running, "health", version=DEFAULT_VERSION)
     assert h["live"] and h["ready"] and h["encoder_ready"] and h["decoder_ready"]
     assert h["server"]["name"] == "vae-serve"
     assert h["vae_encoder"] == {
-        "versions": ["1"],
+        "versions": [DEFAULT_VERSION],
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": "x", "datatype": "FP32", "shape": ["-1", "784"]}],
         "outputs": [
@@ -45,7 +46,7 @@ def test_health_readiness_and_metadata(running):
 def test_infer_both_models_with_tritonclient(running, direct):
     x = np.random.default_rng(1).random((3, 784), dtype=np.float32)
     got = triton(running, "infer", model="vae_encoder", name="x", rows=x.tolist())
-    assert got["id"] == "req-7" and got["model_version"] == "1"
+    assert got["id"] == "req-7" and got["model_version"] == DEFAULT_VERSION
     mean, logvar = direct[0].run(["mean", "logvar"], {"x": x})
     np.testing.assert_allclose(np.array(got["outputs"]["mean"], np.float32), mean, atol=1e-6)
     np.testing.assert_allclose(np.array(got["outputs"]["logvar"], np.float32), logvar, atol=1e-6)

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from support import RunningServer, free_port, start_vae_serve, wait_for
+from support import DEFAULT_VERSION, RunningServer, free_port, start_vae_serve, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.tensor import to_tensor
@@ -105,7 +105,10 @@ def test_deadline_shorter_than_queue_time_is_dropped_not_computed():
 
     def computed() -> float:
         return (
-            registry.get_sample_value("vae_serve_batch_size_rows_count", {**DECODER, "version": "1"}) or 0.0
+            registry.get_sample_value(
+                "vae_serve_batch_size_rows_count", {**DECODER, "version": DEFAULT_VERSION}
+            )
+            or 0.0
         )
 
     def queued() -> float:

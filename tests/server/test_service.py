@@ -5,20 +5,23 @@ from __future__ import annotations
 import gc
 import json
 import urllib.request
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
+import onnxruntime as ort
 import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from support import REPOSITORY, RunningServer, wait_for
+from support import DEFAULT_MODEL_DIR, DEFAULT_VERSION, REPOSITORY, RunningServer, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
+from vae_serve.server.protocol.prior import read_prior
 from vae_serve.tensor import from_tensor, to_tensor
 
-MODEL_DIR = REPOSITORY / "fashion-vae" / "1"
+V1_DIR = REPOSITORY / "fashion-vae" / "1"  # version 1: its card names no prior, so N(0, I)
 D, L = 784, 32
 
 
@@ -53,14 +56,54 @@ def test_seeded_samples_are_bit_identical_and_unseeded_differ(stub):
     assert sample(stub, num_samples=16)[0].tobytes() != sample(stub, num_samples=16)[0].tobytes()
 
 
-def test_prior_draws_are_standard_normal(stub, direct):
+@pytest.fixture(scope="module")
+def v1_stub() -> Iterator[vae_pb2_grpc.VAEServiceStub]:
+    """A server pinned to version 1 (--model-version 1), whose card names no prior."""
+    server = RunningServer(model_version="1")
+    try:
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        with grpc.insecure_channel(server.target, options=options) as channel:
+            yield vae_pb2_grpc.VAEServiceStub(channel)
+    finally:
+        server.stop()
+
+
+def test_prior_draws_are_standard_normal(v1_stub):
+    """A card without a prior: Sample draws from N(0, I)."""
+    assert "prior" not in json.loads((V1_DIR / "model.json").read_text())
+    assert v1_stub.GetModelInfo(vae_pb2.GetModelInfoRequest()).version == "1"
     k = 4096
-    z, x = sample(stub, num_samples=k, seed=1, decode=True)
+    z, x = sample(v1_stub, num_samples=k, seed=1, decode=True)
     assert z.shape == (k, L) and x.shape == (k, D)
     # Per dimension: the sample mean has sd 1/sqrt(K) = 0.016 and the sample variance sd
     # sqrt(2/K) = 0.022; 5 sd keeps a false alarm below 1e-5 over all 32 dimensions.
     assert np.abs(z.mean(0)).max() < 5 / np.sqrt(k)
     assert np.abs(z.var(0) - 1).max() < 5 * np.sqrt(2 / k)
+    decoder = ort.InferenceSession(str(V1_DIR / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(x[:5], decoder.run(["x"], {"z": z[:5]})[0], atol=1e-6)
+
+
+def test_prior_draws_follow_the_cards_mixture(stub, direct):
+    """The default version's card names a mixture of Gaussians: a seeded Sample draws exactly what
+    that prior draws from a generator with the same seed, and the draws have the mixture's mean and
+    variance (worked out here from the card alone)."""
+    card = json.loads((DEFAULT_MODEL_DIR / "model.json").read_text())
+    assert card["prior"]["type"] == "mixture_of_gaussians" and card["prior"]["components"] == 24
+    k, seed = 4096, 1
+    z, x = sample(stub, num_samples=k, seed=seed, decode=True)
+    assert z.shape == (k, L) and x.shape == (k, D)
+    assert z.tobytes() == read_prior(card, L).draw(k, np.random.default_rng(seed)).tobytes()
+    # The mixture's moments per dimension, from the card's weights, means and logvars.
+    w = np.asarray(card["prior"]["weights"], np.float64)
+    w = w[:, None] / w.sum()
+    means, variances = np.asarray(card["prior"]["means"]), np.exp(np.asarray(card["prior"]["logvars"]))
+    mean = (w * means).sum(0)
+    d = means - mean
+    var = (w * (variances + d**2)).sum(0)
+    fourth = (w * (d**4 + 6 * d**2 * variances + 3 * variances**2)).sum(0)  # central 4th moment
+    # 5 sd of the sample mean (var / K) and of the sample variance ((m4 - var^2) / K), per dimension.
+    assert (np.abs(z.mean(0) - mean) < 5 * np.sqrt(var / k)).all()
+    assert (np.abs(z.var(0) - var) < 5 * np.sqrt((fourth - var**2) / k)).all()
     np.testing.assert_allclose(x[:5], direct[1].run(["x"], {"z": z[:5]})[0], atol=1e-6)
 
 
@@ -78,7 +121,7 @@ def test_posterior_draws_follow_mean_and_logvar(stub, direct):
 
 def test_model_info(stub, running):
     info = stub.GetModelInfo(vae_pb2.GetModelInfoRequest())
-    assert (info.name, info.version) == ("fashion-vae", "1")
+    assert (info.name, info.version) == ("fashion-vae", DEFAULT_VERSION)
     assert (info.input_dim, list(info.image_shape), info.latent_dim) == (D, [28, 28], L)
     assert info.execution_provider == "CPUExecutionProvider"
     assert float(info.card["test_neg_elbo_nats"]) < 238
@@ -92,13 +135,13 @@ def test_model_info_carries_the_card_typed(stub):
     info = stub.GetModelInfo(vae_pb2.GetModelInfoRequest())
     assert info.HasField("model_card")
     card = info.model_card
-    assert card["epochs"] == 60 and card["lr"] == 0.001 and list(card["image_shape"]) == [28, 28]
+    assert card["epochs"] == 40 and card["lr"] == 0.002 and list(card["image_shape"]) == [28, 28]
     directions = card["principal_directions"]
     assert len(directions["mean"]) == L and len(directions["vectors"]) == len(directions["std"]) == 8
-    written = json.loads((MODEL_DIR / "model.json").read_text())
+    written = json.loads((DEFAULT_MODEL_DIR / "model.json").read_text())
     assert json_format.MessageToDict(card) == written
     # The string map stays for the clients of the last release, deprecated, with every key.
-    assert set(info.card) == set(written) and info.card["epochs"] == "60"
+    assert set(info.card) == set(written) and info.card["epochs"] == "40"
     assert vae_pb2.ModelInfo.DESCRIPTOR.fields_by_name["card"].GetOptions().deprecated
 
 
@@ -275,7 +318,7 @@ def test_metrics_parse_and_count_the_calls(stub, running):
     info = after["vae_serve_model_info"].samples[0]
     assert info.labels == {
         "name": "fashion-vae",
-        "version": "1",
+        "version": DEFAULT_VERSION,
         "execution_provider": "CPUExecutionProvider",
     }
     assert count(after, "vae_serve_requests_in_flight", "vae_serve_requests_in_flight", method="Decode") == 0

@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 
 import pytest
-from support import REPOSITORY, start_server_ports
+from support import DEFAULT_VERSION, REPOSITORY, start_server_ports
 
 import vae_serve
 from vae_serve.server.app import VaeServer
@@ -62,7 +62,7 @@ def parse(*args: str) -> Settings:
 def test_defaults():
     s = parse()
     assert (s.port, s.metrics_port, s.device, s.reflection, s.model) == (50051, 8002, "auto", True, [])
-    assert (Path(s.model_repository) / "fashion-vae" / "1" / "model.json").is_file()
+    assert (Path(s.model_repository) / "fashion-vae" / DEFAULT_VERSION / "model.json").is_file()
     assert choose_models(s.repository) == {"fashion-vae": None}  # every model there: the bundled one
 
 
@@ -505,7 +505,7 @@ def test_a_replaced_version_closes_after_retire_after_s_not_the_drain_grace(capl
     caplog.set_level(logging.INFO, logger="vae_serve.server.models.versions")
     s = Settings(model_repository=REPOSITORY, retire_after_s=0, drain_grace_s=3600)
     assert _retire_first_of_two(s)
-    assert "retiring version 1 after 0.0 s" in caplog.text
+    assert f"retiring version {DEFAULT_VERSION} after 0.0 s" in caplog.text
 
 
 def test_retire_after_s_is_its_own_setting():

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from support import REPOSITORY, free_port, start_server_ports, wait_for
+from support import DEFAULT_VERSION, REPOSITORY, free_port, start_server_ports, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.tensor import to_tensor
@@ -163,7 +163,12 @@ def test_each_request_gets_one_access_line_grpc_and_http(served, stub):
     (bad,) = served.access("grpc-bad")
     assert (bad["method"], bad["status"]) == ("Decode", "INVALID_ARGUMENT")
     (good,) = served.access("grpc-0")
-    assert (good["model"], good["version"], good["rows"], good["status"]) == ("fashion-vae", "1", 2, "OK")
+    assert (good["model"], good["version"], good["rows"], good["status"]) == (
+        "fashion-vae",
+        DEFAULT_VERSION,
+        2,
+        "OK",
+    )
     (http,) = served.access("http-1")
     assert (http["method"], http["http_status"], http["rows"]) == ("http.Decode", 200, 4)
 

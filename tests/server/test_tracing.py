@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, format_trace_id
-from support import REPOSITORY, RunningServer, wait_for
+from support import DEFAULT_VERSION, REPOSITORY, RunningServer, wait_for
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vae_serve.server.models.model import load_model
@@ -63,7 +63,7 @@ def test_a_decode_continues_the_callers_trace_with_queue_and_ort_children(spans,
     assert format_trace_id(call.context.trace_id) == TRACE
     assert call.parent.span_id == int(PARENT, 16) and call.kind is SpanKind.SERVER
     attributes = call.attributes
-    assert attributes["vae.model"] == "fashion-vae" and attributes["vae.model_version"] == "1"
+    assert attributes["vae.model"] == "fashion-vae" and attributes["vae.model_version"] == DEFAULT_VERSION
     assert attributes["vae.rows"] == 3 and attributes["rpc.grpc.status_code"] == 0
     assert attributes["vae.request_id"] == "traced-1" and attributes["network.peer.address"].startswith("ipv")
     assert set(children) == {"batcher.queue", "onnxruntime.run"}

@@ -16,7 +16,9 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 
-def health(client: triton.InferenceServerClient) -> dict:
+def health(client: triton.InferenceServerClient, version: str) -> dict:
+    """Liveness, readiness (the decoder's at `version`, pinned) and both graphs' metadata."""
+
     def meta(model: str) -> dict:
         m = client.get_model_metadata(model, as_json=True)
         return {
@@ -30,7 +32,7 @@ def health(client: triton.InferenceServerClient) -> dict:
         "live": client.is_server_live(),
         "ready": client.is_server_ready(),
         "encoder_ready": client.is_model_ready("vae_encoder"),
-        "decoder_ready": client.is_model_ready("vae_decoder", "1"),
+        "decoder_ready": client.is_model_ready("vae_decoder", version),
         "server": client.get_server_metadata(as_json=True),
         "vae_encoder": meta("vae_encoder"),
         "vae_decoder": meta("vae_decoder"),
@@ -85,13 +87,14 @@ def _status(call) -> str:
     return "OK"
 
 
-def extensions(client: triton.InferenceServerClient) -> dict:
-    """Triton's configuration and repository extensions, and their refusals, as tools call them."""
+def extensions(client: triton.InferenceServerClient, version: str) -> dict:
+    """Triton's configuration and repository extensions, and their refusals, as tools call them;
+    `pinned`: the decoder's configuration asked for at `version`."""
     models = ("vae_encoder", "vae_decoder")
     return {
         "server": client.get_server_metadata(as_json=True),
         "config": {m: client.get_model_config(m, as_json=True)["config"] for m in models},
-        "pinned": client.get_model_config("vae_decoder", "1", as_json=True)["config"]["name"],
+        "pinned": client.get_model_config("vae_decoder", version, as_json=True)["config"]["name"],
         "index": client.get_model_repository_index(as_json=True).get("models", []),
         "errors": {
             "config_unknown_model": _status(lambda: client.get_model_config("vae_other")),

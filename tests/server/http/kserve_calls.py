@@ -43,6 +43,7 @@ def error_body(reply: httpx.Response) -> dict[str, Any]:
 
 
 async def rest(url: str, args: dict) -> dict:
+    """The SDK's REST client, then every reply held to its models; `pinned`: at args["version"]."""
     z = np.asarray(args["z"], dtype=np.float32)
     async with InferenceRESTClient(RESTConfig(protocol="v2", timeout=30)) as client:
         health = {
@@ -69,14 +70,15 @@ async def rest(url: str, args: dict) -> dict:
             refused = str(exc)
     tensor = {"name": "z", "shape": list(z.shape), "datatype": "FP32", "data": z.ravel().tolist()}
     body = {"id": "a1", "inputs": [tensor]}
+    pinned = args["version"]
     replies = {  # name: (the SDK's model of the reply, its path, its body to POST)
         "live": (v2.ServerLiveResponse, "/v2/health/live", None),
         "ready": (v2.ServerReadyResponse, "/v2/health/ready", None),
         "metadata": (v2.ServerMetadataResponse, "/v2", None),
         **{f"{m} ready": (v2.ModelReadyResponse, f"/v2/models/{m}/ready", None) for m in MODELS},
         **{f"{m} metadata": (v2.ModelMetadataResponse, f"/v2/models/{m}", None) for m in MODELS},
-        "pinned ready": (v2.ModelReadyResponse, "/v2/models/vae_decoder/versions/1/ready", None),
-        "pinned metadata": (v2.ModelMetadataResponse, "/v2/models/vae_decoder/versions/1", None),
+        "pinned ready": (v2.ModelReadyResponse, f"/v2/models/vae_decoder/versions/{pinned}/ready", None),
+        "pinned metadata": (v2.ModelMetadataResponse, f"/v2/models/vae_decoder/versions/{pinned}", None),
         "infer": (v2.InferenceResponse, "/v2/models/vae_decoder/infer", body),
     }
     refusals = {  # name: (path, body to POST)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from support import read_reply
+from support import DEFAULT_VERSION, read_reply
 
 CALLS = Path(__file__).with_name("tritonclient_http_calls.py")
 L, D = 32, 784
@@ -25,7 +25,7 @@ def triton(http_server, scenario: str, **kwargs) -> dict:
 
 
 def test_health_and_metadata_with_tritonclient(http_server):
-    h = triton(http_server, "health")
+    h = triton(http_server, "health", version=DEFAULT_VERSION)
     assert h["live"] and h["ready"] and h["encoder_ready"]
     assert h["server"] == {
         "name": "vae-serve",
@@ -34,7 +34,7 @@ def test_health_and_metadata_with_tritonclient(http_server):
     }
     assert h["vae_encoder"] == {
         "name": "vae_encoder",
-        "versions": ["1"],
+        "versions": [DEFAULT_VERSION],
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, D]}],
         "outputs": [
@@ -60,7 +60,7 @@ def test_infer_equals_onnx_runtime_in_json_and_binary(http_server, direct, binar
         binary_in=binary_in,
         outputs=outputs,
     )
-    assert got["id"] == "req-7" and got["model_version"] == "1"
+    assert got["id"] == "req-7" and got["model_version"] == DEFAULT_VERSION
     assert got["binary"] == {"mean": binary_out, "logvar": binary_out}
     mean, logvar = direct[0].run(["mean", "logvar"], {"x": x})
     np.testing.assert_allclose(np.array(got["outputs"]["mean"], np.float32), mean, atol=1e-6)
@@ -90,10 +90,16 @@ def test_outputs_default_to_all_binary_and_a_selection_returns_only_it(http_serv
 def test_a_pinned_version_and_an_unknown_one(http_server):
     z = [[0.0] * L]
     assert (
-        triton(http_server, "infer", model="vae_decoder", name="z", rows=z, binary_in=True, version="1")[
-            "model_version"
-        ]
-        == "1"
+        triton(
+            http_server,
+            "infer",
+            model="vae_decoder",
+            name="z",
+            rows=z,
+            binary_in=True,
+            version=DEFAULT_VERSION,
+        )["model_version"]
+        == DEFAULT_VERSION
     )
     missing = triton(http_server, "infer", model="vae_decoder", name="z", rows=z, binary_in=True, version="9")
     assert missing["status"] == "404" and "model version '9' is not loaded" in missing["error"]
@@ -104,7 +110,7 @@ def test_tritonclient_aio_labels_its_bodies_octet_stream_and_is_served(http_serv
     z = np.random.default_rng(5).standard_normal((2, L), dtype=np.float32)
     got = triton(http_server, "aio", model="vae_decoder", name="z", rows=z.tolist(), binary_in=binary_in)
     np.testing.assert_allclose(np.array(got["outputs"]["x"]), direct[1].run(None, {"z": z})[0], atol=1e-6)
-    assert {"name": "vae_decoder", "version": "1", "state": "READY", "reason": ""} in got["index"]
+    assert {"name": "vae_decoder", "version": DEFAULT_VERSION, "state": "READY", "reason": ""} in got["index"]
 
 
 # What may label a body (parameters such as charset aside): JSON, or the octet-stream that the KServe

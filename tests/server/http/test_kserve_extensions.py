@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import DEFAULT_VERSION
 
+from vae_serve.server.protocol.oip_extensions import OLDER
 from vae_serve.server.settings import Settings
 
 CALLS = Path(__file__).with_name("tritonclient_http_calls.py")
@@ -27,7 +29,7 @@ def triton(http_server, scenario: str, **kwargs) -> dict:
 
 def test_model_config_is_triton_json_with_the_settings_served(http_server):
     s = Settings()  # the fixture's server runs on the defaults
-    got = triton(http_server, "extensions")
+    got = triton(http_server, "extensions", version=DEFAULT_VERSION)
     assert got["pinned"] == "vae_decoder"
 
     def tensor(name: str, width: int) -> dict:
@@ -53,13 +55,17 @@ def test_model_config_is_triton_json_with_the_settings_served(http_server):
 
 
 def test_repository_index_and_model_control(http_server, http):
-    got = triton(http_server, "extensions")
-    assert got["index"] == [{"name": m, "version": "1", "state": "READY", "reason": ""} for m in OIP_NAMES]
+    got = triton(http_server, "extensions", version=DEFAULT_VERSION)
+    assert got["index"] == [  # version 1, on disk beside the version served, is listed as not served
+        *({"name": m, "version": "1", "state": "UNAVAILABLE", "reason": OLDER} for m in OIP_NAMES),
+        *({"name": m, "version": DEFAULT_VERSION, "state": "READY", "reason": ""} for m in OIP_NAMES),
+    ]
     assert got["errors"]["config_unknown_model"].startswith("404 no model 'vae_other'")
     assert got["errors"]["stats_unknown_version"].startswith("404 model version '9' is not loaded")
     for action in ("load", "unload"):
         assert got["errors"][action].startswith("501 explicit model load / unload is not allowed")
-    assert http.post("/v2/repository/index", json={"ready": True}).json() == got["index"]
+    ready = [entry for entry in got["index"] if entry["state"] == "READY"]
+    assert http.post("/v2/repository/index", json={"ready": True}).json() == ready
     for body in (b"[", b'{"ready": "yes"}', b"[true]"):
         refused = http.post("/v2/repository/index", content=body)
         assert refused.status_code == 400 and "body:" in refused.json()["error"]
@@ -71,8 +77,10 @@ def test_statistics_move_by_exactly_what_was_sent(http_server, model, name, widt
     n, rows = 5, 4
     got = triton(http_server, "statistics", model=model, name=name, width=width, rows=rows, n=n)
     (before,), (after,) = got["before"]["model_stats"], got["after"]["model_stats"]
-    assert (after["name"], after["version"]) == (model, "1")
-    assert [(s["name"], s["version"]) for s in got["all"]["model_stats"]] == [(m, "1") for m in OIP_NAMES]
+    assert (after["name"], after["version"]) == (model, DEFAULT_VERSION)
+    assert [(s["name"], s["version"]) for s in got["all"]["model_stats"]] == [
+        (m, DEFAULT_VERSION) for m in OIP_NAMES
+    ]
 
     def moved(*path: str) -> int:
         old, new = before, after

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import DEFAULT_VERSION
 
 CALLS = Path(__file__).with_name("kserve_calls.py")
 L = 32
@@ -32,7 +33,7 @@ def z() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def rest(http_server, z) -> dict:
-    return kserve(http_server, "rest", z=z.tolist())
+    return kserve(http_server, "rest", z=z.tolist(), version=DEFAULT_VERSION)
 
 
 def test_the_rest_client_checks_health_and_infers(rest, z, direct):
@@ -53,7 +54,7 @@ def test_rest_replies_are_the_sdks_messages(rest):
     assert bodies["vae_encoder ready"] == {"name": "vae_encoder", "ready": True}
     assert bodies["pinned ready"] == {"name": "vae_decoder", "ready": True}
     assert bodies["metadata"]["extensions"] == REST_EXTENSIONS
-    assert bodies["infer"]["id"] == "a1" and bodies["infer"]["model_version"] == "1"
+    assert bodies["infer"]["id"] == "a1" and bodies["infer"]["model_version"] == DEFAULT_VERSION
 
 
 def test_rest_errors_are_the_protocols_error_object(rest):

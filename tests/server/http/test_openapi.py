@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
-from support import InProcessHttp
+from support import DEFAULT_VERSION, InProcessHttp
 
 from vae_serve.server.http import kserve
 from vae_serve.server.http.app import ROUTES
@@ -147,7 +147,7 @@ def test_every_example_is_a_request_the_server_takes(spec, http):
             if "example" not in example:
                 continue
             path_values = {
-                name: p.get("example", "1")  # a model, or the version served
+                name: p.get("example", DEFAULT_VERSION)  # a model, or the version served
                 for (where, name), p in _parameters(spec, operation).items()
                 if where == "path"
             }
@@ -173,7 +173,10 @@ PLAIN = {
     "/v2/models/{model_name}/ready": {"model_name": "vae_encoder"},
     "/v2/models/{model_name}/config": {"model_name": "vae_encoder"},
     "/v2/models/{model_name}/stats": {"model_name": "vae_decoder"},
-    "/v2/models/{model_name}/versions/{model_version}": {"model_name": "vae_decoder", "model_version": "1"},
+    "/v2/models/{model_name}/versions/{model_version}": {
+        "model_name": "vae_decoder",
+        "model_version": DEFAULT_VERSION,
+    },
 }
 
 

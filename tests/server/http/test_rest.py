@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from openapi_spec_validator import validate
 from PIL import Image
-from support import REPOSITORY
+from support import DEFAULT_MODEL_DIR, DEFAULT_VERSION
 
 from vae_serve.client import VaeClient
 from vae_serve.grid import image_grid, png_bytes
@@ -36,8 +36,8 @@ def test_model_mirrors_get_model_info(http, http_server):
 def test_the_model_card_is_typed_json(http):
     """The card as model.json writes it: numbers are JSON numbers, objects are objects."""
     card = http.get("/v1/model").json()["card"]
-    assert card == json.loads((REPOSITORY / "fashion-vae" / "1" / "model.json").read_text())
-    assert card["epochs"] == 60 and isinstance(card["epochs"], int) and isinstance(card["lr"], float)
+    assert card == json.loads((DEFAULT_MODEL_DIR / "model.json").read_text())
+    assert card["epochs"] == 40 and isinstance(card["epochs"], int) and isinstance(card["lr"], float)
     assert len(card["principal_directions"]["mean"]) == L
 
 
@@ -47,9 +47,9 @@ def test_encode_and_decode_equal_onnx_runtime(http, direct):
     mean, logvar = direct[0].run(["mean", "logvar"], {"x": x})
     np.testing.assert_allclose(np.array(encoded["mean"]), mean, atol=1e-6)
     np.testing.assert_allclose(np.array(encoded["logvar"]), logvar, atol=1e-6)
-    decoded = http.post("/v1/decode", json={"z": encoded["mean"], "model_version": "1"}).json()
+    decoded = http.post("/v1/decode", json={"z": encoded["mean"], "model_version": DEFAULT_VERSION}).json()
     np.testing.assert_allclose(np.array(decoded["x"]), direct[1].run(None, {"z": mean})[0], atol=1e-6)
-    assert decoded["model_version"] == "1"
+    assert decoded["model_version"] == DEFAULT_VERSION
 
 
 def test_seeds_reproduce_across_grpc_and_rest(http, http_server):

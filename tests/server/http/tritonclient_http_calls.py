@@ -12,7 +12,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 
-def health(client: httpclient.InferenceServerClient, _args: dict) -> dict:
+def health(client: httpclient.InferenceServerClient, args: dict) -> dict:
+    """Liveness, readiness, both graphs' metadata, and the decoder's asked for at args["version"]."""
     return {
         "live": client.is_server_live(),
         "ready": client.is_server_ready(),
@@ -20,7 +21,7 @@ def health(client: httpclient.InferenceServerClient, _args: dict) -> dict:
         "server": client.get_server_metadata(),
         "vae_encoder": client.get_model_metadata("vae_encoder"),
         "vae_decoder": client.get_model_metadata("vae_decoder"),
-        "pinned": client.get_model_metadata("vae_decoder", model_version="1")["name"],
+        "pinned": client.get_model_metadata("vae_decoder", model_version=args["version"])["name"],
     }
 
 
@@ -60,12 +61,13 @@ def _status(call) -> str:
     return "OK"
 
 
-def extensions(client: httpclient.InferenceServerClient, _args: dict) -> dict:
-    """Triton's configuration and repository extensions, and their refusals, as tools call them."""
+def extensions(client: httpclient.InferenceServerClient, args: dict) -> dict:
+    """Triton's configuration and repository extensions, and their refusals, as tools call them;
+    `pinned`: the decoder's configuration asked for at args["version"]."""
     models = ("vae_encoder", "vae_decoder")
     return {
         "config": {m: client.get_model_config(m) for m in models},
-        "pinned": client.get_model_config("vae_decoder", "1")["name"],
+        "pinned": client.get_model_config("vae_decoder", args["version"])["name"],
         "index": client.get_model_repository_index(),
         "errors": {
             "config_unknown_model": _status(lambda: client.get_model_config("vae_other")),
