@@ -89,7 +89,7 @@ async def measure(calls: int) -> list[list[object]]:
     x = np.zeros((1, served.model.input_dim), np.float32)
     request, context = vae_pb2.DecodeRequest(z=to_tensor(z)), Context()
     metrics = plane.metrics
-    queue_time = metrics.queue_duration.labels("decoder", served.version)
+    queue_time = metrics.queue_duration.labels(served.model.name, "decoder", served.version)
     layers: list[tuple[str, float, float]] = [
         ("ONNX Runtime (Graph.run)", fastest(lambda: timed.graph.run(z), calls), 0.0),
         (

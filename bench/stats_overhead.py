@@ -36,8 +36,8 @@ def measure(iterations: int) -> dict[str, float]:
 
         def close(self) -> None: ...
 
-    bare, counted = Bare(), CountedRunner(Bare(), metrics, "decoder", "1")
-    last_run = metrics.last_run.labels("decoder", "1")
+    bare, counted = Bare(), CountedRunner(Bare(), metrics, "decoder", "1", "fashion-vae")
+    last_run = metrics.last_run.labels("fashion-vae", "decoder", "1")
 
     async def loop(runner: object) -> float:
         began = time.perf_counter()
@@ -51,7 +51,7 @@ def measure(iterations: int) -> dict[str, float]:
             last_run.set(time.time())
         return (time.perf_counter() - began) / iterations
 
-    counter = metrics.requests.labels("Decode", "OK")
+    counter = metrics.requests.labels("Decode", "OK", "fashion-vae")
 
     def one_counter() -> float:  # the scale: one increment of a counter the server already has
         began = time.perf_counter()

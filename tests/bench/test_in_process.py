@@ -1,0 +1,32 @@
+"""The benchmarks that measure the server's layers in this process still run against today's
+server and print their table: a changed signature or metric label breaks them at once, not on the
+day someone measures again. Run as the docs run them, with counts too small to mean anything."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from support import REPO_ROOT
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "header"),
+    [
+        ("layers.py", ["--calls", "50"], "| layer | us per call |"),
+        ("stats_overhead.py", ["--iterations", "500"], "| mode | added per request (us) |"),
+    ],
+)
+def test_the_benchmark_runs_and_prints_its_table(script, args, header):
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / script), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert header in done.stdout
+    assert sum(line.startswith("|") for line in lines) >= 4, done.stdout  # header, rule, rows
