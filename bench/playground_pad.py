@@ -21,7 +21,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-DRIVE = """
+DRIVE = r"""
 const [seconds, perSecond, done] = arguments;
 const pad = document.querySelector("[data-testid='latent-pad']");
 const box = pad.getBoundingClientRect();
@@ -39,7 +39,8 @@ const timer = setInterval(() => {
   if (t >= seconds) {
     clearInterval(timer);
     setTimeout(() => {
-      const decodes = performance.getEntriesByType("resource").filter((e) => e.name.endsWith("/v1/decode"));
+      const decode = /\/v1\/(models\/[^/]+\/)?decode$/;  // the default model's route, or a named one's
+      const decodes = performance.getEntriesByType("resource").filter((e) => decode.test(e.name));
       done({ moves, round_trips_ms: decodes.map((e) => e.duration), seconds });
     }, 500);
   }
@@ -79,11 +80,15 @@ def main() -> None:
         proc.terminate()
         proc.wait(30)
     trips = sorted(result["round_trips_ms"])
+    if not trips:
+        raise SystemExit("the page made no decode requests while the pointer moved")
     p99 = trips[min(len(trips) - 1, int(0.99 * len(trips)))]
+    print("| pointer moves/s | decodes | updates/s | round trip p50 ms | round trip p99 ms |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    seconds = result["seconds"]
     print(
-        f"{result['moves']} pointer moves in {result['seconds']:.0f} s -> {len(trips)} decodes: "
-        f"{len(trips) / result['seconds']:.0f} updates/s; round trip p50 {statistics.median(trips):.1f} ms, "
-        f"p99 {p99:.1f} ms"
+        f"| {result['moves'] / seconds:.0f} | {len(trips)} | {len(trips) / seconds:.0f} | "
+        f"{statistics.median(trips):.1f} | {p99:.1f} |"
     )
 
 
