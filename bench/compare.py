@@ -30,6 +30,7 @@ from _revisions import importable
 from _table import markdown_table
 from _test_support import free_port, start_server
 from loadgen import LoadSpec, run_load
+from oip import INFER_PATH, request_bytes
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -86,7 +87,7 @@ def main() -> None:
     parser.add_argument("--flags", default="", help="server flags for both builds")
     parser.add_argument("--candidate-flags", default="", help="server flags for the candidate only")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the candidate only")
-    parser.add_argument("--method", default="Decode")
+    parser.add_argument("--method", default="Decode", help=f"Encode, Decode or {INFER_PATH} (vae_decoder)")
     parser.add_argument("--concurrency", default="1,32", help="comma-separated")
     parser.add_argument("--rate", type=float, default=0.0, help="open loop: Poisson arrivals per second")
     parser.add_argument("--pairs", type=int, default=5)
@@ -117,6 +118,7 @@ def main() -> None:
                     spec = LoadSpec(
                         target,
                         args.method,
+                        request=request_bytes() if args.method == INFER_PATH else b"",
                         duration=args.duration,
                         channels=args.channels,
                         processes=args.processes,
