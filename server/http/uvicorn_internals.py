@@ -165,19 +165,23 @@ async def stop(
 
     Closing a listening socket resets the connections the kernel has queued on it, whose clients
     may have sent a request already; so they are accepted first, in the same turn of the loop as
-    the close, and served as every other connection is in a drain (a 503, then closed)."""
+    the close, and served as every other connection is in a drain (a 503, then closed). Before
+    that the loop stops accepting and gets one turn: a connection it accepted already is made into
+    a transport in a task of its own, which a closed asyncio server would drop (reset)."""
     # uvicorn annotates it int | None, but only hands it to asyncio.timeout, which takes a float.
     server.config.timeout_graceful_shutdown = max(grace_s, 0.0)  # type: ignore[assignment]
     if not server.started:
         sock.close()
         return
+    loop = asyncio.get_running_loop()
+    loop.remove_reader(sock.fileno())
+    await asyncio.sleep(0)  # the tasks making accepted connections were scheduled before this one
     queued = []
     with contextlib.suppress(OSError):  # BlockingIOError: the queue is empty
         while True:
             queued.append(sock.accept()[0])
     for listener in server.servers:
         listener.close()
-    loop = asyncio.get_running_loop()
     protocol, tls = _protocol_factory(server), server.config.ssl
     for connection in queued:
         connection.setblocking(False)

@@ -460,3 +460,25 @@ def test_stop_serves_a_connection_still_queued_in_the_kernel() -> None:
         assert reply.startswith(b"HTTP/1.1 200"), reply
 
     asyncio.run(scenario())
+
+
+def test_stop_serves_a_connection_the_loop_accepted_but_had_not_made() -> None:
+    """asyncio accepts a connection in one loop turn and makes its transport in a task the turn
+    after; a server closed in between drops it, reset with its request unread. Two turns after the
+    client sends, the connection is exactly there when stop begins."""
+
+    async def scenario() -> None:
+        sock = socket.create_server(("127.0.0.1", 0))
+        sock.setblocking(False)
+        server = uvicorn.Server(_config(_App(gated=False)))
+        await internals.start(server, sock, None)
+        client = socket.create_connection(sock.getsockname(), timeout=10)
+        client.sendall(_get("/a"))
+        await asyncio.sleep(0)  # the loop sees the listening socket readable; accepts after this
+        await asyncio.sleep(0)  # accepted, its transport's task scheduled after this
+        await internals.stop(server, sock, 1.0)
+        reply = await asyncio.to_thread(client.recv, 4096)
+        client.close()
+        assert reply.startswith(b"HTTP/1.1 200"), reply
+
+    asyncio.run(scenario())
