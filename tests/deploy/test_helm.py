@@ -8,15 +8,18 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import ssl
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import helm_python as helm
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
-from support import REPO_ROOT, make_certificates
+from support import REPO_ROOT, make_certificates, start_vae_serve_http
 
 from vae_serve.server.settings import Settings, parse_args
 from vae_serve.server.telemetry.metrics import Metrics
@@ -51,6 +54,17 @@ VALUE_SETS = {
         "autoscaling": {"mode": "prometheus-adapter"},
         "metrics": MONITORING,
         "config": {"max_batch_size": 128, "http_cors_origins": ["https://app.example"]},
+    },
+    "mtls-exec-probes": {
+        "tls": {
+            "enabled": True,
+            "secretName": "vae-tls",
+            "clientCA": {"secretName": "vae-clients", "key": "bundle.pem", "probeSecretName": "vae-probe"},
+        },
+        "probes": {"liveness": {"periodSeconds": 10, "timeoutSeconds": 5}},
+    },
+    "mtls-tcp-probes": {
+        "tls": {"enabled": True, "secretName": "vae-tls", "clientCA": {"secretName": "vae-clients"}},
     },
     "fixed-minimal": {
         "replicas": 1,
@@ -108,6 +122,12 @@ def env(objects: list[dict]) -> dict[str, str]:
     return {e["name"]: e.get("value") for e in container(objects)["env"]}
 
 
+def mutual_tls(name: str) -> dict:
+    """The value set's tls.clientCA when mutual TLS is on, else {}."""
+    tls = VALUE_SETS[name].get("tls", {})
+    return tls.get("clientCA", {}) if tls.get("enabled") else {}
+
+
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_helm_lint_is_clean(name):
     report = helm.lint(CHART, VALUE_SETS[name], strict=True, namespace="ml", kube_version=f"v{KUBERNETES}")
@@ -154,12 +174,28 @@ def test_pods_are_non_root_with_a_read_only_root(rendered):
 
 
 def test_probes_call_the_v2_health_routes(rendered):
+    """The kubelet's own GET, HTTPS with TLS; under mutual TLS, where the kubelet has no client
+    certificate, the same GET from inside the pod with the probe's certificate, or a TCP connect."""
     name, objects = rendered
     server = container(objects)
     scheme = "HTTPS" if VALUE_SETS[name].get("tls", {}).get("enabled") else "HTTP"
+    mutual = mutual_tls(name)
     for probe, path in (("startup", "ready"), ("readiness", "ready"), ("liveness", "live")):
-        check = server[f"{probe}Probe"]["httpGet"]
-        assert check == {"path": f"/v2/health/{path}", "port": "http", "scheme": scheme}, probe
+        check = server[f"{probe}Probe"]
+        handlers = {"httpGet", "exec", "tcpSocket", "grpc"} & set(check)
+        if not mutual:
+            assert handlers == {"httpGet"}, probe
+            assert check["httpGet"] == {"path": f"/v2/health/{path}", "port": "http", "scheme": scheme}, probe
+        elif mutual.get("probeSecretName"):
+            assert handlers == {"exec"}, probe
+            command = check["exec"]["command"]
+            assert command[:3] == ["python", "-I", "-c"] and command[4:] == ["8000", f"/v2/health/{path}"]
+            assert "/etc/vae-serve/probe-tls/tls.crt" in command[3]
+            assert check["timeoutSeconds"] >= 3, probe  # a process starts on each probe
+        else:
+            assert handlers == {"tcpSocket"} and check["tcpSocket"] == {"port": "http"}, probe
+        settings = VALUE_SETS[name].get("probes", {}).get(probe, {})
+        assert settings.items() <= check.items(), probe
     assert pod_spec(objects)["terminationGracePeriodSeconds"] > 10  # the drain grace
 
 
@@ -171,14 +207,18 @@ def test_the_settings_file_is_read_by_the_server(rendered, tmp_path, monkeypatch
     path = tmp_path / "vae-serve.toml"
     path.write_text(config)
     variables = env(objects)
-    if "VAE_TLS_CERT" in variables:  # the Secret's files, as the pod would mount them
+    if "VAE_TLS_CERT" in variables:  # the Secrets' files, as the pod would mount them
         made = make_certificates(tmp_path)
         shutil.copy(made["server.pem"], tmp_path / "tls.crt")
         shutil.copy(made["server.key"], tmp_path / "tls.key")
+        shutil.copy(made["ca.pem"], tmp_path / "ca.crt")
     for key, value in variables.items():
         if key.startswith("VAE_") and key != "VAE_CONFIG":
-            monkeypatch.setenv(key, value.replace("/etc/vae-serve/tls/", f"{tmp_path}/"))
+            for folder in ("/etc/vae-serve/tls/", "/etc/vae-serve/client-ca/"):
+                value = value.replace(folder, f"{tmp_path}/")
+            monkeypatch.setenv(key, value)
     settings = parse_args(["--config", str(path)])
+    assert (settings.tls_client_ca is not None) == bool(mutual_tls(name))
     want = {"max_batch_size": 64, "reflection": False, "drain_grace_s": 10.0, "log_format": "json"}
     want |= VALUE_SETS[name].get("config", {})
     for key, value in want.items():
@@ -240,6 +280,60 @@ def test_gpu_and_tls(chart):
     cpu = render(chart, {})
     assert container(cpu)["image"] == f"vae-serve:{version}" and "VAE_DEVICE" not in env(cpu)
     assert "nvidia.com/gpu" not in container(cpu)["resources"]["limits"]
+
+
+def test_mutual_tls_mounts_the_client_ca_and_passes_it(chart):
+    objects = render(chart, VALUE_SETS["mtls-exec-probes"])
+    assert env(objects)["VAE_TLS_CLIENT_CA"] == "/etc/vae-serve/client-ca/ca.crt"
+    volumes = {v["name"]: v for v in pod_spec(objects)["volumes"]}
+    assert volumes["client-ca"]["secret"]["secretName"] == "vae-clients"
+    assert volumes["client-ca"]["secret"]["items"] == [{"key": "bundle.pem", "path": "ca.crt"}]
+    assert volumes["probe-tls"]["secret"]["secretName"] == "vae-probe"
+    mounts = {m["name"]: m for m in container(objects)["volumeMounts"]}
+    for volume in ("client-ca", "probe-tls"):
+        want = {"name": volume, "mountPath": f"/etc/vae-serve/{volume}", "readOnly": True}
+        assert mounts[volume] == want
+    tcp = render(chart, VALUE_SETS["mtls-tcp-probes"])
+    assert "probe-tls" not in {v["name"] for v in pod_spec(tcp)["volumes"]}
+    assert {v["name"]: v for v in pod_spec(tcp)["volumes"]}["client-ca"]["secret"]["items"] == [
+        {"key": "ca.crt", "path": "ca.crt"}
+    ]
+    plain = render(chart, VALUE_SETS["gpu-tls-pvc-adapter"])  # TLS alone asks no client certificate
+    assert "VAE_TLS_CLIENT_CA" not in env(plain)
+    assert "client-ca" not in {v["name"] for v in pod_spec(plain)["volumes"]}
+
+
+def test_the_exec_probes_pass_against_a_mutual_tls_server(chart, tmp_path):
+    """The rendered exec probes, run as the kubelet would in the pod (the Secrets' files where the
+    pod mounts them), against vae-serve with --tls-client-ca: they pass where the kubelet's own
+    HTTPS GET, which has no client certificate, is refused; they fail once the server is gone."""
+    certs = make_certificates(tmp_path)
+    probe_tls = tmp_path / "probe-tls"
+    probe_tls.mkdir()
+    shutil.copy(certs["client.pem"], probe_tls / "tls.crt")
+    shutil.copy(certs["client.key"], probe_tls / "tls.key")
+    server = container(render(chart, VALUE_SETS["mtls-exec-probes"]))
+    tls = ["--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"])]
+    proc, _, port = start_vae_serve_http(*tls, "--tls-client-ca", str(certs["ca.pem"]))
+
+    def run(probe: str) -> subprocess.CompletedProcess:
+        command = server[f"{probe}Probe"]["exec"]["command"]
+        script = command[3].replace("/etc/vae-serve/probe-tls/", f"{probe_tls}/")
+        argv = [sys.executable, *command[1:3], script, str(port), *command[5:]]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+    try:
+        for probe in ("startup", "readiness", "liveness"):
+            done = run(probe)
+            assert done.returncode == 0, (probe, done.stderr)
+        kubelet = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no client certificate, none verified
+        kubelet.check_hostname, kubelet.verify_mode = False, ssl.CERT_NONE
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"https://127.0.0.1:{port}/v2/health/ready", verify=kubelet)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert run("liveness").returncode != 0
 
 
 @pytest.mark.parametrize(
@@ -345,6 +439,15 @@ def test_promtool_catches_a_broken_query(chart, tmp_path):
         ({"autoscaling": {"mode": "kdea"}}, helm.HelmValuesError),
         ({"autoscaling": {"keda": {"signal": "cpu"}}}, helm.HelmValuesError),
         ({"tls": {"enabled": True}}, helm.HelmValuesError),  # no Secret named
+        ({"tls": {"clientCA": {"secretName": "ca"}}}, helm.HelmValuesError),  # mutual TLS without TLS
+        (
+            {"tls": {"enabled": True, "secretName": "t", "clientCA": {"probeSecretName": "p"}}},
+            helm.HelmValuesError,
+        ),  # a probe certificate without a client CA
+        (
+            {"tls": {"enabled": True, "secretName": "t", "clientCA": {"secretName": "ca", "key": "a/b"}}},
+            helm.HelmValuesError,
+        ),  # not a Secret key
         ({"model": {"source": "s3"}}, helm.HelmValuesError),  # no URI
         ({"model": {"source": "s3", "s3": {"uri": "https://bucket/x"}}}, helm.HelmValuesError),
         ({"ports": {"grpc": 70000}}, helm.HelmValuesError),

@@ -64,3 +64,38 @@ sum(vae_serve_requests_in_flight{ {{- include "vae-serve.podSelector" . -}} })
 {{- fail "model.pvc.size is needed to create the claim" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Mutual TLS: TLS on and a client CA named. */}}
+{{- define "vae-serve.mutualTLS" -}}
+{{- if and .Values.tls.enabled .Values.tls.clientCA.secretName -}}true{{- end -}}
+{{- end -}}
+
+{{/* A probe on `path` with its `settings` (probes.*): the kubelet's HTTP(S) GET; under mutual TLS,
+where the kubelet has no client certificate, the same GET from inside the pod with the probe's
+certificate (exec), or without one a TCP connect to the HTTP port. */}}
+{{- define "vae-serve.probe" -}}
+{{- $v := .root.Values -}}
+{{- $settings := deepCopy .settings -}}
+{{- if not (include "vae-serve.mutualTLS" .root) -}}
+httpGet: {path: {{ .path }}, port: http, scheme: {{ ternary "HTTPS" "HTTP" $v.tls.enabled }}}
+{{- else if $v.tls.clientCA.probeSecretName -}}
+{{- $script := list
+  "import http.client, ssl, sys"
+  "c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)"
+  "c.check_hostname = False"
+  "c.verify_mode = ssl.CERT_NONE"
+  "c.load_cert_chain('/etc/vae-serve/probe-tls/tls.crt', '/etc/vae-serve/probe-tls/tls.key')"
+  "h = http.client.HTTPSConnection('127.0.0.1', int(sys.argv[1]), context=c, timeout=10)"
+  "h.request('GET', sys.argv[2])"
+  "sys.exit(h.getresponse().status != 200)" -}}
+{{- $_ := set $settings "timeoutSeconds" ($settings.timeoutSeconds | default 3) -}}
+exec:
+  # The kubelet's HTTPS GET (the server's certificate not verified), with a client certificate.
+  command: [python, -I, -c, {{ join "; " $script | quote }}, {{ $v.ports.http | quote }}, {{ .path }}]
+{{- else -}}
+tcpSocket: {port: http}
+{{- end }}
+{{- with $settings }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
