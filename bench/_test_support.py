@@ -7,6 +7,6 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
 
-from procs import free_port, start_server, start_server_ports
+from procs import free_port, start_nginx, start_server, start_server_ports
 
-__all__ = ["free_port", "start_server", "start_server_ports"]
+__all__ = ["free_port", "start_nginx", "start_server", "start_server_ports"]

@@ -11,14 +11,16 @@ import os
 import random
 import re
 import selectors
+import shutil
 import socket
+import string
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["free_port", "listening_ports", "start_server", "start_server_ports"]
+__all__ = ["free_port", "listening_ports", "read_until", "start_nginx", "start_server", "start_server_ports"]
 
 
 def start_server(
@@ -132,3 +134,48 @@ def listening_ports(pid: int) -> set[int]:
             if state == "0A" and inode in sockets:  # 0A: LISTEN
                 ports.add(int(local.rsplit(":", 1)[1], 16))
     return ports
+
+
+NGINX_TEMPLATE = (
+    Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "templates" / "vae-serve.conf.template"
+)
+
+
+def start_nginx(
+    folder: Path, upstreams: list[int], http_upstreams: list[int], timeout: float = 30
+) -> tuple[subprocess.Popen, int, int]:
+    """Debian's nginx in the foreground with the deployment's template, rendered as compose's nginx
+    image would, in front of two gRPC and two HTTP upstreams on loopback (the same port twice
+    makes one replica): the process, and its gRPC and HTTP ports once it listens on both."""
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if nginx is None:
+        raise RuntimeError("nginx not found: `make test` installs Debian's nginx")
+    port, http_port = free_port(), free_port()
+    site = string.Template(NGINX_TEMPLATE.read_text()).substitute(
+        GRPC_UPSTREAM_1=f"127.0.0.1:{upstreams[0]}",
+        GRPC_UPSTREAM_2=f"127.0.0.1:{upstreams[1]}",
+        NGINX_GRPC_PORT=port,
+        HTTP_UPSTREAM_1=f"127.0.0.1:{http_upstreams[0]}",
+        HTTP_UPSTREAM_2=f"127.0.0.1:{http_upstreams[1]}",
+        NGINX_HTTP_PORT=http_port,
+    )
+    (folder / "vae-serve.conf").write_text(site)
+    temp = " ".join(
+        f"{kind}_temp_path {folder}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (folder / "nginx.conf").write_text(
+        f"daemon off; worker_processes 1; pid {folder}/nginx.pid; error_log {folder}/error.log warn;\n"
+        f"events {{ worker_connections 256; }}\n"
+        f"http {{ access_log off; {temp} include {folder}/vae-serve.conf; }}\n"
+    )
+    proc = subprocess.Popen(
+        [nginx, "-p", str(folder), "-c", str(folder / "nginx.conf")], stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + timeout
+    while {port, http_port} - listening_ports(proc.pid):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            stderr = proc.communicate()[1].decode(errors="replace")
+            raise RuntimeError(f"nginx did not start:\n{stderr}")
+        time.sleep(0.01)
+    return proc, port, http_port

@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from procs import free_port as free_port  # procs.py's helpers, re-exported: tests take them from here
 from procs import listening_ports as listening_ports
 from procs import read_until as read_until
+from procs import start_nginx as start_nginx
 from procs import start_server, start_server_ports
 
 from vae_serve.server.app import VaeServer

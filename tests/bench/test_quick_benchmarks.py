@@ -1,5 +1,6 @@
 """The quick benchmarks (the server's layers in this process, its statistics, the playground's
-pad in a real browser) still run against today's server and print their table: a changed
+pad in a real browser, one replica against two behind nginx) still run against today's server
+and print their table: a changed
 signature or metric label breaks them at once, not on the day someone measures again. Run as the
 docs run them, with counts too small to mean anything."""
 
@@ -18,6 +19,11 @@ from support import REPO_ROOT
         ("layers.py", ["--calls", "50"], "| layer | us per call |"),
         ("stats_overhead.py", ["--iterations", "500"], "| mode | added per request (us) |"),
         ("playground_pad.py", ["--duration", "1"], "| pointer moves/s | decodes | updates/s |"),
+        (
+            "scale_out.py",
+            ["--pairs", "1", "--duration", "0.5", "--concurrency", "4"],
+            "| load | one replica req/s | two replicas req/s |",
+        ),
     ],
 )
 def test_the_benchmark_runs_and_prints_its_table(script, args, header):

@@ -3,23 +3,17 @@ the deployment's own upstream template, and clients going through nginx."""
 
 from __future__ import annotations
 
-import shutil
 import signal
-import string
-import subprocess
 import threading
 import urllib.request
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import REPO_ROOT, free_port, start_vae_serve, wait_for
+from support import free_port, start_nginx, start_vae_serve, wait_for
 
 from vae_serve.client import VaeClient
-
-TEMPLATE = REPO_ROOT / "deploy" / "nginx" / "templates" / "vae-serve.conf.template"
 
 
 def requests_served(metrics_port: int, protocol: str = "grpc") -> float:
@@ -35,47 +29,13 @@ def requests_served(metrics_port: int, protocol: str = "grpc") -> float:
     )
 
 
-def start_nginx(
-    folder: Path, upstreams: list[int], http_upstreams: list[int]
-) -> tuple[subprocess.Popen, int, int]:
-    """nginx in the foreground with the template rendered as compose's nginx image would."""
-    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-    if nginx is None:
-        pytest.fail("nginx not found: `make test` installs Debian's nginx")
-    port, http_port = free_port(), free_port()
-    site = string.Template(TEMPLATE.read_text()).substitute(
-        GRPC_UPSTREAM_1=f"127.0.0.1:{upstreams[0]}",
-        GRPC_UPSTREAM_2=f"127.0.0.1:{upstreams[1]}",
-        NGINX_GRPC_PORT=port,
-        HTTP_UPSTREAM_1=f"127.0.0.1:{http_upstreams[0]}",
-        HTTP_UPSTREAM_2=f"127.0.0.1:{http_upstreams[1]}",
-        NGINX_HTTP_PORT=http_port,
-    )
-    (folder / "vae-serve.conf").write_text(site)
-    temp = " ".join(
-        f"{kind}_temp_path {folder}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (folder / "nginx.conf").write_text(
-        f"daemon off; worker_processes 1; pid {folder}/nginx.pid; error_log {folder}/error.log warn;\n"
-        f"events {{ worker_connections 256; }}\n"
-        f"http {{ access_log off; {temp} include {folder}/vae-serve.conf; }}\n"
-    )
-    proc = subprocess.Popen(
-        [nginx, "-p", str(folder), "-c", str(folder / "nginx.conf")], stderr=subprocess.PIPE
-    )
-
-    def answers() -> bool:
-        try:
-            with VaeClient(f"127.0.0.1:{port}", timeout=1, retries=0) as probe:
-                probe.health()
-            return True
-        except Exception:  # not listening yet
-            return proc.poll() is not None
-
-    wait_for(answers, "nginx answering health checks")
-    if proc.poll() is not None:
-        raise AssertionError(f"nginx did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return proc, port, http_port
+def answers_health(port: int) -> bool:
+    try:
+        with VaeClient(f"127.0.0.1:{port}", timeout=1, retries=0) as probe:
+            probe.health()
+        return True
+    except Exception:  # the upstreams not reachable through it yet
+        return False
 
 
 @pytest.fixture
@@ -91,6 +51,7 @@ def topology(tmp_path):
             http_ports.append(http_port)
         nginx, port, http_port = start_nginx(tmp_path, [p for _, p, _ in replicas], http_ports)
         try:
+            wait_for(lambda: answers_health(port), "nginx answering health checks")
             yield replicas, f"127.0.0.1:{port}", f"http://127.0.0.1:{http_port}"
         finally:
             nginx.send_signal(signal.SIGQUIT)
