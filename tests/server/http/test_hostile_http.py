@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -40,18 +41,21 @@ def server(served):
     return served[1:]
 
 
-@pytest.fixture(scope="module")
-def patient():
-    """A server whose receive deadline outlasts any test here: what a connection gives up is
-    given to make room, never to the clock."""
-    proc, grpc_port, http_port = start_vae_serve_http(
-        "--receive-timeout-s", "60", "--http-max-connections", "64"
-    )
+def serving(*flags: str) -> Iterator[tuple[int, int]]:
+    """A server of its own for a fixture: its gRPC and HTTP ports, stopped after the module."""
+    proc, grpc_port, http_port = start_vae_serve_http(*flags)
     try:
         yield grpc_port, http_port
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def patient():
+    """A server whose receive deadline outlasts any test here: what a connection gives up is
+    given to make room, never to the clock."""
+    yield from serving("--receive-timeout-s", "60", "--http-max-connections", "64")
 
 
 def logged(proc: subprocess.Popen) -> str:
@@ -393,14 +397,7 @@ def test_a_body_of_tiny_values_is_refused_before_it_is_parsed(server, path, body
 @pytest.fixture(scope="module")
 def small():
     """A server with room for few connections, and patient deadlines."""
-    proc, grpc_port, http_port = start_vae_serve_http(
-        "--receive-timeout-s", "20", "--http-max-connections", "4"
-    )
-    try:
-        yield grpc_port, http_port
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    yield from serving("--receive-timeout-s", "20", "--http-max-connections", "4")
 
 
 def test_a_connection_opened_under_pressure_must_speak_sooner(small):
