@@ -5,6 +5,7 @@ pytest-xdist, the turns that let a test marked `timing` run alone."""
 import fcntl
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -13,6 +14,13 @@ import onnxruntime as ort
 import pytest
 from hostile_files import npy_file, png_file
 from support import RunningServer
+
+# Where PYTHONDONTWRITEBYTECODE is set (this project's build machines set it), each of the
+# hundreds of Python processes the suite starts (servers, clients, trainers), and each pytest-xdist
+# worker's assertion rewriting, would compile the same modules again: a fifth of the suite's CPU.
+# The suite keeps compiled bytecode, as Python does by default (__pycache__ is ignored by git).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 # Every server a test starts, in process or not, serves HTTP on loopback at a free port unless the
 # test says otherwise (workers need a fixed one: those tests pass --http-port).

@@ -1,4 +1,6 @@
-"""`vae-client` as a person runs it, in a real process against a real server."""
+"""`vae-client` as a person runs it, against a real server: its own code, exit status and streams
+through click's runner, and in a real process where the process is the point (every command's
+help, a target that never answers)."""
 
 import gzip
 import os
@@ -19,8 +21,15 @@ CLI = [sys.executable, "-m", "vae_serve.client.cli"]
 
 @pytest.fixture(scope="module")
 def vae_client(running):
+    from click.testing import CliRunner
+
+    from vae_serve.client.cli import main
+
     def run(*args: str, target: str = running.target) -> subprocess.CompletedProcess:
-        return subprocess.run([*CLI, "--target", target, *args], capture_output=True, text=True, timeout=120)
+        result = CliRunner().invoke(main, ["--target", target, *args], prog_name="vae-client")
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception  # a traceback the real command would have printed
+        return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
     return run
 
