@@ -6,20 +6,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from .data import ImageRows, as_rows
 from .loss import reconstruction_nll
-from .model import VAE, ConvVAE
-from .prior import log_normal
+from .prior import Prior, log_normal
 
-__all__ = ["Evaluation", "binarize", "evaluate", "iwae_nll", "posterior_means"]
+__all__ = ["Evaluation", "LatentModel", "binarize", "evaluate", "iwae_nll", "posterior_means"]
 
 # Importance samples decoded at once: k = 100 in one go (as always); a larger k in such slices,
 # so k = 5000 needs no more memory than k = 100.
 _IWAE_CHUNK = 100
+
+
+class LatentModel(Protocol):
+    """What the figures need of a model: a trained module (`VAE`, `ConvVAE`) or a version's
+    graphs (`quantize.GraphModel`)."""
+
+    prior: Prior
+
+    def eval(self) -> Any: ...
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+    def reparameterize(
+        self, mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -32,7 +46,7 @@ class Evaluation:
 
 
 def _log_weights(
-    model: VAE | ConvVAE,
+    model: LatentModel,
     x: torch.Tensor,
     mean: torch.Tensor,
     logvar: torch.Tensor,
@@ -46,7 +60,7 @@ def _log_weights(
     return log_px_z + model.prior.log_prob(z) - log_normal(z, mean, logvar)
 
 
-def iwae_nll(model: VAE | ConvVAE, x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+def iwae_nll(model: LatentModel, x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """-log (1/k sum_i p(x, z_i) / q(z_i | x)) per row (Burda et al. 2015); tightens as k grows."""
     mean, logvar = model.encode(x)
     slices = [min(_IWAE_CHUNK, k - start) for start in range(0, k, _IWAE_CHUNK)]
@@ -62,7 +76,7 @@ def binarize(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 @torch.no_grad()
 def posterior_means(
-    model: VAE | ConvVAE, images: torch.Tensor | ImageRows, batch_size: int = 500
+    model: LatentModel, images: torch.Tensor | ImageRows, batch_size: int = 500
 ) -> np.ndarray:
     """The encoder's means of `images` (rows [N, D]) as float32 [N, L] on the CPU."""
     model.eval()
@@ -71,7 +85,7 @@ def posterior_means(
 
 @torch.no_grad()
 def evaluate(
-    model: VAE | ConvVAE,
+    model: LatentModel,
     images: torch.Tensor | ImageRows,
     *,
     iwae_k: int = 100,

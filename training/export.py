@@ -18,6 +18,7 @@ Runtime, the way the server loads them:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -55,6 +56,7 @@ __all__ = [
     "export_vae",
     "next_version",
     "sha256_of",
+    "staged_version",
     "write_card",
 ]
 
@@ -517,9 +519,7 @@ def export_vae(
     extra = dict(card or {})
     if directions_images is not None:
         extra["principal_directions"] = _directions(graphs[0], directions_images, input_dim)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_version(target) as staging:
         tolerance = PARITY_TOLERANCE if tolerance is None else tolerance
         parity = {}
         specs = zip(GRAPH_FILES, graphs, (input_dim, latent_dim), (_ENCODER, _DECODER), strict=True)
@@ -543,6 +543,17 @@ def export_vae(
             "files": _files(staging),
         }
         (staging / CARD_FILE).write_text(_card_text(published))
+    return target
+
+
+@contextlib.contextmanager
+def staged_version(target: Path) -> Iterator[Path]:
+    """A hidden sibling of `target` to assemble a version in, renamed to `target` when the block
+    ends well and removed when it does not: a watching server sees the whole version or none."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700; a served repository must be readable
         if target.exists():
             raise ExportError(f"{target} appeared while exporting; pass another --version")
@@ -550,4 +561,3 @@ def export_vae(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return target

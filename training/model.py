@@ -37,6 +37,7 @@ __all__ = [
     "VAEConfig",
     "build_vae",
     "config_from_dict",
+    "reparameterize",
 ]
 
 
@@ -153,9 +154,10 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _reparameterize(
+def reparameterize(
     mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
+    """One draw of q(z | x) = N(mean, diag(exp(logvar))), differentiable in mean and logvar."""
     eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     return mean + torch.exp(0.5 * logvar) * eps
 
@@ -171,7 +173,7 @@ class _LatentVariableModel(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    reparameterize = staticmethod(_reparameterize)
+    reparameterize = staticmethod(reparameterize)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder logits of one posterior draw, and KL(q(z|x) || p(z)) per row: the two terms of

@@ -21,6 +21,8 @@ mean and a log-variance per latent dimension, which every model-info reply carri
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,6 +37,7 @@ __all__ = [
     "StandardNormalPrior",
     "build_prior",
     "log_normal",
+    "prior_from_card",
 ]
 
 PRIORS = ("standard", "mog")
@@ -122,3 +125,20 @@ Prior = StandardNormalPrior | MixturePrior
 def build_prior(components: int, latent_dim: int) -> Prior:
     """0 components: N(0, I); otherwise a mixture of that many Gaussians."""
     return MixturePrior(components, latent_dim) if components > 0 else StandardNormalPrior()
+
+
+def prior_from_card(card: Mapping[str, Any]) -> Prior:
+    """The prior a card records (`to_card`'s form; a card without one: N(0, I)), for figures
+    computed from a version's graphs rather than its module."""
+    record = card.get("prior") or {"type": "standard_normal"}
+    if record.get("type") == "standard_normal":
+        return StandardNormalPrior()
+    if record.get("type") != "mixture_of_gaussians":
+        raise ValueError(f"prior: unknown type {record.get('type')!r}")
+    means = torch.tensor(record["means"], dtype=torch.float32)
+    prior = MixturePrior(*means.shape)
+    with torch.no_grad():
+        prior.logits.copy_(torch.tensor(record["weights"], dtype=torch.float64).log().float())
+        prior.means.copy_(means)
+        prior.logvars.copy_(torch.tensor(record["logvars"], dtype=torch.float32))
+    return prior
