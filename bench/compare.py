@@ -35,7 +35,7 @@ from oip import INFER_PATH, request_bytes
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """User + system time of `pid` and every descendant still running."""
     total, todo = 0.0, [pid]
     while todo:
@@ -50,7 +50,8 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-def _serve(flags: list[str], env: dict[str, str], stack: ExitStack) -> tuple[int, str]:
+def serve(flags: list[str], env: dict[str, str], stack: ExitStack) -> tuple[int, str]:
+    """vae-serve with `flags` (gRPC only, loopback), stopped with `stack`: its PID and target."""
     ports = ["--port", str(free_port()), "--metrics-port", str(free_port()), "--no-http"]
     args = [
         "-m",
@@ -69,9 +70,9 @@ def _serve(flags: list[str], env: dict[str, str], stack: ExitStack) -> tuple[int
 
 def _measure(pid: int, spec: LoadSpec) -> tuple[float, float, float, float]:
     """(requests/s, server CPU microseconds per request, p50 ms, p99 ms) of one run."""
-    before = _cpu_seconds(pid)
+    before = cpu_seconds(pid)
     result = run_load(spec)
-    spent = _cpu_seconds(pid) - before  # the warm-up's CPU too: the same share on both sides
+    spent = cpu_seconds(pid) - before  # the warm-up's CPU too: the same share on both sides
     calls = result.requests * (spec.warmup + spec.duration) / spec.duration
     return (
         result.throughput,
@@ -105,8 +106,8 @@ def main() -> None:
         candidate_env = {**os.environ, **dict(item.split("=", 1) for item in args.env)}
         flags = shlex.split(args.flags)
         servers = {
-            "base": _serve(flags, base_env, stack),
-            "candidate": _serve(flags + shlex.split(args.candidate_flags), candidate_env, stack),
+            "base": serve(flags, base_env, stack),
+            "candidate": serve(flags + shlex.split(args.candidate_flags), candidate_env, stack),
         }
         loads = [f"rate {args.rate:g}/s"] if args.rate else [f"c={c}" for c in args.concurrency.split(",")]
         for load in loads:

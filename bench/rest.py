@@ -33,7 +33,7 @@ DECODER = ROOT / "models" / "fashion-vae" / "1" / "decoder.onnx"
 L = 32
 
 
-def request(port: int, rows: int, binary: bool) -> bytes:
+def request(port: int, rows: int, binary: bool, model: str = "vae_decoder") -> bytes:
     z = np.random.default_rng(0).standard_normal((rows, L), dtype=np.float32)
     tensor: dict = {"name": "z", "datatype": "FP32", "shape": [rows, L]}
     if binary:
@@ -44,7 +44,7 @@ def request(port: int, rows: int, binary: bool) -> bytes:
         tensor["data"] = z.ravel()
         body, extra = orjson.dumps({"inputs": [tensor]}, option=orjson.OPT_SERIALIZE_NUMPY), ""
     head = (
-        f"POST /v2/models/vae_decoder/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
     )
     return head.encode() + body
@@ -52,7 +52,7 @@ def request(port: int, rows: int, binary: bool) -> bytes:
 
 async def _caller(port: int, payload: bytes, until: float, warm_until: float, latencies: list[float]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    length = re.compile(rb"content-length: (\d+)", re.I)
+    length = re.compile(rb"\r\ncontent-length: (\d+)", re.I)  # not Inference-Header-Content-Length
     try:
         while (now := time.perf_counter()) < until:
             writer.write(payload)

@@ -21,7 +21,7 @@ from support import PATIENCE_S, REPO_ROOT
 STARTERS = sorted(
     path.name
     for path in (REPO_ROOT / "bench").glob("*.py")
-    if "from _test_support import" in path.read_text()
+    if not path.name.startswith("_") and "from _test_support import" in path.read_text()
 )
 
 

@@ -19,6 +19,7 @@ from support import REPO_ROOT
         ("layers.py", ["--calls", "50"], "| layer | us per call |"),
         ("stats_overhead.py", ["--iterations", "500"], "| mode | added per request (us) |"),
         ("playground_pad.py", ["--duration", "1"], "| pointer moves/s | decodes | updates/s |"),
+        ("variants.py", ["--runs", "40"], "| graph | variant | MB | batch-1 p50 (us) |"),
         (
             "scale_out.py",
             ["--pairs", "1", "--duration", "0.5", "--concurrency", "4"],

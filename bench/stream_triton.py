@@ -1,0 +1,207 @@
+"""Triton's bidirectional stream (`ModelStreamInfer`) on vae-serve and on Triton itself, the same
+decoder graph, the same tritonclient code, alternating rounds:
+
+    python bench/stream_triton.py [--model-dir models/fashion-vae/2] [--rounds 2] [--duration 4]
+
+Each stream keeps its share of the requests in flight (closed loop: an answer lets the next request
+go), over 4 streams on 4 channels (1 stream for 1 in flight), batch-1 Decode. Triton is started by
+the peer harness's way (bench/_triton.py; its venv built by its `setup_envs.sh`),
+with its dynamic batcher (max batch 64, 2000 us window) and without; vae-serve with its defaults,
+and the same load on vae-serve as unary ModelInfer calls (whether a stream pays).
+Server CPU per request is the whole process tree's, from /proc, over the measured window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from _table import markdown_table
+from _triton import start_triton
+from compare import cpu_seconds, serve
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STREAMS = 4
+
+
+@dataclass
+class Round:
+    answers: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """One measured run: a client per channel, the request's tensor, when the measured window
+    opens and closes, and what was measured."""
+
+    clients: list[triton_aio.InferenceServerClient]
+    tensor: triton_aio.InferInput
+    measure_from: float
+    stop_at: float
+    result: Round
+
+    def record(self, sent: float, now: float) -> None:
+        if sent >= self.measure_from and now <= self.stop_at:
+            self.result.answers += 1
+            self.result.latencies.append(now - sent)
+
+
+async def _measured(
+    target: str, in_flight: int, duration: float, pid: int, drive: Callable[[_Run], Awaitable[object]]
+) -> Round:
+    """`drive` over 4 channels (1 for one in flight) for a 1 s warm-up and `duration` s measured,
+    with the server's CPU over the measured window."""
+    clients = [triton_aio.InferenceServerClient(target) for _ in range(1 if in_flight == 1 else STREAMS)]
+    tensor = triton_aio.InferInput("z", [1, 32], "FP32")
+    tensor.set_data_from_numpy(np.random.default_rng(0).standard_normal((1, 32), dtype=np.float32))
+    began = time.perf_counter()
+    run = _Run(clients, tensor, began + 1.0, began + 1.0 + duration, Round(seconds=duration))
+
+    async def window() -> None:
+        await asyncio.sleep(run.measure_from - time.perf_counter())
+        before = cpu_seconds(pid)
+        await asyncio.sleep(run.stop_at - time.perf_counter())
+        run.result.cpu_seconds = cpu_seconds(pid) - before
+
+    await asyncio.gather(window(), drive(run))
+    for client in clients:
+        await client.close()
+    return run.result
+
+
+async def _stream_load(target: str, model: str, in_flight: int, duration: float, pid: int) -> Round:
+    """`in_flight` requests kept in flight over the streams, one stream per channel."""
+
+    async def one_stream(run: _Run, client: triton_aio.InferenceServerClient, share: int) -> None:
+        tokens: asyncio.Queue[None] = asyncio.Queue()
+        for _ in range(share):
+            tokens.put_nowait(None)
+        sent: dict[str, float] = {}
+
+        async def requests() -> AsyncIterator[dict[str, object]]:  # an answer lets the next go
+            number = 0
+            while time.perf_counter() < run.stop_at:
+                await tokens.get()
+                number += 1
+                sent[str(number)] = time.perf_counter()
+                yield {"model_name": model, "inputs": [run.tensor], "request_id": str(number)}
+
+        try:
+            async for answer, error in client.stream_infer(requests()):
+                now = time.perf_counter()
+                start = sent.pop(answer.get_response().id, None) if error is None else None
+                if start is not None:
+                    run.record(start, now)
+                elif now >= run.measure_from:
+                    run.result.errors += 1
+                tokens.put_nowait(None)
+                if now > run.stop_at and not sent:
+                    break
+        except grpc.aio.AioRpcError as exc:  # the stream ended: what it held is lost, and said
+            run.result.errors += len(sent)
+            print(f"{target}: stream ended: {exc.code().name}: {exc.details()}", file=sys.stderr)
+
+    def drive(run: _Run) -> Awaitable[object]:
+        n = len(run.clients)
+        shares = [in_flight // n + (i < in_flight % n) for i in range(n)]
+        return asyncio.gather(*(one_stream(run, c, k) for c, k in zip(run.clients, shares, strict=True)))
+
+    return await _measured(target, in_flight, duration, pid, drive)
+
+
+async def _unary_load(target: str, model: str, in_flight: int, duration: float, pid: int) -> Round:
+    """The same load as unary ModelInfer calls: `in_flight` callers over the same channels."""
+
+    async def caller(run: _Run, client: triton_aio.InferenceServerClient) -> None:
+        while (sent := time.perf_counter()) < run.stop_at:
+            try:
+                await client.infer(model, [run.tensor])
+            except Exception:  # tritonclient wraps every RPC failure alike
+                run.result.errors += sent >= run.measure_from
+                continue
+            run.record(sent, time.perf_counter())
+
+    def drive(run: _Run) -> Awaitable[object]:
+        return asyncio.gather(*(caller(run, run.clients[i % len(run.clients)]) for i in range(in_flight)))
+
+    return await _measured(target, in_flight, duration, pid, drive)
+
+
+def main() -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--model-dir", type=Path, default=REPO_ROOT / "models" / "fashion-vae" / "2")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--in-flight", default="1,8,32")
+    args = parser.parse_args()
+    levels = [int(n) for n in args.in_flight.split(",")]
+    with ExitStack() as stack:
+        model_flags = ["--model-repository", str(args.model_dir.resolve().parent.parent)]
+        pid, target = serve([*model_flags, "--model-version", args.model_dir.name], dict(os.environ), stack)
+        servers = {
+            "vae-serve": (pid, target, "vae_decoder", _stream_load),
+            "vae-serve, unary calls": (pid, target, "vae_decoder", _unary_load),
+        }
+        for batching, name in ((True, "Triton, batcher"), (False, "Triton")):
+            triton = start_triton(args.model_dir, batching, stack)
+            servers[name] = (triton.pid, triton.grpc_target, "decoder", _stream_load)
+        rounds: dict[tuple[str, int], list[Round]] = {}
+        for turn in range(args.rounds):
+            for level in levels:
+                order = list(servers) if turn % 2 == 0 else list(reversed(servers))
+                for name in order:
+                    pid, target, model, drive = servers[name]
+                    done = asyncio.run(drive(target, model, level, args.duration, pid))
+                    rounds.setdefault((name, level), []).append(done)
+    rows = []
+    for level in levels:
+        ours = rounds[("vae-serve", level)]
+        for name in servers:
+            runs = rounds[(name, level)]
+            rate = [r.answers / r.seconds for r in runs]
+            p50 = [statistics.median(r.latencies) * 1e3 for r in runs if r.latencies]
+            cpu = [r.cpu_seconds / r.answers * 1e6 for r in runs if r.answers]
+            ratio = [o.answers / r.answers for o, r in zip(ours, runs, strict=True) if r.answers]
+            rows.append(
+                [
+                    level,
+                    name,
+                    f"{statistics.median(rate):,.0f} ({min(rate):,.0f}-{max(rate):,.0f})",
+                    f"{statistics.median(p50):.2f}",
+                    f"{statistics.median(cpu):,.0f}",
+                    ""
+                    if name == "vae-serve"
+                    else f"{statistics.median(ratio):.2f}x ({min(ratio):.2f}-{max(ratio):.2f})",
+                    sum(r.errors for r in runs),
+                ]
+            )
+    header = [
+        "in flight",
+        "server",
+        "req/s (range)",
+        "p50 ms",
+        "server CPU us/req",
+        "vae-serve / it",
+        "errors",
+    ]
+    print(markdown_table(header, rows))
+
+
+if __name__ == "__main__":
+    main()
