@@ -70,7 +70,7 @@ def test_overload_is_shed_quickly_admitted_work_stays_fast_and_the_server_recove
     try:
         asyncio.run(hammer(target, 8, 1.0, DECODE_32, "/vae.v1.VAEService/Decode"))  # warm up first
         rss_before = rss_mb(proc.pid)
-        results = asyncio.run(hammer(target, 400, 4.0, DECODE_32, "/vae.v1.VAEService/Decode"))
+        results = asyncio.run(hammer(target, 400, 2.5, DECODE_32, "/vae.v1.VAEService/Decode"))
         codes = Counter(code for code, _ in results)
         print(f"overload: {dict((c.name, n) for c, n in codes.items())}")
         assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
@@ -134,7 +134,7 @@ def test_deadline_shorter_than_queue_time_is_dropped_not_computed():
 
 @pytest.mark.slow
 def test_soak_mixed_rpcs_without_errors_or_memory_growth(give_way):
-    seconds = float(os.environ.get("VAE_SOAK_S", "30"))  # longer: VAE_SOAK_S=600 (docs/development.md)
+    seconds = float(os.environ.get("VAE_SOAK_S", "20"))  # longer: VAE_SOAK_S=600 (docs/development.md)
     rounds = max(2, round(seconds / 10))  # between rounds, a timed test of another worker may run
     proc, port = start_vae_serve("--port", str(free_port()), "--metrics-port", "0")
     target = f"127.0.0.1:{port}"
