@@ -9,8 +9,9 @@ and integer products (VNNI where the CPU has it). The weights are signed and kep
 (ONNX Runtime's `reduce_range`): its u8s8 kernels, the fast ones, add pairs of products in 16 bits
 on CPUs with AVX2 and without VNNI, where full 8-bit weights can saturate them, so a version could
 lose accuracy on one x86 machine and not on another; at 7 bits they cannot saturate. One scale per
-output channel wins back what the lost bit costs. The measured trade-offs are on the benchmarks
-page.
+output channel wins back what the lost bit costs. Each batch's activations get their own scale,
+so a row's answer depends on the rows batched with it; the card says so. The measured trade-offs
+are on the benchmarks page.
 
 A version whose -ELBO grows by more than `max_loss_nats` is not published: the version would be
 served as the newest, so the bound is part of the command, not advice.
