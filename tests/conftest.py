@@ -17,7 +17,7 @@ from support import RunningServer
 
 # Where PYTHONDONTWRITEBYTECODE is set (this project's build machines set it), each of the
 # hundreds of Python processes the suite starts (servers, clients, trainers), and each pytest-xdist
-# worker's assertion rewriting, would compile the same modules again: a fifth of the suite's CPU.
+# worker's assertion rewriting, would compile the same modules again.
 # The suite keeps compiled bytecode, as Python does by default (__pycache__ is ignored by git).
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False

@@ -46,7 +46,7 @@ from .model import (  # noqa: E402
     VAEConfig,
 )
 from .prior import MIN_COMPONENT_WEIGHT, PRIORS, MixturePrior  # noqa: E402
-from .quantize import DEFAULT_MAX_LOSS_NATS, quantize_version  # noqa: E402
+from .quantize import DEFAULT_MAX_LOSS_NATS, quantize_version, read_card  # noqa: E402
 from .train import (  # noqa: E402
     Checkpoint,
     DistContext,
@@ -602,22 +602,19 @@ def quantize(version_dir: Path, data: Path, version: str | None, iwae_k: int, ma
     source's and the largest difference of each output. Smaller and faster on CPUs; on a GPU the
     float version is the one to serve."""
     try:
-        card = json.loads((version_dir / "model.json").read_text())
+        card = read_card(version_dir)
         shape = card_image_shape(card["image_shape"])
-        test_fraction = card.get("test_fraction", DEFAULT_TEST_FRACTION)
         splits = open_data(
             data,
             image_size=(shape[0], shape[1]),
             channels=shape[2] if len(shape) == 3 else 1,
-            test_fraction=test_fraction,
+            test_fraction=card.get("test_fraction", DEFAULT_TEST_FRACTION),
             seed=card.get("seed", 0),
         )
         done = quantize_version(
             version_dir, splits.test, version=version, iwae_k=iwae_k, max_loss_nats=max_loss_nats
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise click.ClickException(f"{version_dir / 'model.json'}: not a model card ({exc})") from None
-    except (DatasetError, ExportError) as exc:
+    except (DatasetError, ExportError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     sizes = {name: (version_dir / name).stat().st_size for name in ("encoder.onnx", "decoder.onnx")}
     lighter = sum((done.path / name).stat().st_size for name in sizes) / sum(sizes.values())

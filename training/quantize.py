@@ -40,7 +40,9 @@ from .evaluate import Evaluation, evaluate
 from .export import (
     CARD_FILE,
     GRAPH_FILES,
+    MAX_CARD_BYTES,
     ExportError,
+    card_image_shape,
     check_graphs,
     claim_version,
     staged_version,
@@ -49,7 +51,14 @@ from .export import (
 from .model import reparameterize
 from .prior import Prior, prior_from_card
 
-__all__ = ["DEFAULT_MAX_LOSS_NATS", "GraphModel", "Quantized", "quantize_graph", "quantize_version"]
+__all__ = [
+    "DEFAULT_MAX_LOSS_NATS",
+    "GraphModel",
+    "Quantized",
+    "quantize_graph",
+    "quantize_version",
+    "read_card",
+]
 
 DEFAULT_MAX_LOSS_NATS = 0.5  # test -ELBO a quantized version may add to its source's, per image
 _TINY = torch.finfo(torch.float32).tiny
@@ -143,6 +152,19 @@ def _max_abs_diff(source: GraphModel, quantized: GraphModel, rows: ImageRows) ->
     return worst
 
 
+def read_card(version_dir: Path) -> dict[str, Any]:
+    """`version_dir`'s model.json, no larger than a server reads, with its image shape."""
+    path = version_dir / CARD_FILE
+    try:
+        if path.stat().st_size > MAX_CARD_BYTES:
+            raise ValueError(f"over the {MAX_CARD_BYTES} bytes a server reads")
+        card = json.loads(path.read_text())
+        card_image_shape(card["image_shape"])
+    except (OSError, ValueError, KeyError, TypeError, ExportError) as exc:
+        raise ExportError(f"{path}: not a model card ({exc})") from None
+    return card
+
+
 def quantize_version(
     source: Path,
     test_rows: ImageRows,
@@ -155,16 +177,14 @@ def quantize_version(
     """Quantize `source` (a version directory of a repository) into a new version of the same
     model; `test_rows` are the test images its figures are computed on. Refused, and nothing
     published, when the -ELBO grows by more than `max_loss_nats`."""
-    try:
-        card: dict[str, Any] = json.loads((source / CARD_FILE).read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ExportError(f"{source / CARD_FILE}: unreadable ({exc})") from None
-    if not isinstance(card, dict) or "image_shape" not in card:
-        raise ExportError(f"{source / CARD_FILE}: not a model card (no image_shape)")
+    card = read_card(source)
     if card.get("quantization"):
         raise ExportError(f"{source}: already quantized; quantize the version it came from")
     check_graphs(source, card["image_shape"])
-    prior = prior_from_card(card)
+    try:
+        prior = prior_from_card(card)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"{source / CARD_FILE}: prior unreadable ({exc})") from None
     target = claim_version(source.resolve().parent.parent, source.resolve().parent.name, version)
     with staged_version(target) as staging:
         for name in GRAPH_FILES:

@@ -139,3 +139,25 @@ def test_the_prior_from_a_card_is_the_trained_one():
     z = torch.randn(5, 2)
     with torch.no_grad():
         assert np.allclose(restored.log_prob(z).numpy(), trained.log_prob(z).numpy(), atol=1e-5)
+
+
+def test_a_card_larger_than_a_server_reads_is_refused_unread(tmp_path):
+    from vae_serve.training.export import MAX_CARD_BYTES
+
+    (tmp_path / "model.json").write_text(" " * (MAX_CARD_BYTES + 1))
+    result = CliRunner().invoke(main, ["quantize", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: {tmp_path / 'model.json'}: not a model card (over the {MAX_CARD_BYTES} bytes a server reads)"
+    )
+
+
+def test_a_prior_the_card_garbles_is_refused_in_one_line(source, test_rows, tmp_path):
+    broken = tmp_path / "fashion-vae" / "1"
+    shutil.copytree(source, broken)
+    card = card_of(broken)
+    card["prior"] = {"type": "mixture_of_gaussians", "weights": [1.0]}  # no means
+    (broken / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ExportError, match=r"model\.json: prior unreadable \("):
+        quantize_version(broken, test_rows, iwae_k=0)
+    assert sorted(p.name for p in broken.parent.iterdir()) == ["1"]
