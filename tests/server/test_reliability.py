@@ -134,7 +134,7 @@ def test_deadline_shorter_than_queue_time_is_dropped_not_computed():
 
 @pytest.mark.slow
 def test_soak_mixed_rpcs_without_errors_or_memory_growth(give_way):
-    seconds = float(os.environ.get("VAE_SOAK_S", "20"))  # longer: VAE_SOAK_S=600 (docs/development.md)
+    seconds = float(os.environ.get("VAE_SOAK_S", "12"))  # longer: VAE_SOAK_S=600 (docs/development.md)
     rounds = max(2, round(seconds / 10))  # between rounds, a timed test of another worker may run
     proc, port = start_vae_serve("--port", str(free_port()), "--metrics-port", "0")
     target = f"127.0.0.1:{port}"
