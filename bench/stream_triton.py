@@ -7,7 +7,8 @@ Each stream keeps its share of the requests in flight (closed loop: an answer le
 go), over 4 streams on 4 channels (1 stream for 1 in flight), batch-1 Decode. Triton is started by
 the peer harness's way (bench/_triton.py; its venv built by its `setup_envs.sh`),
 with its dynamic batcher (max batch 64, 2000 us window) and without; vae-serve with its defaults,
-and the same load on vae-serve as unary ModelInfer calls (whether a stream pays).
+the same load on vae-serve as unary ModelInfer calls (whether a stream pays), and on vae-serve's
+own `Stream` (Decode requests, as the Python client's `decode_many` sends them).
 Server CPU per request is the whole process tree's, from /proc, over the measured window.
 """
 
@@ -30,6 +31,9 @@ import tritonclient.grpc.aio as triton_aio
 from _table import markdown_table
 from _triton import start_triton
 from compare import cpu_seconds, serve
+
+from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
+from vae_serve.tensor import to_tensor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STREAMS = 4
@@ -142,6 +146,52 @@ async def _unary_load(target: str, model: str, in_flight: int, duration: float, 
     return await _measured(target, in_flight, duration, pid, drive)
 
 
+async def _native_load(target: str, model: str, in_flight: int, duration: float, pid: int) -> Round:
+    """The same load on vae-serve's own `Stream`, one stream per channel (`model` is unused)."""
+    z = to_tensor(np.random.default_rng(0).standard_normal((1, 32), dtype=np.float32))
+
+    async def one_stream(run: _Run, channel: grpc.aio.Channel, share: int) -> None:
+        tokens: asyncio.Queue[None] = asyncio.Queue()
+        for _ in range(share):
+            tokens.put_nowait(None)
+        sent: dict[str, float] = {}
+
+        async def requests() -> AsyncIterator[vae_pb2.StreamRequest]:  # an answer lets the next go
+            number = 0
+            while time.perf_counter() < run.stop_at:
+                await tokens.get()
+                number += 1
+                sent[str(number)] = time.perf_counter()
+                yield vae_pb2.StreamRequest(id=str(number), decode=vae_pb2.DecodeRequest(z=z))
+
+        try:
+            async for answer in vae_pb2_grpc.VAEServiceStub(channel).Stream(requests()):
+                now = time.perf_counter()
+                start = sent.pop(answer.id, None) if answer.HasField("decode") else None
+                if start is not None:
+                    run.record(start, now)
+                elif now >= run.measure_from:
+                    run.result.errors += 1
+                tokens.put_nowait(None)
+                if now > run.stop_at and not sent:
+                    break
+        except grpc.aio.AioRpcError as exc:
+            run.result.errors += len(sent)
+            print(f"{target}: stream ended: {exc.code().name}: {exc.details()}", file=sys.stderr)
+
+    async def drive(run: _Run) -> None:
+        n = len(run.clients)
+        shares = [in_flight // n + (i < in_flight % n) for i in range(n)]
+        channels = [grpc.aio.insecure_channel(target) for _ in range(n)]
+        try:
+            await asyncio.gather(*(one_stream(run, c, k) for c, k in zip(channels, shares, strict=True)))
+        finally:
+            for channel in channels:
+                await channel.close()
+
+    return await _measured(target, in_flight, duration, pid, drive)
+
+
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
@@ -157,6 +207,7 @@ def main() -> None:
         servers = {
             "vae-serve": (pid, target, "vae_decoder", _stream_load),
             "vae-serve, unary calls": (pid, target, "vae_decoder", _unary_load),
+            "vae-serve, native Stream": (pid, target, "", _native_load),
         }
         for batching, name in ((True, "Triton, batcher"), (False, "Triton")):
             triton = start_triton(args.model_dir, batching, stack)

@@ -5,7 +5,7 @@ waiting for replies, so the two cannot drift apart.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,7 +21,16 @@ from ._requests import (
     encode_requests,
     sample_requests,
 )
-from ._transport import DEFAULT_TARGET, Attempts, ClientOptions, Link, closed_client_error, open_channel
+from ._stream import StreamCalls
+from ._transport import (
+    DEFAULT_TARGET,
+    Attempts,
+    ClientOptions,
+    Link,
+    closed_client_error,
+    open_channel,
+    pinned,
+)
 
 __all__ = ["BaseClient", "SampleCall"]
 
@@ -75,3 +84,19 @@ class BaseClient:
     @staticmethod
     def _rows(array: np.ndarray, field: str) -> np.ndarray:
         return check_float32(array, field)  # before anything, even model_info, is sent
+
+    def _encode_stream(self, xs: list[np.ndarray], info: ModelInfo) -> StreamCalls:
+        return StreamCalls(
+            [vae_pb2.StreamRequest(encode=pinned(r, self.options)) for r in self._encode_requests(x, info)]
+            for x in xs
+        )
+
+    def _decode_stream(self, zs: list[np.ndarray], info: ModelInfo) -> StreamCalls:
+        return StreamCalls(
+            [vae_pb2.StreamRequest(decode=pinned(r, self.options)) for r in self._decode_requests(z, info)]
+            for z in zs
+        )
+
+    @classmethod
+    def _each_rows(cls, arrays: Iterable[np.ndarray], field: str) -> list[np.ndarray]:
+        return [cls._rows(a, f"{field}[{i}]") for i, a in enumerate(arrays)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import ClassVar, Literal, TypeVar, overload
 
 import grpc
@@ -15,6 +15,7 @@ from vae_serve._proto.vae.v1 import vae_pb2
 
 from ._base import BaseClient, SampleCall
 from ._requests import ModelInfo, merge_decode, merge_encode, merge_sample
+from ._stream import StreamCalls
 from ._transport import pinned, trace_metadata
 
 __all__ = ["VaeClient"]
@@ -45,6 +46,29 @@ class VaeClient(BaseClient):
             except grpc.RpcError as err:
                 time.sleep(attempts.retry_after(err))
 
+    def _stream(self, calls: StreamCalls) -> None:
+        """Every request of `calls` answered on one `Stream` call (again, on a new one, for those
+        refused UNAVAILABLE), within one deadline; see _stream.py."""
+        attempts = self._attempts()
+        metadata = trace_metadata(self.options)
+        while not calls.done:
+            stream = self._stub.Stream(
+                calls.unanswered(),
+                timeout=attempts.timeout(),
+                wait_for_ready=attempts.retrying,
+                metadata=metadata,
+            )
+            try:
+                for response in stream:
+                    calls.take(response)
+                attempts.succeeded()
+                if calls.refused is not None:
+                    raise calls.refused
+            except grpc.RpcError as err:
+                time.sleep(attempts.retry_after(err))
+            finally:
+                stream.cancel()  # a refusal raised above leaves the call open: end it
+
     def model_info(self, refresh: bool = False) -> ModelInfo:
         if self._info is None or refresh:
             self._info = ModelInfo.from_proto(
@@ -71,6 +95,22 @@ class VaeClient(BaseClient):
         return merge_decode(
             [self._call(self._stub.Decode, r) for r in self._decode_requests(z, self.model_info())]
         )
+
+    def encode_many(self, xs: Iterable[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each x [N_i, D] encoded as `encode` would, all on one stream: many small requests
+        without the cost of a call each. One deadline (`timeout`) covers them all."""
+        arrays = self._each_rows(xs, "xs")
+        calls = self._encode_stream(arrays, self.model_info())
+        self._stream(calls)
+        return [merge_encode([a.encode for a in answers]) for answers in calls.answers()]
+
+    def decode_many(self, zs: Iterable[np.ndarray]) -> list[np.ndarray]:
+        """Each z [N_i, L] decoded as `decode` would, all on one stream: many small requests
+        without the cost of a call each. One deadline (`timeout`) covers them all."""
+        arrays = self._each_rows(zs, "zs")
+        calls = self._decode_stream(arrays, self.model_info())
+        self._stream(calls)
+        return [merge_decode([a.decode for a in answers]) for answers in calls.answers()]
 
     @overload
     def sample(

@@ -13,7 +13,7 @@ import numpy as np
 from ._proto.vae.v1 import vae_pb2
 from .errors import InvalidInput
 
-__all__ = ["FLOAT32_LE", "MAX_DIM", "MAX_RANK", "from_tensor", "to_tensor"]
+__all__ = ["FLOAT32_LE", "MAX_DIM", "MAX_RANK", "fill_tensor", "from_tensor", "to_tensor"]
 
 FLOAT32_LE = np.dtype("<f4")
 MAX_RANK = 8
@@ -21,8 +21,16 @@ MAX_DIM = 2**31 - 1  # more rows than any message can carry; keeps numpy's shape
 
 
 def to_tensor(array: np.ndarray) -> vae_pb2.Tensor:
+    return fill_tensor(vae_pb2.Tensor(), array)
+
+
+def fill_tensor(tensor: vae_pb2.Tensor, array: np.ndarray) -> vae_pb2.Tensor:
+    """`array` written into `tensor`, which may be a field of a message being built (no copy of
+    the message after it is built)."""
     array = np.ascontiguousarray(array, dtype=FLOAT32_LE)
-    return vae_pb2.Tensor(shape=array.shape, data=array.tobytes())
+    tensor.shape[:] = array.shape
+    tensor.data = array.tobytes()
+    return tensor
 
 
 def from_tensor(tensor: vae_pb2.Tensor, field: str) -> np.ndarray:

@@ -7,6 +7,7 @@ one OIP service (protocol/oip_service.py, with Triton's extensions) and encodes 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -19,15 +20,19 @@ from vae_serve.server.protocol.admin import authorization_of
 from vae_serve.server.protocol.calls import deadline_of, pinned_version
 from vae_serve.server.protocol.dataplane import DataPlane
 from vae_serve.server.protocol.oip_extensions import TritonExtensions
+from vae_serve.server.protocol.scope import Method
 
 from .edge import Edge, control_rpc, data_plane_rpc
 from .oip_codec import infer_request, infer_response, model_metadata
 from .registration import Unreadable
-from .stream import answer_stream
+from .stream import StreamRules, answer_stream
 
 __all__ = ["OIP_SERVICE", "OipServicer"]
 
+log = logging.getLogger(__name__)
+
 OIP_SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+_STREAM = Method("ModelStreamInfer", "grpc", log, work=True)
 
 
 class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
@@ -38,6 +43,7 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
         own. `service`: the OIP service, by default with statistics of this process alone."""
         self.edge = edge if edge is not None else Edge(dataplane.metrics, dataplane.activity)
         self.service = service if service is not None else TritonExtensions(dataplane)
+        self._stream_rules = StreamRules(_STREAM, self._streamed, _refusal)
 
     @control_rpc
     async def ServerLive(
@@ -85,8 +91,15 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[oip.ModelStreamInferResponse]:
         """Each request on the stream in its own call scope (stream.py), answered as computed."""
-        async for response in answer_stream(requests, context, self.edge, self._infer):
+        async for response in answer_stream(requests, context, self.edge, self._stream_rules):
             yield response
+
+    async def _streamed(
+        self, request: oip.ModelInferRequest, deadline: float | None
+    ) -> oip.ModelStreamInferResponse:
+        response = oip.ModelStreamInferResponse()
+        await self._infer(request, deadline, response.infer_response)  # written in place, uncopied
+        return response
 
     async def _infer(
         self, request: oip.ModelInferRequest, deadline: float | None, reply: oip.ModelInferResponse
@@ -128,3 +141,15 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
     ) -> oip.RepositoryModelUnloadResponse:
         await self.service.unload(request.model_name, authorization_of(context.invocation_metadata()))
         return oip.RepositoryModelUnloadResponse()
+
+
+def _refusal(
+    request: oip.ModelInferRequest | Unreadable, code: grpc.StatusCode, message: str
+) -> oip.ModelStreamInferResponse:
+    """Why a request was not answered, as Triton says it (a message, no code), with what identifies
+    it (an unreadable one has nothing)."""
+    if isinstance(request, Unreadable):
+        return oip.ModelStreamInferResponse(error_message=message)
+    response = oip.ModelInferResponse(model_name=request.model_name[:256], id=request.id[:1024])
+    response.model_version = request.model_version[:64]
+    return oip.ModelStreamInferResponse(error_message=message, infer_response=response)

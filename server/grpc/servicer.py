@@ -1,9 +1,12 @@
 """The native `vae.v1.VAEService`: proto in, one data-plane call, proto out. Each request names
-its model (`model`, empty: the default) and may pin its version."""
+its model (`model`, empty: the default) and may pin its version. `Stream` answers the same three
+requests, many on one call (stream.py), each exactly as its unary call would."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import grpc
@@ -16,13 +19,19 @@ from vae_serve.server.models.versions import ServedModel
 from vae_serve.server.protocol.calls import deadline_of, named_model, pinned_version
 from vae_serve.server.protocol.dataplane import DataPlane
 from vae_serve.server.protocol.model_info import model_info
-from vae_serve.tensor import from_tensor, to_tensor
+from vae_serve.server.protocol.scope import Method
+from vae_serve.tensor import fill_tensor, from_tensor
 
 from .edge import Edge, control_rpc, data_plane_rpc
+from .registration import Unreadable
+from .stream import StreamRules, answer_stream
 
-__all__ = ["VAEServicer"]
+__all__ = ["MAX_STREAM_ID_CHARS", "VAEServicer"]
 
-_EMPTY = vae_pb2.Tensor()
+log = logging.getLogger(__name__)
+
+MAX_STREAM_ID_CHARS = 256
+_STREAM = Method("Stream", "grpc", log, work=True)
 
 
 def _required(message: Message, field: str) -> np.ndarray:
@@ -45,6 +54,7 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
         """`edge`: what the call scope records to and admits with; by default the data plane's own."""
         self.dataplane = dataplane
         self.edge = edge if edge is not None else Edge(dataplane.metrics, dataplane.activity)
+        self._stream_rules = StreamRules(_STREAM, self._streamed, _refusal)
 
     def _admit(self, request: _Request) -> ServedModel:
         """The model and version `request` names, resolved and admitted (DataPlane.admit)."""
@@ -54,35 +64,82 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
     async def Encode(
         self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.EncodeResponse:
-        x = _required(request, "x")
-        served = self._admit(request)
-        mean, logvar, version = await self.dataplane.encode(x, deadline_of(context), served)
-        return vae_pb2.EncodeResponse(mean=to_tensor(mean), logvar=to_tensor(logvar), model_version=version)
+        return await self._encode(request, deadline_of(context), vae_pb2.EncodeResponse())
 
     @data_plane_rpc
     async def Decode(
         self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.DecodeResponse:
-        z = _required(request, "z")
-        served = self._admit(request)
-        x, version = await self.dataplane.decode(z, deadline_of(context), served)
-        return vae_pb2.DecodeResponse(x=to_tensor(x), model_version=version)
+        return await self._decode(request, deadline_of(context), vae_pb2.DecodeResponse())
 
     @data_plane_rpc
     async def Sample(
         self, request: vae_pb2.SampleRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.SampleResponse:
-        z, x, version = await self.dataplane.sample(
+        return await self._sample(request, deadline_of(context), vae_pb2.SampleResponse())
+
+    async def Stream(
+        self,
+        requests: AsyncIterator[vae_pb2.StreamRequest | Unreadable],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[vae_pb2.StreamResponse]:
+        """Each request on the stream in its own call scope (stream.py), answered as computed."""
+        async for response in answer_stream(requests, context, self.edge, self._stream_rules):
+            yield response
+
+    # Each call writes its answer into the reply it is given: a stream's answer holds it, uncopied.
+    async def _encode(
+        self, request: vae_pb2.EncodeRequest, deadline: float | None, reply: vae_pb2.EncodeResponse
+    ) -> vae_pb2.EncodeResponse:
+        x = _required(request, "x")
+        mean, logvar, reply.model_version = await self.dataplane.encode(x, deadline, self._admit(request))
+        fill_tensor(reply.mean, mean)
+        fill_tensor(reply.logvar, logvar)
+        return reply
+
+    async def _decode(
+        self, request: vae_pb2.DecodeRequest, deadline: float | None, reply: vae_pb2.DecodeResponse
+    ) -> vae_pb2.DecodeResponse:
+        z = _required(request, "z")
+        x, reply.model_version = await self.dataplane.decode(z, deadline, self._admit(request))
+        fill_tensor(reply.x, x)
+        return reply
+
+    async def _sample(
+        self, request: vae_pb2.SampleRequest, deadline: float | None, reply: vae_pb2.SampleResponse
+    ) -> vae_pb2.SampleResponse:
+        z, x, reply.model_version = await self.dataplane.sample(
             request.num_samples,
             seed=request.seed if request.HasField("seed") else None,
             mean=_optional(request, "mean"),
             logvar=_optional(request, "logvar"),
             decode=request.decode,
-            deadline=deadline_of(context),
+            deadline=deadline,
             served=self._admit(request),
         )
-        x_tensor = _EMPTY if x is None else to_tensor(x)
-        return vae_pb2.SampleResponse(z=to_tensor(z), x=x_tensor, model_version=version)
+        fill_tensor(reply.z, z)
+        if x is None:
+            reply.x.SetInParent()  # present and empty, as it always was
+        else:
+            fill_tensor(reply.x, x)
+        return reply
+
+    async def _streamed(
+        self, request: vae_pb2.StreamRequest, deadline: float | None
+    ) -> vae_pb2.StreamResponse:
+        if len(request.id) > MAX_STREAM_ID_CHARS:
+            raise InvalidInput(f"id: at most {MAX_STREAM_ID_CHARS} characters, got {len(request.id)}")
+        response = vae_pb2.StreamResponse(id=request.id)
+        call = request.WhichOneof("call")
+        if call == "encode":
+            await self._encode(request.encode, deadline, response.encode)
+        elif call == "decode":
+            await self._decode(request.decode, deadline, response.decode)
+        elif call == "sample":
+            await self._sample(request.sample, deadline, response.sample)
+        else:
+            raise InvalidInput("call: one of encode, decode or sample is required")
+        return response
 
     @control_rpc
     async def GetModelInfo(
@@ -104,3 +161,12 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
             loaded_versions=info.loaded_versions,
             limits=vae_pb2.ServerLimits(**dataclasses.asdict(info.limits)),
         )
+
+
+def _refusal(
+    request: vae_pb2.StreamRequest | Unreadable, code: grpc.StatusCode, message: str
+) -> vae_pb2.StreamResponse:
+    """Why a request on the stream has no answer, under its id (an unreadable one has none)."""
+    rid = "" if isinstance(request, Unreadable) else request.id[:MAX_STREAM_ID_CHARS]
+    error = vae_pb2.StreamError(code=code.value[0], message=message)
+    return vae_pb2.StreamResponse(id=rid, error=error)

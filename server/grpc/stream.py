@@ -1,71 +1,79 @@
-"""Triton's `ModelStreamInfer`: many inference requests on one bidirectional stream
-(tritonclient's `start_stream` / `async_stream_infer`), each answered as soon as it is computed.
+"""Many requests on one bidirectional stream, each answered as soon as it is computed: the native
+`Stream` and Triton's `ModelStreamInfer` (tritonclient's `start_stream` / `async_stream_infer`).
 
 Each message is a request of its own: it runs in the call scope (request id, admission, span,
-metrics under `ModelStreamInfer`) and is answered with its id; a refusal is an answer carrying
-`error_message`, as Triton answers, and the stream goes on. A stream holds at most MAX_IN_FLIGHT
-requests (each within --max-message-bytes) or their answers not yet sent, and its answers not yet
-sent stay under MAX_UNSENT_BYTES (or are one answer); past either it is not read, so HTTP/2's
-flow control holds the client, and a client that stops reading its answers stops being read.
-The stream's deadline, if the client set one, bounds every request on it.
+metrics under the stream's method) and is answered with its id; a refusal is an answer that says
+why, and the stream goes on. A stream holds at most MAX_IN_FLIGHT requests (each within
+--max-message-bytes) or their answers not yet sent, and its answers not yet sent stay under
+MAX_UNSENT_BYTES (or are one answer); past either it is not read, so HTTP/2's flow control holds
+the client, and a client that stops reading its answers stops being read. The stream's deadline,
+if the client set one, bounds every request on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
-from vae_serve._proto.inference import grpc_predict_v2_pb2 as oip
 from vae_serve.server.protocol.calls import deadline_of, request_id_from
 from vae_serve.server.protocol.scope import CallScope, Method
 
 from .edge import Edge
 from .registration import Unreadable
 
-__all__ = ["MAX_IN_FLIGHT", "answer_stream"]
-
-log = logging.getLogger(__name__)
+__all__ = ["MAX_IN_FLIGHT", "StreamRules", "answer_stream"]
 
 MAX_IN_FLIGHT = 64  # requests of one stream computed at once: what a client's batch of sends needs
 MAX_UNSENT_BYTES = 16 * 1024 * 1024  # of one stream's answers computed but not yet sent
-METHOD = Method("ModelStreamInfer", "grpc", log, work=True)
 
-# One request's answer, written into the response it is given (the stream's answer holds it).
-Answer = Callable[[oip.ModelInferRequest, float | None, oip.ModelInferResponse], Awaitable[object]]
+Request = TypeVar("Request", bound=Message)
+Response = TypeVar("Response", bound=Message)
+
+
+@dataclass(frozen=True)
+class StreamRules(Generic[Request, Response]):
+    """What one streaming method does with each request: `answer` computes its answer (raising
+    what a unary call would), `refusal` says why it has none, with what identifies it."""
+
+    method: Method
+    answer: Callable[[Request, float | None], Awaitable[Response]]
+    refusal: Callable[[Request | Unreadable, grpc.StatusCode, str], Response]
 
 
 async def answer_stream(
-    requests: AsyncIterator[oip.ModelInferRequest | Unreadable],
+    requests: AsyncIterator[Request | Unreadable],
     context: grpc.aio.ServicerContext,
     edge: Edge,
-    answer: Answer,
-) -> AsyncIterator[oip.ModelStreamInferResponse]:
-    """The answers to `requests`, in the order they are computed; `answer` computes one."""
+    rules: StreamRules[Request, Response],
+) -> AsyncIterator[Response]:
+    """The answers to `requests`, in the order they are computed."""
     metadata = context.invocation_metadata()
     deadline = deadline_of(context)
-    answers: asyncio.Queue[tuple[oip.ModelStreamInferResponse, int] | None] = asyncio.Queue()
+    method = rules.method
+    answers: asyncio.Queue[tuple[Response, int] | None] = asyncio.Queue()
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
     unsent = _Unsent()
     running: set[asyncio.Task[None]] = set()
 
-    async def one(request: oip.ModelInferRequest | Unreadable) -> None:
+    async def one(request: Request | Unreadable) -> None:
         rid = request_id_from(metadata)
-        with CallScope(METHOD, edge.metrics, edge.activity, rid, metadata, context.peer) as call:
+        with CallScope(method, edge.metrics, edge.activity, rid, metadata, context.peer) as call:
             if isinstance(request, Unreadable):
                 call.code, call.message = request.code, request.details
             else:
                 call.admit()
-                response = oip.ModelStreamInferResponse()
-                await answer(request, deadline, response.infer_response)
+                response = await rules.answer(request, deadline)
                 size = response.ByteSize()
                 unsent.add(size)
                 answers.put_nowait((response, size))
                 return
-        answers.put_nowait((_refusal(request, call.message), 0))
+        answers.put_nowait((rules.refusal(request, call.code, call.message), 0))
 
     async def read() -> None:
         try:
@@ -80,7 +88,7 @@ async def answer_stream(
         finally:
             answers.put_nowait(None)
 
-    reader = asyncio.create_task(read(), name="model-stream-infer")
+    reader = asyncio.create_task(read(), name=f"{method.name}-reader")
     try:
         while (item := await answers.get()) is not None:
             response, size = item
@@ -112,12 +120,3 @@ class _Unsent:
         self.bytes -= size
         if self.bytes <= MAX_UNSENT_BYTES:
             self.room.set()
-
-
-def _refusal(request: oip.ModelInferRequest | Unreadable, message: str) -> oip.ModelStreamInferResponse:
-    """Why a request was not answered, with what identifies it (an unreadable one has nothing)."""
-    if isinstance(request, Unreadable):
-        return oip.ModelStreamInferResponse(error_message=message)
-    response = oip.ModelInferResponse(model_name=request.model_name[:256], id=request.id[:1024])
-    response.model_version = request.model_version[:64]
-    return oip.ModelStreamInferResponse(error_message=message, infer_response=response)

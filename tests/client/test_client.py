@@ -21,6 +21,7 @@ from support import (
     wait_for,
 )
 
+from vae_serve._proto.vae.v1 import vae_pb2
 from vae_serve.client import AsyncVaeClient, VaeClient, VaeServeError
 from vae_serve.client._transport import Attempts
 
@@ -395,3 +396,80 @@ def test_a_value_error_inside_a_call_is_not_called_a_closed_client(running, monk
 
 def _raise_value_error(*_args: object, **_kwargs: object) -> None:
     raise ValueError("not about closing")
+
+
+def test_many_requests_on_one_stream_answer_as_the_unary_calls_do(running, direct):
+    """Each item its own request on one stream (a large one split under the message limit), every
+    answer in its item's place, as `encode` and `decode` give them."""
+    zs = [np.random.default_rng(i).standard_normal((i % 3 + 1, L), dtype=np.float32) for i in range(40)]
+    zs.append(np.random.default_rng(99).standard_normal((100, L), dtype=np.float32))  # 313 KB out
+    xs = [pixels(n) for n in (1, 5, 60)]
+    with VaeClient(running.target, max_message_bytes=128 * 1024) as small:
+        decoded = small.decode_many(zs)
+        encoded = small.encode_many(iter(xs))  # any iterable
+        assert small.decode_many([]) == []
+
+        async def aio() -> list[np.ndarray]:
+            async with AsyncVaeClient(running.target, max_message_bytes=128 * 1024) as client:
+                return await client.decode_many(zs)
+
+        decoded_aio = asyncio.run(aio())
+    for z, x, x_aio in zip(zs, decoded, decoded_aio, strict=True):
+        np.testing.assert_allclose(x, direct[1].run(None, {"z": z})[0], atol=1e-6)
+        np.testing.assert_array_equal(x, x_aio)
+    for x, (mean, logvar) in zip(xs, encoded, strict=True):
+        want_mean, want_logvar = direct[0].run(None, {"x": x})
+        np.testing.assert_allclose(mean, want_mean, atol=1e-6)
+        np.testing.assert_allclose(logvar, want_logvar, atol=1e-6)
+
+
+def test_a_refusal_on_the_stream_is_the_calls_error(running):
+    with VaeClient(running.target) as client:
+        with pytest.raises(VaeServeError) as bad:
+            client.encode_many([pixels(2), np.full((1, D), 2.0, dtype=np.float32)])
+        with pytest.raises(VaeServeError) as wrong:
+            client.decode_many([np.zeros((1, L), np.float32), np.zeros(L, np.float32)])
+    with VaeClient(running.target, model_version="99") as pinned, pytest.raises(VaeServeError) as missing:
+        pinned.decode_many([np.zeros((1, L), np.float32)])
+    assert bad.value.code is grpc.StatusCode.INVALID_ARGUMENT and "outside [0, 1]" in bad.value.details
+    assert wrong.value.code is grpc.StatusCode.INVALID_ARGUMENT and "zs[1]" in wrong.value.details
+    assert missing.value.code is grpc.StatusCode.NOT_FOUND and "99" in missing.value.details
+
+
+def test_a_stream_survives_a_server_restart(failures):
+    port = free_port()
+    first = RunningServer(port=port)
+    zs = [np.full((1, L), i / 10, np.float32) for i in range(20)]
+    with VaeClient(f"127.0.0.1:{port}") as client:
+        want = client.decode_many(zs)
+        first.stop()
+        second: list[RunningServer] = []
+        restart = start_after_a_failure(failures, port, second)
+        try:
+            got = client.decode_many(zs)  # refused while it is down: sent again once it is back
+        finally:
+            restart.join()
+            for server in second:
+                server.stop()
+    assert failures and failures[0].code is grpc.StatusCode.UNAVAILABLE
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_only_requests_refused_unavailable_are_sent_again():
+    """A draining server refuses a request UNAVAILABLE: that one goes again, the answered do not;
+    any other refusal is final."""
+    from vae_serve.client._stream import StreamCalls
+
+    calls = StreamCalls([[vae_pb2.StreamRequest(decode=vae_pb2.DecodeRequest())] for _ in range(3)])
+    assert [r.id for r in calls.unanswered()] == ["0.0", "1.0", "2.0"]
+    calls.take(vae_pb2.StreamResponse(id="0.0", decode=vae_pb2.DecodeResponse(model_version="2")))
+    draining = vae_pb2.StreamError(code=grpc.StatusCode.UNAVAILABLE.value[0], message="draining")
+    calls.take(vae_pb2.StreamResponse(id="2.0", error=draining))
+    assert calls.refused is not None and calls.refused.details() == "draining" and not calls.done
+    assert [r.id for r in calls.unanswered()] == ["1.0", "2.0"] and calls.refused is None
+    with pytest.raises(VaeServeError) as final:
+        calls.take(vae_pb2.StreamResponse(id="1.0", error=vae_pb2.StreamError(code=8, message="full")))
+    assert final.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED and final.value.details == "full"
+    with pytest.raises(VaeServeError, match="an answer to no request sent"):
+        calls.take(vae_pb2.StreamResponse(id="7.0"))

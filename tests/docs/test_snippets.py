@@ -1,8 +1,10 @@
-"""Every shell and Python snippet of the README and of the getting-started page, run against a live
-server as a reader would run it, and what it writes checked.
+"""Every shell and Python snippet of the README and of the getting-started page, and the Python
+snippets of the API pages, run against a live server as a reader would run them, and what they
+write checked.
 
 The snippets name the default ports; the test serves on free ones and points the snippets there
-(`localhost:8000` and `127.0.0.1:50051` are replaced, `VAE_TARGET` is set for `vae-client`).
+(`localhost:8000`, `127.0.0.1:8000` and `127.0.0.1:50051` are replaced, `VAE_TARGET` is set for
+`vae-client`).
 `make serve` and `make test` are what CI runs, so they are not run again here.
 """
 
@@ -24,13 +26,14 @@ from support import start_vae_serve_http
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", ROOT / "docs" / "getting-started.md"]
+API_PAGES = [ROOT / "docs" / "api" / "grpc.md", ROOT / "docs" / "api" / "kserve.md"]
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 NOT_RUN = ("make ", "export PATH=")  # CI runs the make targets; the test sets PATH itself
 
 
-def snippets(language: str) -> list[tuple[str, str]]:
+def snippets(language: str, pages: list[Path] = PAGES) -> list[tuple[str, str]]:
     found = []
-    for page in PAGES:
+    for page in pages:
         for kind, body in FENCE.findall(page.read_text()):
             if kind == language:
                 found.append((page.name, body))
@@ -103,6 +106,27 @@ def test_each_shell_snippet_runs(served, tmp_path, page, script):
         sent, back = pair[2:58, 2:58], pair[2:58, 60:116]
         assert pair.shape == (60, 118)
         assert np.corrcoef(sent.ravel(), back.ravel())[0, 1] > 0.8
+
+
+# Run after an API page's snippet, in its process: decoded latents are pictures of 784 intensities.
+PICTURES_CHECK = """
+if "images" in dir():
+    import numpy as _np
+    _pictures = _np.concatenate(images) if isinstance(images, list) else _np.asarray(images)
+    assert _pictures.shape[1:] == (784,) and len(_pictures) >= 4, _pictures.shape
+    assert _pictures.min() >= 0 and _pictures.max() <= 1
+"""
+
+
+@pytest.mark.parametrize(("page", "source"), snippets("python", API_PAGES), ids=lambda value: str(value)[:40])
+def test_each_api_pages_python_snippet_runs(served, page, source):
+    """In a process of its own, as a reader runs it (tritonclient's protobuf modules and the
+    server's cannot share one process)."""
+    grpc_port, http_port = served
+    source = source.replace("127.0.0.1:50051", f"127.0.0.1:{grpc_port}")
+    source = source.replace("127.0.0.1:8000", f"127.0.0.1:{http_port}")
+    done = subprocess.run([sys.executable, "-c", source + PICTURES_CHECK], capture_output=True, timeout=120)
+    assert done.returncode == 0, f"{page}:\n{source}\n{done.stderr.decode(errors='replace')[-2000:]}"
 
 
 @pytest.mark.parametrize(("page", "source"), snippets("python"), ids=lambda value: str(value)[:40])

@@ -54,6 +54,11 @@ class VAEServiceStub:
                 request_serializer=vae_dot_v1_dot_vae__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=vae_dot_v1_dot_vae__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Stream = channel.stream_stream(
+                '/vae.v1.VAEService/Stream',
+                request_serializer=vae_dot_v1_dot_vae__pb2.StreamRequest.SerializeToString,
+                response_deserializer=vae_dot_v1_dot_vae__pb2.StreamResponse.FromString,
+                _registered_method=True)
 
 
 class VAEServiceServicer:
@@ -86,6 +91,15 @@ class VAEServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stream(self, request_iterator, context):
+        """Many Encode, Decode and Sample requests on one stream, for many small ones: each is admitted
+        and answered as a unary call would be, as soon as it is computed (in any order), with the id
+        it came with; a refused request is answered with its status and the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VAEServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +122,11 @@ def add_VAEServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=vae_dot_v1_dot_vae__pb2.GetModelInfoRequest.FromString,
                     response_serializer=vae_dot_v1_dot_vae__pb2.ModelInfo.SerializeToString,
+            ),
+            'Stream': grpc.stream_stream_rpc_method_handler(
+                    servicer.Stream,
+                    request_deserializer=vae_dot_v1_dot_vae__pb2.StreamRequest.FromString,
+                    response_serializer=vae_dot_v1_dot_vae__pb2.StreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +237,33 @@ class VAEService:
             '/vae.v1.VAEService/GetModelInfo',
             vae_dot_v1_dot_vae__pb2.GetModelInfoRequest.SerializeToString,
             vae_dot_v1_dot_vae__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/vae.v1.VAEService/Stream',
+            vae_dot_v1_dot_vae__pb2.StreamRequest.SerializeToString,
+            vae_dot_v1_dot_vae__pb2.StreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
