@@ -19,7 +19,7 @@ from pathlib import Path
 import tritonclient.grpc.aio as triton_aio
 from _test_support import free_port
 
-__all__ = ["PEERS", "Triton", "start_triton"]
+__all__ = ["PEERS", "Triton", "alive", "start_triton", "stop"]
 
 PEERS = Path(__file__).resolve().parent.parent.parent / "shared" / "peers"
 _HTTP_EDITS = {
@@ -42,6 +42,7 @@ def start_triton(model_dir: Path, batching: bool, stack: ExitStack, *, http: boo
     if not script.is_file():
         raise SystemExit(f"{script}: missing; the peer harness starts Triton (see its README)")
     env = {**os.environ, "PEER_TRITON_BATCHING": "1" if batching else "0"}
+    env["PEERS_HOME"] = str(_own_home(stack))
     http_port = None
     if http:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -65,13 +66,36 @@ def start_triton(model_dir: Path, batching: bool, stack: ExitStack, *, http: boo
         check=True,
     )
     pid = int(started.stdout.split()[-1])
-    stack.callback(_stop, pid)
+    stack.callback(stop, Triton(pid, "", None))
     target = f"127.0.0.1:{port}"
     asyncio.run(_wait_ready(target))
     return Triton(pid, target, http_port)
 
 
-def _stop(pgid: int) -> None:
+def alive(triton: Triton) -> bool:
+    """Whether its server still runs (Triton's python backend can die under a benchmark's load)."""
+    try:
+        os.kill(triton.pid, 0)  # the server itself: started in a session of its own, it leads it
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _own_home(stack: ExitStack) -> Path:
+    """A peers' home of this Triton's own, so that one started beside another (or again) keeps its
+    own model repository and log; the venv and the server's copied binaries are shared."""
+    shared = Path(os.environ.get("PEERS_HOME", Path.home() / ".cache" / "vae-peers"))
+    home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vae-triton-")))
+    (home / "venv").symlink_to(shared / "venv")
+    (home / "work").mkdir()
+    if (shared / "work" / "tritonserver").is_dir():
+        (home / "work" / "tritonserver").symlink_to(shared / "work" / "tritonserver")
+    return home
+
+
+def stop(triton: Triton) -> None:
+    """Its whole process group: the server and its backend's stub."""
+    pgid = triton.pid
     try:
         os.killpg(pgid, signal.SIGTERM)
         for _ in range(100):

@@ -10,6 +10,8 @@ with its dynamic batcher (max batch 64, 2000 us window) and without; vae-serve w
 the same load on vae-serve as unary ModelInfer calls (whether a stream pays), and on vae-serve's
 own `Stream` (Decode requests, as the Python client's `decode_many` sends them).
 Server CPU per request is the whole process tree's, from /proc, over the measured window.
+A Triton that dies during a round (its python backend can, under the batcher) is started again
+for the next; that round is left out of its figures and the crashes are counted.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from _table import markdown_table
-from _triton import start_triton
+from _triton import Triton, alive, start_triton, stop
 from compare import cpu_seconds, serve
 
 from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
@@ -209,26 +211,46 @@ def main() -> None:
             "vae-serve, unary calls": (pid, target, "vae_decoder", _unary_load),
             "vae-serve, native Stream": (pid, target, "", _native_load),
         }
+        tritons: dict[str, tuple[bool, Triton]] = {}
         for batching, name in ((True, "Triton, batcher"), (False, "Triton")):
-            triton = start_triton(args.model_dir, batching, stack)
-            servers[name] = (triton.pid, triton.grpc_target, "decoder", _stream_load)
-        rounds: dict[tuple[str, int], list[Round]] = {}
+            tritons[name] = (batching, start_triton(args.model_dir, batching, stack))
+        crashes = dict.fromkeys(servers | tritons, 0)
+        rounds: dict[tuple[str, int], list[Round | None]] = {}  # None: the server died in that round
         for turn in range(args.rounds):
             for level in levels:
-                order = list(servers) if turn % 2 == 0 else list(reversed(servers))
-                for name in order:
-                    pid, target, model, drive = servers[name]
-                    done = asyncio.run(drive(target, model, level, args.duration, pid))
-                    rounds.setdefault((name, level), []).append(done)
+                names = [*servers, *tritons]
+                for name in names if turn % 2 == 0 else reversed(names):
+                    if name in servers:
+                        pid, target, model, drive = servers[name]
+                        rounds.setdefault((name, level), []).append(
+                            asyncio.run(drive(target, model, level, args.duration, pid))
+                        )
+                        continue
+                    batching, triton = tritons[name]
+                    load = _stream_load(triton.grpc_target, "decoder", level, args.duration, triton.pid)
+                    try:  # a Triton whose backend died can leave a stream unanswered
+                        done: Round | None = asyncio.run(asyncio.wait_for(load, args.duration + 30))
+                    except TimeoutError:
+                        done = None
+                    died = done is None or not alive(triton)
+                    rounds.setdefault((name, level), []).append(None if died else done)
+                    if died:
+                        crashes[name] += 1
+                        stop(triton)
+                        tritons[name] = (batching, start_triton(args.model_dir, batching, stack))
     rows = []
     for level in levels:
         ours = rounds[("vae-serve", level)]
-        for name in servers:
-            runs = rounds[(name, level)]
+        for name in crashes:
+            paired = [(o, r) for o, r in zip(ours, rounds[(name, level)], strict=True) if o and r]
+            runs = [r for _, r in paired]
+            if not runs:
+                rows.append([level, name, "crashed in every round", "", "", "", ""])
+                continue
             rate = [r.answers / r.seconds for r in runs]
             p50 = [statistics.median(r.latencies) * 1e3 for r in runs if r.latencies]
             cpu = [r.cpu_seconds / r.answers * 1e6 for r in runs if r.answers]
-            ratio = [o.answers / r.answers for o, r in zip(ours, runs, strict=True) if r.answers]
+            ratio = [o.answers / r.answers for o, r in paired if r.answers]
             rows.append(
                 [
                     level,
@@ -252,6 +274,9 @@ def main() -> None:
         "errors",
     ]
     print(markdown_table(header, rows))
+    for name, count in crashes.items():
+        if count:
+            print(f"{name} died in {count} of its rounds (left out above) and was started again")
 
 
 if __name__ == "__main__":
