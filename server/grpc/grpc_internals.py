@@ -49,7 +49,7 @@ __all__ = [
 
 # Distribution: (lowest version, first version not allowed), as pyproject.toml's lines say.
 WRITTEN_FOR = {
-    "grpcio": ("1.81.1", "1.86"),
+    "grpcio": ("1.81.1", "1.83"),
     "grpcio-health-checking": ("1.81.1", "1.82"),
     "grpcio-reflection": ("1.81.1", "1.82"),
 }
