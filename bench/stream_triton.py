@@ -90,37 +90,56 @@ async def _measured(
     return run.result
 
 
+class _ClosedLoop:
+    """One stream's share of the requests in flight: an answer lets the next request go."""
+
+    def __init__(self, run: _Run, share: int) -> None:
+        self.run = run
+        self.tokens: asyncio.Queue[None] = asyncio.Queue()
+        for _ in range(share):
+            self.tokens.put_nowait(None)
+        self.sent: dict[str, float] = {}
+
+    async def ids(self) -> AsyncIterator[str]:
+        """The next request's id, as soon as an answer lets it go, until the window ends."""
+        number = 0
+        while time.perf_counter() < self.run.stop_at:
+            await self.tokens.get()
+            number += 1
+            self.sent[str(number)] = time.perf_counter()
+            yield str(number)
+
+    def answered(self, rid: str | None) -> bool:
+        """Record an answer (None: a refusal); True once the window is over and none is out."""
+        now = time.perf_counter()
+        start = self.sent.pop(rid, None) if rid is not None else None
+        if start is not None:
+            self.run.record(start, now)
+        elif now >= self.run.measure_from:
+            self.run.result.errors += 1
+        self.tokens.put_nowait(None)
+        return now > self.run.stop_at and not self.sent
+
+    def ended(self, target: str, exc: grpc.aio.AioRpcError) -> None:
+        """The stream ended: what it held is lost, and said."""
+        self.run.result.errors += len(self.sent)
+        print(f"{target}: stream ended: {exc.code().name}: {exc.details()}", file=sys.stderr)
+
+
 async def _stream_load(target: str, model: str, in_flight: int, duration: float, pid: int) -> Round:
     """`in_flight` requests kept in flight over the streams, one stream per channel."""
 
     async def one_stream(run: _Run, client: triton_aio.InferenceServerClient, share: int) -> None:
-        tokens: asyncio.Queue[None] = asyncio.Queue()
-        for _ in range(share):
-            tokens.put_nowait(None)
-        sent: dict[str, float] = {}
-
-        async def requests() -> AsyncIterator[dict[str, object]]:  # an answer lets the next go
-            number = 0
-            while time.perf_counter() < run.stop_at:
-                await tokens.get()
-                number += 1
-                sent[str(number)] = time.perf_counter()
-                yield {"model_name": model, "inputs": [run.tensor], "request_id": str(number)}
-
+        loop = _ClosedLoop(run, share)
+        requests = (
+            {"model_name": model, "inputs": [run.tensor], "request_id": rid} async for rid in loop.ids()
+        )
         try:
-            async for answer, error in client.stream_infer(requests()):
-                now = time.perf_counter()
-                start = sent.pop(answer.get_response().id, None) if error is None else None
-                if start is not None:
-                    run.record(start, now)
-                elif now >= run.measure_from:
-                    run.result.errors += 1
-                tokens.put_nowait(None)
-                if now > run.stop_at and not sent:
+            async for answer, error in client.stream_infer(requests):
+                if loop.answered(answer.get_response().id if error is None else None):
                     break
-        except grpc.aio.AioRpcError as exc:  # the stream ended: what it held is lost, and said
-            run.result.errors += len(sent)
-            print(f"{target}: stream ended: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        except grpc.aio.AioRpcError as exc:
+            loop.ended(target, exc)
 
     def drive(run: _Run) -> Awaitable[object]:
         n = len(run.clients)
@@ -153,33 +172,16 @@ async def _native_load(target: str, model: str, in_flight: int, duration: float,
     z = to_tensor(np.random.default_rng(0).standard_normal((1, 32), dtype=np.float32))
 
     async def one_stream(run: _Run, channel: grpc.aio.Channel, share: int) -> None:
-        tokens: asyncio.Queue[None] = asyncio.Queue()
-        for _ in range(share):
-            tokens.put_nowait(None)
-        sent: dict[str, float] = {}
-
-        async def requests() -> AsyncIterator[vae_pb2.StreamRequest]:  # an answer lets the next go
-            number = 0
-            while time.perf_counter() < run.stop_at:
-                await tokens.get()
-                number += 1
-                sent[str(number)] = time.perf_counter()
-                yield vae_pb2.StreamRequest(id=str(number), decode=vae_pb2.DecodeRequest(z=z))
-
+        loop = _ClosedLoop(run, share)
+        requests = (
+            vae_pb2.StreamRequest(id=rid, decode=vae_pb2.DecodeRequest(z=z)) async for rid in loop.ids()
+        )
         try:
-            async for answer in vae_pb2_grpc.VAEServiceStub(channel).Stream(requests()):
-                now = time.perf_counter()
-                start = sent.pop(answer.id, None) if answer.HasField("decode") else None
-                if start is not None:
-                    run.record(start, now)
-                elif now >= run.measure_from:
-                    run.result.errors += 1
-                tokens.put_nowait(None)
-                if now > run.stop_at and not sent:
+            async for answer in vae_pb2_grpc.VAEServiceStub(channel).Stream(requests):
+                if loop.answered(answer.id if answer.HasField("decode") else None):
                     break
         except grpc.aio.AioRpcError as exc:
-            run.result.errors += len(sent)
-            print(f"{target}: stream ended: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            loop.ended(target, exc)
 
     async def drive(run: _Run) -> None:
         n = len(run.clients)
