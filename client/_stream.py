@@ -60,17 +60,18 @@ class StreamCalls:
         return len(self._answers) == len(self._requests)
 
     def take(self, response: vae_pb2.StreamResponse) -> None:
-        """Keep an answer; raise a refusal that retrying cannot mend."""
+        """Keep an answer; raise a refusal that retrying cannot mend (one of a message the server
+        could not read comes with no id)."""
+        if response.WhichOneof("result") == "error":
+            code = _status(response.error.code)
+            if code is not grpc.StatusCode.UNAVAILABLE or response.id not in self._requests:
+                raise VaeServeError(code, response.error.message or code.name)
+            self.refused = _Refused(response.error)
+            return
         if response.id not in self._requests:
             raise VaeServeError(
                 grpc.StatusCode.INTERNAL, f"an answer to no request sent ({response.id[:40]!r})"
             )
-        if response.WhichOneof("result") == "error":
-            code = _status(response.error.code)
-            if code is not grpc.StatusCode.UNAVAILABLE:
-                raise VaeServeError(code, response.error.message or code.name)
-            self.refused = _Refused(response.error)
-            return
         self._answers[response.id] = response
 
     def answers(self) -> Iterator[list[vae_pb2.StreamResponse]]:

@@ -43,7 +43,9 @@ class OipServicer(oip_grpc.GRPCInferenceServiceServicer):
         own. `service`: the OIP service, by default with statistics of this process alone."""
         self.edge = edge if edge is not None else Edge(dataplane.metrics, dataplane.activity)
         self.service = service if service is not None else TritonExtensions(dataplane)
-        self._stream_rules = StreamRules(_STREAM, self._streamed, _refusal)
+        self._stream_rules = StreamRules(
+            _STREAM, self._streamed, _refusal, dataplane.limits.max_message_bytes
+        )
 
     @control_rpc
     async def ServerLive(

@@ -54,7 +54,9 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
         """`edge`: what the call scope records to and admits with; by default the data plane's own."""
         self.dataplane = dataplane
         self.edge = edge if edge is not None else Edge(dataplane.metrics, dataplane.activity)
-        self._stream_rules = StreamRules(_STREAM, self._streamed, _refusal)
+        self._stream_rules = StreamRules(
+            _STREAM, self._streamed, _refusal, dataplane.limits.max_message_bytes
+        )
 
     def _admit(self, request: _Request) -> ServedModel:
         """The model and version `request` names, resolved and admitted (DataPlane.admit)."""
@@ -166,7 +168,10 @@ class VAEServicer(vae_pb2_grpc.VAEServiceServicer):
 def _refusal(
     request: vae_pb2.StreamRequest | Unreadable, code: grpc.StatusCode, message: str
 ) -> vae_pb2.StreamResponse:
-    """Why a request on the stream has no answer, under its id (an unreadable one has none)."""
-    rid = "" if isinstance(request, Unreadable) else request.id[:MAX_STREAM_ID_CHARS]
+    """Why a request on the stream has no answer, under its id (an unreadable one has none, and
+    an id over the limit is not echoed: cut short, it could be another request's)."""
+    rid = ""
+    if not isinstance(request, Unreadable) and len(request.id) <= MAX_STREAM_ID_CHARS:
+        rid = request.id
     error = vae_pb2.StreamError(code=code.value[0], message=message)
     return vae_pb2.StreamResponse(id=rid, error=error)

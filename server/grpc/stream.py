@@ -3,11 +3,13 @@
 
 Each message is a request of its own: it runs in the call scope (request id, admission, span,
 metrics under the stream's method) and is answered with its id; a refusal is an answer that says
-why, and the stream goes on. A stream holds at most MAX_IN_FLIGHT requests (each within
---max-message-bytes) or their answers not yet sent, and its answers not yet sent stay under
-MAX_UNSENT_BYTES (or are one answer); past either it is not read, so HTTP/2's flow control holds
-the client, and a client that stops reading its answers stops being read. The stream's deadline,
-if the client set one, bounds every request on it.
+why, and the stream goes on. An answer over --max-message-bytes with its wrapping is refused for
+its request alone, not sent to end the call. A stream holds at most MAX_IN_FLIGHT requests (each
+within --max-message-bytes) in progress or answered and not yet sent, and reads no new request
+while its answers not yet sent are over MAX_UNSENT_BYTES: past either, HTTP/2's flow control
+holds the client, and a client that stops reading its answers stops being read. So one stream
+holds at most MAX_IN_FLIGHT answers, however large each is. The stream's deadline, if the client
+set one, bounds every request on it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Generic, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from vae_serve.errors import TooLarge
 from vae_serve.server.protocol.calls import deadline_of, request_id_from
 from vae_serve.server.protocol.scope import CallScope, Method
 
@@ -39,11 +42,13 @@ Response = TypeVar("Response", bound=Message)
 @dataclass(frozen=True)
 class StreamRules(Generic[Request, Response]):
     """What one streaming method does with each request: `answer` computes its answer (raising
-    what a unary call would), `refusal` says why it has none, with what identifies it."""
+    what a unary call would), `refusal` says why it has none, with what identifies it; no answer
+    is sent over `max_bytes` (the server's message limit)."""
 
     method: Method
     answer: Callable[[Request, float | None], Awaitable[Response]]
     refusal: Callable[[Request | Unreadable, grpc.StatusCode, str], Response]
+    max_bytes: int
 
 
 async def answer_stream(
@@ -70,6 +75,10 @@ async def answer_stream(
                 call.admit()
                 response = await rules.answer(request, deadline)
                 size = response.ByteSize()
+                if size > rules.max_bytes:  # sent, it would end the call and every answer on it
+                    raise TooLarge(
+                        f"answer would be {size} bytes, over the {rules.max_bytes}-byte message limit"
+                    )
                 unsent.add(size)
                 answers.put_nowait((response, size))
                 return

@@ -473,3 +473,7 @@ def test_only_requests_refused_unavailable_are_sent_again():
     assert final.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED and final.value.details == "full"
     with pytest.raises(VaeServeError, match="an answer to no request sent"):
         calls.take(vae_pb2.StreamResponse(id="7.0"))
+    unreadable = vae_pb2.StreamError(code=3, message="request is not a valid vae.v1.StreamRequest")
+    with pytest.raises(VaeServeError) as said:  # the server's reason, though it comes with no id
+        calls.take(vae_pb2.StreamResponse(id="", error=unreadable))
+    assert said.value.code is grpc.StatusCode.INVALID_ARGUMENT and "not a valid" in said.value.details
