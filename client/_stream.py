@@ -19,6 +19,8 @@ from ._transport import VaeServeError
 
 __all__ = ["StreamCalls"]
 
+_CODES = {code.value[0]: code for code in grpc.StatusCode}  # a StreamError's number -> its status
+
 
 class _Refused(grpc.RpcError):
     """A request the stream refused UNAVAILABLE, as the retry schedule reads errors."""
@@ -63,7 +65,7 @@ class StreamCalls:
         """Keep an answer; raise a refusal that retrying cannot mend (one of a message the server
         could not read comes with no id)."""
         if response.WhichOneof("result") == "error":
-            code = _status(response.error.code)
+            code = _CODES.get(response.error.code, grpc.StatusCode.UNKNOWN)
             if code is not grpc.StatusCode.UNAVAILABLE or response.id not in self._requests:
                 raise VaeServeError(code, response.error.message or code.name)
             self.refused = _Refused(response.error)
@@ -77,10 +79,3 @@ class StreamCalls:
     def answers(self) -> Iterator[list[vae_pb2.StreamResponse]]:
         """Each item's answers, in the order of its requests."""
         return ([self._answers[rid] for rid in ids] for ids in self._items)
-
-
-def _status(number: int) -> grpc.StatusCode:
-    for code in grpc.StatusCode:
-        if code.value[0] == number:
-            return code
-    return grpc.StatusCode.UNKNOWN
