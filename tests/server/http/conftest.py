@@ -2,13 +2,14 @@
 browser (Debian's headless Chromium, driven by Selenium) for the pages."""
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from support import start_vae_serve_http
 
 
@@ -58,3 +59,10 @@ def browser() -> Iterator[webdriver.Chrome]:
         yield chrome
     finally:
         chrome.quit()
+
+
+@pytest.fixture
+def pointer(browser: webdriver.Chrome) -> Callable[[], ActionChains]:
+    """Pointer gestures whose each move takes 10 ms, not Selenium's default 250: the page reacts to
+    where the pointer goes, and a drag of many steps would otherwise idle for seconds."""
+    return lambda: ActionChains(browser, duration=10)

@@ -20,7 +20,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from selenium import webdriver
-from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from support import GOOD_DECODER, GOOD_ENCODER, start_vae_serve_http, wait_for, write_version_files
 
@@ -238,7 +237,7 @@ def _rgb_of(browser: webdriver.Chrome, canvas: object) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_the_playground_draws_and_reads_colour(browser, http_server):
+def test_the_playground_draws_and_reads_colour(browser, pointer, http_server):
     """The page paints the model's RGB rows as `vae-client` would, and sends a drawing as RGB rows
     (a grey row would be refused: the wrong length)."""
     browser.get(http_server.url + "/")
@@ -266,7 +265,7 @@ def test_the_playground_draws_and_reads_colour(browser, http_server):
     ink = browser.find_element(By.ID, "ink")
     assert ink.is_displayed()
     browser.execute_script("arguments[0].value = '#ff2000'", ink)
-    strokes = ActionChains(browser).move_to_element_with_offset(by_test_id("draw-canvas"), -40, -40)
+    strokes = pointer().move_to_element_with_offset(by_test_id("draw-canvas"), -40, -40)
     strokes.click_and_hold()
     for dx, dy in ((0, 40), (40, 0), (0, -40)):
         strokes.move_by_offset(dx, dy)

@@ -10,7 +10,6 @@ import httpx
 import numpy as np
 import pytest
 from selenium import webdriver
-from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from support import start_vae_serve_http, wait_for
 
@@ -41,7 +40,7 @@ def _hosts_requested(browser: webdriver.Chrome) -> set[str]:
 
 
 @pytest.mark.slow
-def test_playground_in_a_browser(browser, tmp_path):
+def test_playground_in_a_browser(browser, pointer, tmp_path):
     proc, _, port = start_vae_serve_http()
     url = f"http://127.0.0.1:{port}"
     try:
@@ -70,7 +69,7 @@ def test_playground_in_a_browser(browser, tmp_path):
         reconstruction = test_id("reconstruction")
         assert _pixels(browser, reconstruction).max() == 0
         assert not browser.find_element(By.ID, "ink").is_displayed()  # a grey model draws white
-        strokes = ActionChains(browser).move_to_element_with_offset(test_id("draw-canvas"), -40, -60)
+        strokes = pointer().move_to_element_with_offset(test_id("draw-canvas"), -40, -60)
         strokes.click_and_hold()
         for dx, dy in ((0, 30), (0, 30), (0, 30), (0, 30), (40, 0), (40, 0), (0, -60), (0, -60)):
             strokes.move_by_offset(dx, dy)
@@ -84,7 +83,7 @@ def test_playground_in_a_browser(browser, tmp_path):
         axes = [option.text for option in browser.find_elements(By.CSS_SELECTOR, "#axis-x option")]
         assert axes[:9] == [f"PC{i}" for i in range(1, 9)] + ["z1"]  # the card's principal directions
         before = _pixels(browser, image)
-        drag = ActionChains(browser).move_to_element_with_offset(test_id("latent-pad"), -80, -80)
+        drag = pointer().move_to_element_with_offset(test_id("latent-pad"), -80, -80)
         drag.click_and_hold()
         for _ in range(8):
             drag.move_by_offset(20, 20)

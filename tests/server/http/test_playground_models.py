@@ -9,7 +9,6 @@ from urllib.parse import urlsplit
 
 import pytest
 from selenium import webdriver
-from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 from support import start_vae_serve_http, wait_for
@@ -36,7 +35,7 @@ def _paths_requested(browser: webdriver.Chrome) -> set[str]:
 
 
 @pytest.mark.slow
-def test_the_picker_switches_models_and_the_page_follows_its_shape(browser, tmp_path):
+def test_the_picker_switches_models_and_the_page_follows_its_shape(browser, pointer, tmp_path):
     root = two_models(tmp_path)
     proc, _, port = start_vae_serve_http("--model-repository", str(root), "--default-model", GREY)
     url = f"http://127.0.0.1:{port}/"
@@ -60,7 +59,7 @@ def test_the_picker_switches_models_and_the_page_follows_its_shape(browser, tmp_
         assert browser.find_element(By.ID, "model-name").text.startswith("rgb v1 (latent 3)")
         assert browser.find_element(By.ID, "ink").is_displayed()  # a colour model takes an ink
 
-        strokes = ActionChains(browser).move_to_element_with_offset(
+        strokes = pointer().move_to_element_with_offset(
             browser.find_element(By.CSS_SELECTOR, "[data-testid='draw-canvas']"), -40, -40
         )
         strokes.click_and_hold()
