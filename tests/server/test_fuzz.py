@@ -16,6 +16,8 @@ from vae_serve._proto.vae.v1 import vae_pb2, vae_pb2_grpc
 
 FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 EXAMPLES = 700  # per strategy; four strategies: 2800 malformed requests a run
+# Every example begins with give_way(): a timed test waiting for the machine runs between two
+# examples, not after the whole run of them.
 FUZZ = settings(
     max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -53,7 +55,8 @@ def stubs(running):
 
 @FUZZ
 @given(method=st.sampled_from(["Encode", "Decode"]), tensor=optional_tensors, version=versions)
-def test_native_encode_decode(stubs, method, tensor, version):
+def test_native_encode_decode(stubs, method, tensor, version, give_way):
+    give_way()
     _, native, _ = stubs
     field = "x" if method == "Encode" else "z"
     cls = vae_pb2.EncodeRequest if method == "Encode" else vae_pb2.DecodeRequest
@@ -70,7 +73,8 @@ def test_native_encode_decode(stubs, method, tensor, version):
     decode=st.booleans(),
 )
 @pytest.mark.slow
-def test_native_sample(stubs, k, seed, mean, logvar, decode):
+def test_native_sample(stubs, k, seed, mean, logvar, decode, give_way):
+    give_way()
     _, native, _ = stubs
     fields = {name: t for name, t in (("mean", mean), ("logvar", logvar)) if t is not None}
     request = vae_pb2.SampleRequest(num_samples=k, seed=seed, decode=decode, **fields)
@@ -99,7 +103,8 @@ oip_inputs = st.builds(
     outputs=st.lists(st.sampled_from(["x", "mean", "logvar", "q"]), max_size=3),
 )
 @pytest.mark.slow
-def test_oip_model_infer(stubs, model, version, inputs, raw, outputs):
+def test_oip_model_infer(stubs, model, version, inputs, raw, outputs, give_way):
+    give_way()
     _, _, inference = stubs
     request = oip.ModelInferRequest(
         model_name=model, model_version=version, inputs=inputs, raw_input_contents=raw
@@ -124,6 +129,7 @@ def test_oip_model_infer(stubs, model, version, inputs, raw, outputs):
     ),
     garbage=st.binary(max_size=2048),
 )
-def test_garbage_bytes_on_every_path(stubs, path, garbage):
+def test_garbage_bytes_on_every_path(stubs, path, garbage, give_way):
+    give_way()
     channel, _, _ = stubs
     assert outcome(channel.unary_unary(path), garbage) not in FORBIDDEN

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from support import InProcessHttp
 
 EXAMPLES = 300  # per strategy
+# Every example begins with give_way(): a timed test waiting for the machine runs between two
+# examples, not after the whole run of them.
 FUZZ = settings(
     max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -72,7 +74,8 @@ def posted(client: InProcessHttp, path: str, content: bytes, headers: dict | Non
 @pytest.mark.slow
 @FUZZ
 @given(body=infer_bodies, tail=st.binary(max_size=300), model=st.sampled_from(["vae_decoder", "vae_encoder"]))
-def test_kserve_infer(client, body, tail, model):
+def test_kserve_infer(client, body, tail, model, give_way):
+    give_way()
     header = orjson.dumps(body)
     posted(
         client,
@@ -86,7 +89,8 @@ def test_kserve_infer(client, body, tail, model):
 @pytest.mark.slow
 @FUZZ
 @given(body=json_values, path=st.sampled_from(["/v1/encode", "/v1/decode", "/v1/sample", "/v1/reconstruct"]))
-def test_v1_bodies(client, body, path):
+def test_v1_bodies(client, body, path, give_way):
+    give_way()
     posted(client, path, orjson.dumps(body), {"content-type": "application/json"})
 
 
@@ -96,6 +100,7 @@ def test_v1_bodies(client, body, path):
     raw=st.binary(max_size=600),
     path=st.sampled_from(["/v1/encode", "/v1/reconstruct", "/v2/models/vae_decoder/infer"]),
 )
-def test_raw_bytes(client, raw, path):
+def test_raw_bytes(client, raw, path, give_way):
+    give_way()
     kind = "image/png" if path.startswith("/v1") else "application/octet-stream"
     posted(client, path, raw, {"content-type": kind})
