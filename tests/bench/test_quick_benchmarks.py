@@ -1,8 +1,8 @@
-"""The quick benchmarks (the server's layers in this process, its statistics, the playground's
-pad in a real browser, one replica against two behind nginx) still run against today's server
-and print their table: a changed
-signature or metric label breaks them at once, not on the day someone measures again. Run as the
-docs run them, with counts too small to mean anything."""
+"""The quick benchmarks (the server's layers in this process, its statistics, a lone run after
+idling, the playground's pad in a real browser, one replica against two behind nginx) still run
+against today's server and print their table: a changed signature or metric label breaks them at
+once, not on the day someone measures again. Run as the docs run them, with counts too small to
+mean anything."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from support import REPO_ROOT
         ("stats_overhead.py", ["--iterations", "500"], "| mode | added per request (us) |"),
         ("playground_pad.py", ["--duration", "1"], "| pointer moves/s | decodes | updates/s |"),
         ("variants.py", ["--runs", "40"], "| graph | variant | MB | batch-1 p50 (us) |"),
+        ("cold.py", ["--runs", "3", "--rounds", "1"], "| decoder | huge pages | before the run |"),
         (
             "scale_out.py",
             ["--pairs", "1", "--duration", "0.5", "--concurrency", "4"],
