@@ -53,7 +53,8 @@ class _Api:
 
     def __init__(self, routes: list[Route], app: FastAPI) -> None:
         # The inference routes first: they carry nearly all the traffic, and each route passed
-        # costs a regular-expression match. No two routes' paths overlap, so order picks none.
+        # costs a regular-expression match. They share no request with another route; the others
+        # keep their order (`/v2/models/stats` before `/v2/models/{model_name}`).
         self.routes = sorted(routes, key=lambda route: not route.path.endswith("/infer"))
         self.app = app
 

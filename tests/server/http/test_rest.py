@@ -253,3 +253,25 @@ def test_the_openapi_document_is_valid_and_the_docs_are_served_from_here(http):
     assert "http://" not in page and "https://" not in page
     for url in urls:
         assert http.get(url).status_code == 200, url
+
+
+def test_no_request_an_infer_route_takes_is_another_routes():
+    """The app tries the infer routes first (they carry the traffic), the others in their order
+    (`/v2/models/stats` before `/v2/models/{model_name}`): safe while none shares a request with an
+    infer route."""
+    from starlette.routing import Match, Route
+
+    from vae_serve.server.http import kserve
+    from vae_serve.server.http.app import ROUTES
+
+    api = [Route(path, route, methods=[method]) for path, route, method in ROUTES] + kserve.routes()
+    infer = [route for route in api if route.path.endswith("/infer")]
+    assert len(infer) == 2
+    for route in api:
+        path = re.sub(r"\{[^}]+\}", "m", route.path)
+        for method in route.methods or ():
+            scope = {"type": "http", "path": path, "method": method, "root_path": ""}
+            taking = [other for other in api if other.matches(scope)[0] is Match.FULL]
+            assert route in taking
+            if any(other in infer for other in taking):
+                assert taking == [route], (method, path, [other.path for other in taking])
