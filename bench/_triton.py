@@ -65,11 +65,10 @@ def start_triton(model_dir: Path, batching: bool, stack: ExitStack, *, http: boo
         text=True,
         check=True,
     )
-    pid = int(started.stdout.split()[-1])
-    stack.callback(stop, Triton(pid, "", None))
-    target = f"127.0.0.1:{port}"
-    asyncio.run(_wait_ready(target))
-    return Triton(pid, target, http_port)
+    triton = Triton(int(started.stdout.split()[-1]), f"127.0.0.1:{port}", http_port)
+    stack.callback(stop, triton)
+    asyncio.run(_wait_ready(triton.grpc_target))
+    return triton
 
 
 def alive(triton: Triton) -> bool:

@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from _table import markdown_table
+
+from vae_serve.server.models.graph import CPU, Graph
 
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
 IDLE_S = (0.0, 0.001, 0.01, 0.05)  # gaps before a timed run; 0: back to back
@@ -33,24 +34,16 @@ WARM_GAP_S = 0.02  # the gap in which a keep-warm run is made every...
 WARM_EVERY_S = (0.005, 0.002, 0.001)
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    """As the server opens a graph: one thread, run on the caller's."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _child(graph: Path, runs: int) -> dict[str, float]:
     """Median microseconds of a timed run after each kind of gap, and the keep-warm runs' CPU."""
-    session = _session(graph)
-    feeds = {session.get_inputs()[0].name: np.zeros((1, session.get_inputs()[0].shape[1]), np.float32)}
+    opened = Graph(graph, [CPU], 1, "cpu", graph.read_bytes())  # as the server opens it, one thread
+    z = np.zeros((1, opened.input_shape[1]), np.float32)
     for _ in range(100):
-        session.run(None, feeds)
+        opened.run(z)
 
     def timed() -> float:
         began = time.perf_counter()
-        session.run(None, feeds)
+        opened.run(z)
         return (time.perf_counter() - began) * 1e6
 
     result = {}
@@ -68,7 +61,7 @@ def _child(graph: Path, runs: int) -> dict[str, float]:
             while end - time.perf_counter() > every:
                 time.sleep(every)
                 began = time.process_time()
-                session.run(None, feeds)
+                opened.run(z)
                 cpu += time.process_time() - began
             time.sleep(max(0.0, end - time.perf_counter()))
             idle_s += WARM_GAP_S

@@ -29,7 +29,7 @@ from vae_serve.server.settings import HttpSettings
 from . import apidocs, kserve, openapi, page, rest
 from .endpoint import Front, error_response
 
-__all__ = ["ROUTES", "build_app"]
+__all__ = ["ROUTES", "api_routes", "build_app"]
 
 # The routes of one model: at /v1 for the default model, and under /v1/models/{model} for each.
 _MODEL_ROUTES: list[tuple[str, Callable[..., Any], str]] = [
@@ -46,6 +46,11 @@ ROUTES: list[tuple[str, Callable[..., Any], str]] = [  # the kserve.routes() bes
     *((f"/v1/models/{{model}}{path}", route, method) for path, route, method in _MODEL_ROUTES),
     ("/v1/stats", rest.stats, "GET"),
 ]
+
+
+def api_routes() -> list[Route]:
+    """Every route the API serves straight from the router: ROUTES and the KServe v2 ones."""
+    return [Route(path, route, methods=[method]) for path, route, method in ROUTES] + kserve.routes()
 
 
 class _Api:
@@ -79,7 +84,7 @@ def build_app(front: Front, settings: HttpSettings) -> ASGIApp:
         redoc_url=None,
     )
     app.state.front = front
-    api = [Route(path, route, methods=[method]) for path, route, method in ROUTES] + kserve.routes()
+    api = api_routes()
     openapi.describe(app, api, front)
     apidocs.mount(app)
     if settings.playground:

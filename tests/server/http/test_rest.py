@@ -259,12 +259,11 @@ def test_no_request_an_infer_route_takes_is_another_routes():
     """The app tries the infer routes first (they carry the traffic), the others in their order
     (`/v2/models/stats` before `/v2/models/{model_name}`): safe while none shares a request with an
     infer route."""
-    from starlette.routing import Match, Route
+    from starlette.routing import Match
 
-    from vae_serve.server.http import kserve
-    from vae_serve.server.http.app import ROUTES
+    from vae_serve.server.http.app import api_routes
 
-    api = [Route(path, route, methods=[method]) for path, route, method in ROUTES] + kserve.routes()
+    api = api_routes()
     infer = [route for route in api if route.path.endswith("/infer")]
     assert len(infer) == 2
     for route in api:
