@@ -108,14 +108,15 @@ def give_way() -> Callable[[], None]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules with tests marked slow first, each kept whole: pytest-xdist hands a worker one module
-    at a time (--dist loadfile), so the longest start early and the short ones even out the end."""
+    at a time (--dist loadfile), so the longest start early and the short ones even out the end.
+    Within a module its timed tests come first, together: one wait for the machine, not one each."""
     first_seen: dict[Path, int] = {}
     has_slow: set[Path] = set()
     for index, item in enumerate(items):
         first_seen.setdefault(item.path, index)
         if item.get_closest_marker("slow") is not None:
             has_slow.add(item.path)
-    items.sort(key=lambda item: (item.path not in has_slow, first_seen[item.path]))
+    items.sort(key=lambda item: (item.path not in has_slow, first_seen[item.path], not _timed(item)))
 
 
 @pytest.fixture(scope="session")

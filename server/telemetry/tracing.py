@@ -25,11 +25,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 
 from opentelemetry.context import Context
-from opentelemetry.sdk._configuration import (  # the SDK's own reading of OTEL_TRACES_EXPORTER
-    _get_exporter_entry_point,
-    _get_exporter_names,
-    _import_exporters,
-)
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -119,13 +114,18 @@ def _exporters() -> list[SpanExporter]:
 def _exporter_classes() -> list[type[SpanExporter]]:
     """The exporters OTEL_TRACES_EXPORTER names, read as the SDK's own configurator reads it (OTLP's
     protocol from OTEL_EXPORTER_OTLP_PROTOCOL); OTLP when only an endpoint is set; else none."""
+    named = bool(os.environ.get("OTEL_TRACES_EXPORTER"))
+    if not named and not any(os.environ.get(variable) for variable in _ENDPOINTS):
+        return []
+    # The SDK's own configurator, imported only where tracing is asked for (40 ms of every start)
+    from opentelemetry.sdk._configuration import (
+        _get_exporter_entry_point,
+        _get_exporter_names,
+        _import_exporters,
+    )
+
     try:
-        if os.environ.get("OTEL_TRACES_EXPORTER"):
-            names = _get_exporter_names("traces")
-        elif any(os.environ.get(variable) for variable in _ENDPOINTS):
-            names = [_get_exporter_entry_point("otlp", "traces")]
-        else:
-            return []
+        names = _get_exporter_names("traces") if named else [_get_exporter_entry_point("otlp", "traces")]
         classes, _, _ = _import_exporters(names, [], [])
     except Exception as exc:  # the SDK's own RuntimeError: an unknown exporter or protocol
         raise TracingError(f"tracing: {exc} (check OTEL_TRACES_EXPORTER and OTEL_EXPORTER_OTLP_*)") from None
