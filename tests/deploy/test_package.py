@@ -203,13 +203,14 @@ def test_install_without_extras_is_a_working_client_and_nothing_of_the_server(wh
     got = run(*pip, "download", "-q", "-d", wheelhouse, "-c", tmp_path / "pins.txt", wheel)
     assert got.returncode == 0, got.stderr
     venv = tmp_path / "client-venv"
-    made = run(sys.executable, "-m", "venv", venv)  # no system site packages
+    made = run(sys.executable, "-m", "venv", "--without-pip", venv)  # no system site packages
     assert made.returncode == 0, made.stderr
     bin_ = venv / "bin"
-    done = run(bin_ / "python", "-m", "pip", "install", "-q", "--no-index", "--find-links", wheelhouse, wheel)
+    pip = (*pip, "--python", bin_ / "python")  # this venv's pip works on the new one: no pip of its own
+    done = run(*pip, "install", "-q", "--no-index", "--find-links", wheelhouse, wheel)
     assert done.returncode == 0, done.stderr
 
-    listed = run(bin_ / "python", "-m", "pip", "list", "--format=freeze")
+    listed = run(*pip, "list", "--format=freeze")
     installed = {canonical(line) for line in listed.stdout.splitlines()}
     assert "vae-serve" in installed
     assert not installed & SERVER_ONLY, installed & SERVER_ONLY
