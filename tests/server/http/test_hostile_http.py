@@ -416,14 +416,14 @@ def test_a_newcomer_is_refused_only_when_every_connection_is_being_answered(smal
     never give way, so with all of them stuck a newcomer gets a JSON 503."""
     _, port = small
     # 2.3 MB of JSON an answer, six pipelined: more than the socket buffers hold, and cheap to make
-    grids = b"GET /v1/sample?n=256 HTTP/1.1\r\nHost: x\r\n\r\n" * 6
+    samples = b"GET /v1/sample?n=256 HTTP/1.1\r\nHost: x\r\n\r\n" * 6
     stuck = []
     for _ in range(4):
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads little, then nothing
         sock.settimeout(10)
         sock.connect(("127.0.0.1", port))
-        sock.sendall(grids)
+        sock.sendall(samples)
         assert sock.recv(1) == b"H"  # its requests arrived (a silent newcomer would give way)
         stuck.append(sock)
     try:
