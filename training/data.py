@@ -88,13 +88,14 @@ def _find(data_dir: Path, stem: str) -> Path:
     raise DatasetError(f"{data_dir}: no {stem}[.gz] here; {_INSTALL_HINT}")
 
 
-def load_images(data_dir: Path, split: str) -> np.ndarray:
-    """Images of a split ('train' or 't10k') as float32 in [0, 1], shape [N, H, W]."""
+def load_images(data_dir: Path, split: str, limit: int | None = None) -> np.ndarray:
+    """Images of a split ('train' or 't10k') as float32 in [0, 1], shape [N, H, W]; with `limit`,
+    only the first ones are read (and decompressed)."""
     if not data_dir.is_dir():
         raise DatasetError(f"{data_dir}: data directory not found; {_INSTALL_HINT}")
     path = _find(data_dir, f"{split}-images-idx3-ubyte")
     try:
-        images = read_idx(path)
+        images = read_idx(path, limit)
     except IdxError as exc:
         raise DatasetError(f"{exc}; reinstall the data or pass --data") from None
     if images.ndim != 3 or images.dtype != np.uint8:
@@ -614,8 +615,10 @@ def _array_splits(
     )
 
 
-def _idx_splits(path: Path, size: tuple[int, int] | None, channels: int | None) -> DataSplits:
-    train, test = (load_images(path, split) for split in ("train", "t10k"))
+def _idx_splits(
+    path: Path, size: tuple[int, int] | None, channels: int | None, limit: int | None
+) -> DataSplits:
+    train, test = (load_images(path, split, limit) for split in ("train", "t10k"))
     description = f"{'Fashion-MNIST ' if path == DEFAULT_DATA_DIR else ''}IDX files in {path}"
     _shape_of([(path / "train-images", train), (path / "t10k-images", test)], size)
     height, width = size or train.shape[1:3]
@@ -747,7 +750,7 @@ def open_data(
     split: _Split = {"fraction": test_fraction, "seed": seed}
     array_workers = 0 if workers is None else workers
     if path.is_dir() and _is_idx_dir(path):
-        data = _idx_splits(path, **options)
+        data = _idx_splits(path, **options, limit=limit)
     elif path.is_dir() and ((path / "train.npy").exists() or (path / "test.npy").exists()):
         parts = {name: path / f"{name}.npy" for name in ("train", "test")}
         for part in parts.values():

@@ -67,7 +67,7 @@ def card_with_directions(
     """The card of `version_dir` with `principal_directions` from its encoder over the test set
     (its first `limit` images, as `vae-train --limit` uses)."""
     card = json.loads((version_dir / "model.json").read_text())
-    images = load_images(data_dir, "t10k")[:limit]
+    images = load_images(data_dir, "t10k", limit)
     means = encoder_means(version_dir / "encoder.onnx", images.reshape(len(images), -1))
     return {**card, "principal_directions": principal_directions(means)}
 

@@ -110,7 +110,7 @@ def test_reconstruct_from_idx(vae_client, tmp_path, fashion_mnist_dir):
 def test_interpolate_between_pictures(vae_client, tmp_path, fashion_mnist_dir, client):
     from vae_serve.idx import read_idx
 
-    images = read_idx(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz")
+    images = read_idx(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz", limit=2)
     Image.fromarray(images[0]).save(tmp_path / "a.png")  # an ankle boot
     Image.fromarray(images[1]).save(tmp_path / "b.png")  # a pullover
     out = tmp_path / "path.png"
@@ -208,7 +208,7 @@ def test_reconstruct_slices_draw_independent_noise(vae_client, tmp_path, fashion
     # 600 copies of one image span two 512-row slices; a shared seed per slice would repeat rows.
     from vae_serve.idx import read_idx
 
-    one = read_idx(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz")[:1]
+    one = read_idx(fashion_mnist_dir / "t10k-images-idx3-ubyte.gz", limit=1)
     np.save(tmp_path / "same.npy", np.repeat(one.reshape(1, 784) / 255.0, 600, axis=0))
     done = vae_client(
         "reconstruct",

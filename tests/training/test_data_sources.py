@@ -63,6 +63,20 @@ def test_idx_directory_is_read_whole_as_before(tmp_path):
     assert splits.description == f"IDX files in {tmp_path}"
 
 
+def test_a_limit_reads_only_the_first_images(tmp_path):
+    """Fashion-MNIST is 70,000 images: a small run must not decompress them all. A file cut short
+    after its first images shows it: read whole it is refused, limited it serves them."""
+    images = np.arange(6 * 4 * 3, dtype=np.uint8).reshape(6, 4, 3)
+    for split in ("train", "t10k"):
+        cut = idx_bytes(images)[: 16 + 3 * 4 * 3]  # the header and the first three images
+        (tmp_path / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(cut))
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte\.gz"):
+        open_data(tmp_path)
+    splits = open_data(tmp_path, limit=3)
+    assert torch.equal(splits.train.rows, torch.from_numpy(images[:3].reshape(3, -1) / np.float32(255)))
+    assert load_images(tmp_path, "t10k", 2).shape == (2, 4, 3)
+
+
 def test_idx_can_be_resized_and_coloured(tmp_path):
     images = np.full((3, 4, 4), 255, np.uint8)
     (tmp_path / "train-images-idx3-ubyte").write_bytes(idx_bytes(images))

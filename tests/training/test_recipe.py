@@ -24,8 +24,8 @@ TINY = VAEConfig(784, (32,), 4)
 
 @pytest.fixture(scope="module")
 def rows(fashion_mnist_dir):
-    train_x = torch.from_numpy(load_images(fashion_mnist_dir, "train")[:256].reshape(256, -1))
-    test_x = torch.from_numpy(load_images(fashion_mnist_dir, "t10k")[:128].reshape(128, -1))
+    train_x = torch.from_numpy(load_images(fashion_mnist_dir, "train", 256).reshape(256, -1))
+    test_x = torch.from_numpy(load_images(fashion_mnist_dir, "t10k", 128).reshape(128, -1))
     return train_x, test_x
 
 

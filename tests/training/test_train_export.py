@@ -32,8 +32,8 @@ def publish(model, repository, card=None):
 
 @pytest.fixture(scope="module")
 def tiny_data(fashion_mnist_dir):
-    train_x = torch.from_numpy(load_images(fashion_mnist_dir, "train")[:384].reshape(384, -1))
-    test_x = torch.from_numpy(load_images(fashion_mnist_dir, "t10k")[:256].reshape(256, -1))
+    train_x = torch.from_numpy(load_images(fashion_mnist_dir, "train", 384).reshape(384, -1))
+    test_x = torch.from_numpy(load_images(fashion_mnist_dir, "t10k", 256).reshape(256, -1))
     return train_x, test_x
 
 
