@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -108,11 +109,22 @@ def _version(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     )
 
 
+def _say_why(error: Exception) -> None:
+    """What the command's exit would print for `error`: click's one line, or a traceback."""
+    if isinstance(error, click.ClickException):
+        error.show()
+    else:
+        traceback.print_exception(error)
+    sys.stderr.flush()
+
+
 def _on_main_rank(ctx: DistContext, work: Callable[[], T]) -> T | None:
     """`work()` on rank 0 only; every rank then learns whether it failed, and fails with it.
 
     Without this a rank 0 that raised would never reach the collective its peers wait at: under
-    torchrun they would hang (nccl) or die with a traceback about a closed socket (gloo).
+    torchrun they would hang (nccl) or die with a traceback about a closed socket (gloo). Rank 0
+    says why before its peers hear of it: once one of them has stopped, torchrun stops rank 0 too,
+    which could be before its own exit had said anything.
     """
     failure: list[str | None] = [None]
     result: T | None = None
@@ -125,8 +137,12 @@ def _on_main_rank(ctx: DistContext, work: Callable[[], T]) -> T | None:
             failure[0] = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
             failure[0] = failure[0] or type(exc).__name__
     if ctx.world_size > 1:
+        if error is not None:
+            _say_why(error)
         dist.broadcast_object_list(failure, src=0)
         dist.barrier()  # every rank has the news before any tears the group down
+        if error is not None:
+            raise SystemExit(error.exit_code if isinstance(error, click.ClickException) else 1)
     if error is not None:
         raise error
     if failure[0] is not None:

@@ -49,14 +49,27 @@ def test_two_process_torchrun_ranks_agree(fashion_mnist_dir, tmp_path):
 
 # rank 0 alone evaluates and publishes; when that fails, the other rank must not be left waiting at
 # the collective rank 0 never reaches. The real `vae-train` runs, with only the publishing replaced
-# by one that fails as a full disk or a broken exporter would.
+# by one that fails as a full disk or a broken exporter would, and rank 0 at its slowest after the
+# failure: it leaves the closing barrier only when torchrun stops it, which it does once the other
+# rank has ended. What rank 0 says must be said by then.
 FAILING_PUBLISH = """
+import signal
 from vae_serve.training import cli
 
+failed = False
+
 def publish(*_args, **_kwargs):
+    global failed
+    failed = True
     raise {error}
 
+def barrier(wait=cli.dist.barrier):
+    wait()
+    if failed:
+        signal.pause()
+
 cli.export_vae = publish
+cli.dist.barrier = barrier
 cli.entry()
 """
 
