@@ -2,7 +2,6 @@
 per test module (127.0.0.1, ephemeral ports) for the client and server tests; and, under
 pytest-xdist, the turns that let a test marked `timing` run alone."""
 
-import contextlib
 import fcntl
 import os
 import shutil
@@ -30,69 +29,23 @@ os.environ.setdefault("VAE_HTTP_PORT", "0")
 
 
 # Tests marked `timing` hold the server to how promptly it answers (event-loop gaps, latencies,
-# a deadline's effect), so under pytest-xdist a neighbour's load must never show in their
-# measurement. They take turns among themselves on a lock file shared by the workers. Where the
-# machine lets a process raise its scheduling priority again (root, or a nice limit that allows
-# it), each worker runs its ordinary tests, and every thread and process they start, at nice
-# `_NICE`, and a timed test's worker raises its whole tree back to nice 0 for the test: the timed
-# test has the cores whenever it wants them while the others go on with what it leaves. Elsewhere
-# a timed test takes the lock exclusively against ordinary tests, which share it: it waits for the
-# tests in progress while the others wait for it, and a second file, a turnstile, keeps ordinary
-# tests from slipping in ahead of a timed one that waits (two busy workers could starve it).
+# a deadline's effect). Under pytest-xdist each runs alone, so that a neighbour's load never shows
+# in its measurement: every test takes a turn on a lock file shared by the workers, a shared turn
+# for an ordinary test and an exclusive one for a timed test, which waits for the tests in progress
+# while the others wait for it. A second file is a turnstile that keeps ordinary tests from
+# slipping in ahead of a timed one that waits (two busy workers could starve it otherwise).
 _TURNS_KEY = "vae_serve_turns"
 _TURNS_FOLDER = pytest.StashKey[Path]()
-_NICE = 10
 _turns: tuple[int, int] | None = None  # a worker's (turnstile, lock) descriptors
-_yields = False  # this worker's ordinary tests run at nice _NICE, and it can raise its priority again
-
-
-def _tree() -> list[int]:
-    """This process and every process it started, however deep."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:  # it ended while the listing was read
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    tree = [os.getpid()]
-    for pid in tree:
-        tree += children.get(pid, [])
-    return tree
-
-
-def _renice(nice: int) -> None:
-    """Every thread of this worker's tree (Linux schedules, and nices, threads one by one)."""
-    for pid in _tree():
-        try:
-            threads = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for thread in threads:
-            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-                os.setpriority(os.PRIO_PROCESS, int(thread), nice)
-
-
-def _can_yield() -> bool:
-    """Lower this worker's priority, and say whether it can be raised again."""
-    _renice(_NICE)
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, 0)
-    except PermissionError:
-        return False
-    os.setpriority(os.PRIO_PROCESS, 0, _NICE)
-    return True
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _turns, _yields
+    global _turns
     folder = getattr(config, "workerinput", {}).get(_TURNS_KEY)
     if folder is None:  # the controller, or a run without workers: the controller owns the files
         config.stash[_TURNS_FOLDER] = Path(tempfile.mkdtemp(prefix="vae-serve-turns-"))
     else:
         _turns = tuple(os.open(Path(folder) / name, os.O_RDWR | os.O_CREAT) for name in ("turnstile", "lock"))
-        _yields = _can_yield()
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -128,20 +81,15 @@ def pytest_runtest_protocol(
     """Setup, call and teardown (where module fixtures start and stop servers) inside the turn;
     consecutive timed tests keep theirs, so the others run between them only once."""
     global _alone
-    timed = _timed(item)
-    if _turns is None or (_yields and not timed):  # alone anyway, or a turn nobody waits for
+    if _turns is None:  # not a pytest-xdist worker: every test runs alone anyway
         return (yield)
     if not _alone:
-        _take_turn(alone=timed)
-        if _yields:
-            _renice(0)
+        _take_turn(alone=_timed(item))
     try:
         return (yield)
     finally:
-        _alone = timed and _timed(nextitem)
+        _alone = _timed(item) and _timed(nextitem)
         if not _alone:
-            if _yields:
-                _renice(_NICE)
             fcntl.flock(_turns[1], fcntl.LOCK_UN)
 
 
@@ -151,7 +99,7 @@ def give_way() -> Callable[[], None]:
     (this one waits meanwhile), so that timed tests need not wait for the whole of it."""
 
     def call() -> None:
-        if _turns is not None and not _alone and not _yields:
+        if _turns is not None and not _alone:
             fcntl.flock(_turns[1], fcntl.LOCK_UN)
             _take_turn(alone=False)
 
