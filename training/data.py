@@ -729,7 +729,8 @@ def open_data(
 ) -> DataSplits:
     """The train and test rows of `path`:
 
-    - a directory of IDX files (train-/t10k-images-idx3-ubyte[.gz]), read whole;
+    - a directory of IDX files (train-/t10k-images-idx3-ubyte[.gz]), read whole (with `limit`,
+      only the images kept are read);
     - a `.npy` file (split by `test_fraction`), or a directory with `train.npy` and `test.npy`,
       memory-mapped;
     - a `.npz` file with arrays `train` and `test`, or one array (split by `test_fraction`);
