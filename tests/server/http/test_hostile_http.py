@@ -341,25 +341,32 @@ def test_pipelined_requests_a_client_never_reads_hold_bounded_memory(served):
 
 @pytest.mark.timing
 @pytest.mark.parametrize(
-    ("path", "body"),
+    ("path", "make"),
     [
-        ("/v1/decode", b'{"z":[' + b",".join([b"[]"] * 1_300_000) + b"]}"),
-        ("/v1/decode", b'{"z":[' + b",".join([b"[0]"] * 1_000_000) + b"]}"),
-        ("/v1/sample", b'{"mean":[' + b",".join([b"[0]"] * 1_000_000) + b"]}"),
-        ("/v1/decode", b'{"z":[[' + b",".join([b'"a"'] * 1_000_000) + b"]]}"),
-        ("/v1/decode", b'{"z":[[' + b",".join([b"0"] * 2_000_000) + b"]]}"),
+        ("/v1/decode", lambda: b'{"z":[' + b",".join([b"[]"] * 1_300_000) + b"]}"),
+        ("/v1/decode", lambda: b'{"z":[' + b",".join([b"[0]"] * 1_000_000) + b"]}"),
+        ("/v1/sample", lambda: b'{"mean":[' + b",".join([b"[0]"] * 1_000_000) + b"]}"),
+        ("/v1/decode", lambda: b'{"z":[[' + b",".join([b'"a"'] * 1_000_000) + b"]]}"),
+        ("/v1/decode", lambda: b'{"z":[[' + b",".join([b"0"] * 2_000_000) + b"]]}"),
         (
             "/v2/models/vae_decoder/infer",
-            b'{"inputs":[{"name":"z","datatype":"FP32","shape":[1,32],"data":['
-            + b",".join([b"{}"] * 1_300_000)
-            + b"]}]}",
+            lambda: (
+                b'{"inputs":[{"name":"z","datatype":"FP32","shape":[1,32],"data":['
+                + b",".join([b"{}"] * 1_300_000)
+                + b"]}]}"
+            ),
         ),
-        ("/v1/decode", b'{"z":[[0]],"x":{' + b",".join(b'"%d":1' % i for i in range(360_000)) + b"}}"),
+        (
+            "/v1/decode",
+            lambda: b'{"z":[[0]],"x":{' + b",".join(b'"%d":1' % i for i in range(360_000)) + b"}}",
+        ),
         (
             "/v2/models/vae_decoder/infer",
-            b'{"inputs":[{"name":"z","datatype":"FP32","shape":[1,32],"data":[0],"parameters":{'
-            + b",".join(b'"%d":1' % i for i in range(360_000))
-            + b"}}]}",
+            lambda: (
+                b'{"inputs":[{"name":"z","datatype":"FP32","shape":[1,32],"data":[0],"parameters":{'
+                + b",".join(b'"%d":1' % i for i in range(360_000))
+                + b"}}]}"
+            ),
         ),
     ],
     ids=[
@@ -373,9 +380,10 @@ def test_pipelined_requests_a_client_never_reads_hold_bounded_memory(served):
         "360k parameters",
     ],
 )
-def test_a_body_of_tiny_values_is_refused_before_it_is_parsed(server, path, body):
+def test_a_body_of_tiny_values_is_refused_before_it_is_parsed(server, path, make):
     """4 MB of `[],` is 1.3M lists to make, all of it holding the GIL: counted and refused first."""
     grpc_port, port = server
+    body = make()  # built here, not in every worker's collection
     with LoopProbe(f"127.0.0.1:{grpc_port}") as probe, httpx.Client(timeout=30) as client:
         for _ in range(3):
             reply = client.post(
