@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .data import ImageRows
+from .exporter_internals import make_torchlib_ops_once
 
 __all__ = [
     "CARD_FILE",
@@ -199,6 +200,7 @@ def _probe(encoder: nn.Module, decoder: nn.Module, input_dim: int) -> int:
 def _export_graph(
     module: nn.Module, width: int, path: Path, input_name: str, output_names: Sequence[str]
 ) -> None:
+    make_torchlib_ops_once()
     batch = torch.export.Dim("batch", min=1)
     try:
         torch.onnx.export(
