@@ -119,10 +119,10 @@ def _closed_after(port: int, limit_s: float) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_a_silent_tls_connection_is_closed_at_the_receive_deadline_on_both_ports(certificates):
     """asyncio's TLS handshake timeout is 60 s and gRPC's 120 s: without a deadline of our own, a
-    client opening connections and never saying hello holds sockets and memory for that long.
-    (Not a timed test: a busy machine can only lengthen the wait, and 20 s is twenty deadlines.)"""
+    client opening connections and never saying hello holds sockets and memory for that long."""
     proc, grpc_port, http_port = _tls_server(certificates, "--receive-timeout-s", "1")
     try:
         with ThreadPoolExecutor(2) as both:  # the two ports at once: one deadline waited, not two
