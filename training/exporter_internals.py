@@ -3,10 +3,11 @@
 Each `torch.onnx.export(dynamo=True)` builds its registry of ATen decompositions afresh
 (`ONNXRegistry.from_torchlib`) from the op list onnxscript offers torch
 (`get_torchlib_ops`, in the module named for torch's version), and onnxscript makes that list by
-parsing the source of every torchlib function (about 500) to read one field of each: most of a
-second of CPU per graph, the same list every time (torchlib's functions are registered once, when
-its module is imported). `make_torchlib_ops_once()` keeps the first list; each export still builds
-its own registry from a copy of it, so what one export registers never reaches the next.
+parsing the source of every torchlib function (about 500) to read one field of each: about a
+third of a second of CPU per graph here, the same list every time (torchlib's functions are
+registered once, when its module is imported). `make_torchlib_ops_once()` keeps the first list;
+each export still builds its own registry from a copy of it, so what one export registers never
+reaches the next.
 
 What this relies on: torch reaches the op list through `torch.onnx._internal._lazy_import`'s
 `onnxscript_apis`, a lazy module named `APIS` here, by attribute on each export, and only reads it.
